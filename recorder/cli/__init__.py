@@ -1,0 +1,57 @@
+"""The ``recorder`` command line: one module per command group, wired here.
+
+Each command module has ``register(subparsers)``, which adds its sub-commands and sets
+``func(args, cfg) -> int`` on them. Errors a user can meet (`RecorderError`) are printed as one
+line on stderr and turned into the error's exit code; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from recorder import __version__
+from recorder.config import load_config
+from recorder.errors import RecorderError
+
+# Command modules, in the order their commands appear in --help.
+COMMAND_MODULES = (
+    "recorder.cli.record",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recorder", description="recorderpi: the community audio recorder appliance"
+    )
+    parser.add_argument("--version", action="version", version=f"recorderpi {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="config file (default: $RECORDER_CONFIG, "
+                        "then /etc/recorder/recorder.toml, then built-in defaults)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug events")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        overrides = args.overrides(args) if hasattr(args, "overrides") else None
+        cfg = load_config(args.config, overrides)
+        return int(args.func(args, cfg) or 0)
+    except RecorderError as exc:
+        print(f"recorder: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,151 @@
+"""``recorder record``, ``recorder recover``, ``recorder devices`` and ``recorder demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from recorder import app
+from recorder.config import Config
+from recorder.publish import Published
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("record", help="record one recording and publish it")
+    p.add_argument("--seconds", type=float, help="stop after this much audio (default: Ctrl-C)")
+    p.add_argument("--source", help="audio source: device name/index or file:PATH")
+    p.add_argument("--fast", action="store_true", help="replay a file source as fast as possible")
+    p.add_argument("--title", default="", help="title of the recording")
+    p.add_argument("--tag", action="append", default=[], help="a tag (repeatable)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_record, overrides=_source_override)
+
+    p = sub.add_parser("recover", help="salvage recordings left in staging by a crash")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("devices", help="list audio input devices")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("demo", help="record the bundled speech clip end to end (no microphone)")
+    p.add_argument("--data-dir", type=Path, help="where to put the demo's data "
+                   "(default: ./recorderpi-demo)")
+    p.add_argument("--realtime", action="store_true", help="replay the clip at real-time pace")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo, overrides=_demo_override)
+
+
+def _source_override(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {"audio": {"source": args.source}} if args.source else {}
+
+
+def summary(result: Published) -> dict[str, Any]:
+    doc = result.sidecar
+    return {
+        "path": str(result.ogg_path),
+        "sidecar": str(result.sidecar_path),
+        "recording_id": doc["recording_id"],
+        "duration": doc["duration"],
+        "sha256": doc["sha256"],
+        "stop_reason": doc["stop_reason"],
+        "levels": doc["levels"],
+        "bookmarks": doc["bookmarks"],
+    }
+
+
+def record_once(cfg: Config, *, seconds: float | None, realtime: bool, title: str = "",
+                tags: list[str] | None = None, trigger: str = "cli") -> Published:
+    """Open the source, record one recording until `seconds`, end of input or SIGINT/SIGTERM,
+    publish it and return the result."""
+    pump = app.build_pump(cfg, realtime=realtime)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # Started before the source, so the recording holds the input from its first frame.
+        handle = pump.start_recording(trigger, title=title, tags=tags or [], max_seconds=seconds)
+        pump.start()
+        pump.wait_first_block(cfg.audio.device_wait)
+        while pump.recording and not stop.is_set():
+            time.sleep(0.05)
+        if pump.recording:
+            pump.stop_recording()
+        result = handle.done.result(timeout=60)
+    finally:
+        pump.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return result
+
+
+def cmd_record(args: argparse.Namespace, cfg: Config) -> int:
+    result = record_once(cfg, seconds=args.seconds, realtime=not args.fast, title=args.title,
+                         tags=args.tag)
+    if args.json:
+        print(json.dumps(summary(result), indent=2))
+    else:
+        print(result.ogg_path)
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.recover import recover
+
+    outcomes = recover(cfg, app.build_publisher(cfg))
+    if args.json:
+        print(json.dumps([o.__dict__ for o in outcomes], indent=2))
+    else:
+        for o in outcomes:
+            print(f"{o.recording_id}: {o.action}: {o.detail} {o.path}".rstrip())
+        if not outcomes:
+            print("nothing to recover")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.sources.portaudio import input_devices
+
+    devices = input_devices()
+    if args.json:
+        print(json.dumps(devices, indent=2))
+    else:
+        for d in devices:
+            print(f"[{d['index']}] {d['name']} ({d['hostapi']}, {d['channels']} ch, "
+                  f"{d['default_samplerate']:.0f} Hz)")
+    return 0
+
+
+def demo_clip() -> Path:
+    """The speech clip that ships with the package."""
+    return Path(str(resources.files("recorder") / "data" / "demo-speech.ogg"))
+
+
+def _demo_override(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    data = (args.data_dir or Path("recorderpi-demo")).resolve()
+    return {
+        "audio": {"source": f"file:{demo_clip()}", "preroll": 0.0},
+        "storage": {"data_dir": str(data), "reserve_mb": 50},
+        "device": {"id": "demo-device"},
+    }
+
+
+def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
+    print(f"recording the bundled clip {demo_clip().name} through the full pipeline ...")
+    result = record_once(cfg, seconds=None, realtime=args.realtime, title="Lemon rice (demo)",
+                         tags=["demo", "recipe"], trigger="demo")
+    if args.json:
+        print(json.dumps(summary(result), indent=2))
+        return 0
+    doc = result.sidecar
+    print(f"published {result.ogg_path}")
+    print(f"  sidecar  {result.sidecar_path}")
+    print(f"  duration {doc['duration']:.2f} s, {doc['bytes']} bytes, sha256 {doc['sha256'][:16]}…")
+    levels = doc["levels"]
+    print(f"  levels   peak {levels['peak_dbfs']} dBFS, rms {levels['rms_dbfs']} dBFS")
+    return 0

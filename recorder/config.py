@@ -1,0 +1,436 @@
+"""Configuration: one TOML file, parsed and validated once, at the edge.
+
+`load_config()` finds the file (``--config PATH``, else ``$RECORDER_CONFIG``, else
+``/etc/recorder/recorder.toml``, else built-in defaults that work on a laptop), checks every
+value and returns a frozen :class:`Config`. Every bad value raises :class:`ConfigError` with a
+one-line message naming the key, e.g. ``audio.samplerate: must be one of 8000, ...; got 12345``.
+Unknown sections and keys are errors too: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recorder.errors import ConfigError
+
+SYSTEM_CONFIG = Path("/etc/recorder/recorder.toml")
+SAMPLERATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    id: str = ""  # empty: derived from the MAC address (see recorder.deviceid)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    source: str = "default"  # PortAudio device name substring or index, or "file:PATH"
+    samplerate: int = 48000
+    channels: int = 1
+    blocksize: int = 1024
+    preroll: float = 3.0
+    device_wait: float = 10.0  # seconds to wait for a late USB microphone at start
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    codec: str = "vorbis"  # vorbis | opus
+    vorbis_quality: float = 4.0  # oggenc scale, -1..10
+    opus_bitrate: int = 32  # kbit/s per channel, 6..256
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: Path = Path("~/.local/share/recorderpi")
+    sync_root: Path = Path()  # default <data_dir>/sync
+    staging_dir: Path = Path()  # default <data_dir>/staging
+    state_dir: Path = Path()  # default <data_dir>/state
+    reserve_mb: int = 200
+    max_seconds: float = 3 * 3600.0
+    flush_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class AudioIdConfig:
+    enabled: bool = True
+    match_threshold: float = 0.15  # BER at or below which two prints are the same audio
+    duplicate_coverage: float = 0.8
+
+
+@dataclass(frozen=True)
+class PapadConfig:
+    api: str = "none"  # papad | papad-api | none
+    url: str = "http://127.0.0.1:8000"
+    auth: str = "token"  # token | jwt (current papad only)
+    token_file: Path | None = None
+    username: str = ""
+    password_file: Path | None = None
+    group: int = 1
+    station: str = ""  # legacy papad-api station name; default: the device id
+    media_base_url: str = "http://{host}/{device_id}/"
+    host: str = ""  # document-root host for media_base_url; default: the hostname
+    timeout: float = 10.0
+    concurrency: int = 2
+    annotation_span: float = 10.0  # seconds after a bookmark covered by its t=start,end
+
+
+@dataclass(frozen=True)
+class SyncthingConfig:
+    url: str = "http://127.0.0.1:8384"
+    api_key_file: Path | None = None
+    rescan_interval: int = 3600
+    watcher_delay: int = 2
+
+
+@dataclass(frozen=True)
+class RadioConfig:
+    live: bool = False
+    url: str = "http://127.0.0.1:8000"
+    mount: str = "/cowradio.ogg"
+    username: str = "source"
+    password_file: Path | None = None
+    codec: str = "vorbis"
+    vorbis_quality: float = 2.0
+    opus_bitrate: int = 32
+    name: str = "Cow Radio"
+    description: str = "Live from the community recorder"
+    genre: str = "community"
+    queue_seconds: float = 5.0
+    playlist_length: int = 50
+    playlist_max_age_days: int = 30
+
+
+@dataclass(frozen=True)
+class GpioConfig:
+    record_pin: int | None = 17
+    mark_pin: int | None = None
+    led_pin: int | None = 27
+    live_pin: int | None = None
+    active_low: bool = True  # button pulls the pin to ground (internal pull-up)
+    long_press: float = 1.5
+    debounce_ms: float = 30.0
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    control_socket: Path = Path()  # default <state_dir>/control.sock
+    socket_group: str = ""
+    silence_dbfs: float = -70.0
+    silence_seconds: float = 10.0
+    clip_fraction: float = 0.01
+    stall_seconds: float = 2.0  # no audio block for this long: the device is gone
+
+
+@dataclass(frozen=True)
+class Config:
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    audioid: AudioIdConfig = field(default_factory=AudioIdConfig)
+    papad: PapadConfig = field(default_factory=PapadConfig)
+    syncthing: SyncthingConfig = field(default_factory=SyncthingConfig)
+    radio: RadioConfig = field(default_factory=RadioConfig)
+    gpio: GpioConfig = field(default_factory=GpioConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    source_path: Path | None = None  # the file this came from, if any
+
+    @property
+    def device_folder(self) -> Path:
+        """This device's own folder in the Syncthing tree (needs a resolved device id)."""
+        return self.storage.sync_root / self.device.id
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database holding the catalogue and the outbox."""
+        return self.storage.state_dir / "recorder.db"
+
+
+# --- value checks -------------------------------------------------------------------------------
+# Each check takes (key, value) and returns the cleaned value or raises ConfigError.
+
+Check = Callable[[str, Any], Any]
+
+
+def _fail(key: str, what: str, value: Any) -> ConfigError:
+    return ConfigError(f"{key}: {what}; got {value!r}")
+
+
+def _type(kind: type | tuple[type, ...], name: str) -> Check:
+    def check(key: str, value: Any) -> Any:
+        # bool is an int in Python; a "true" where a number is wanted is still a mistake.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise _fail(key, f"must be {name}", value)
+        if not isinstance(value, kind):
+            raise _fail(key, f"must be {name}", value)
+        return value
+
+    return check
+
+
+def _number(lo: float, hi: float, integer: bool = False) -> Check:
+    base = _type(int, "an integer") if integer else _type((int, float), "a number")
+
+    def check(key: str, value: Any) -> Any:
+        value = base(key, value)
+        if not lo <= value <= hi:
+            raise _fail(key, f"must be between {lo:g} and {hi:g}", value)
+        return value if integer else float(value)
+
+    return check
+
+
+def _choice(*options: Any) -> Check:
+    def check(key: str, value: Any) -> Any:
+        if value not in options:
+            raise _fail(key, "must be one of " + ", ".join(str(o) for o in options), value)
+        return value
+
+    return check
+
+
+def _string(key: str, value: Any) -> str:
+    return _type(str, "a string")(key, value)
+
+
+def _path(key: str, value: Any) -> Path:
+    value = _type(str, "a path string")(key, value)
+    return Path(value).expanduser() if value else Path()
+
+
+def _optional_path(key: str, value: Any) -> Path | None:
+    value = _type(str, "a path string")(key, value)
+    return Path(value).expanduser() if value else None
+
+
+def _pin(key: str, value: Any) -> int | None:
+    # 0 (or -1) switches an input off: TOML has no null.
+    value = _type(int, "a BCM pin number (0 to disable)")(key, value)
+    if value <= 0:
+        return None
+    if value > 27:
+        raise _fail(key, "must be a BCM GPIO number 1..27, or 0 to disable", value)
+    return value
+
+
+def _url(key: str, value: Any) -> str:
+    value = _string(key, value)
+    if not value.startswith(("http://", "https://")):
+        raise _fail(key, "must be an http:// or https:// URL", value)
+    return value.rstrip("/")
+
+
+def _mount(key: str, value: Any) -> str:
+    value = _string(key, value)
+    if not value.startswith("/") or len(value) < 2 or " " in value:
+        raise _fail(key, "must be an Icecast mount like /cowradio.ogg", value)
+    return value
+
+
+_boolean = _type(bool, "true or false")
+
+SCHEMA: dict[str, dict[str, Check]] = {
+    "device": {"id": _string},
+    "audio": {
+        "source": _string,
+        "samplerate": _choice(*SAMPLERATES),
+        "channels": _number(1, 2, integer=True),
+        "blocksize": _number(64, 16384, integer=True),
+        "preroll": _number(0, 60),
+        "device_wait": _number(0, 3600),
+    },
+    "encoder": {
+        "codec": _choice("vorbis", "opus"),
+        "vorbis_quality": _number(-1, 10),
+        "opus_bitrate": _number(6, 256, integer=True),
+    },
+    "storage": {
+        "data_dir": _path,
+        "sync_root": _path,
+        "staging_dir": _path,
+        "state_dir": _path,
+        "reserve_mb": _number(0, 10**7, integer=True),
+        "max_seconds": _number(1, 7 * 24 * 3600),
+        "flush_seconds": _number(0.1, 2.0),
+    },
+    "audioid": {
+        "enabled": _boolean,
+        "match_threshold": _number(0.01, 0.35),
+        "duplicate_coverage": _number(0.1, 1.0),
+    },
+    "papad": {
+        "api": _choice("papad", "papad-api", "none"),
+        "url": _url,
+        "auth": _choice("token", "jwt"),
+        "token_file": _optional_path,
+        "username": _string,
+        "password_file": _optional_path,
+        "group": _number(1, 2**31, integer=True),
+        "station": _string,
+        "media_base_url": _url,
+        "host": _string,
+        "timeout": _number(0.5, 300),
+        "concurrency": _number(1, 16, integer=True),
+        "annotation_span": _number(0.5, 3600),
+    },
+    "syncthing": {
+        "url": _url,
+        "api_key_file": _optional_path,
+        "rescan_interval": _number(0, 86400, integer=True),
+        "watcher_delay": _number(1, 3600, integer=True),
+    },
+    "radio": {
+        "live": _boolean,
+        "url": _url,
+        "mount": _mount,
+        "username": _string,
+        "password_file": _optional_path,
+        "codec": _choice("vorbis", "opus"),
+        "vorbis_quality": _number(-1, 10),
+        "opus_bitrate": _number(6, 256, integer=True),
+        "name": _string,
+        "description": _string,
+        "genre": _string,
+        "queue_seconds": _number(0.5, 60),
+        "playlist_length": _number(1, 10000, integer=True),
+        "playlist_max_age_days": _number(1, 36500, integer=True),
+    },
+    "gpio": {
+        "record_pin": _pin,
+        "mark_pin": _pin,
+        "led_pin": _pin,
+        "live_pin": _pin,
+        "active_low": _boolean,
+        "long_press": _number(0.2, 10),
+        "debounce_ms": _number(0, 500),
+    },
+    "service": {
+        "control_socket": _path,
+        "socket_group": _string,
+        "silence_dbfs": _number(-120, 0),
+        "silence_seconds": _number(1, 3600),
+        "clip_fraction": _number(0, 1),
+        "stall_seconds": _number(0.2, 60),
+    },
+}
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name in SCHEMA}
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """Return the config file to use, by precedence, or None for built-in defaults.
+
+    An explicitly named file (argument or ``$RECORDER_CONFIG``) must exist.
+    """
+    named = explicit or os.environ.get("RECORDER_CONFIG")
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Load, validate and return the configuration.
+
+    `overrides` (``{"audio": {"source": "file:x.wav"}}``) are applied on top of the file, with the
+    same validation, so command-line options cannot bypass the checks.
+    The device id is resolved here (MAC address when not configured).
+    """
+    found = find_config_path(path)
+    raw: dict[str, Any] = {}
+    if found is not None:
+        try:
+            raw = tomllib.loads(found.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {found}: {exc.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{found}: invalid TOML: {exc}") from None
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+    return parse_config(raw, source_path=found)
+
+
+def parse_config(raw: Mapping[str, Any], source_path: Path | None = None) -> Config:
+    """Validate a parsed TOML mapping and return a :class:`Config`."""
+    sections: dict[str, Any] = {}
+    for name, values in raw.items():
+        if name not in SCHEMA:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(SCHEMA)})")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{name}: must be a table [{name}]")
+        cleaned = {}
+        for key, value in values.items():
+            check = SCHEMA[name].get(key)
+            if check is None:
+                raise ConfigError(f"{name}.{key}: unknown key")
+            cleaned[key] = check(f"{name}.{key}", value)
+        sections[name] = cleaned
+    built = {name: _section_class(name)(**sections.get(name, {})) for name in SCHEMA}
+    built["storage"] = _resolve_storage(built["storage"])
+    built["service"] = _resolve_service(built["service"], built["storage"])
+    built["device"] = _resolve_device(built["device"])
+    _cross_checks(built)
+    return Config(**built, source_path=source_path)
+
+
+def _section_class(name: str) -> type:
+    return {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name in SCHEMA}[
+        name
+    ]  # type: ignore[return-value]
+
+
+def _resolve_storage(s: StorageConfig) -> StorageConfig:
+    data = s.data_dir.expanduser()
+    return dataclasses.replace(
+        s,
+        data_dir=data,
+        sync_root=s.sync_root if s.sync_root != Path() else data / "sync",
+        staging_dir=s.staging_dir if s.staging_dir != Path() else data / "staging",
+        state_dir=s.state_dir if s.state_dir != Path() else data / "state",
+    )
+
+
+def _resolve_service(s: ServiceConfig, storage: StorageConfig) -> ServiceConfig:
+    if s.control_socket == Path():
+        return dataclasses.replace(s, control_socket=storage.state_dir / "control.sock")
+    return s
+
+
+def _resolve_device(d: DeviceConfig) -> DeviceConfig:
+    from recorder.deviceid import resolve_device_id
+
+    return DeviceConfig(id=resolve_device_id(d.id))
+
+
+def _cross_checks(built: dict[str, Any]) -> None:
+    storage: StorageConfig = built["storage"]
+    staging = storage.staging_dir.resolve()
+    sync_root = storage.sync_root.resolve()
+    if staging == sync_root or sync_root in staging.parents:
+        raise ConfigError(
+            f"storage.staging_dir: must be outside the synced tree {sync_root}; got {staging}"
+        )
+    audio: AudioConfig = built["audio"]
+    if audio.source.startswith("file:") and len(audio.source) == 5:
+        raise ConfigError("audio.source: file: needs a path, e.g. file:/srv/clip.wav")
+    papad: PapadConfig = built["papad"]
+    if papad.api == "papad":
+        if papad.auth == "token" and papad.token_file is None:
+            raise ConfigError("papad.token_file: required when api = 'papad' and auth = 'token'")
+        if papad.auth == "jwt" and (not papad.username or papad.password_file is None):
+            raise ConfigError("papad.password_file: username and password_file required for jwt")
+    if "{device_id}" not in papad.media_base_url and papad.api == "papad-api":
+        raise ConfigError(
+            "papad.media_base_url: must contain {device_id}; got " + repr(papad.media_base_url)
+        )

@@ -1,0 +1,24 @@
+"""Sinks: everything that consumes audio, behind one interface.
+
+The pump hands each sink int16 blocks of shape ``(frames, channels)`` from its worker thread.
+Per-recording sinks (journal, OGG encoder, level meter, fingerprinter) live for one recording
+and contribute fields to its sidecar through `finish()`; always-on sinks (the health level
+meter, the radio stream) are attached to the pump for as long as the source runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Sink(Protocol):
+    def write(self, block: np.ndarray) -> None:
+        """Consume int16 frames ``(frames, channels)``. Must not keep a reference to `block`."""
+
+    def finish(self) -> dict[str, Any]:
+        """End of recording: flush, close and return fields for the sidecar."""
+
+    def abort(self) -> None:
+        """Give up (the recording failed or is discarded). Never raises."""

@@ -1,0 +1,94 @@
+"""Replay any file soundfile can read as if it were a microphone.
+
+Paced in real time by default (the demo, tests of the service) or as fast as the pipeline takes
+it (`realtime=False`: benchmarks, long tests), in which case the producer waits for the reader
+instead of overwriting unread audio.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from recorder.errors import InputFileError
+from recorder.ring import RingBuffer
+from recorder.sources import SourceStats
+
+
+def open_sound_file(path: str | Path) -> sf.SoundFile:
+    """Open `path` for reading, turning every failure into a one-line InputFileError."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"cannot read {p}: no such file")
+    try:
+        return sf.SoundFile(str(p))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise InputFileError(f"cannot decode {p}: {exc}") from None
+
+
+def to_channels(block: np.ndarray, channels: int) -> np.ndarray:
+    """Mix down or duplicate an int16 ``(frames, n)`` block to `channels` channels."""
+    have = block.shape[1]
+    if have == channels:
+        return block
+    if channels == 1:
+        return block.mean(axis=1, dtype=np.float32).astype(np.int16)[:, None]
+    return np.repeat(block[:, :1], channels, axis=1)
+
+
+class FileSource:
+    """Deliver a sound file's frames into the ring from a background thread."""
+
+    def __init__(self, path: str | Path, *, channels: int, blocksize: int = 1024,
+                 realtime: bool = True) -> None:
+        self.path = Path(path)
+        with open_sound_file(self.path) as f:
+            self.samplerate = int(f.samplerate)
+            self.file_frames = f.frames
+        self.channels = channels
+        self.blocksize = blocksize
+        self.realtime = realtime
+        self.name = f"file:{self.path}"
+        self.stats = SourceStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, ring: RingBuffer) -> None:
+        self._thread = threading.Thread(target=self._run, args=(ring,), name="file-source",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self, ring: RingBuffer) -> None:
+        started = time.monotonic()
+        sent = 0
+        try:
+            with open_sound_file(self.path) as f:
+                for block in f.blocks(blocksize=self.blocksize, dtype="int16", always_2d=True):
+                    if self._stop.is_set():
+                        return
+                    block = to_channels(block, self.channels)
+                    if self.realtime:
+                        delay = started + sent / self.samplerate - time.monotonic()
+                        if delay > 0 and self._stop.wait(delay):
+                            return
+                    else:
+                        while not ring.wait_for_space(len(block), keep=0, timeout=0.2):
+                            if self._stop.is_set():
+                                return
+                    ring.write(block)
+                    sent += len(block)
+                    self.stats.blocks += 1
+                    self.stats.last_block_at = time.monotonic()
+        except (sf.LibsndfileError, RuntimeError, OSError, InputFileError) as exc:
+            self.stats.error = f"reading {self.path} failed: {exc}"
+        finally:
+            self.stats.finished = True

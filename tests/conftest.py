@@ -1,0 +1,82 @@
+"""Shared test helpers.
+
+`need()` is how a test states a system dependency: in CI (``CI=true``) a missing one fails the
+test loudly; on a developer machine it skips with the package to install.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(binary: str, package: str | None = None) -> str:
+    """Return the path of `binary`, or fail (CI) / skip (elsewhere) naming its Debian package."""
+    path = shutil.which(binary)
+    if path:
+        return path
+    msg = f"{binary} not found: apt-get install {package or binary}"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    """Build a validated Config rooted in tmp_path; keyword sections override defaults."""
+    from recorder.config import parse_config
+
+    def make(**sections):
+        raw = {
+            "device": {"id": "testdev01"},
+            "storage": {"data_dir": str(tmp_path / "data"), "reserve_mb": 0},
+        }
+        for name, values in sections.items():
+            raw.setdefault(name, {}).update(values)
+        return parse_config(raw)
+
+    return make
+
+
+def toml_config(path, sections: dict) -> str:
+    """Write a TOML config with the given sections (flat str/int/float/bool values)."""
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, (int, float)):
+                text = repr(value)
+            else:
+                text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            lines.append(f"{key} = {text}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    """Write a config rooted in tmp_path/data; returns (path, data_dir)."""
+
+    def make(**sections):
+        data = tmp_path / "data"
+        base = {"device": {"id": "testdev01"}, "storage": {"data_dir": str(data), "reserve_mb": 0}}
+        for name, values in sections.items():
+            base.setdefault(name, {}).update(values)
+        return toml_config(tmp_path / "recorder.toml", base), data
+
+    return make
+
+
+def run_cli(*args, env=None, timeout=120, **kw):
+    """Run ``python -m recorder ARGS`` and return the CompletedProcess (text)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "recorder", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout, **kw)
