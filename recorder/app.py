@@ -31,12 +31,19 @@ def build_publisher(cfg: Config) -> Publisher:
     return Publisher(cfg)
 
 
+def background_workers(cfg: Config) -> list[Any]:
+    """Long-running helpers of the service, each with start()/stop() (and optionally status(),
+    write() to receive audio, set_live(), on_pump_event())."""
+    return []
+
+
 def build_pump(cfg: Config, *, source_spec: str | None = None, realtime: bool = True,
+               loop: bool = False,
                always_on: Sequence[Sink] = (),
                on_event: Callable[[str, dict[str, Any]], None] | None = None,
                publisher: Publisher | None = None) -> Pump:
     """Open the configured (or given) source and build a pump around it (not started)."""
     source: AudioSource = open_source(source_spec or cfg.audio.source, cfg.audio,
-                                      realtime=realtime)
+                                      realtime=realtime, loop=loop)
     return Pump(cfg, source, publisher or build_publisher(cfg), always_on=always_on,
                 extra_sinks=sink_factories(cfg), on_event=on_event)

@@ -147,8 +147,10 @@ class Pump:
 
     # -- commands (any thread) -------------------------------------------------------------------
     def start_recording(self, trigger: str, *, title: str = "", tags: Sequence[str] = (),
-                        max_seconds: float | None = None) -> RecordingHandle:
-        """Begin a recording that includes up to `preroll` seconds before now.
+                        max_seconds: float | None = None,
+                        seconds_ago: float = 0.0) -> RecordingHandle:
+        """Begin a recording that includes up to `preroll` seconds before the trigger, which
+        happened `seconds_ago` seconds before this call (a button edge seen late).
 
         May be called before `start()`, to record a source from its very first frame.
         Raises DiskReserveError below the reserve and DeviceError while the device is gone.
@@ -158,7 +160,7 @@ class Pump:
         if self.active is not None:
             raise RecordingStateError("already recording")
         check_reserve(self.cfg, self._free)
-        now_pos = self.ring.write_pos
+        now_pos = max(0, self.ring.write_pos - self._frames(seconds_ago))
         start_pos = max(self.ring.oldest_pos, now_pos - self.preroll_frames, self.pos - (
             self.ring.capacity - int(RING_SLACK_SECONDS * self.source.samplerate / 2)))
         start_pos = max(0, start_pos)
@@ -184,9 +186,14 @@ class Pump:
         self._commands.put(("stop", (self.ring.write_pos, reason, session)))
         return session.done
 
-    def mark(self, label: str = "") -> None:
-        """Bookmark the current moment of the recording in progress (ignored when idle)."""
-        self._commands.put(("mark", (self.ring.write_pos, label)))
+    def mark(self, label: str = "", seconds_ago: float = 0.0) -> None:
+        """Bookmark the moment `seconds_ago` before now in the recording in progress
+        (ignored when idle)."""
+        pos = self.ring.write_pos - self._frames(seconds_ago)
+        self._commands.put(("mark", (pos, label)))
+
+    def _frames(self, seconds: float) -> int:
+        return int(max(0.0, seconds) * self.source.samplerate)
 
     @property
     def recording(self) -> bool:

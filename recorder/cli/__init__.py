@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,7 +21,17 @@ from recorder.errors import RecorderError
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = (
     "recorder.cli.record",
+    "recorder.cli.service",
+    "recorder.cli.ctl",
+    "recorder.cli.mesh",
 )
+
+
+class OneLineFormatter(logging.Formatter):
+    """One event per line: tracebacks are folded so the journal keeps them as one entry."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", " | ")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,11 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # Under systemd the journal adds its own timestamps.
+    timestamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    handler.setFormatter(OneLineFormatter(timestamp + "%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        handlers=[handler])
     try:
         overrides = args.overrides(args) if hasattr(args, "overrides") else None
         cfg = load_config(args.config, overrides)

@@ -34,11 +34,13 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_devices)
 
-    p = sub.add_parser("demo", help="record the bundled speech clip end to end (no microphone)")
+    p = sub.add_parser("demo", help="the appliance end to end on a bundled clip: simulated "
+                       "button presses, no microphone or Pi needed")
     p.add_argument("--data-dir", type=Path, help="where to put the demo's data "
                    "(default: ./recorderpi-demo)")
-    p.add_argument("--realtime", action="store_true", help="replay the clip at real-time pace")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="skip the service: record the whole clip as fast as possible")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_demo, overrides=_demo_override)
 
 
@@ -126,19 +128,65 @@ def demo_clip() -> Path:
     return Path(str(resources.files("recorder") / "data" / "demo-speech.ogg"))
 
 
+def _appliance_demo(cfg: Config, say: Any) -> Published:
+    """Run the service on the bundled clip with gpiozero's mock pins and press its button."""
+    from gpiozero.pins.mock import MockFactory
+
+    from recorder.daemon import Service
+    from recorder.triggers import drive_mock_pin
+
+    factory = MockFactory()
+    service = Service(cfg, pin_factory=factory)
+    published: list[Any] = []
+    service.publisher.listeners.append(published.append)
+    runner = threading.Thread(target=service.run, name="service", daemon=True)
+    runner.start()
+    pin, low = cfg.gpio.record_pin or 17, cfg.gpio.active_low
+    try:
+        while service.state != "idle":
+            if not runner.is_alive():
+                raise RuntimeError("the service stopped during start-up")
+            time.sleep(0.05)
+        say(f"service armed on the bundled clip ({cfg.audio.preroll:g} s pre-roll ring filling)")
+        time.sleep(cfg.audio.preroll + 0.5)
+        say(f"press   GPIO{pin}: recording starts, {cfg.audio.preroll:g} s before the press")
+        drive_mock_pin(factory, pin, [("press", 0), ("release", 0.15)], low)
+        time.sleep(5)
+        say(f"hold    GPIO{pin} for {cfg.gpio.long_press + 0.3:.1f} s: a bookmark, "
+            "recording continues")
+        drive_mock_pin(factory, pin, [("press", 0), ("release", cfg.gpio.long_press + 0.3)], low)
+        time.sleep(4)
+        say(f"press   GPIO{pin}: recording stops and is published")
+        drive_mock_pin(factory, pin, [("press", 0), ("release", 0.15)], low)
+        deadline = time.monotonic() + 30
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        service.request_stop()
+        runner.join(30)
+    if not published:
+        raise RuntimeError("the demo recording was not published")
+    return published[0]
+
+
 def _demo_override(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     data = (args.data_dir or Path("recorderpi-demo")).resolve()
     return {
-        "audio": {"source": f"file:{demo_clip()}", "preroll": 0.0},
+        "audio": {"source": f"file:{demo_clip()}", "preroll": 0.0 if args.quick else 3.0},
+        "service": {"control_socket": str(data / "control.sock")},
         "storage": {"data_dir": str(data), "reserve_mb": 50},
         "device": {"id": "demo-device"},
     }
 
 
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
-    print(f"recording the bundled clip {demo_clip().name} through the full pipeline ...")
-    result = record_once(cfg, seconds=None, realtime=args.realtime, title="Lemon rice (demo)",
-                         tags=["demo", "recipe"], trigger="demo")
+    say = (lambda *a: None) if args.json else print
+    if args.quick:
+        say(f"recording the bundled clip {demo_clip().name} through the pipeline ...")
+        result = record_once(cfg, seconds=None, realtime=False, title="Lemon rice (demo)",
+                             tags=["demo", "recipe"], trigger="demo")
+    else:
+        result = _appliance_demo(cfg, say)
     if args.json:
         print(json.dumps(summary(result), indent=2))
         return 0
@@ -148,4 +196,6 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     print(f"  duration {doc['duration']:.2f} s, {doc['bytes']} bytes, sha256 {doc['sha256'][:16]}…")
     levels = doc["levels"]
     print(f"  levels   peak {levels['peak_dbfs']} dBFS, rms {levels['rms_dbfs']} dBFS")
+    for mark in doc["bookmarks"]:
+        print(f"  bookmark at {mark['at']:.2f} s ({mark['label']})")
     return 0

@@ -41,8 +41,11 @@ class AudioSource(Protocol):
         """Stop delivering; never hangs, even if the device is gone."""
 
 
-def open_source(spec: str, audio: AudioConfig, *, realtime: bool = True) -> AudioSource:
+def open_source(spec: str, audio: AudioConfig, *, realtime: bool = True,
+                loop: bool = False) -> AudioSource:
     """Open the source named by `spec`: ``file:PATH`` or a PortAudio device (name or index).
+
+    `realtime` and `loop` apply to files: pace like a live input, and replay forever.
 
     Raises InputFileError for an unreadable file and DeviceError for a missing device.
     """
@@ -50,7 +53,7 @@ def open_source(spec: str, audio: AudioConfig, *, realtime: bool = True) -> Audi
         from recorder.sources.file import FileSource
 
         return FileSource(spec[5:], channels=audio.channels, blocksize=audio.blocksize,
-                          realtime=realtime)
+                          realtime=realtime, loop=loop)
     from recorder.sources.portaudio import PortAudioSource
 
     return PortAudioSource(spec, samplerate=audio.samplerate, channels=audio.channels,

@@ -44,7 +44,7 @@ class FileSource:
     """Deliver a sound file's frames into the ring from a background thread."""
 
     def __init__(self, path: str | Path, *, channels: int, blocksize: int = 1024,
-                 realtime: bool = True) -> None:
+                 realtime: bool = True, loop: bool = False) -> None:
         self.path = Path(path)
         with open_sound_file(self.path) as f:
             self.samplerate = int(f.samplerate)
@@ -52,6 +52,7 @@ class FileSource:
         self.channels = channels
         self.blocksize = blocksize
         self.realtime = realtime
+        self.loop = loop  # replay forever: a file standing in for a microphone in the service
         self.name = f"file:{self.path}"
         self.stats = SourceStats()
         self._stop = threading.Event()
@@ -71,23 +72,27 @@ class FileSource:
         started = time.monotonic()
         sent = 0
         try:
-            with open_sound_file(self.path) as f:
-                for block in f.blocks(blocksize=self.blocksize, dtype="int16", always_2d=True):
-                    if self._stop.is_set():
-                        return
-                    block = to_channels(block, self.channels)
-                    if self.realtime:
-                        delay = started + sent / self.samplerate - time.monotonic()
-                        if delay > 0 and self._stop.wait(delay):
+            while True:
+                with open_sound_file(self.path) as f:
+                    for block in f.blocks(blocksize=self.blocksize, dtype="int16",
+                                          always_2d=True):
+                        if self._stop.is_set():
                             return
-                    else:
-                        while not ring.wait_for_space(len(block), keep=0, timeout=0.2):
-                            if self._stop.is_set():
+                        block = to_channels(block, self.channels)
+                        if self.realtime:
+                            delay = started + sent / self.samplerate - time.monotonic()
+                            if delay > 0 and self._stop.wait(delay):
                                 return
-                    ring.write(block)
-                    sent += len(block)
-                    self.stats.blocks += 1
-                    self.stats.last_block_at = time.monotonic()
+                        else:
+                            while not ring.wait_for_space(len(block), keep=0, timeout=0.2):
+                                if self._stop.is_set():
+                                    return
+                        ring.write(block)
+                        sent += len(block)
+                        self.stats.blocks += 1
+                        self.stats.last_block_at = time.monotonic()
+                if not self.loop or sent == 0:
+                    return
         except (sf.LibsndfileError, RuntimeError, OSError, InputFileError) as exc:
             self.stats.error = f"reading {self.path} failed: {exc}"
         finally:

@@ -1,0 +1,92 @@
+"""``recorder mesh setup|add-peer|status``: provision and inspect the Syncthing mesh."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from recorder.config import Config
+from recorder.mesh import provision
+from recorder.mesh.syncthing import SyncthingClient
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``mesh`` command group."""
+    mesh = subparsers.add_parser("mesh", help="pair devices and check the Syncthing mesh")
+    sub = mesh.add_subparsers(dest="mesh_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    p = sub.add_parser("setup", help="create this device's sendonly folder (idempotent)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_setup)
+
+    p = sub.add_parser("add-peer", help="pair with a peer and accept its folder (idempotent)")
+    p.add_argument("device_id", metavar="DEVICE_ID", help="the peer's Syncthing device id")
+    p.add_argument("--name", required=True, help="a name for the peer")
+    p.add_argument("--address", required=True,
+                   help="tcp://HOST:PORT (HOST:PORT is read as tcp://), or dynamic")
+    p.add_argument("--peer-id", metavar="ID",
+                   help="the peer's recorder device id (its folder name); default: read from "
+                        "the folder the peer offers once it has added this device")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_add_peer)
+
+    p = sub.add_parser("status", help="peers, connection state and completion")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_status)
+
+
+def _client(cfg: Config) -> SyncthingClient:
+    return SyncthingClient.from_config(cfg.syncthing)
+
+
+def _print_changes(changes: list[str]) -> None:
+    for line in changes or ["nothing to change"]:
+        print(f"  {line}")
+
+
+def _setup(args: argparse.Namespace, cfg: Config) -> int:
+    result = provision.setup(cfg, _client(cfg))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"this device: {cfg.device.id} (Syncthing {result['syncthing_id']})")
+    print(f"folder {result['folder']} (sendonly) at {result['path']}")
+    _print_changes(result["changes"])
+    return 0
+
+
+def _add_peer(args: argparse.Namespace, cfg: Config) -> int:
+    result = provision.add_peer(cfg, _client(cfg), args.device_id, args.name, args.address,
+                                peer_recorder_id=args.peer_id)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"peer {args.name}: {result['device_id']}")
+    if result["peer_folder"]:
+        print(f"its folder {result['peer_folder']} (receiveonly) at "
+              f"{cfg.storage.sync_root / result['peer_id']}")
+    else:
+        print("its folder is not offered yet: add this device on the peer, then re-run this "
+              "command (or pass --peer-id)")
+    _print_changes(result["changes"])
+    return 0
+
+
+def _status(args: argparse.Namespace, cfg: Config) -> int:
+    result = provision.status(cfg, _client(cfg))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"this device: {result['device_id']} (Syncthing {result['syncthing_id']})")
+    print("peers:" if result["peers"] else "peers: none (recorder mesh add-peer)")
+    for p in result["peers"]:
+        state = "paused" if p["paused"] else "connected" if p["connected"] else "disconnected"
+        has = "" if p["completion"] is None else f", has {p['completion']:.0f}% of ours"
+        print(f"  {p['name'] or '?'} [{p['peer_id'] or '?'}] {state}{has}  {p['syncthing_id']}")
+    print("folders:")
+    for f in result["folders"]:
+        extra = f", {f['locally_changed']} locally changed" if f["locally_changed"] else ""
+        print(f"  {f['id']} {f['type']} {f['state']} {f['completion']:.0f}%{extra}  {f['path']}")
+    return 0

@@ -1,0 +1,101 @@
+"""`recorder doctor`: checks that need no running service.
+
+Each check is a dict ``{"name", "ok", "detail", "severity"}``; severity "warning" marks what
+degrades the appliance without stopping it (an unsynchronised clock, papad unreachable).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from recorder import clock
+from recorder.config import Config
+from recorder.errors import RecorderError
+
+Check = dict[str, Any]
+
+
+def _check(name: str, fn: Callable[[], str], severity: str = "error") -> Check:
+    try:
+        return {"name": name, "ok": True, "detail": fn(), "severity": severity}
+    except (RecorderError, OSError) as exc:
+        return {"name": name, "ok": False, "detail": str(exc), "severity": severity}
+
+
+def _config(cfg: Config) -> str:
+    where = cfg.source_path or "built-in defaults"
+    return f"valid ({where}); device id {cfg.device.id}"
+
+
+def _device(cfg: Config) -> str:
+    spec = cfg.audio.source
+    if spec.startswith("file:"):
+        from recorder.sources.file import open_sound_file
+
+        with open_sound_file(spec[5:]) as f:
+            return f"file source {spec[5:]} ({f.samplerate} Hz, {f.channels} ch)"
+    from recorder.sources.portaudio import PortAudioSource
+
+    src = PortAudioSource(spec, samplerate=cfg.audio.samplerate, channels=cfg.audio.channels,
+                          blocksize=cfg.audio.blocksize)
+    return f"{src.name!r} records {cfg.audio.channels} ch at {cfg.audio.samplerate} Hz"
+
+
+def _writable(cfg: Config) -> str:
+    folder = cfg.device_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg.storage.staging_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cfg.storage.staging_dir):
+        pass
+    if os.stat(cfg.storage.staging_dir).st_dev != os.stat(cfg.storage.sync_root).st_dev:
+        raise RecorderError(
+            f"staging {cfg.storage.staging_dir} is not on the sync root's filesystem: "
+            "publishing could not be atomic"
+        )
+    return f"{folder} writable, staging on the same filesystem"
+
+
+def _free(cfg: Config) -> str:
+    free_mb = shutil.disk_usage(cfg.storage.sync_root).free // (1024 * 1024)
+    if free_mb < cfg.storage.reserve_mb:
+        raise RecorderError(f"{free_mb} MB free, below the {cfg.storage.reserve_mb} MB reserve")
+    return f"{free_mb} MB free (reserve {cfg.storage.reserve_mb} MB)"
+
+
+def _clock(cfg: Config) -> str:
+    if not clock.clock_synchronized():
+        raise RecorderError("system clock is not NTP-synchronised: timestamps may be wrong")
+    return "synchronised"
+
+
+def _staging(cfg: Config) -> str:
+    from recorder.recover import pending
+
+    left = pending(cfg)
+    if left:
+        raise RecorderError(f"{len(left)} recording(s) wait in staging: run `recorder recover`")
+    return "empty"
+
+
+def doctor(cfg: Config) -> list[Check]:
+    """Run every check; never raises for a failing check."""
+    checks = [
+        _check("config", lambda: _config(cfg)),
+        _check("audio device", lambda: _device(cfg)),
+        _check("storage", lambda: _writable(cfg)),
+        _check("free space", lambda: _free(cfg)),
+        _check("staging", lambda: _staging(cfg), severity="warning"),
+        _check("clock", lambda: _clock(cfg), severity="warning"),
+    ]
+    for extra in extra_checks(cfg):
+        checks.append(extra)
+    return checks
+
+
+def extra_checks(cfg: Config) -> list[Check]:
+    """Checks of the optional services this config uses (papad, Syncthing)."""
+    return []

@@ -1,0 +1,1 @@
+"""The mesh: Syncthing REST client (`syncthing`), provisioning (`provision`), sync bridge."""

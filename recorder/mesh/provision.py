@@ -1,0 +1,337 @@
+"""Provision this device's place in the Syncthing mesh, idempotently, through the REST API.
+
+The model (shared/syncthing.md, "Folder types"): every recorder owns one folder,
+``<sync_root>/<recorder-device-id>/``, with the Syncthing folder id ``recorderpi-<recorder-id>``
+and label ``<recorder-id>``.
+
+- The owner shares it **sendonly**: it never takes changes from anybody.
+- Every peer holds it **receiveonly** at ``<sync_root>/<owner's recorder id>/``: a file a peer adds
+  there stays local ("locally changed") and is never sent on.
+- A peer's folder is shared with its owner only, never with third devices. Syncthing accepts a
+  folder's updates from every device it is shared with, and a receive-only copy does not stop
+  that: if B's copy of A's folder were shared with C, C could switch its copy to sendreceive and
+  rewrite A's recordings on B. The cost is no store-and-forward: A's recordings reach C only when
+  A and C are connected.
+
+Because the folder id carries the recorder id, a peer's folder can be created before the peer
+offers it (``add_peer(..., peer_recorder_id=...)``), and when the id is not given it is read from
+the folder the peer offers (``/rest/cluster/pending/folders``); it is validated as a single safe
+path component before it becomes a path. Offers are accepted only from devices we already share
+our own folder with, and an offer never takes over a folder held from another device (only an
+explicit ``--peer-id`` re-points one, e.g. after a peer was reinstalled with new keys).
+
+Field settings: the watcher is on (``fsWatcherDelayS`` = ``syncthing.watcher_delay``; the
+publisher also asks for a scan right away, so the delay is only a fallback), the periodic rescan
+is ``syncthing.rescan_interval``, and ``reconnectionIntervalS`` is lowered from 60 to 5 (the
+lowest value Syncthing 1.19 keeps): after a second connection drop within the interval Syncthing
+waits up to the whole interval before redialling (57 s measured), far too long on a flaky field
+link, and a redial every 5 s to a handful of peers costs nothing.
+
+Every function only changes what differs from the wanted state, so re-running changes nothing.
+Each returns the list of changes it made (empty when already provisioned). The wanted state
+includes "not paused": re-running un-pauses our folders and the named peer.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from recorder.config import Config
+from recorder.deviceid import validate_device_id
+from recorder.errors import ConfigError, RecorderError, RemoteError
+from recorder.mesh.syncthing import SyncthingClient
+
+FOLDER_PREFIX = "recorderpi-"
+RECONNECT_INTERVAL_S = 5
+
+log = logging.getLogger(__name__)
+
+_SYNCTHING_ID = re.compile(r"^[A-Z2-7]{56}$")
+
+
+def folder_id(recorder_id: str) -> str:
+    """The Syncthing folder id of the folder owned by `recorder_id`."""
+    return FOLDER_PREFIX + recorder_id
+
+
+def owner_of(folder: str) -> str | None:
+    """The recorder id owning Syncthing folder `folder`, or None if it is not a safe mesh id."""
+    if not folder.startswith(FOLDER_PREFIX):
+        return None
+    try:
+        return validate_device_id(folder[len(FOLDER_PREFIX) :], "folder id")
+    except ConfigError:
+        return None
+
+
+def normalize_device_id(value: str) -> str:
+    """A Syncthing device id in its canonical form (upper case, dashes every 7 characters).
+
+    Syncthing accepts lower case and missing dashes but stores the canonical form; comparing
+    canonical ids keeps re-runs idempotent. Raises RecorderError for anything else.
+    """
+    raw = re.sub(r"[\s-]", "", value).upper()
+    if not _SYNCTHING_ID.match(raw):
+        raise RecorderError(f"not a Syncthing device id (56 letters A-Z and digits 2-7): {value!r}")
+    return "-".join(raw[i : i + 7] for i in range(0, 56, 7))
+
+
+def normalize_address(value: str) -> str:
+    """``host:port`` becomes ``tcp://host:port``; URLs and ``dynamic`` pass through."""
+    value = value.strip()
+    if not value:
+        raise RecorderError("peer address is empty (use tcp://HOST:22000 or dynamic)")
+    return value if value == "dynamic" or "://" in value else f"tcp://{value}"
+
+
+def _folder_settings(cfg: Config, kind: str, owner: str) -> dict[str, Any]:
+    return {
+        "label": owner,
+        "path": str((cfg.storage.sync_root / owner).absolute()),
+        "type": kind,
+        "fsWatcherEnabled": True,
+        "fsWatcherDelayS": cfg.syncthing.watcher_delay,
+        "rescanIntervalS": cfg.syncthing.rescan_interval,
+        "paused": False,
+    }
+
+
+def _ensure_folder(
+    client: SyncthingClient, fid: str, settings: dict[str, Any], devices: list[str],
+    exact_devices: bool, changes: list[str],
+) -> None:
+    """Create folder `fid` or patch the settings and device list that differ."""
+    Path(settings["path"]).mkdir(parents=True, exist_ok=True)
+    current = client.get_folder(fid)
+    if current is None:
+        client.add_folder({"id": fid, **settings, "devices": [{"deviceID": d} for d in devices]})
+        changes.append(f"added folder {fid} ({settings['type']}) at {settings['path']}")
+        return
+    patch = {k: v for k, v in settings.items() if current.get(k) != v}
+    have = [d["deviceID"] for d in current.get("devices", [])]
+    want = devices if exact_devices else have + [d for d in devices if d not in have]
+    if sorted(have) != sorted(want):
+        # Keep the per-device entries Syncthing already has (encryption settings etc.).
+        by_id = {d["deviceID"]: d for d in current.get("devices", [])}
+        patch["devices"] = [by_id.get(d, {"deviceID": d}) for d in want]
+    if patch:
+        client.patch_folder(fid, patch)
+        changes.append(f"updated folder {fid}: {', '.join(sorted(patch))}")
+
+
+def setup(
+    cfg: Config, client: SyncthingClient, reconnect_interval: int = RECONNECT_INTERVAL_S
+) -> dict[str, Any]:
+    """Create or correct this device's sendonly folder and the mesh options.
+
+    Also accepts folders already offered by configured peers (see `accept_pending`). Returns
+    ``{"syncthing_id", "folder", "path", "changes"}``; ``changes`` is empty on a re-run.
+    """
+    my_id = client.device_id()
+    changes: list[str] = []
+    own = folder_id(cfg.device.id)
+    _ensure_folder(client, own, _folder_settings(cfg, "sendonly", cfg.device.id), [my_id],
+                   exact_devices=False, changes=changes)
+    options = client.options()
+    if options.get("reconnectionIntervalS") != reconnect_interval:
+        client.patch_options({"reconnectionIntervalS": reconnect_interval})
+        changes.append(
+            f"set reconnectionIntervalS {options.get('reconnectionIntervalS')} -> "
+            f"{reconnect_interval}"
+        )
+    changes += accept_pending(cfg, client)
+    return {"syncthing_id": my_id, "folder": own, "path": str(cfg.device_folder),
+            "changes": changes}
+
+
+def _configured_owner(cfg: Config, client: SyncthingClient, device_id: str) -> str | None:
+    """The recorder id of the peer folder already accepted from `device_id`, if exactly one."""
+    owners = {
+        owner_of(f["id"]) for f in client.folders()
+        if f["id"] != folder_id(cfg.device.id) and f.get("type") == "receiveonly"
+        and device_id in [d["deviceID"] for d in f.get("devices", [])]
+    } - {None}
+    return owners.pop() if len(owners) == 1 else None
+
+
+def _offered_owner(cfg: Config, client: SyncthingClient, device_id: str) -> str | None:
+    """The recorder id of the mesh folder `device_id` offers us, if it offers exactly one."""
+    pending = client.pending_folders(device_id)
+    owners: set[str] = set()
+    for fid, info in (pending or {}).items():
+        if device_id not in (info.get("offeredBy") or {}):
+            continue
+        if not fid.startswith(FOLDER_PREFIX):
+            continue
+        owner = owner_of(fid)
+        if owner is None:
+            raise RemoteError(f"peer {device_id} offers a folder with an unsafe id: {fid[:80]!r}")
+        if owner != cfg.device.id:
+            owners.add(owner)
+    if len(owners) > 1:
+        raise RemoteError(f"peer {device_id} offers several recorder folders: "
+                          f"{', '.join(sorted(owners))}; pass --peer-id")
+    return owners.pop() if owners else None
+
+
+def _ensure_peer_folder(
+    cfg: Config, client: SyncthingClient, my_id: str, device_id: str, owner: str,
+    changes: list[str], repoint: bool,
+) -> bool:
+    """Create or correct `owner`'s receiveonly folder, shared with `device_id` and us only.
+
+    A folder already held from another device is re-pointed to `device_id` only if `repoint`
+    (the user named the owner with --peer-id): a peer merely offering a folder id cannot take
+    over another peer's folder. Returns False when it refused to re-point.
+    """
+    if owner == cfg.device.id:
+        raise RecorderError(f"peer recorder id {owner!r} is this device's own id")
+    fid = folder_id(owner)
+    current = client.get_folder(fid)
+    if current is not None and not repoint:
+        holders = {d["deviceID"] for d in current.get("devices", [])} - {my_id}
+        if holders and device_id not in holders:
+            log.warning("peer %s offers %s, which is held from %s: not taken over",
+                        device_id, fid, ", ".join(sorted(holders)))
+            return False
+    # Exactly owner and us: see the module docstring for why third devices are excluded.
+    _ensure_folder(client, fid, _folder_settings(cfg, "receiveonly", owner),
+                   [my_id, device_id], exact_devices=True, changes=changes)
+    return True
+
+
+def accept_pending(cfg: Config, client: SyncthingClient) -> list[str]:
+    """Accept, receive-only, the mesh folder each configured peer offers; return the changes.
+
+    Only devices this device already shares its own folder with count as peers, so an unknown
+    device that connects cannot get a folder created.
+    """
+    own = client.get_folder(folder_id(cfg.device.id))
+    if own is None:
+        return []
+    my_id = client.device_id()
+    peers = [d["deviceID"] for d in own.get("devices", []) if d["deviceID"] != my_id]
+    changes: list[str] = []
+    for device_id in peers:
+        try:
+            owner = _offered_owner(cfg, client, device_id)
+        except RemoteError as exc:  # one odd peer must not stop the others' setup
+            log.warning("not accepting offers: %s", exc)
+            continue
+        if owner is not None:
+            _ensure_peer_folder(cfg, client, my_id, device_id, owner, changes, repoint=False)
+    return changes
+
+
+def add_peer(
+    cfg: Config,
+    client: SyncthingClient,
+    device_id: str,
+    name: str,
+    address: str = "dynamic",
+    peer_recorder_id: str | None = None,
+    reconnect_interval: int = RECONNECT_INTERVAL_S,
+) -> dict[str, Any]:
+    """Pair with a peer: add its device, share our folder with it, accept its folder.
+
+    Runs `setup` first. The peer's folder (``<sync_root>/<peer recorder id>/``, receiveonly) is
+    created at once when `peer_recorder_id` is given, else when the peer already offers it;
+    otherwise ``peer_folder`` is None and re-running `add_peer` or `setup` after the peer has
+    added this device accepts it. Returns ``{"device_id", "peer_id", "peer_folder", "changes"}``.
+    """
+    device_id = normalize_device_id(device_id)
+    address = normalize_address(address)
+    if peer_recorder_id is not None:
+        peer_recorder_id = validate_device_id(peer_recorder_id, "--peer-id")
+    result = setup(cfg, client, reconnect_interval)
+    changes: list[str] = result["changes"]
+    my_id = result["syncthing_id"]
+    if device_id == my_id:
+        raise RecorderError(f"{device_id} is this device's own Syncthing id")
+
+    wanted = {"name": name, "addresses": [address], "autoAcceptFolders": False,
+              "introducer": False, "paused": False}
+    current = client.get_device(device_id)
+    if current is None:
+        client.add_device({"deviceID": device_id, **wanted})
+        changes.append(f"added device {device_id} ({name}) at {address}")
+    else:
+        patch = {k: v for k, v in wanted.items() if current.get(k) != v}
+        if patch:
+            client.patch_device(device_id, patch)
+            changes.append(f"updated device {device_id}: {', '.join(sorted(patch))}")
+
+    _ensure_folder(client, result["folder"], _folder_settings(cfg, "sendonly", cfg.device.id),
+                   [my_id, device_id], exact_devices=False, changes=changes)
+
+    owner = (peer_recorder_id or _configured_owner(cfg, client, device_id)
+             or _offered_owner(cfg, client, device_id))
+    if owner is not None and not _ensure_peer_folder(
+        cfg, client, my_id, device_id, owner, changes, repoint=peer_recorder_id is not None
+    ):
+        raise RecorderError(f"{folder_id(owner)} is already held from another device; pass "
+                            f"--peer-id {owner} to re-point it to {device_id}")
+    return {"device_id": device_id, "peer_id": owner,
+            "peer_folder": folder_id(owner) if owner else None, "changes": changes}
+
+
+def status(cfg: Config, client: SyncthingClient) -> dict[str, Any]:
+    """Peers, their connection state and completion of every mesh folder.
+
+    ``{"device_id", "syncthing_id", "folder", "peers": [...], "folders": [...]}``: each peer has
+    its name, addresses, ``connected``, ``paused``, remote ``address``, ``client_version``, the
+    recorder id it owns (``peer_id``, from the folders shared with it) and ``completion``, how
+    much of our folder it has (percent). Each mesh folder has its owner, type, path, state,
+    local ``completion`` and the count of ``locally_changed`` files (receiveonly only).
+    """
+    my_id = client.device_id()
+    own = folder_id(cfg.device.id)
+    folders = [f for f in client.folders() if f["id"].startswith(FOLDER_PREFIX)]
+    connections = client.connections().get("connections", {})
+    own_devices = next(
+        ([d["deviceID"] for d in f.get("devices", [])] for f in folders if f["id"] == own), []
+    )
+    peers = []
+    for dev in client.devices():
+        did = dev["deviceID"]
+        if did == my_id:
+            continue
+        conn = connections.get(did, {})
+        owned = [owner_of(f["id"]) for f in folders if f["id"] != own
+                 and did in [d["deviceID"] for d in f.get("devices", [])]]
+        peer: dict[str, Any] = {
+            "syncthing_id": did,
+            "name": dev.get("name", ""),
+            "addresses": dev.get("addresses", []),
+            "peer_id": owned[0] if len(owned) == 1 else None,
+            "connected": bool(conn.get("connected")),
+            "paused": bool(conn.get("paused") or dev.get("paused")),
+            "address": conn.get("address") or None,
+            "client_version": conn.get("clientVersion") or None,
+            "completion": None,
+        }
+        if did in own_devices:
+            peer["completion"] = client.completion(own, did).get("completion")
+        peers.append(peer)
+    out_folders = []
+    for f in folders:
+        db = client.db_status(f["id"])
+        out_folders.append({
+            "id": f["id"],
+            "owner": owner_of(f["id"]),
+            "own": f["id"] == own,
+            "type": f.get("type"),
+            "path": f.get("path"),
+            "paused": bool(f.get("paused")),
+            "state": db.get("state"),
+            "completion": client.completion(f["id"]).get("completion"),
+            "files": db.get("localFiles"),
+            "need_files": db.get("needFiles"),
+            "locally_changed": db.get("receiveOnlyChangedFiles", 0),
+            "errors": db.get("errors", 0) + db.get("pullErrors", 0),
+        })
+    return {"device_id": cfg.device.id, "syncthing_id": my_id, "folder": own,
+            "peers": peers, "folders": out_folders}

@@ -1,0 +1,236 @@
+"""A small client for Syncthing's REST API (tested against Syncthing 1.19).
+
+Every request has a timeout; every failure (Syncthing down, refused key, bad request, bad JSON)
+raises :class:`recorder.errors.RemoteError` with a one-line message naming the method and path.
+Config changes made through the REST API apply without a restart.
+
+`scan_quietly()` is the publishing hand-off: it never raises, so a recording is published even
+when Syncthing is down (the watcher or the periodic rescan picks the file up later).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from recorder.config import SyncthingConfig
+from recorder.errors import RemoteError
+from recorder.secrets import read_secret
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0
+# A quiet scan runs on the publishing path: it must give up fast when Syncthing is busy or gone.
+QUIET_SCAN_TIMEOUT = 3.0
+
+
+class SyncthingClient:
+    """REST calls to one Syncthing instance (``url`` like ``http://127.0.0.1:8384``)."""
+
+    def __init__(self, url: str, api_key: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._session.headers["X-API-Key"] = api_key
+
+    @classmethod
+    def from_config(cls, cfg: SyncthingConfig) -> SyncthingClient:
+        """A client for `cfg.url` with the API key read from `cfg.api_key_file`.
+
+        The key file must be configured, exist and not be group/world-readable
+        (`recorder.secrets`); otherwise ConfigError.
+        """
+        return cls(cfg.url, read_secret(cfg.api_key_file, "syncthing.api_key_file"))
+
+    def close(self) -> None:
+        self._session.close()
+
+    # --- transport ----------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """One REST call; returns the decoded JSON body (None when the body is empty)."""
+        where = f"syncthing {method} {path}"
+        try:
+            resp = self._session.request(
+                method, self.url + path, params=params, json=json,
+                timeout=self.timeout if timeout is None else timeout,
+            )
+        except requests.Timeout:
+            raise RemoteError(f"{where}: no answer from {self.url} (timeout)") from None
+        except requests.ConnectionError:
+            raise RemoteError(f"{where}: cannot connect to {self.url} (is Syncthing running?)") \
+                from None
+        except requests.RequestException as exc:
+            raise RemoteError(f"{where}: {type(exc).__name__}") from None
+        if resp.status_code == 403:
+            raise RemoteError(f"{where}: forbidden (wrong API key?)")
+        if resp.status_code >= 400:
+            detail = " ".join(resp.text.split())[:200]
+            raise RemoteError(f"{where}: HTTP {resp.status_code}: {detail}")
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise RemoteError(f"{where}: answer is not JSON") from None
+
+    def _get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    # --- system -------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise RemoteError unless Syncthing answers ``/rest/system/ping`` with pong."""
+        body = self.request("GET", "/rest/system/ping")
+        if not isinstance(body, dict) or body.get("ping") != "pong":
+            raise RemoteError(f"syncthing GET /rest/system/ping: unexpected answer {body!r}")
+
+    def ping_quietly(self) -> bool:
+        """True if Syncthing answers a ping; never raises."""
+        try:
+            self.ping()
+        except RemoteError:
+            return False
+        return True
+
+    def device_id(self) -> str:
+        """This instance's Syncthing device id (``myID``)."""
+        return str(self.request("GET", "/rest/system/status")["myID"])
+
+    def connections(self) -> dict[str, Any]:
+        """``/rest/system/connections``: ``{"connections": {device_id: {...}}, "total": ...}``."""
+        return self._get("/rest/system/connections")
+
+    def pause(self, device_id: str | None = None) -> None:
+        """Pause every device, or one (pause-all is saved in the config)."""
+        self.request("POST", "/rest/system/pause",
+                     params={"device": device_id} if device_id else None)
+
+    def resume(self, device_id: str | None = None) -> None:
+        self.request("POST", "/rest/system/resume",
+                     params={"device": device_id} if device_id else None)
+
+    def shutdown(self) -> None:
+        self.request("POST", "/rest/system/shutdown")
+
+    # --- config -------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The whole configuration (``/rest/config``)."""
+        return self._get("/rest/config")
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self._get("/rest/config/devices")
+
+    def get_device(self, device_id: str) -> dict[str, Any] | None:
+        """The device's config, or None if it is not configured."""
+        return next((d for d in self.devices() if d.get("deviceID") == device_id), None)
+
+    def add_device(self, device: dict[str, Any]) -> None:
+        """Add (or replace) one device; missing keys take Syncthing's defaults."""
+        self.request("POST", "/rest/config/devices", json=device)
+
+    def patch_device(self, device_id: str, changes: dict[str, Any]) -> None:
+        self.request("PATCH", f"/rest/config/devices/{device_id}", json=changes)
+
+    def folders(self) -> list[dict[str, Any]]:
+        return self._get("/rest/config/folders")
+
+    def get_folder(self, folder_id: str) -> dict[str, Any] | None:
+        """The folder's config, or None if it is not configured."""
+        return next((f for f in self.folders() if f.get("id") == folder_id), None)
+
+    def add_folder(self, folder: dict[str, Any]) -> None:
+        """Add (or replace) one folder; missing keys take the configured folder defaults."""
+        self.request("POST", "/rest/config/folders", json=folder)
+
+    def patch_folder(self, folder_id: str, changes: dict[str, Any]) -> None:
+        self.request("PATCH", f"/rest/config/folders/{folder_id}", json=changes)
+
+    def options(self) -> dict[str, Any]:
+        return self._get("/rest/config/options")
+
+    def patch_options(self, changes: dict[str, Any]) -> None:
+        self.request("PATCH", "/rest/config/options", json=changes)
+
+    def pending_folders(self, device_id: str | None = None) -> dict[str, Any]:
+        """Folders peers offer that are not configured here (``/rest/cluster/pending/folders``).
+
+        ``{folder_id: {"offeredBy": {device_id: {"time", "label", ...}}}}``.
+        """
+        return self._get("/rest/cluster/pending/folders", device=device_id)
+
+    # --- database -----------------------------------------------------------------------------
+
+    def scan(self, folder: str, sub: str | Path | None = None) -> None:
+        """Ask Syncthing to rescan `folder` now (only `sub`, relative to the folder, if given)."""
+        params: dict[str, Any] = {"folder": folder}
+        if sub is not None:
+            params["sub"] = str(sub)
+        self.request("POST", "/rest/db/scan", params=params)
+
+    def scan_quietly(self, folder: str, sub: str | Path | None = None,
+                     timeout: float = QUIET_SCAN_TIMEOUT) -> bool:
+        """`scan()` that never raises: True if Syncthing accepted it, else False (logged)."""
+        params: dict[str, Any] = {"folder": folder}
+        if sub is not None:
+            params["sub"] = str(sub)
+        try:
+            self.request("POST", "/rest/db/scan", params=params, timeout=timeout)
+        except RemoteError as exc:
+            log.warning("scan hand-off skipped: %s", exc)
+            return False
+        except Exception as exc:  # publishing must never fail because of the hand-off
+            log.warning("scan hand-off skipped: %s: %s", type(exc).__name__, exc)
+            return False
+        return True
+
+    def db_status(self, folder: str) -> dict[str, Any]:
+        """``/rest/db/status``: state, file counts, ``receiveOnlyChangedFiles``, errors..."""
+        return self._get("/rest/db/status", folder=folder)
+
+    def completion(self, folder: str, device: str | None = None) -> dict[str, Any]:
+        """How complete `device` (default: this one) is for `folder` (``completion`` percent)."""
+        return self._get("/rest/db/completion", folder=folder, device=device)
+
+    def revert(self, folder: str) -> None:
+        """Drop local changes in a receive-only folder (``/rest/db/revert``)."""
+        self.request("POST", "/rest/db/revert", params={"folder": folder})
+
+    # --- events -------------------------------------------------------------------------------
+
+    def events(
+        self,
+        since: int = 0,
+        timeout: float = 60.0,
+        types: Iterable[str] | None = None,
+        limit: int | None = None,
+        disk: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Long-poll events with id > `since`, waiting up to `timeout` s; [] when none came.
+
+        `disk=True` reads ``/rest/events/disk`` (LocalChangeDetected, RemoteChangeDetected).
+        A bridge loops ``since = events[-1]["id"]``; ids restart from 1 when Syncthing restarts,
+        so a last id larger than the newest one means "start over from 0".
+        """
+        params: dict[str, Any] = {"since": since, "timeout": max(0, int(timeout))}
+        if types:
+            params["events"] = ",".join(types)
+        if limit is not None:
+            params["limit"] = limit
+        path = "/rest/events/disk" if disk else "/rest/events"
+        # The HTTP timeout must outlast the long poll itself.
+        body = self.request("GET", path, params=params, timeout=timeout + self.timeout)
+        return list(body or [])
