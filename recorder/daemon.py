@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from recorder import app, clock
+from recorder.atomic import makedirs_durable
 from recorder.config import Config
 from recorder.control import ControlServer
 from recorder.errors import DeviceError, RecorderError
@@ -58,6 +59,7 @@ class Service:
         self._lock = threading.Lock()  # serialises start/stop/mark from buttons, socket, signals
         self.state = "starting"
         self.device_error: str | None = None
+        self.storage_error: str | None = None
         self.last_error: str | None = None
         self.last_published: dict[str, Any] | None = None
         self.published_count = 0
@@ -71,6 +73,8 @@ class Service:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or `request_stop`); returns the exit code."""
         self._install_signals()
+        makedirs_durable(self.cfg.device_folder)
+        makedirs_durable(self.cfg.storage.staging_dir)
         for outcome in recover(self.cfg, self.publisher):
             log.warning("recovered %s: %s: %s", outcome.recording_id, outcome.action,
                         outcome.detail)
@@ -111,6 +115,8 @@ class Service:
             self.led = NullLed()
 
     def _open_pump(self) -> Pump | None:
+        if self.device_error is not None and not self.source_spec.startswith("file:"):
+            self._rescan()
         try:
             pump = app.build_pump(self.cfg, source_spec=self.source_spec, realtime=self.realtime,
                                   loop=True, always_on=[self.meter], on_event=self._on_pump_event,
@@ -146,6 +152,15 @@ class Service:
                  pump.source.samplerate, self.cfg.audio.preroll)
         self._update_led()
         return pump
+
+    @staticmethod
+    def _rescan() -> None:
+        from recorder.sources.portaudio import rescan_devices
+
+        try:
+            rescan_devices()
+        except Exception as exc:  # PortAudio missing entirely: the open below reports it
+            log.debug("device rescan failed: %s", exc)
 
     def _serve(self, pump: Pump) -> None:
         interval = self.notifier.watchdog_interval()
@@ -283,14 +298,15 @@ class Service:
         try:
             free = shutil.disk_usage(self.cfg.storage.sync_root).free
         except OSError as exc:
-            self.last_error = f"sync root unavailable: {exc}"
+            self.storage_error = f"sync root unavailable: {exc}"
             return
+        self.storage_error = None
         self._free_mb = free // (1024 * 1024)
         self.disk_low = self._free_mb < self.cfg.storage.reserve_mb
 
     def _update_led(self) -> None:
         pump = self.pump
-        if self.device_error or (self.last_error and not self.disk_low):
+        if self.device_error or self.storage_error or (self.last_error and not self.disk_low):
             state = "error"
         elif pump is not None and pump.recording:
             state = "recording"
@@ -313,8 +329,7 @@ class Service:
                 out.append("input clipping: lower the microphone gain")
         if self.disk_low:
             out.append(f"free space {self._free_mb} MB is below the reserve")
-        if self.device_error:
-            out.append(self.device_error)
+        out.extend(e for e in (self.device_error, self.storage_error) if e)
         return out
 
     def status(self) -> dict[str, Any]:

@@ -26,6 +26,16 @@ def _sounddevice() -> Any:
     return sounddevice
 
 
+def rescan_devices() -> None:
+    """Make PortAudio enumerate devices again (a USB microphone plugged in, a sound server
+    restarted). PortAudio only enumerates at initialisation: every stream must be closed."""
+    sd = _sounddevice()
+    try:
+        sd._terminate()
+    finally:
+        sd._initialize()
+
+
 def input_devices() -> list[dict[str, Any]]:
     """Every device with input channels: index, name, host API, channels, default rate."""
     sd = _sounddevice()
