@@ -46,7 +46,7 @@ def test_portaudio_capture_publishes_the_fed_clip(pulse, config_file, speech_wav
     result = json.loads(out)
     audio, got_rate = sf.read(result["path"], dtype="int16")
     assert got_rate == 48000
-    lag, corr = best_lag(audio, clip)
+    _lag, corr = best_lag(audio, clip)
     assert corr > 0.98, corr  # Vorbis q4 of the exact samples
     doc = sidecar.loads(Path(result["sidecar"]).read_bytes())
     assert doc["duration"] >= len(clip) / rate

@@ -6,6 +6,8 @@ every press goes through the same debounce, trigger and pump code as on a Pi.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import signal
@@ -207,10 +209,8 @@ def test_watchdog_pings_only_while_audio_flows(pulse, config_file, tmp_path):  #
     def drain(seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            try:
+            with contextlib.suppress(TimeoutError):
                 messages.append((time.monotonic(), notify.recv(4096).decode()))
-            except TimeoutError:
-                pass
 
     svc = None
     try:
@@ -274,7 +274,7 @@ def test_led_states_through_mock_pins(cfg_factory, tmp_path):
         svc.device_error = "simulated: no device"
         svc._update_led()
         err = states_for(1.0)
-        flips = sum(a != b for a, b in zip(err, err[1:], strict=False))
+        flips = sum(a != b for a, b in itertools.pairwise(err))
         assert flips >= 6  # fast blink
     finally:
         svc.request_stop()
