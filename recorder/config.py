@@ -91,7 +91,7 @@ class SyncthingConfig:
 @dataclass(frozen=True)
 class RadioConfig:
     live: bool = False
-    url: str = "http://127.0.0.1:8000"
+    url: str = "http://127.0.0.1:8001"  # 8000 is papad's
     mount: str = "/cowradio.ogg"
     username: str = "source"
     password_file: Path | None = None

@@ -25,7 +25,6 @@ from recorder.config import Config
 from recorder.control import ControlServer
 from recorder.errors import DeviceError, RecorderError
 from recorder.led import NullLed, StatusLed, open_status_led
-from recorder.publish import Publisher
 from recorder.pump import Pump
 from recorder.recover import recover
 from recorder.sdnotify import Notifier
@@ -42,14 +41,14 @@ class Service:
     """The long-running appliance: source, triggers, LED, control socket, health, watchdog."""
 
     def __init__(self, cfg: Config, *, source_spec: str | None = None, realtime: bool = True,
-                 pin_factory: Any = None, notifier: Notifier | None = None,
-                 publisher: Publisher | None = None) -> None:
+                 pin_factory: Any = None, notifier: Notifier | None = None) -> None:
         self.cfg = cfg
         self.source_spec = source_spec or cfg.audio.source
         self.realtime = realtime
         self.pin_factory = pin_factory
         self.notifier = notifier or Notifier()
-        self.publisher = publisher or app.build_publisher(cfg)
+        self.assembly = app.assemble(cfg, service=True)
+        self.publisher = self.assembly.publisher
         self.meter = LevelMeter(cfg.audio.samplerate, cfg.service.silence_dbfs)
         self.pump: Pump | None = None
         self.triggers: Triggers | None = None
@@ -67,7 +66,7 @@ class Service:
         self._free_mb = -1
         self._next_disk_check = 0.0
         self._ready_sent = False
-        self._workers = app.background_workers(cfg)
+        self._workers = self.assembly.workers
 
     # -- lifecycle -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -120,7 +119,7 @@ class Service:
         try:
             pump = app.build_pump(self.cfg, source_spec=self.source_spec, realtime=self.realtime,
                                   loop=True, always_on=[self.meter], on_event=self._on_pump_event,
-                                  publisher=self.publisher)
+                                  assembly=self.assembly)
             pump.start()
             try:
                 pump.wait_first_block(self.cfg.audio.device_wait)

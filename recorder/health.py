@@ -98,4 +98,18 @@ def doctor(cfg: Config) -> list[Check]:
 
 def extra_checks(cfg: Config) -> list[Check]:
     """Checks of the optional services this config uses (papad, Syncthing)."""
-    return []
+    checks: list[Check] = []
+    if cfg.papad.api != "none":
+        from recorder.papad.doctor import papad_checks
+
+        checks.extend({"severity": "warning", **c} for c in papad_checks(cfg))
+    if cfg.syncthing.api_key_file is not None:
+        checks.append(_check("syncthing", lambda: _syncthing(cfg), severity="warning"))
+    return checks
+
+
+def _syncthing(cfg: Config) -> str:
+    from recorder.mesh.syncthing import SyncthingClient
+
+    client = SyncthingClient.from_config(cfg.syncthing)
+    return f"reachable at {cfg.syncthing.url}, device {client.device_id()}"

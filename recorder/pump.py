@@ -99,6 +99,7 @@ class Pump:
         self._next_disk_check = 0.0
         self.device_lost = False
         self.last_published: Published | None = None
+        self.last_stop_to_published: float | None = None  # seconds, for health and benchmarks
         self.publish_errors = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -299,6 +300,7 @@ class Pump:
             return
         self.active = None
         fut = session.done
+        stop_started = time.monotonic()
         try:
             staged = session.finish(reason)
         except Exception as exc:
@@ -310,9 +312,9 @@ class Pump:
                                              "error": str(exc)})
             fut.set_exception(exc)
             return
-        self._publishing.submit(self._publish, staged, fut)
+        self._publishing.submit(self._publish, staged, fut, stop_started)
 
-    def _publish(self, staged: Any, fut: Future[Published]) -> None:
+    def _publish(self, staged: Any, fut: Future[Published], stop_started: float) -> None:
         try:
             result = self.publisher.publish(staged)
         except Exception as exc:
@@ -324,6 +326,7 @@ class Pump:
             fut.set_exception(exc)
             return
         self.last_published = result
+        self.last_stop_to_published = time.monotonic() - stop_started
         self.on_event("published", {"path": str(result.ogg_path),
                                     "stop_reason": result.sidecar["stop_reason"]})
         fut.set_result(result)

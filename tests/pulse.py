@@ -20,6 +20,10 @@ Choosing the source (``env(source=...)`` / :meth:`PulseServer.use_source`):
 - ``"recsink.monitor"`` (:data:`MONITOR_SOURCE`, the default): clocked by the server, so
   callbacks always come (silence when nothing plays); audio played with :meth:`play` arrives
   bit-exact apart from the first ~10 ms. Timing of what you play is less controlled.
+  An idle null sink renders in 2 s blocks, so a stream opened on its monitor would wait up to
+  2 s for its first callback; the server keeps a silent low-latency ``pacat`` playing into
+  ``recsink`` (``warm_monitor=True``, then a suspend/resume cycle at start-up) so streams get
+  their first callback within ~30 ms. Silence mixes in as zeros: played clips stay bit-exact.
 
 Environment rules:
 
@@ -33,6 +37,10 @@ Environment rules:
   ``subprocess.Popen(..., env={**os.environ, **server.env(source="pipesrc")})``.
 - Always ``abort()`` and ``close()`` streams in tests: sounddevice's exit handler calls
   ``stop()`` on the last stream, which hangs if that stream is starved.
+
+No orphans: the fixtures stop the daemon even when a test fails; an ``atexit`` hook kills
+leftovers; and the daemon runs under ``setpriv --pdeathsig KILL``, so it dies with the thread
+that started it (start servers from the main thread, or a thread that outlives them).
 """
 
 from __future__ import annotations
@@ -123,7 +131,12 @@ class FeedHandle:
 class PulseServer:
     """One private PulseAudio daemon rooted in `root` (created if missing)."""
 
-    def __init__(self, root: Path | str | None = None, startup_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        startup_timeout: float = 20.0,
+        warm_monitor: bool = True,
+    ) -> None:
         root = Path(root) if root is not None else None
         self._owns_root = root is None or len(str(root / "pulse.sock")) > _MAX_SOCKET_PATH
         if self._owns_root:
@@ -133,6 +146,8 @@ class PulseServer:
         self.fifo = root / "pipesrc.fifo"
         self.log_path = root / "pulseaudio.log"
         self.startup_timeout = startup_timeout
+        self.warm_monitor = warm_monitor
+        self._warmer: subprocess.Popen | None = None
         self._home = root / "home"
         self._runtime = root / "xdg"
         self._client_conf = root / "client.conf"
@@ -185,10 +200,35 @@ class PulseServer:
         _live_servers.add(self)
         try:
             self._wait_ready()
+            if self.warm_monitor:
+                self._start_warmer()
         except BaseException:
             self.kill()
             raise
         return self
+
+    def _start_warmer(self) -> None:
+        pacat = need("pacat", "pulseaudio-utils")
+        # pacat writes only as fast as the sink consumes, so /dev/zero is a clocked silence.
+        with open("/dev/zero", "rb") as zero:
+            self._warmer = subprocess.Popen(
+                [pacat, "--playback", "-d", SINK, "--raw", "--format=s16le",
+                 f"--rate={SAMPLERATE}", "--channels=1", "--latency-msec=20",
+                 "--client-name=recsink-warmer"],
+                env=self._client_env(),
+                stdin=zero,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        deadline = time.monotonic() + self.startup_timeout
+        while not self.pactl("list", "short", "sink-inputs").strip():
+            if self._warmer.poll() is not None or time.monotonic() > deadline:
+                raise PulseError(f"the monitor warmer (pacat) did not connect:\n{self.log_tail()}")
+            time.sleep(0.05)
+        # The sink is still inside the 2 s block it began while idle; a suspend/resume cycle
+        # restarts its clock at the warmer's 20 ms latency.
+        self.pactl("suspend-sink", SINK, "1")
+        self.pactl("suspend-sink", SINK, "0")
 
     def stop(self) -> None:
         """Stop feeders and players, then the daemon (SIGTERM, SIGKILL after 5 s). Idempotent.
@@ -221,7 +261,15 @@ class PulseServer:
             proc.kill()
             proc.wait(10)
         self._proc = None
+        self._reap_warmer()
         _live_servers.discard(self)
+
+    def _reap_warmer(self) -> None:
+        warmer, self._warmer = self._warmer, None
+        if warmer is not None:
+            if warmer.poll() is None:
+                warmer.kill()
+            warmer.wait(5)
 
     def restart(self) -> PulseServer:
         """Stop (or finish off a killed daemon) and start again with the same socket."""
@@ -302,11 +350,15 @@ class PulseServer:
             env["PULSE_SOURCE"] = source
         return env
 
+    def _client_env(self) -> dict[str, str]:
+        # The daemon's private HOME too, so the pulse tools write nothing into the real one.
+        return {**self._daemon_env(), **self.env(source=None)}
+
     def pactl(self, *args: str, timeout: float = 10) -> str:
         """Run ``pactl`` against this server and return its stdout (raises on failure)."""
         return subprocess.run(
             ["pactl", *args],
-            env={**self._daemon_env(), **self.env(source=None)},
+            env=self._client_env(),
             capture_output=True,
             text=True,
             check=True,
@@ -347,7 +399,7 @@ class PulseServer:
         paplay = need("paplay", "pulseaudio-utils")
         proc = subprocess.Popen(
             [paplay, "-d", SINK, str(path)],
-            env={**self._daemon_env(), **self.env(source=None)},
+            env=self._client_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -407,6 +459,7 @@ class PulseServer:
         return handle
 
     def _stop_clients(self) -> None:
+        self._reap_warmer()
         for handle in list(self._feeders):
             handle.stop()
             handle.join(5)

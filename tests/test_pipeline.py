@@ -179,7 +179,9 @@ def test_demo_runs_without_a_sound_card(tmp_path):
                         "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout[proc.stdout.index("{"):])
-    assert out["duration"] > 20 and Path(out["path"]).is_file()
+    # The appliance demo: a press, a long press (bookmark), a press; with 3 s of pre-roll.
+    assert out["duration"] > 10 and Path(out["path"]).is_file()
+    assert len(out["bookmarks"]) == 1 and out["stop_reason"] == "stopped"
 
 
 def test_one_hour_fast_recording_memory_stays_flat(config_file, tmp_path):

@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "recorder.cli.service",
     "recorder.cli.ctl",
     "recorder.cli.mesh",
+    "recorder.cli.audioid",
+    "recorder.cli.outbox",
 )
 
 

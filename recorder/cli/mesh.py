@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import threading
 from typing import Any
 
 from recorder.config import Config
@@ -35,6 +37,13 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("status", help="peers, connection state and completion")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_status)
+
+    p = sub.add_parser("bridge", help="import peers' recordings and annotations into papad "
+                       "(the service runs this itself; use when it is not running)")
+    p.add_argument("--once", action="store_true",
+                   help="one full scan and annotation exchange, then exit")
+    p.add_argument("--json", action="store_true", help="with --once: print one JSON document")
+    p.set_defaults(func=_bridge)
 
 
 def _client(cfg: Config) -> SyncthingClient:
@@ -75,7 +84,10 @@ def _add_peer(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _status(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.mesh.bridge import db_status
+
     result = provision.status(cfg, _client(cfg))
+    result["bridge"] = db_status(cfg.db_path)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -89,4 +101,53 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
     for f in result["folders"]:
         extra = f", {f['locally_changed']} locally changed" if f["locally_changed"] else ""
         print(f"  {f['id']} {f['type']} {f['state']} {f['completion']:.0f}%{extra}  {f['path']}")
+    bridge = result["bridge"]
+    for peer, counts in sorted(bridge["peers"].items()):
+        print(f"bridge {peer}: {counts['imported']} imported, {counts['pending']} pending, "
+              f"{counts['quarantined']} quarantined")
+    for q in bridge["quarantined"]:
+        print(f"  quarantined {q['peer']}/{q['path']}: {q['reason']}")
     return 0
+
+
+def _bridge(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.mesh.bridge import Bridge, run_forever
+
+    worker = None
+    outbox = None
+    if cfg.papad.api != "none":
+        from recorder.papad.client import make_client
+        from recorder.papad.outbox import Outbox, OutboxWorker
+
+        outbox = Outbox(cfg.db_path)
+        client = make_client(cfg)
+        assert client is not None
+        worker = OutboxWorker(outbox, client, cfg.papad.concurrency)
+    bridge = Bridge(cfg, outbox=outbox, on_queued=worker.wake if worker else None,
+                    rescan_interval=60.0)
+    try:
+        if args.once:
+            report = bridge.run_once()
+            if worker is not None:
+                worker.run_once()
+            status = bridge.status()
+            if args.json:
+                print(json.dumps({"scan": report.as_dict(), **status}))
+            else:
+                print(f"imported {report.imported}, pending {report.pending}, "
+                      f"quarantined {report.quarantined}, unchanged {report.unchanged}")
+                for q in status["quarantined"]:
+                    print(f"  quarantined {q['peer']}/{q['path']}: {q['reason']}")
+            return 0
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        if worker is not None:
+            worker.start()
+        print(f"bridge running for {cfg.device.id} (Ctrl-C to stop)", flush=True)
+        run_forever(bridge, stop)
+        return 0
+    finally:
+        if worker is not None:
+            worker.stop()
+        bridge.close()

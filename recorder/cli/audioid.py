@@ -1,0 +1,134 @@
+"""Audio ID commands: ``fingerprint``, ``match``, ``identify`` and ``index rebuild``.
+
+Files are read with soundfile (any format it decodes). An unreadable or undecodable file exits
+with InputFileError's code, audio under 3 s (or none) with TooShortError's code. ``match``
+exits 0 whether or not the files match: the answer is in the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from recorder.audioid.catalogue import Catalogue
+from recorder.audioid.chroma import fingerprint_file
+from recorder.audioid.compare import compare
+from recorder.config import Config
+from recorder.db import connect
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the Audio ID sub-commands."""
+    p = subparsers.add_parser("fingerprint", help="print the Chromaprint Audio ID of a file")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=cmd_fingerprint)
+
+    p = subparsers.add_parser("match", help="compare two files by Audio ID")
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=cmd_match)
+
+    p = subparsers.add_parser("identify", help="find the recordings a clip comes from")
+    p.add_argument("file", type=Path)
+    p.add_argument("--limit", type=int, default=5, help="at most this many matches (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=cmd_identify)
+
+    p = subparsers.add_parser("index", help="the Audio ID catalogue")
+    sub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    sub.required = True
+    r = sub.add_parser("rebuild", help="rebuild the catalogue from the sidecars in the sync root")
+    r.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    r.set_defaults(func=cmd_index_rebuild)
+
+
+def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
+    print(json.dumps(doc, sort_keys=True) if args.json else text)
+
+
+def _catalogue(cfg: Config) -> Catalogue:
+    return Catalogue.from_config(connect(cfg.db_path), cfg.audioid)
+
+
+def cmd_fingerprint(args: argparse.Namespace, cfg: Config) -> int:
+    fp = fingerprint_file(args.file)
+    doc = {"file": str(args.file), "items": int(fp.items.size), "audio_id": fp.audio_id()}
+    _emit(args, doc, f"FILE={args.file}\nDURATION={fp.duration:.3f}\nFINGERPRINT={fp.encoded}")
+    return 0
+
+
+def cmd_match(args: argparse.Namespace, cfg: Config) -> int:
+    a, b = fingerprint_file(args.a), fingerprint_file(args.b)
+    m = compare(a.items, b.items, threshold=cfg.audioid.match_threshold)
+    doc = {
+        "a": str(args.a),
+        "b": str(args.b),
+        "match": m.is_match,
+        "similarity": round(m.similarity, 4),
+        "ber": round(m.ber, 4),
+        "offset_seconds": round(m.offset_seconds, 3),
+        "overlap_seconds": round(m.overlap_seconds, 3),
+        "threshold": cfg.audioid.match_threshold,
+    }
+    verdict = "match" if m.is_match else "no match"
+    _emit(
+        args,
+        doc,
+        f"{verdict}: similarity {m.similarity:.3f} (BER {m.ber:.3f}), "
+        f"{args.a} starts at {m.offset_seconds:+.2f} s in {args.b}, "
+        f"overlap {m.overlap_seconds:.1f} s",
+    )
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
+    fp = fingerprint_file(args.file)
+    catalogue = _catalogue(cfg)
+    try:
+        results = catalogue.identify(fp.items, limit=args.limit)
+    finally:
+        catalogue.conn.close()
+    matches = [
+        {
+            "recording_id": r.recording_id,
+            "device_id": r.device_id,
+            "path": r.path,
+            "file": str(cfg.storage.sync_root / r.device_id / r.path),
+            "offset_seconds": round(r.offset_seconds, 3),
+            "similarity": round(r.similarity, 4),
+            "ber": round(r.ber, 4),
+            "overlap_seconds": round(r.overlap_seconds, 3),
+            "duplicate_of": r.duplicate_of,
+        }
+        for r in results
+    ]
+    lines = [
+        f"{m['similarity']:.3f}  {m['recording_id']}  {m['device_id']}  "
+        f"at {m['offset_seconds']:.2f} s  {m['file']}"
+        for m in matches
+    ]
+    _emit(args, {"file": str(args.file), "matches": matches}, "\n".join(lines) or "no match")
+    return 0
+
+
+def cmd_index_rebuild(args: argparse.Namespace, cfg: Config) -> int:
+    catalogue = _catalogue(cfg)
+    try:
+        report = catalogue.rebuild(cfg.storage.sync_root, own_device=cfg.device.id)
+        total = catalogue.count()
+    finally:
+        catalogue.conn.close()
+    doc = report.as_dict() | {"catalogued": total}
+    text = (
+        f"indexed {report.added} recordings ({report.duplicates} duplicates), "
+        f"removed {report.removed}, skipped {len(report.skipped)}, "
+        f"invalid {len(report.invalid)}; {total} in the catalogue"
+    )
+    for path, reason in report.invalid:
+        text += f"\ninvalid: {path}: {reason}"
+    _emit(args, doc, text)
+    return 0

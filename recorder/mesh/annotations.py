@@ -1,0 +1,460 @@
+"""Annotation exchange: every device's papad shows the annotations made on every device.
+
+papad has no sync of its own, so the bridge carries annotations through Syncthing:
+
+- **Export.** This device writes the annotations *made here* on every recording its papad knows
+  (its own and its peers', i.e. the delivered outbox entries) to
+  ``<sync_root>/<device-id>/papad/annotations.json``, atomically (staged in
+  ``storage.staging_dir``, fsynced, renamed) and only when the content changed. Each entry has a
+  stable id, ``<recording id>:<papad annotation id>``, and names its origin device. A failed
+  papad listing writes nothing (a partial export would read as deletions on the peers).
+- **Import.** Each peer's export is validated strictly (size, schema, every entry claiming that
+  peer as its origin: a peer only speaks for itself) and merged into the local papad: new
+  entries are created, changed ones updated (PUT/PATCH), entries gone from the export deleted.
+  ``annotation_links`` maps (origin device, origin id) to the local papad id, so nothing is
+  created twice; a create whose answer was lost is found again by its content and origin tag.
+- **Origin.** papad has no origin field: an imported annotation carries the tag
+  ``origin:<device-id>``. Annotations linked in ``annotation_links`` or tagged with another
+  device's origin are never exported as ours, so nothing echoes back. Edits and deletions follow
+  the owner only: a local edit of an imported annotation stays local (it is overwritten by the
+  owner's next edit), a local deletion of one is respected (it is not re-created).
+- **Bookmarks.** The outbox posts a peer recording's sidecar bookmarks on its own; their owner
+  exports the same annotations. When importing, such an outbox-made annotation (same target and
+  text, no origin tag, on the owner's recording) is adopted and tagged instead of duplicated,
+  and it is never exported as this device's.
+- **Tags** are normalised (lowercase, single spaces, no empties, no duplicates).
+
+papad deletes: current papad ``DELETE /api/v1/annotate/<uuid>/`` (a soft delete that hides it),
+papad-api ``DELETE /fragments/<id>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from recorder import db
+from recorder.atomic import atomic_write_text
+from recorder.config import Config
+from recorder.errors import RecorderError
+from recorder.mesh.bridge import (
+    ANNOTATIONS,
+    IMPORTED,
+    PENDING,
+    QUARANTINED,
+    BridgeStore,
+    FileStat,
+    Quarantine,
+    read_regular,
+)
+from recorder.papad import mapping
+from recorder.papad.errors import PapadError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_ID = "recorderpi.annotations/1"
+EXPORT_PATH = "papad/annotations.json"
+MAX_EXPORT_BYTES = 8 * 1024 * 1024
+MAX_ENTRIES = 20000
+MAX_TEXT = 10000
+MAX_TAGS = 50
+MAX_TAG = 100
+DEFAULT_EXPORT_INTERVAL = 300.0
+PENDING_RETRY = 2.0
+ORIGIN_TAG = "origin:"
+
+_RID = r"[0-9a-hjkmnp-tv-z]{26}"
+_ID_RE = re.compile(rf"^({_RID}):[A-Za-z0-9._-]{{1,100}}$")
+_TARGET_RE = re.compile(r"^t=[0-9:.]{1,20}(,[0-9:.]{1,20})?$")
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS annotation_links (
+        origin TEXT NOT NULL,
+        origin_id TEXT NOT NULL,
+        recording_id TEXT NOT NULL,
+        local_id TEXT NOT NULL,
+        content TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'linked' CHECK (state IN ('linked', 'gone')),
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (origin, origin_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS annotation_links_local ON annotation_links (local_id)",
+)
+
+
+def origin_tag(device_id: str) -> str:
+    """The tag naming the device an imported annotation came from."""
+    return ORIGIN_TAG + device_id
+
+
+def _seconds(value: str) -> float:
+    total = 0.0
+    for part in value.split(":"):
+        total = total * 60 + float(part or 0)
+    return total
+
+
+def annotation_for(target: str, text: str, tags: list[str]) -> mapping.Annotation:
+    """A `mapping.Annotation` for a Media Fragments target like ``t=12.5,22.5``."""
+    start = end = 0.0
+    try:
+        parts = target[2:].split(",")
+        start = _seconds(parts[0])
+        end = _seconds(parts[1]) if len(parts) > 1 else start
+    except (ValueError, IndexError):
+        pass
+    return mapping.Annotation(index=0, start=start, end=end, media_target=target, text=text,
+                              tags=tuple(tags))
+
+
+def content_key(target: str, text: str, tags: list[str]) -> str:
+    """A digest of what an annotation says (what an update must change)."""
+    blob = json.dumps([target, text, sorted(tags)], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def validate_export(doc: Any, peer: str) -> list[dict[str, Any]]:
+    """The entries of a peer's export, checked strictly; raise Quarantine naming the fault."""
+    if not isinstance(doc, dict):
+        raise Quarantine("annotation export must be a JSON object")
+    if doc.get("schema") != SCHEMA_ID:
+        raise Quarantine(f"unsupported annotation export schema {str(doc.get('schema'))[:80]!r}")
+    if doc.get("device_id") != peer:
+        raise Quarantine(f"annotation export names device {str(doc.get('device_id'))[:80]!r} "
+                         f"but lies in {peer!r}'s folder")
+    entries = doc.get("annotations")
+    if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
+        raise Quarantine("annotation export field 'annotations' must be a list "
+                         f"of at most {MAX_ENTRIES}")
+    seen: set[str] = set()
+    out = []
+    for n, item in enumerate(entries):
+        where = f"annotation {n + 1}"
+        if not isinstance(item, dict):
+            raise Quarantine(f"{where} is not an object")
+        ident = item.get("id")
+        match = _ID_RE.match(ident) if isinstance(ident, str) else None
+        if match is None:
+            raise Quarantine(f"{where} has no valid id")
+        if ident in seen:
+            raise Quarantine(f"{where}: id {ident} appears twice")
+        seen.add(ident)
+        if item.get("recording_id") != match.group(1):
+            raise Quarantine(f"{where}: recording_id does not match its id")
+        if item.get("origin") != peer:
+            raise Quarantine(f"{where} claims origin {str(item.get('origin'))[:80]!r}: "
+                             f"{peer} may only export its own annotations")
+        target, text, tags = item.get("media_target"), item.get("text"), item.get("tags")
+        if not isinstance(target, str) or not _TARGET_RE.match(target):
+            raise Quarantine(f"{where}: media_target is not a t=start,end fragment")
+        if not isinstance(text, str) or len(text) > MAX_TEXT:
+            raise Quarantine(f"{where}: text must be a string of at most {MAX_TEXT} characters")
+        if (not isinstance(tags, list) or len(tags) > MAX_TAGS
+                or not all(isinstance(t, str) and len(t) <= MAX_TAG for t in tags)):
+            raise Quarantine(f"{where}: tags must be at most {MAX_TAGS} short strings")
+        clean = [t for t in mapping.normalise_tags(tags) if not t.startswith(ORIGIN_TAG)]
+        out.append({"id": ident, "recording_id": match.group(1), "media_target": target,
+                    "text": " ".join(text.split()), "tags": clean})
+    return out
+
+
+class AnnotationExchange:
+    """Export this device's annotations and import its peers' (see the module docstring).
+
+    `outbox` tells which recordings the local papad has (delivered entries and their remote
+    ids); `client` is the local papad client (default `make_client(cfg)`); `syncthing`, if
+    given, is asked to scan the export right after it is written.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        outbox: Any,
+        *,
+        client: Any = None,
+        syncthing: Any = None,
+        export_interval: float = DEFAULT_EXPORT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if client is None:
+            from recorder.papad.client import make_client
+
+            client = make_client(cfg)
+        if client is None:
+            raise RecorderError("annotation exchange needs papad ([papad] api is 'none')")
+        self.cfg = cfg
+        self.own_id = cfg.device.id
+        self.outbox = outbox
+        self.client = client
+        self.syncthing = syncthing
+        self.export_interval = export_interval
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._conn = db.connect(cfg.db_path, check_same_thread=False)
+        db.ensure_schema(self._conn, SCHEMA)
+        self.store = BridgeStore(self._conn)
+        self._next_export = 0.0
+        self._pending_peers: set[str] = set()
+        self._state: dict[str, Any] = {"exported": None, "export_at": None,
+                                       "export_error": None, "import_errors": 0}
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def next_due_in(self) -> float | None:
+        """Seconds until `run_due` has work (export interval, or a pending import)."""
+        due = max(0.0, self._next_export - self.clock())
+        if self._pending_peers:
+            due = min(due, PENDING_RETRY)
+        return due
+
+    def run_due(self) -> None:
+        """Export if the interval passed; retry pending imports."""
+        if self.clock() >= self._next_export:
+            self.export_now()
+        for peer in sorted(self._pending_peers):
+            self.import_peer(peer)
+
+    def export_now(self) -> bool:
+        """Export now (and restart the interval); False when unchanged or papad failed."""
+        self._next_export = self.clock() + self.export_interval
+        try:
+            return self.export()
+        except PapadError as exc:
+            self._state["export_error"] = str(exc)
+            log.info("annotations: export skipped: %s", exc)
+            return False
+
+    def run(self) -> None:
+        """Export now, then import every peer's export that changed."""
+        self.export_now()
+        root = self.cfg.storage.sync_root
+        try:
+            peers = sorted(p.name for p in root.iterdir()
+                           if p.name != self.own_id and p.is_dir() and not p.is_symlink())
+        except OSError:
+            peers = []
+        for peer in peers:
+            self.import_peer(peer)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            links = self._conn.execute(
+                "SELECT origin, state, COUNT(*) AS n FROM annotation_links GROUP BY origin, state"
+            ).fetchall()
+        return {**self._state, "pending_peers": sorted(self._pending_peers),
+                "imported": {f"{r['origin']}/{r['state']}": r["n"] for r in links}}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- export --------------------------------------------------------------------------
+
+    def _delivered(self) -> dict[str, Any]:
+        return {e.recording_id: e for e in self.outbox.list("delivered") if e.remote_id}
+
+    def collect(self) -> list[dict[str, Any]]:
+        """This device's own annotations on every recording the local papad has.
+
+        Raises PapadError when papad cannot list one of them (then nothing is exported)."""
+        with self._lock:
+            linked = {r[0] for r in self._conn.execute("SELECT local_id FROM annotation_links")}
+        own_origin = origin_tag(self.own_id)
+        items = []
+        for rid, entry in sorted(self._delivered().items()):
+            sidecar = entry.sidecar
+            peer_bookmarks: set[tuple[str, str]] = set()
+            if sidecar["device_id"] != self.own_id:
+                peer_bookmarks = {a.key for a in mapping.bookmark_annotations(
+                    sidecar, self.client.annotation_span)}
+            for ann in self.client.list_annotations(entry.remote_id, sidecar):
+                if ann.id in linked:
+                    continue  # imported from a peer: not ours to export
+                origins = {t for t in ann.tags if t.startswith(ORIGIN_TAG)}
+                if origins - {own_origin}:
+                    continue
+                if (ann.media_target, ann.text) in peer_bookmarks:
+                    continue  # the owner's bookmark, posted here from its sidecar
+                if not _TARGET_RE.match(ann.media_target) or not _ID_RE.match(f"{rid}:{ann.id}"):
+                    continue
+                tags = [t for t in mapping.normalise_tags(ann.tags)
+                        if not t.startswith(ORIGIN_TAG)][:MAX_TAGS]
+                items.append({"id": f"{rid}:{ann.id}", "recording_id": rid,
+                              "origin": self.own_id, "media_target": ann.media_target,
+                              "text": " ".join(ann.text.split())[:MAX_TEXT],
+                              "tags": [t[:MAX_TAG] for t in tags]})
+        items.sort(key=lambda i: i["id"])
+        return items
+
+    def export(self) -> bool:
+        """Write the export if its content changed; True if it was written."""
+        items = self.collect()
+        doc = {"schema": SCHEMA_ID, "device_id": self.own_id, "annotations": items}
+        text = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+        target = self.cfg.device_folder / EXPORT_PATH
+        self._state.update(exported=len(items), export_error=None)
+        try:
+            if target.read_text(encoding="utf-8") == text:
+                return False
+        except (OSError, UnicodeDecodeError):
+            pass
+        atomic_write_text(target, text, staging_dir=self.cfg.storage.staging_dir)
+        self._state["export_at"] = time.time()
+        log.info("annotations: exported %d annotation(s)", len(items))
+        if self.syncthing is not None:
+            from recorder.mesh.provision import folder_id
+
+            self.syncthing.scan_quietly(folder_id(self.own_id), sub="papad")
+        return True
+
+    # -- import --------------------------------------------------------------------------
+
+    def import_peer(self, peer: str) -> str | None:
+        """Merge `peer`'s export into the local papad if it changed (or is pending).
+
+        Returns the file's state (imported, pending, quarantined) or None when there is none
+        or nothing changed. Never raises for bad input or papad failures (logged, retried).
+        """
+        folder = self.cfg.storage.sync_root / peer
+        path = folder / EXPORT_PATH
+        with self._lock:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                self._pending_peers.discard(peer)
+                return None
+            fst = FileStat(st.st_mtime_ns, st.st_size)
+            row = self.store.rows(peer).get(EXPORT_PATH)
+            if (row is not None and row["state"] != PENDING
+                    and (row["mtime_ns"], row["size"]) == (fst.mtime_ns, fst.size)):
+                return None
+            try:
+                data = read_regular(path, folder, MAX_EXPORT_BYTES)
+                try:
+                    doc = json.loads(data.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError) as exc:
+                    raise Quarantine(f"annotation export is not valid JSON: {exc}") from None
+                entries = validate_export(doc, peer)
+            except FileNotFoundError:
+                return None
+            except (Quarantine, OSError) as exc:
+                reason = str(exc) if isinstance(exc, Quarantine) else \
+                    f"cannot read: {exc.strerror or exc}"
+                if not reason.startswith("annotation"):
+                    reason = f"annotation export {reason}"
+                reason = " ".join(reason.split())[:300]
+                self.store.put(peer, EXPORT_PATH, ANNOTATIONS, fst, QUARANTINED, reason=reason)
+                self._pending_peers.discard(peer)
+                log.warning("annotations: quarantined %s/%s: %s", peer, EXPORT_PATH, reason)
+                return QUARANTINED
+            try:
+                waiting = self._merge(peer, entries)
+            except PapadError as exc:
+                self._state["import_errors"] += 1
+                self.store.put(peer, EXPORT_PATH, ANNOTATIONS, fst, PENDING,
+                               reason=f"papad: {exc}"[:300])
+                self._pending_peers.add(peer)
+                log.info("annotations: import from %s postponed: %s", peer, exc)
+                return PENDING
+            state = PENDING if waiting else IMPORTED
+            reason = f"{waiting} annotation(s) wait for their recording" if waiting else None
+            self.store.put(peer, EXPORT_PATH, ANNOTATIONS, fst, state, reason=reason)
+            if waiting:
+                self._pending_peers.add(peer)
+            else:
+                self._pending_peers.discard(peer)
+            return state
+
+    def _links(self, peer: str) -> dict[str, sqlite3.Row]:
+        cur = self._conn.execute("SELECT * FROM annotation_links WHERE origin = ?", (peer,))
+        return {r["origin_id"]: r for r in cur}
+
+    def _link(self, peer: str, origin_id: str, rid: str, local_id: str, content: str,
+              state: str = "linked") -> None:
+        self._conn.execute(
+            """INSERT INTO annotation_links (origin, origin_id, recording_id, local_id, content,
+                   state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (origin, origin_id) DO UPDATE SET local_id = excluded.local_id,
+                   content = excluded.content, state = excluded.state,
+                   updated_at = excluded.updated_at""",
+            (peer, origin_id, rid, local_id, content, state, time.time()),
+        )
+
+    def _merge(self, peer: str, entries: list[dict[str, Any]]) -> int:
+        """Create, update and delete local annotations to match `peer`'s entries; return how
+        many wait for a recording the local papad does not have yet."""
+        delivered = self._delivered()
+        links = self._links(peer)
+        all_linked = {r[0] for r in self._conn.execute("SELECT local_id FROM annotation_links")}
+        listed: dict[str, list[Any]] = {}
+        tag = origin_tag(peer)
+        waiting = 0
+        for item in entries:
+            entry = delivered.get(item["recording_id"])
+            if entry is None:
+                waiting += 1
+                continue
+            tags = [*item["tags"], tag]
+            content = content_key(item["media_target"], item["text"], tags)
+            wanted = annotation_for(item["media_target"], item["text"], tags)
+            link = links.get(item["id"])
+            if link is None:
+                if entry.remote_id not in listed:
+                    listed[entry.remote_id] = self.client.list_annotations(
+                        entry.remote_id, entry.sidecar)
+                found = self._adoptable(peer, entry, item, listed[entry.remote_id], all_linked)
+                if found is None:
+                    local_id = self.client.post_annotation(entry.remote_id, entry.sidecar, wanted)
+                else:
+                    local_id = found.id
+                    if content_key(found.media_target, found.text, list(found.tags)) != content:
+                        self.client.update_annotation(local_id, entry.remote_id, entry.sidecar,
+                                                      wanted)
+                self._link(peer, item["id"], item["recording_id"], local_id, content)
+                all_linked.add(local_id)
+            elif link["state"] == "linked" and link["content"] != content:
+                try:
+                    self.client.update_annotation(link["local_id"], entry.remote_id,
+                                                  entry.sidecar, wanted)
+                except PapadError as exc:
+                    if exc.retryable or "HTTP 404" not in str(exc):
+                        raise
+                    # Deleted here by a local user: respected, not re-created.
+                    self._link(peer, item["id"], item["recording_id"], link["local_id"],
+                               content, state="gone")
+                    continue
+                self._link(peer, item["id"], item["recording_id"], link["local_id"], content)
+        present = {item["id"] for item in entries}
+        for origin_id, link in links.items():
+            if origin_id in present:
+                continue
+            if link["state"] == "linked":
+                self.client.delete_annotation(link["local_id"])
+            self._conn.execute("DELETE FROM annotation_links WHERE origin = ? AND origin_id = ?",
+                               (peer, origin_id))
+        return waiting
+
+    def _adoptable(self, peer: str, entry: Any, item: dict[str, Any], existing: list[Any],
+                   linked: set[str]) -> Any:
+        """A local annotation that already is this entry: made by an earlier import whose
+        answer was lost (origin tag), or posted by the outbox from the owner's sidecar."""
+        key = (item["media_target"], item["text"])
+        bookmarks: set[tuple[str, str]] = set()
+        if entry.sidecar["device_id"] == peer:
+            bookmarks = {a.key for a in mapping.bookmark_annotations(
+                entry.sidecar, self.client.annotation_span)}
+        for ann in existing:
+            if ann.id in linked or (ann.media_target, " ".join(ann.text.split())) != key:
+                continue
+            origins = {t for t in ann.tags if t.startswith(ORIGIN_TAG)}
+            if origins == {origin_tag(peer)} or (not origins and key in bookmarks):
+                return ann
+        return None

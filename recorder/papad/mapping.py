@@ -1,0 +1,163 @@
+"""Sidecar fields → papad fields: names, tags, descriptions and bookmark fragments.
+
+Every media this appliance registers carries a machine tag ``recorderpi-<recording id>`` and
+its recording id and sha256 in the description: that is how a later attempt recognises a media
+an earlier attempt created (papad itself never deduplicates).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+MARKER_PREFIX = "recorderpi-"
+_MARKER_RE = re.compile(r"^recorderpi-([0-9a-hjkmnp-tv-z]{26})$")
+BOOKMARK_TAG = "bookmark"
+
+
+def marker_tag(recording_id: str) -> str:
+    """The machine tag naming a recording on papad."""
+    return f"{MARKER_PREFIX}{recording_id}"
+
+
+def recording_id_from_tags(tags: Iterable[str]) -> str | None:
+    """The recording id carried by a machine tag among `tags`, if any."""
+    for tag in tags:
+        match = _MARKER_RE.match(tag.strip().lower())
+        if match:
+            return match.group(1)
+    return None
+
+
+def description_marker(recording_id: str) -> str:
+    """The line of a media description that names the recording id."""
+    return f"Recording id: {recording_id}"
+
+
+def normalise_tags(tags: Iterable[str]) -> list[str]:
+    """Lowercase, stripped, non-empty, first-seen order, no duplicates.
+
+    A comma inside a tag splits it: papad's wire format is comma-separated, so the server
+    would split it anyway and the lookup must see the same tags papad stores.
+    """
+    seen: dict[str, None] = {}
+    for tag in tags:
+        if not isinstance(tag, str):
+            continue
+        for part in tag.split(","):
+            part = " ".join(part.split()).lower()
+            if part:
+                seen.setdefault(part, None)
+    return list(seen)
+
+
+def started_utc(sidecar: Mapping[str, Any]) -> datetime:
+    """The recording's UTC start time (sidecar ``started_at``)."""
+    value = datetime.fromisoformat(sidecar["started_at"].replace("Z", "+00:00"))
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def media_name(sidecar: Mapping[str, Any]) -> str:
+    """The title, else ``Recording 2026-11-28 17:01 UTC (device)``."""
+    title = " ".join(str(sidecar.get("title") or "").split())
+    if title:
+        return title
+    return f"Recording {started_utc(sidecar):%Y-%m-%d %H:%M} UTC ({sidecar['device_id']})"
+
+
+def media_tags(sidecar: Mapping[str, Any]) -> list[str]:
+    """The sidecar's tags, normalised, plus the machine tag naming the recording."""
+    return normalise_tags([*sidecar.get("tags", []), marker_tag(sidecar["recording_id"])])
+
+
+def format_duration(seconds: float) -> str:
+    """``1:02:03.4`` / ``2:03.4`` style duration."""
+    tenths = round(max(0.0, float(seconds)) * 10)
+    minutes, tenth_secs = divmod(tenths, 600)
+    hours, minutes = divmod(minutes, 60)
+    secs = f"{tenth_secs / 10:04.1f}"
+    return f"{hours}:{minutes:02d}:{secs}" if hours else f"{minutes}:{secs}"
+
+
+def media_description(sidecar: Mapping[str, Any]) -> str:
+    """Device, UTC time, duration, recording id and sha256, one fact a line."""
+    when = started_utc(sidecar).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if not sidecar.get("clock_synced", True):
+        when += " (device clock was not synchronised)"
+    lines = [
+        f"Recorded on device {sidecar['device_id']} at {when}.",
+        f"Duration: {format_duration(sidecar['duration'])} ({float(sidecar['duration']):.1f} s).",
+    ]
+    if sidecar.get("recovered"):
+        lines.append("Recovered after an interruption (power loss or crash).")
+    lines += [description_marker(sidecar["recording_id"]), f"sha256: {sidecar['sha256']}"]
+    return "\n".join(lines)
+
+
+def format_seconds(value: float) -> str:
+    """Seconds with up to 3 decimals and no trailing zeros: ``12``, ``12.5``, ``12.345``."""
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def fragment_range(at: float, duration: float, span: float) -> tuple[float, float]:
+    """The ``t=start,end`` range of a bookmark at `at`, clipped to the recording.
+
+    start = max(0, at) and end = min(duration, at + span); a mark past the end is pulled back to
+    the end so the range is never inverted.
+    """
+    start = min(max(0.0, float(at)), float(duration))
+    end = max(start, min(float(duration), float(at) + float(span)))
+    return round(start, 3), round(end, 3)
+
+
+def media_fragment(start: float, end: float) -> str:
+    """Media Fragments temporal syntax without ``#``: ``t=12.5,22.5``."""
+    return f"t={format_seconds(start)},{format_seconds(end)}"
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One bookmark as papad sees it."""
+
+    index: int
+    start: float
+    end: float
+    media_target: str
+    text: str
+    tags: tuple[str, ...]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies this annotation among a media's existing ones."""
+        return (self.media_target, self.text)
+
+
+def bookmark_annotations(sidecar: Mapping[str, Any], span: float) -> list[Annotation]:
+    """One :class:`Annotation` per sidecar bookmark, in sidecar order."""
+    out = []
+    for index, mark in enumerate(sidecar.get("bookmarks", [])):
+        start, end = fragment_range(mark["at"], sidecar["duration"], span)
+        text = ""
+        for key in ("label", "note", "text", "title"):
+            if isinstance(mark.get(key), str) and mark[key].strip():
+                text = " ".join(mark[key].split())
+                break
+        if not text:
+            text = f"Bookmark at {format_duration(start)}"
+        extra = mark.get("tags")
+        tags = normalise_tags([BOOKMARK_TAG, *(extra if isinstance(extra, list) else [])])
+        out.append(
+            Annotation(
+                index=index,
+                start=start,
+                end=end,
+                media_target=media_fragment(start, end),
+                text=text,
+                tags=tuple(tags),
+            )
+        )
+    return out

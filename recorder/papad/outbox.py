@@ -1,0 +1,581 @@
+"""The papad outbox: a durable SQLite queue of registrations, and the worker that drains it.
+
+One row per recording (``recording_id`` is unique, so enqueueing twice is harmless), one child
+row per bookmark. A row is ``pending`` until papad has the media and every annotation
+(``delivered``), or ``parked`` when papad refused it for good; ``retry`` makes it pending again.
+
+Exactly once: the attempt counter is committed *before* each create request, so any later
+attempt knows an earlier one may have reached papad and looks the media up first (by the
+remembered remote id, else by the machine tag / description papad stores). The same goes for
+annotations. A fresh worker also indexes the server's media once, so a lost or rebuilt
+database does not register everything a second time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recorder import db
+from recorder.errors import RecorderError
+from recorder.papad import mapping
+from recorder.papad.client import PapadClient
+from recorder.papad.errors import PapadError, PermanentError, RetryableError
+from recorder.sidecar import SidecarError, loads, validate
+
+log = logging.getLogger(__name__)
+
+PENDING, DELIVERED, PARKED = "pending", "delivered", "parked"
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS papad_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        recording_id TEXT NOT NULL UNIQUE,
+        origin TEXT NOT NULL DEFAULT 'own',
+        sidecar TEXT NOT NULL,
+        ogg_path TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'delivered', 'parked')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        enqueued_at REAL NOT NULL,
+        delivered_at REAL,
+        last_error TEXT,
+        remote_id TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS papad_outbox_due ON papad_outbox (state, next_attempt_at, id)",
+    """CREATE TABLE IF NOT EXISTS papad_outbox_annotations (
+        outbox_id INTEGER NOT NULL REFERENCES papad_outbox (id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        PRIMARY KEY (outbox_id, idx)
+    )""",
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One queued registration as stored."""
+
+    id: int
+    recording_id: str
+    origin: str
+    sidecar: dict[str, Any]
+    ogg_path: Path
+    state: str
+    attempts: int
+    next_attempt_at: float
+    enqueued_at: float
+    delivered_at: float | None
+    last_error: str | None
+    remote_id: str | None
+    annotations: int
+    annotations_delivered: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (no sidecar body; nothing secret lives here)."""
+        return {
+            "id": self.id,
+            "recording_id": self.recording_id,
+            "origin": self.origin,
+            "path": self.sidecar.get("path"),
+            "file": str(self.ogg_path),
+            "state": self.state,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
+            "enqueued_at": self.enqueued_at,
+            "delivered_at": self.delivered_at,
+            "last_error": self.last_error,
+            "remote_id": self.remote_id,
+            "annotations": self.annotations,
+            "annotations_delivered": self.annotations_delivered,
+        }
+
+
+_SELECT = """
+    SELECT o.*,
+        (SELECT COUNT(*) FROM papad_outbox_annotations a WHERE a.outbox_id = o.id) AS n_ann,
+        (SELECT COUNT(*) FROM papad_outbox_annotations a
+            WHERE a.outbox_id = o.id AND a.delivered) AS n_ann_done
+    FROM papad_outbox o
+"""
+
+
+def _entry(row: sqlite3.Row) -> Entry:
+    return Entry(
+        id=row["id"],
+        recording_id=row["recording_id"],
+        origin=row["origin"],
+        sidecar=json.loads(row["sidecar"]),
+        ogg_path=Path(row["ogg_path"]),
+        state=row["state"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        enqueued_at=row["enqueued_at"],
+        delivered_at=row["delivered_at"],
+        last_error=row["last_error"],
+        remote_id=row["remote_id"],
+        annotations=row["n_ann"],
+        annotations_delivered=row["n_ann_done"],
+    )
+
+
+class Outbox:
+    """The queue, in the shared database at `db_path` (WAL, synchronous=FULL).
+
+    Thread-safe: one connection, used under a lock.
+    """
+
+    def __init__(self, db_path: Path, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._conn = db.connect(db_path, check_same_thread=False)
+        db.ensure_schema(self._conn, SCHEMA)
+
+    def now(self) -> float:
+        """The outbox clock (wall time, seconds): what `next_attempt_at` is measured in."""
+        return self._clock()
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    # -- producing -------------------------------------------------------------------------
+
+    def enqueue(self, sidecar: dict[str, Any], ogg_path: Path, origin: str = "own") -> int:
+        """Queue the registration of a published recording; return its outbox id.
+
+        Idempotent: a recording already queued (in any state) keeps its row and id.
+        """
+        doc = validate(sidecar)
+        now = self._clock()
+        with self._lock, db.transaction(self._conn) as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO papad_outbox (recording_id, origin, sidecar, ogg_path,"
+                " next_attempt_at, enqueued_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (doc["recording_id"], origin, json.dumps(doc, sort_keys=True),
+                 str(ogg_path), now, now),
+            )
+            if cur.rowcount:
+                outbox_id = int(cur.lastrowid or 0)
+                conn.executemany(
+                    "INSERT INTO papad_outbox_annotations (outbox_id, idx) VALUES (?, ?)",
+                    [(outbox_id, i) for i in range(len(doc["bookmarks"]))],
+                )
+                log.info("papad outbox: queued %s (#%d)", doc["recording_id"], outbox_id)
+                return outbox_id
+            row = conn.execute(
+                "SELECT id FROM papad_outbox WHERE recording_id = ?", (doc["recording_id"],)
+            ).fetchone()
+            return int(row["id"])
+
+    def reconcile(self, folder: Path, origin: str = "own") -> int:
+        """Queue every published sidecar under ``<folder>/recordings/`` missing from the outbox.
+
+        This is the safety net for a crash between publishing and enqueueing. Syncthing
+        conflict copies, hidden/partial files and sidecars whose recording file is missing
+        are skipped. Returns how many entries were added.
+        """
+        root = folder / "recordings"
+        if not root.is_dir():
+            return 0
+        with self._lock:
+            known = {r[0] for r in self._conn.execute("SELECT recording_id FROM papad_outbox")}
+        added = 0
+        for path in sorted(root.rglob("*.json")):
+            if ".sync-conflict-" in path.name or path.name.startswith("."):
+                continue
+            try:
+                doc = loads(path.read_bytes())
+                validate(doc, expect_device=folder.name)
+            except (OSError, SidecarError) as exc:
+                log.warning("papad outbox: skipping sidecar %s: %s", path, exc)
+                continue
+            if doc["recording_id"] in known:
+                continue
+            audio = folder / doc["path"]
+            if not audio.is_file():
+                log.warning("papad outbox: %s has no recording file %s", path, audio)
+                continue
+            self.enqueue(doc, audio, origin)
+            known.add(doc["recording_id"])
+            added += 1
+        if added:
+            log.info("papad outbox: reconcile queued %d published recording(s)", added)
+        return added
+
+    # -- inspecting ------------------------------------------------------------------------
+
+    def get(self, outbox_id: int) -> Entry | None:
+        """One entry by outbox id."""
+        with self._lock:
+            row = self._conn.execute(_SELECT + " WHERE o.id = ?", (outbox_id,)).fetchone()
+        return _entry(row) if row else None
+
+    def list(self, state: str | None = None) -> list[Entry]:
+        """All entries (optionally only those in `state`), oldest first."""
+        where, args = (" WHERE o.state = ?", (state,)) if state else ("", ())
+        with self._lock:
+            rows = self._conn.execute(_SELECT + where + " ORDER BY o.id", args).fetchall()
+        return [_entry(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Number of entries per state."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT state, COUNT(*) FROM papad_outbox GROUP BY state"
+            ).fetchall()
+        out = {PENDING: 0, DELIVERED: 0, PARKED: 0}
+        out.update({r[0]: r[1] for r in rows})
+        return out
+
+    def depth(self) -> int:
+        """Entries not delivered yet (pending plus parked)."""
+        counts = self.counts()
+        return counts[PENDING] + counts[PARKED]
+
+    def oldest_age(self) -> float | None:
+        """Seconds since the oldest undelivered entry was queued; None when there is none."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT MIN(enqueued_at) FROM papad_outbox WHERE state != 'delivered'"
+            ).fetchone()
+        return None if row[0] is None else max(0.0, self._clock() - row[0])
+
+    def remote_id(self, recording_id: str) -> str | None:
+        """The papad id (media uuid or legacy ``$oid``) a recording was registered under."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT remote_id FROM papad_outbox WHERE recording_id = ?", (recording_id,)
+            ).fetchone()
+        return row[0] if row else None
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the next pending entry is due (0 if one is due now); None if none."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT MIN(next_attempt_at) FROM papad_outbox WHERE state = 'pending'"
+            ).fetchone()
+        return None if row[0] is None else max(0.0, row[0] - self._clock())
+
+    # -- operator actions ------------------------------------------------------------------
+
+    def retry(self, outbox_id: int) -> Entry:
+        """Make a parked (or waiting) entry due now. Raises RecorderError for an unknown id."""
+        with self._lock, db.transaction(self._conn) as conn:
+            cur = conn.execute(
+                "UPDATE papad_outbox SET state = 'pending', next_attempt_at = ?"
+                " WHERE id = ? AND state != 'delivered'",
+                (self._clock(), outbox_id),
+            )
+            if not cur.rowcount:
+                exists = conn.execute(
+                    "SELECT 1 FROM papad_outbox WHERE id = ?", (outbox_id,)
+                ).fetchone()
+                if not exists:
+                    raise RecorderError(f"outbox entry {outbox_id} does not exist")
+        entry = self.get(outbox_id)
+        assert entry is not None
+        return entry
+
+    def retry_all(self) -> int:
+        """Make every parked or waiting entry due now; return how many."""
+        with self._lock, db.transaction(self._conn) as conn:
+            cur = conn.execute(
+                "UPDATE papad_outbox SET state = 'pending', next_attempt_at = ?"
+                " WHERE state != 'delivered'",
+                (self._clock(),),
+            )
+            return cur.rowcount
+
+    # -- used by the worker ----------------------------------------------------------------
+
+    def due(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[Entry]:
+        """Pending entries whose time has come, oldest first (at most `limit`)."""
+        with self._lock:
+            rows = self._conn.execute(
+                _SELECT + " WHERE o.state = 'pending' AND o.next_attempt_at <= ?"
+                " ORDER BY o.id LIMIT ?",
+                (self._clock(), limit + len(exclude)),
+            ).fetchall()
+        return [_entry(r) for r in rows if r["id"] not in exclude][:limit]
+
+    def begin_attempt(self, outbox_id: int) -> None:
+        """Count an attempt, durably, before any request that could create something."""
+        with self._lock:
+            self._conn.execute(
+                "UPDATE papad_outbox SET attempts = attempts + 1 WHERE id = ?", (outbox_id,)
+            )
+
+    def set_remote_id(self, outbox_id: int, remote_id: str) -> None:
+        """Remember the papad id of the media."""
+        with self._lock:
+            self._conn.execute(
+                "UPDATE papad_outbox SET remote_id = ? WHERE id = ?", (remote_id, outbox_id)
+            )
+
+    def pending_annotations(self, outbox_id: int) -> list[tuple[int, int]]:
+        """(bookmark index, attempts so far) of annotations not yet delivered."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT idx, attempts FROM papad_outbox_annotations"
+                " WHERE outbox_id = ? AND NOT delivered ORDER BY idx",
+                (outbox_id,),
+            ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def begin_annotation(self, outbox_id: int, idx: int) -> None:
+        """Count an annotation attempt, durably, before posting it."""
+        with self._lock:
+            self._conn.execute(
+                "UPDATE papad_outbox_annotations SET attempts = attempts + 1"
+                " WHERE outbox_id = ? AND idx = ?",
+                (outbox_id, idx),
+            )
+
+    def annotation_delivered(self, outbox_id: int, idx: int) -> None:
+        """Mark one annotation delivered."""
+        with self._lock:
+            self._conn.execute(
+                "UPDATE papad_outbox_annotations SET delivered = 1, last_error = NULL"
+                " WHERE outbox_id = ? AND idx = ?",
+                (outbox_id, idx),
+            )
+
+    def mark_delivered(self, outbox_id: int) -> None:
+        """The media and all its annotations are on papad."""
+        with self._lock:
+            self._conn.execute(
+                "UPDATE papad_outbox SET state = 'delivered', delivered_at = ?, last_error = NULL"
+                " WHERE id = ?",
+                (self._clock(), outbox_id),
+            )
+
+    def mark_failed(self, outbox_id: int, error: str, retry_at: float | None) -> None:
+        """Record a failure: retry at `retry_at`, or park the entry when it is None."""
+        with self._lock:
+            if retry_at is None:
+                self._conn.execute(
+                    "UPDATE papad_outbox SET state = 'parked', last_error = ? WHERE id = ?",
+                    (error, outbox_id),
+                )
+            else:
+                self._conn.execute(
+                    "UPDATE papad_outbox SET last_error = ?,"
+                    " next_attempt_at = MAX(next_attempt_at, ?) WHERE id = ? AND state = 'pending'",
+                    (error, retry_at, outbox_id),
+                )
+
+    def hold_all_until(self, when: float) -> None:
+        """papad is unavailable: no pending entry is due before `when`.
+
+        Holding everyone (not just the entry that failed) keeps delivery in queue order
+        when papad comes back, also across a restart.
+        """
+        with self._lock:
+            self._conn.execute(
+                "UPDATE papad_outbox SET next_attempt_at = MAX(next_attempt_at, ?)"
+                " WHERE state = 'pending'",
+                (when,),
+            )
+
+
+class OutboxWorker:
+    """Delivers due outbox entries to papad with at most `concurrency` requests in flight.
+
+    `run_once()` delivers everything due now; `start()` runs it in a background thread that
+    sleeps until the next entry is due or `wake()` is called. `on_delivered(recording_id,
+    remote_id)` is called after each delivery (to put remote ids into the catalogue).
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: PapadClient,
+        concurrency: int = 2,
+        *,
+        base_delay: float = 5.0,
+        max_delay: float = 900.0,
+        idle_poll: float = 60.0,
+        index_max_age: float = 86400.0,
+        on_delivered: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.client = client
+        self.concurrency = max(1, int(concurrency))
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.idle_poll = idle_poll
+        self.index_max_age = index_max_age
+        self.on_delivered = on_delivered
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="papad-outbox")
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._run_lock = threading.Lock()
+        self._index: dict[str, str] | None = None
+        self._index_at = 0.0
+        self._index_lock = threading.Lock()
+
+    # -- control ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the delivery loop in a daemon thread."""
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name="papad-outbox", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Something was queued (or retried): deliver now instead of at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the loop after the requests in flight (each bounded by the client timeout)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                self.run_once()
+            except Exception:  # the loop must survive a bug or a database hiccup
+                log.exception("papad outbox: delivery pass failed")
+            try:
+                due_in = self.outbox.next_due_in()
+            except sqlite3.Error:
+                due_in = None
+            wait = self.idle_poll if due_in is None else min(self.idle_poll, due_in)
+            self._wake.wait(max(0.0, wait))
+
+    # -- delivering ------------------------------------------------------------------------
+
+    def backoff(self, attempts: int) -> float:
+        """Exponential backoff with jitter: base·2^(n-1), capped, scaled by 0.5..1."""
+        delay = min(self.max_delay, self.base_delay * 2 ** max(0, min(attempts - 1, 30)))
+        return delay * random.uniform(0.5, 1.0)
+
+    def run_once(self) -> int:
+        """Try every entry due now once, in queue order; return how many were delivered.
+
+        Stops early when papad is unavailable (the rest would fail the same way).
+        """
+        delivered = 0
+        with self._run_lock:
+            tried: set[int] = set()
+            unavailable = threading.Event()
+            while not self._stopping.is_set() and not unavailable.is_set():
+                batch = self.outbox.due(self.concurrency * 4, exclude=tried)
+                if not batch:
+                    break
+                tried.update(e.id for e in batch)
+                futures = [self._pool.submit(self._deliver, e, unavailable) for e in batch]
+                delivered += sum(1 for f in futures if f.result())
+        return delivered
+
+    def _media_index(self) -> dict[str, str]:
+        # One listing of the server per worker (and per day), not one per entry.
+        with self._index_lock:
+            if self._index is None or time.monotonic() - self._index_at > self.index_max_age:
+                self._index = self.client.media_index()
+                self._index_at = time.monotonic()
+            return self._index
+
+    def _deliver(self, entry: Entry, unavailable: threading.Event) -> bool:
+        if unavailable.is_set() or self._stopping.is_set():
+            return False  # skipped: stays due, keeps its place in the queue
+        try:
+            self._deliver_entry(entry)
+        except PapadError as exc:
+            self._failed(entry, exc, unavailable)
+            return False
+        except Exception as exc:
+            log.exception("papad outbox: unexpected failure delivering #%d", entry.id)
+            self._failed(entry, RetryableError(f"internal error: {type(exc).__name__}: {exc}"),
+                         unavailable)
+            return False
+        return True
+
+    def _deliver_entry(self, entry: Entry) -> None:
+        sidecar = entry.sidecar
+        self.outbox.begin_attempt(entry.id)
+        remote = entry.remote_id
+        if remote is None:
+            if entry.attempts > 0:
+                # An earlier attempt may have reached papad before its answer was lost.
+                remote = self.client.find_media(sidecar)
+            else:
+                remote = self._media_index().get(entry.recording_id)
+            if remote is not None:
+                log.info("papad outbox: %s already on papad as %s", entry.recording_id, remote)
+        if remote is None:
+            if not entry.ogg_path.is_file():
+                raise PermanentError(f"recording file missing: {entry.ogg_path}")
+            remote = self.client.create_media(sidecar, entry.ogg_path)
+            log.info("papad outbox: registered %s as %s", entry.recording_id, remote)
+        self.outbox.set_remote_id(entry.id, remote)
+        self._deliver_annotations(entry, remote)
+        self.outbox.mark_delivered(entry.id)
+        if self.on_delivered is not None:
+            try:
+                self.on_delivered(entry.recording_id, remote)
+            except Exception:
+                log.exception("papad outbox: on_delivered callback failed")
+
+    def _deliver_annotations(self, entry: Entry, remote: str) -> None:
+        pending = self.outbox.pending_annotations(entry.id)
+        if not pending:
+            return
+        annotations = mapping.bookmark_annotations(entry.sidecar, self.client.annotation_span)
+        existing: set[tuple[str, str]] | None = None
+        for idx, attempts in pending:
+            if idx >= len(annotations):  # the bookmark list shrank: nothing to post
+                self.outbox.annotation_delivered(entry.id, idx)
+                continue
+            annotation = annotations[idx]
+            if attempts > 0:
+                if existing is None:
+                    existing = self.client.annotation_keys(remote, entry.sidecar)
+                if annotation.key in existing:
+                    self.outbox.annotation_delivered(entry.id, idx)
+                    continue
+            self.outbox.begin_annotation(entry.id, idx)
+            try:
+                self.client.create_annotation(remote, entry.sidecar, annotation)
+            except PapadError as exc:
+                raise type(exc)(f"bookmark {idx + 1}: {exc}") from None
+            self.outbox.annotation_delivered(entry.id, idx)
+
+    def _failed(self, entry: Entry, exc: PapadError, unavailable: threading.Event) -> None:
+        reason = " ".join(str(exc).split())[:300]
+        if not exc.retryable:
+            log.warning("papad outbox: parked #%d (%s): %s", entry.id, entry.recording_id, reason)
+            self.outbox.mark_failed(entry.id, reason, None)
+            return
+        retry_at = self.outbox.now() + self.backoff(entry.attempts + 1)
+        self.outbox.mark_failed(entry.id, reason, retry_at)
+        if exc.unavailable:
+            unavailable.set()
+            self.outbox.hold_all_until(retry_at)
+        log.info(
+            "papad outbox: #%d attempt %d failed, retry in %.1f s: %s",
+            entry.id, entry.attempts + 1, max(0.0, retry_at - self.outbox.now()), reason,
+        )

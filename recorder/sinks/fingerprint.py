@@ -1,0 +1,51 @@
+"""The Audio ID sink: fingerprints a recording while it is made.
+
+It feeds every block the pump hands it to Chromaprint (in the pump's worker thread; a 1024-frame
+block costs a few microseconds of resampling and FFT work), so no recording is ever read back or
+decoded to fingerprint it, and publishing costs the same for a minute or for three hours.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from recorder.audioid.chroma import StreamingFingerprinter
+from recorder.errors import TooShortError
+
+log = logging.getLogger(__name__)
+
+
+class FingerprintSink:
+    """A per-recording sink (see the Sink protocol in docs/ARCHITECTURE.md).
+
+    `finish()` returns ``{"audio_id": {...}}`` for the sidecar, or ``{}`` when the recording is
+    too short to fingerprint (under 3 s): a short recording is still a recording.
+    """
+
+    def __init__(self, samplerate: int, channels: int) -> None:
+        self._fp: StreamingFingerprinter | None = StreamingFingerprinter(samplerate, channels)
+
+    def write(self, block: np.ndarray) -> None:
+        """Feed int16 frames (frames, channels); the block is copied, never kept."""
+        if self._fp is not None:
+            self._fp.feed(block)
+
+    def finish(self) -> dict[str, Any]:
+        """The sidecar's ``audio_id`` (algorithm, version, compressed fingerprint, duration)."""
+        fp, self._fp = self._fp, None
+        if fp is None:
+            return {}
+        try:
+            return {"audio_id": fp.finish().audio_id()}
+        except TooShortError as exc:
+            log.info("recording not fingerprinted: %s", exc)
+            return {}
+
+    def abort(self) -> None:
+        """Drop the fingerprint in progress. Never raises."""
+        fp, self._fp = self._fp, None
+        if fp is not None:
+            fp.abort()

@@ -1,0 +1,410 @@
+#!/bin/bash
+# recorderpi native install for Raspberry Pi OS / Debian 12 (bookworm).
+#
+#   sudo services/install.sh                  install, or upgrade to this checkout
+#   sudo services/install.sh --uninstall      remove the software; recordings stay
+#   sudo services/install.sh --uninstall --purge
+#                                             also remove the user, config, secrets and the
+#                                             Syncthing identity; recordings still stay
+#   sudo services/install.sh --root DIR       install into the Debian tree DIR (chroot: image
+#                                             builds and tests); the same options apply inside
+#   options: --no-apt (packages already there), --with-icecast (Cow Radio on this Pi)
+#
+# Idempotent: every step checks before it acts, so a second run with the same checkout changes
+# nothing. A newer checkout upgrades the package in the venv. Nothing under /srv/recorder is
+# ever deleted, moved or re-owned recursively: recordings are only ever touched by the recorder.
+set -euo pipefail
+umask 022
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PREFIX=/opt/recorderpi
+VENV=$PREFIX/venv
+ETC=/etc/recorder
+DATA=/srv/recorder
+STATE=/var/lib/recorderpi
+SERVICE_USER=recorder
+UNIT_DIR=/etc/systemd/system
+UNITS=(recorder.service recorder-firstboot.service)
+DROPIN=syncthing@recorder.service.d
+APT_PACKAGES=(
+    ca-certificates python3 python3-venv python3-pip
+    libportaudio2 libsndfile1 libchromaprint1 libchromaprint-tools
+    syncthing nginx-light util-linux
+)
+
+ROOT=""
+UNINSTALL=0
+PURGE=0
+APT=1
+ICECAST=0
+CHANGED=0
+
+log() { echo "install: $*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+changed() {
+    CHANGED=1
+    log "$*"
+}
+
+usage() {
+    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    exit "${1:-0}"
+}
+
+parse_args() {
+    local original=("$@")
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --root)
+                [ $# -ge 2 ] || usage 2
+                ROOT=$2
+                shift
+                ;;
+            --root=*) ROOT=${1#--root=} ;;
+            --uninstall) UNINSTALL=1 ;;
+            --purge) PURGE=1 ;;
+            --no-apt) APT=0 ;;
+            --with-icecast) ICECAST=1 ;;
+            -h | --help) usage 0 ;;
+            *)
+                log "unknown option $1"
+                usage 2
+                ;;
+        esac
+        shift
+    done
+    PASS_ARGS=()
+    local skip=0 a
+    for a in "${original[@]}"; do
+        if [ $skip -eq 1 ]; then
+            skip=0
+            continue
+        fi
+        case $a in
+            --root) skip=1 ;;
+            --root=*) ;;
+            *) PASS_ARGS+=("$a") ;;
+        esac
+    done
+}
+
+systemd_running() { [ -d /run/systemd/system ]; }
+
+# --- chroot mode ----------------------------------------------------------------------------
+# Copy the checkout into DIR, give the chroot what apt and pip need (proc, dev, DNS), forbid
+# service starts from package scripts (policy-rc.d), run this script inside, then undo it all.
+run_in_root() {
+    local root mounted=() policy_created=0 resolv_backup="" inner=/var/cache/recorderpi-install
+    root=$(cd "$ROOT" && pwd)
+    [ -x "$root/bin/bash" ] || die "$root does not look like a Debian root (no /bin/bash)"
+    cleanup_root() {
+        local m
+        for m in "${mounted[@]}"; do umount -l "$m" 2>/dev/null || true; done
+        [ "$policy_created" -eq 0 ] || rm -f "$root/usr/sbin/policy-rc.d"
+        if [ -n "$resolv_backup" ]; then
+            mv -f "$resolv_backup" "$root/etc/resolv.conf"
+        fi
+        rm -rf "${root:?}$inner"
+    }
+    trap cleanup_root EXIT
+    rm -rf "${root:?}$inner"
+    mkdir -p "$root$inner"
+    # Only what the install needs: the package, its metadata and the services/ tree.
+    tar -C "$SRC" --exclude=.git --exclude='*.egg-info' --exclude=build --exclude=__pycache__ \
+        --exclude=.pytest_cache -cf - pyproject.toml README.md recorder services docs 2>/dev/null |
+        tar -C "$root$inner" -xf - || true
+    [ -f "$root$inner/services/install.sh" ] || die "could not copy the checkout into $root"
+    if ! mountpoint -q "$root/proc"; then
+        mount -t proc proc "$root/proc"
+        mounted+=("$root/proc")
+    fi
+    if [ ! -e "$root/usr/sbin/policy-rc.d" ]; then
+        printf '#!/bin/sh\n# recorderpi install in a chroot: never start services\nexit 101\n' \
+            >"$root/usr/sbin/policy-rc.d"
+        chmod 0755 "$root/usr/sbin/policy-rc.d"
+        policy_created=1
+    fi
+    if [ -e /etc/resolv.conf ]; then
+        if [ -e "$root/etc/resolv.conf" ] || [ -L "$root/etc/resolv.conf" ]; then
+            resolv_backup="$root/etc/resolv.conf.recorderpi-install"
+            mv -f "$root/etc/resolv.conf" "$resolv_backup"
+        fi
+        cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+    fi
+    # pip inside the chroot trusts what the host trusts (a TLS-inspecting proxy's CA, say).
+    local env=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+        LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive) ca v
+    ca=${PIP_CERT:-${REQUESTS_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}}
+    if [ -f "$ca" ]; then
+        cp "$ca" "$root$inner/host-ca.crt"
+        env+=("PIP_CERT=$inner/host-ca.crt")
+    fi
+    for v in PIP_INDEX_URL http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+        if [ -n "${!v:-}" ]; then env+=("$v=${!v}"); fi
+    done
+    local rc=0
+    chroot "$root" /usr/bin/env -i "${env[@]}" \
+        /bin/bash "$inner/services/install.sh" "${PASS_ARGS[@]}" || rc=$?
+    cleanup_root
+    trap - EXIT
+    return "$rc"
+}
+
+# --- install steps --------------------------------------------------------------------------
+
+install_packages() {
+    [ "$APT" -eq 1 ] || return 0
+    local wanted=("${APT_PACKAGES[@]}") missing=() p
+    # Raspberry Pi OS ships gpiozero's preferred pin driver as a Debian package; plain Debian
+    # has no GPIO header to drive.
+    if apt-cache show python3-lgpio >/dev/null 2>&1; then wanted+=(python3-lgpio); fi
+    [ "$ICECAST" -eq 0 ] || wanted+=(icecast2)
+    for p in "${wanted[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+            missing+=("$p")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    changed "apt: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_user() {
+    if ! getent group gpio >/dev/null; then
+        groupadd --system gpio
+        changed "group gpio created"
+    fi
+    if ! getent group audio >/dev/null; then
+        groupadd --system audio
+        changed "group audio created"
+    fi
+    if ! id "$SERVICE_USER" >/dev/null 2>&1; then
+        useradd --system --user-group --home-dir "$STATE" --no-create-home \
+            --shell /usr/sbin/nologin --comment "recorderpi service" "$SERVICE_USER"
+        changed "user $SERVICE_USER created"
+    fi
+    local g
+    for g in audio gpio; do
+        if ! id -nG "$SERVICE_USER" | tr ' ' '\n' | grep -qx "$g"; then
+            usermod -a -G "$g" "$SERVICE_USER"
+            changed "user $SERVICE_USER added to group $g"
+        fi
+    done
+}
+
+# mkdir + owner + mode of one directory, never recursive.
+ensure_dir() {
+    local path=$1 mode=$2 owner=$3
+    if [ ! -d "$path" ]; then
+        install -d -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$path"
+        changed "created $path"
+        return
+    fi
+    if [ "$(stat -c '%a %U:%G' "$path")" != "${mode#0} $owner" ]; then
+        chmod "$mode" "$path"
+        chown "$owner" "$path"
+        changed "fixed owner/mode of $path"
+    fi
+}
+
+# Copy a file only when its content or mode differs: a second run leaves every mtime alone.
+put_file() {
+    local src=$1 dst=$2 mode=$3 owner=${4:-root:root}
+    if [ -f "$dst" ] && cmp -s "$src" "$dst" &&
+        [ "$(stat -c '%a %U:%G' "$dst")" = "${mode#0} $owner" ]; then
+        return 1
+    fi
+    install -D -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$src" "$dst"
+    changed "installed $dst"
+}
+
+ensure_dirs() {
+    ensure_dir "$PREFIX" 0755 root:root
+    ensure_dir "$ETC" 0755 root:root
+    ensure_dir "$ETC/secrets" 0750 "$SERVICE_USER:$SERVICE_USER"
+    ensure_dir "$STATE" 0750 "$SERVICE_USER:$SERVICE_USER"
+    # The data partition (its own filesystem in the image). Only these directories themselves
+    # are created or fixed; what is inside them is never touched.
+    ensure_dir "$DATA" 0755 "$SERVICE_USER:$SERVICE_USER"
+    ensure_dir "$DATA/sync" 0755 "$SERVICE_USER:$SERVICE_USER"
+    ensure_dir "$DATA/staging" 0750 "$SERVICE_USER:$SERVICE_USER"
+    ensure_dir "$DATA/state" 0750 "$SERVICE_USER:$SERVICE_USER"
+}
+
+# The venv is upgraded only when the checkout changed (a content hash of what pip installs).
+ensure_venv() {
+    local want have build
+    want=$(cd "$SRC" && find pyproject.toml recorder -type f ! -path '*/__pycache__/*' \
+        ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+    have=$(cat "$PREFIX/source.sha256" 2>/dev/null || true)
+    if [ ! -x "$VENV/bin/python" ]; then
+        # System site packages: Raspberry Pi OS's python3-lgpio pin driver for gpiozero.
+        python3 -m venv --system-site-packages "$VENV"
+        changed "venv created in $VENV"
+        have=""
+    fi
+    if [ "$want" = "$have" ] && [ -x "$VENV/bin/recorder" ]; then
+        return 0
+    fi
+    # Build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
+    build=$(mktemp -d)
+    tar -C "$SRC" --exclude=__pycache__ --exclude='*.egg-info' --exclude=build \
+        -cf - pyproject.toml README.md recorder 2>/dev/null | tar -C "$build" -xf - || true
+    [ -f "$build/README.md" ] || : >"$build/README.md"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "$build"
+    rm -rf "$build"
+    echo "$want" >"$PREFIX/source.sha256"
+    changed "recorderpi installed in $VENV ($("$VENV/bin/recorder" --version 2>&1 || true))"
+}
+
+ensure_config() {
+    put_file "$SRC/services/recorder.example.toml" "$ETC/recorder.example.toml" 0644 || true
+    # The user's config is never overwritten, only created when absent.
+    if [ ! -e "$ETC/recorder.toml" ]; then
+        install -m 0640 -o root -g "$SERVICE_USER" "$SRC/services/recorder.example.toml" \
+            "$ETC/recorder.toml"
+        changed "config created: $ETC/recorder.toml"
+    fi
+}
+
+ensure_files() {
+    put_file "$SRC/services/firstboot.sh" "$PREFIX/firstboot.sh" 0755 || true
+    put_file "$SRC/services/stignore" "$PREFIX/stignore" 0644 || true
+    if [ -f "$SRC/docs/field-guide.md" ]; then
+        put_file "$SRC/docs/field-guide.md" "$PREFIX/docs/field-guide.md" 0644 || true
+    fi
+    local tmp
+    tmp=$(mktemp)
+    printf '%s\n' '# recorderpi: the gpio group may use the GPIO character devices (gpiozero/lgpio).' \
+        'SUBSYSTEM=="gpio", KERNEL=="gpiochip*", GROUP="gpio", MODE="0660"' >"$tmp"
+    put_file "$tmp" /etc/udev/rules.d/60-recorderpi-gpio.rules 0644 || true
+    rm -f "$tmp"
+}
+
+ensure_units() {
+    local unit reload=0
+    command -v systemctl >/dev/null || die "systemctl not found: recorderpi needs systemd"
+    for unit in "${UNITS[@]}"; do
+        if put_file "$SRC/services/systemd/$unit" "$UNIT_DIR/$unit" 0644; then reload=1; fi
+    done
+    if put_file "$SRC/services/systemd/$DROPIN/recorderpi.conf" \
+        "$UNIT_DIR/$DROPIN/recorderpi.conf" 0644; then reload=1; fi
+    if systemd_running && [ "$reload" -eq 1 ]; then systemctl daemon-reload; fi
+    # `systemctl enable` works on the unit files alone, booted or not (chroot, image build).
+    for unit in "${UNITS[@]}" syncthing@recorder.service; do
+        if ! systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+            systemctl enable --quiet "$unit" 2>/dev/null || systemctl enable "$unit"
+            changed "enabled $unit"
+        fi
+    done
+    if systemd_running && [ "$CHANGED" -eq 1 ] && [ -e "$STATE/firstboot.done" ]; then
+        systemctl restart syncthing@recorder.service recorder.service
+        log "services restarted"
+    fi
+}
+
+ensure_docroot() {
+    [ -d /etc/nginx ] || return 0
+    local site=/etc/nginx/sites-available/recorder-docroot
+    put_file "$SRC/services/nginx/recorder-docroot.conf" "$site" 0644 || true
+    if [ "$(readlink /etc/nginx/sites-enabled/recorder-docroot 2>/dev/null)" != "$site" ]; then
+        ln -sfn "$site" /etc/nginx/sites-enabled/recorder-docroot
+        changed "nginx site recorder-docroot enabled"
+    fi
+    # Debian's default site also claims default_server on port 80.
+    if [ -L /etc/nginx/sites-enabled/default ]; then
+        rm -f /etc/nginx/sites-enabled/default
+        changed "nginx default site disabled"
+    fi
+    if systemd_running && [ "$CHANGED" -eq 1 ]; then
+        nginx -t -q && systemctl reload-or-restart nginx.service
+    fi
+}
+
+# Cow Radio on this Pi: secrets generated once, placeholders filled from them.
+ensure_icecast() {
+    [ "$ICECAST" -eq 1 ] || return 0
+    local name file tmp value
+    for name in source relay admin; do
+        file=$ETC/secrets/icecast-$name-password
+        if [ ! -s "$file" ]; then
+            (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=\n' >"$file")
+            changed "created $file"
+        fi
+        chown "$SERVICE_USER:$SERVICE_USER" "$file"
+        chmod 0600 "$file"
+    done
+    tmp=$(mktemp)
+    cp "$SRC/services/icecast/icecast.xml" "$tmp"
+    for name in source relay admin; do
+        value=$(cat "$ETC/secrets/icecast-$name-password")
+        sed -i "s|@ICECAST_${name^^}_PASSWORD@|$value|" "$tmp"
+    done
+    sed -i "s|@ICECAST_HOSTNAME@|$(cat /etc/hostname 2>/dev/null || echo localhost)|" "$tmp"
+    if put_file "$tmp" /etc/icecast2/icecast.xml 0640 root:icecast && systemd_running; then
+        systemctl restart icecast2.service
+    fi
+    rm -f "$tmp"
+}
+
+install_all() {
+    [ "$(id -u)" -eq 0 ] || die "run as root (sudo)"
+    [ -f "$SRC/pyproject.toml" ] || die "$SRC is not a recorderpi checkout"
+    install_packages
+    ensure_user
+    ensure_dirs
+    ensure_venv
+    ensure_config
+    ensure_files
+    ensure_units
+    ensure_docroot
+    ensure_icecast
+    if [ "$CHANGED" -eq 0 ]; then
+        log "nothing to do: recorderpi is installed and up to date"
+    else
+        log "done. First boot provisioning runs at the next boot (or: $PREFIX/firstboot.sh)"
+    fi
+}
+
+uninstall_all() {
+    [ "$(id -u)" -eq 0 ] || die "run as root (sudo)"
+    local unit
+    for unit in recorder.service recorder-firstboot.service syncthing@recorder.service; do
+        if systemd_running; then systemctl stop "$unit" 2>/dev/null || true; fi
+        systemctl disable --quiet "$unit" 2>/dev/null || true
+    done
+    rm -f "$UNIT_DIR/recorder.service" "$UNIT_DIR/recorder-firstboot.service"
+    rm -rf "${UNIT_DIR:?}/$DROPIN"
+    rm -f /etc/nginx/sites-enabled/recorder-docroot /etc/nginx/sites-available/recorder-docroot
+    rm -f /etc/udev/rules.d/60-recorderpi-gpio.rules
+    rm -rf "${PREFIX:?}"
+    if systemd_running; then systemctl daemon-reload; fi
+    if [ "$PURGE" -eq 1 ]; then
+        rm -rf "${ETC:?}" "${STATE:?}"
+        if id "$SERVICE_USER" >/dev/null 2>&1; then userdel "$SERVICE_USER"; fi
+        log "purged config, secrets, Syncthing identity and user $SERVICE_USER"
+    else
+        log "kept $ETC (config, secrets), $STATE (Syncthing identity) and user $SERVICE_USER"
+    fi
+    log "uninstalled; recordings are still in $DATA"
+}
+
+main() {
+    parse_args "$@"
+    if [ -n "$ROOT" ]; then
+        [ "$(id -u)" -eq 0 ] || die "--root needs root (chroot)"
+        run_in_root
+        return
+    fi
+    if [ "$UNINSTALL" -eq 1 ]; then
+        uninstall_all
+    else
+        install_all
+    fi
+}
+
+main "$@"

@@ -1,0 +1,165 @@
+"""Benchmark of the recording pipeline (issue 2), as ratios against oggenc run side by side.
+
+    python3 -m tests.bench.bench_pipeline [--capture-seconds 60]
+
+Prints, on the same clip in one run:
+- pipeline CPU seconds per audio second (file source, ring, pump, journal, level meter, Vorbis q4
+  encoder and every per-recording sink the default config enables) against `oggenc -q4`;
+- peak RSS of `recorder record` on a 10-minute recording;
+- stop-to-published time for a 1-minute and a 10-minute recording;
+- PortAudio input overflows and ring overruns while capturing through PulseAudio with both
+  cores busy (needs pulseaudio; skipped with a note otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from recorder import app
+from recorder.cli.record import demo_clip
+from recorder.config import parse_config
+
+RATE = 48000
+
+
+def make_clip(path: Path, seconds: int) -> Path:
+    """The bundled speech looped to `seconds`, with a little noise so loops differ."""
+    speech, rate = sf.read(demo_clip(), dtype="int16")
+    assert rate == RATE
+    reps = int(np.ceil(seconds * RATE / len(speech)))
+    audio = np.tile(speech, reps)[: seconds * RATE]
+    rng = np.random.default_rng(7)
+    audio = np.clip(audio.astype(np.int32) + rng.integers(-60, 60, len(audio)), -32768, 32767)
+    sf.write(path, audio.astype(np.int16), RATE, subtype="PCM_16")
+    return path
+
+
+def config(root: Path, **audio):
+    return parse_config({"device": {"id": "bench"},
+                         "storage": {"data_dir": str(root), "reserve_mb": 0},
+                         "audio": {"preroll": 0.0, **audio}})
+
+
+def pipeline_run(clip: Path, root: Path) -> tuple[float, float]:
+    """(CPU seconds, stop-to-published seconds) for recording `clip` as fast as possible."""
+    cfg = config(root)
+    pump = app.build_pump(cfg, source_spec=f"file:{clip}", realtime=False)
+    cpu0 = time.process_time()
+    handle = pump.start_recording("bench")
+    pump.start()
+    handle.done.result(timeout=600)
+    cpu = time.process_time() - cpu0
+    pump.close()
+    return cpu, pump.last_stop_to_published or float("nan")
+
+
+def oggenc_cpu(clip: Path, out: Path) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(["oggenc", "-Q", "-q4", "-o", str(out), str(clip)], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def peak_rss_mb(clip: Path, root: Path) -> float:
+    cfg_path = root / "rss.toml"
+    cfg_path.write_text(f'[device]\nid = "bench"\n[storage]\ndata_dir = "{root / "rss"}"\n'
+                        'reserve_mb = 0\n[audio]\npreroll = 0.0\n')
+    proc = subprocess.Popen([sys.executable, "-m", "recorder", "--config", str(cfg_path),
+                             "record", "--source", f"file:{clip}", "--fast"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # ru_maxrss of a child counts the parent's pages it had before exec: read the child's own
+    # high-water mark instead, until it exits.
+    peak = 0
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.1)
+    assert proc.returncode == 0
+    return peak / 1024
+
+
+def _burn(stop_at: float) -> None:
+    while time.monotonic() < stop_at:
+        pass
+
+
+def capture_overflows(seconds: float, root: Path) -> dict:
+    """Capture from PulseAudio through PortAudio for `seconds` with both cores busy."""
+    if not shutil.which("pulseaudio"):
+        return {"skipped": "pulseaudio not installed"}
+    from tests.pulse import PulseServer
+
+    server = PulseServer(root / "pulse").start()
+    saved = server.apply_env()
+    try:
+        cfg = config(root / "cap", source="pulse")
+        pump = app.build_pump(cfg)
+        busy = [multiprocessing.Process(target=_burn, args=(time.monotonic() + seconds + 3,))
+                for _ in range(os.cpu_count() or 2)]
+        for p in busy:
+            p.start()
+        pump.start()
+        pump.wait_first_block(10)
+        handle = pump.start_recording("bench", max_seconds=seconds)
+        result = handle.done.result(timeout=seconds + 60)
+        status = pump.status()
+        pump.close()
+        for p in busy:
+            p.join()
+        return {"seconds": result.sidecar["duration"],
+                "input_overflows": status["input_overflows"],
+                "ring_overruns": status["ring_overruns"], "busy_processes": len(busy)}
+    finally:
+        server.stop()
+        server.restore_env(saved)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--capture-seconds", type=float, default=60.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        one = make_clip(root / "one-minute.wav", 60)
+        ten = make_clip(root / "ten-minutes.wav", 600)
+        runs = [pipeline_run(one, root / f"p{i}") for i in range(args.repeats)]
+        ogg = [oggenc_cpu(one, root / f"o{i}.ogg") for i in range(args.repeats)]
+        pipe_cpu = statistics.median(r[0] for r in runs)
+        ogg_cpu = statistics.median(ogg)
+        stop_1 = statistics.median(r[1] for r in runs)
+        stop_10 = statistics.median(pipeline_run(ten, root / f"t{i}")[1] for i in range(2))
+        rss = peak_rss_mb(ten, root)
+        cap = capture_overflows(args.capture_seconds, root)
+    report = {
+        "pipeline_cpu_s_per_audio_s": round(pipe_cpu / 60, 5),
+        "oggenc_q4_cpu_s_per_audio_s": round(ogg_cpu / 60, 5),
+        "cpu_ratio_to_oggenc": round(pipe_cpu / ogg_cpu, 3),
+        "pipeline_x_realtime": round(60 / pipe_cpu, 1),
+        "stop_to_published_ms_1min": round(stop_1 * 1000, 1),
+        "stop_to_published_ms_10min": round(stop_10 * 1000, 1),
+        "peak_rss_mb_10min_recording": round(rss, 1),
+        "capture_with_cores_busy": cap,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""A recorder "device" for mesh tests: one Syncthing instance, its papad, its service parts.
+
+`Device` wraps a `tests.syncthing_harness.Instance` with a recorder `Config` (papad pointing at
+its own in-process fake papad, current or legacy API), the service workers `recorder run`
+would start for the mesh (the papad outbox worker and the bridge) and a `record()` that makes a
+recording through the real pipeline (file source) with bookmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from recorder import app, db
+from recorder.audioid.catalogue import Catalogue
+from recorder.config import Config, parse_config
+from recorder.mesh.bridge import Bridge
+from recorder.publish import Published
+from tests.fake_papad import FakeLegacyPapad, FakePapad
+from tests.papad_setup import TOKEN, write_secret
+from tests.syncthing_harness import Instance
+
+
+def device_config(inst: Instance, papad: dict[str, Any], **sections: Any) -> Config:
+    """The harness's config for `inst` plus a `[papad]` section and quick audio settings."""
+    raw: dict[str, Any] = {
+        "device": {"id": inst.recorder_id},
+        "storage": {"data_dir": str(inst.root / "data"), "sync_root": str(inst.sync_root),
+                    "reserve_mb": 0},
+        "syncthing": {"url": inst.url, "api_key_file": str(inst.key_file),
+                      "watcher_delay": 60, "rescan_interval": 3600},
+        "audio": {"preroll": 0.0},
+        "papad": papad,
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return parse_config(raw)
+
+
+class Device:
+    """One mesh member: Syncthing instance + papad + outbox worker + bridge."""
+
+    def __init__(self, inst: Instance, legacy: bool = False, docroot_host: str = "",
+                 export_interval: float = 1.0, rescan_interval: float = 600.0) -> None:
+        self.inst = inst
+        self.id = inst.recorder_id
+        self.legacy = legacy
+        self.export_interval = export_interval
+        self.rescan_interval = rescan_interval
+        if legacy:
+            self.papad: Any = FakeLegacyPapad().start()
+            papad = {"api": "papad-api", "url": self.papad.url, "timeout": 5.0,
+                     "host": docroot_host or "docroot.invalid",
+                     "media_base_url": "http://{host}/{device_id}/"}
+        else:
+            self.papad = FakePapad().start()
+            self.papad.add_user("recorder", token=TOKEN, groups=(1,))
+            token = write_secret(inst.root / "papad.token", TOKEN)
+            papad = {"api": "papad", "url": self.papad.url, "auth": "token",
+                     "token_file": str(token), "group": 1, "timeout": 5.0}
+        self.cfg = device_config(inst, papad)
+        self.assembly: app.Assembly | None = None
+        self.registration: Any = None
+        self.bridge: Bridge | None = None
+
+    # -- service -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start what `recorder run` starts for the mesh: outbox worker, then the bridge."""
+        self.assembly = app.assemble(self.cfg, service=True)
+        self.registration = next(w for w in self.assembly.workers if w.name == "papad")
+        self.registration.start()
+        self.bridge = self.new_bridge()
+        self.bridge.start()
+
+    def new_bridge(self, **kw: Any) -> Bridge:
+        kw.setdefault("rescan_interval", self.rescan_interval)
+        kw.setdefault("export_interval", self.export_interval)
+        kw.setdefault("event_timeout", 5.0)
+        return Bridge(self.cfg, outbox=self.registration.outbox,
+                      on_queued=self.registration.worker.wake, **kw)
+
+    def stop(self) -> None:
+        if self.bridge is not None:
+            with contextlib.suppress(Exception):
+                self.bridge.close()
+            self.bridge = None
+        if self.registration is not None:
+            with contextlib.suppress(Exception):
+                self.registration.stop()
+        self.papad.stop()
+
+    # -- recording -----------------------------------------------------------------------
+
+    def record(self, wav: Path, *, marks: tuple[str, ...] = (), seconds: float = 3.0,
+               title: str = "") -> Published:
+        """Record `wav` in real time through the real pipeline, bookmarking `marks` (one a
+        second after the start, then one a second apart)."""
+        assert self.assembly is not None
+        pump = app.build_pump(self.cfg, source_spec=f"file:{wav}", realtime=True,
+                              assembly=self.assembly)
+        try:
+            handle = pump.start_recording("test", title=title, max_seconds=seconds)
+            pump.start()
+            for label in marks:
+                time.sleep(0.8)
+                pump.mark(label)
+            return handle.done.result(timeout=60)
+        finally:
+            pump.close()
+
+    # -- inspecting ----------------------------------------------------------------------
+
+    def catalogue(self) -> Catalogue:
+        return Catalogue.from_config(db.connect(self.cfg.db_path), self.cfg.audioid)
+
+    def media(self) -> dict[str, list[str]]:
+        """Recording id → papad ids of the media registered for it (more than one: a dup)."""
+        from recorder.papad.client import _recording_id_of, _tag_names
+        from recorder.papad.mapping import recording_id_from_tags
+
+        out: dict[str, list[str]] = {}
+        with self.papad.lock:
+            if self.legacy:
+                for r in self.papad.recordings:
+                    rid = recording_id_from_tags(_tag_names(r.get("tags")))
+                    out.setdefault(rid or "?", []).append(r["_id"]["$oid"])
+            else:
+                for m in self.papad.media:
+                    out.setdefault(_recording_id_of(m) or "?", []).append(m["uuid"])
+        return out
+
+    def media_id(self, recording_id: str) -> str | None:
+        ids = self.media().get(recording_id, [])
+        return ids[0] if ids else None
+
+    def annotations(self, recording_id: str) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(media_target, text, sorted tags) of every annotation on a recording's media."""
+        mid = self.media_id(recording_id)
+        if mid is None:
+            return []
+        out = []
+        with self.papad.lock:
+            if self.legacy:
+                for f in self.papad.fragments:
+                    if f.get("target", {}).get("recording_id") == mid:
+                        tags = tuple(sorted(t for t in f.get("tags", "").split(",") if t))
+                        out.append((f["target"]["selector"]["value"], f["body"]["value"], tags))
+            else:
+                for a in self.papad.annotations:
+                    if a["media_reference_id"] == mid:
+                        tags = tuple(sorted(t["name"] for t in a["tags"]))
+                        out.append((a["media_target"], a["annotation_text"], tags))
+        return sorted(out)
+
+    def audio_url(self, recording_id: str) -> str | None:
+        assert self.legacy
+        with self.papad.lock:
+            for r in self.papad.recordings:
+                from recorder.papad.client import _tag_names
+                from recorder.papad.mapping import recording_id_from_tags
+
+                if recording_id_from_tags(_tag_names(r.get("tags"))) == recording_id:
+                    return r["audio_url"]
+        return None

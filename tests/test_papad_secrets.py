@@ -1,0 +1,153 @@
+"""Secret files, the outbox CLI and the doctor checks: refusal, and no secret ever shown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import pytest
+
+from recorder.cli import outbox as outbox_cli
+from recorder.errors import ConfigError, RecorderError
+from recorder.papad.client import make_client
+from recorder.papad.doctor import papad_checks
+from recorder.papad.outbox import Outbox
+from recorder.secrets import read_secret
+from tests.fake_papad import FakePapad
+from tests.papad_recordings import make_recording
+from tests.papad_setup import TOKEN, current_config, fast_worker, write_secret
+
+
+def test_read_secret_strips_and_accepts_private_file(tmp_path):
+    path = write_secret(tmp_path / "t", "  abc \n")
+    assert read_secret(path, "papad.token_file") == "abc"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_group_or_world_readable_secret_is_refused(tmp_path, mode):
+    path = write_secret(tmp_path / "token", TOKEN, mode)
+    with pytest.raises(ConfigError) as info:
+        read_secret(path, "papad.token_file")
+    message = str(info.value)
+    assert "papad.token_file" in message and str(path) in message
+    assert f"chmod 600 {path}" in message
+    assert TOKEN not in message and "\n" not in message
+
+
+def test_missing_empty_and_unset_secrets_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_secret(tmp_path / "nope", "papad.token_file")
+    with pytest.raises(ConfigError, match="is empty"):
+        read_secret(write_secret(tmp_path / "empty", "  "), "papad.token_file")
+    with pytest.raises(ConfigError, match="no secret file configured"):
+        read_secret(None, "papad.token_file")
+
+
+def test_world_readable_token_file_refused_at_start(cfg_factory, tmp_path):
+    cfg = current_config(cfg_factory, tmp_path, "http://127.0.0.1:9")
+    cfg.papad.token_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        make_client(cfg)
+    pw = write_secret(tmp_path / "pw", "secret-pw", 0o604)
+    jwt = cfg_factory(papad={"api": "papad", "auth": "jwt", "username": "u",
+                             "password_file": str(pw)})
+    with pytest.raises(ConfigError, match=r"papad\.password_file"):
+        make_client(jwt)
+
+
+def run_cli(cfg, argv):
+    parser = argparse.ArgumentParser()
+    outbox_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args, cfg)
+
+
+@pytest.fixture
+def papad():
+    server = FakePapad()
+    server.add_user("rec", token=TOKEN, groups=(1,))
+    with server:
+        yield server
+
+
+def test_cli_list_and_retry_show_state_never_secrets(papad, cfg_factory, tmp_path, capsys,
+                                                     caplog):
+    caplog.set_level(logging.DEBUG)
+    cfg = current_config(cfg_factory, tmp_path, papad.url)
+    outbox = Outbox(cfg.db_path)
+    client = make_client(cfg)
+    docs = [make_recording(cfg.device_folder, index=i) for i in range(2)]
+    for doc, ogg in docs:
+        outbox.enqueue(doc, ogg)
+    papad.force_error(400, {"detail": "Bad upload"})
+    fast_worker(outbox, client).run_once()
+
+    assert run_cli(cfg, ["outbox", "list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["counts"] == {"pending": 0, "delivered": 1, "parked": 1}
+    parked = next(e for e in listing["entries"] if e["state"] == "parked")
+    assert "Bad upload" in parked["last_error"]
+    assert run_cli(cfg, ["outbox", "list"]) == 0
+    text = capsys.readouterr().out
+    assert "parked" in text and "Bad upload" in text
+
+    assert run_cli(cfg, ["outbox", "retry", str(parked["id"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["entry"]["state"] == "pending"
+    fast_worker(outbox, client).run_once()
+    assert run_cli(cfg, ["outbox", "retry", "--all"]) == 0
+    assert "0 entries due now" in capsys.readouterr().out
+    with pytest.raises(RecorderError, match="does not exist"):
+        run_cli(cfg, ["outbox", "retry", "999"])
+    with pytest.raises(RecorderError, match="already delivered"):
+        run_cli(cfg, ["outbox", "retry", str(parked["id"])])
+    assert len(papad.media) == 2
+
+    assert run_cli(cfg, ["outbox", "list", "--json"]) == 0
+    everything = capsys.readouterr()
+    for secret in (TOKEN,):
+        assert secret not in everything.out and secret not in everything.err
+        assert secret not in caplog.text
+    outbox.close()
+    client.close()
+
+
+def test_doctor_all_good(papad, cfg_factory, tmp_path):
+    cfg = current_config(cfg_factory, tmp_path, papad.url)
+    checks = papad_checks(cfg)
+    assert {c["name"] for c in checks} >= {
+        "papad reachable", "papad credentials accepted", "papad group exists",
+        "papad outbox depth"}
+    assert all(c["ok"] for c in checks), checks
+    assert TOKEN not in json.dumps(checks)
+
+
+def test_doctor_reports_each_failure(papad, cfg_factory, tmp_path):
+    cfg = current_config(cfg_factory, tmp_path, papad.url, group=5)
+    by_name = {c["name"]: c for c in papad_checks(cfg)}
+    assert by_name["papad credentials accepted"]["ok"]
+    assert not by_name["papad group exists"]["ok"]
+    assert "HTTP 404" in by_name["papad group exists"]["detail"]
+    write_secret(cfg.papad.token_file, "wrong-token")
+    by_name = {c["name"]: c for c in papad_checks(cfg)}
+    assert by_name["papad reachable"]["ok"]
+    assert not by_name["papad credentials accepted"]["ok"]
+    assert "wrong-token" not in json.dumps(list(by_name.values()))
+    down = current_config(cfg_factory, tmp_path, "http://127.0.0.1:9")
+    by_name = {c["name"]: c for c in papad_checks(down)}
+    assert not by_name["papad reachable"]["ok"]
+    cfg.papad.token_file.chmod(0o644)
+    by_name = {c["name"]: c for c in papad_checks(cfg)}
+    assert not by_name["papad credentials accepted"]["ok"]
+    assert "chmod 600" in by_name["papad credentials accepted"]["detail"]
+
+
+def test_doctor_outbox_depth_and_age(papad, cfg_factory, tmp_path):
+    cfg = current_config(cfg_factory, tmp_path, papad.url)
+    outbox = Outbox(cfg.db_path, clock=lambda: 1_000_000.0)
+    outbox.enqueue(*make_recording(cfg.device_folder))
+    outbox.close()
+    by_name = {c["name"]: c for c in papad_checks(cfg)}
+    assert by_name["papad outbox depth"] == {
+        "name": "papad outbox depth", "ok": True, "detail": "1 pending, 0 parked"}
+    assert not by_name["papad outbox oldest entry"]["ok"]  # queued long ago
