@@ -11,6 +11,9 @@ import shutil
 
 import pytest
 
+# Fixture modules shared by many test files.
+pytest_plugins = ["tests.clips", "tests.pulse"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import soundfile as sf
 
 from recorder import sidecar
-from tests.clips import best_lag, speech_wav  # noqa: F401
-from tests.pulse import PIPE_SOURCE, pulse  # noqa: F401
+from tests.clips import best_lag
+from tests.pulse import PIPE_SOURCE
 
 
-def test_portaudio_capture_publishes_the_fed_clip(pulse, config_file, speech_wav):  # noqa: F811
+def test_portaudio_capture_publishes_the_fed_clip(pulse, config_file, speech_wav):
     clip, rate = sf.read(speech_wav, dtype="int16")
     cfg_path, data = config_file(audio={"preroll": 0.0, "source": "pulse"})
     env = {**os.environ, **pulse.env(source=PIPE_SOURCE)}

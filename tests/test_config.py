@@ -67,7 +67,7 @@ def test_file_precedence_and_toml_errors(tmp_path, monkeypatch):
 
 
 def test_overrides_are_validated_too():
-    with pytest.raises(ConfigError, match="audio.samplerate"):
+    with pytest.raises(ConfigError, match=r"audio\.samplerate"):
         load_config(None, {"audio": {"samplerate": 1}})
 
 

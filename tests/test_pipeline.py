@@ -15,7 +15,7 @@ from recorder import app, sidecar
 from recorder.errors import DiskReserveError
 from recorder.pump import Pump
 from recorder.sources.file import FileSource
-from tests.clips import RATE, best_lag, long_speech_wav, speech_wav, tone, write_wav  # noqa: F401
+from tests.clips import RATE, best_lag, tone, write_wav
 from tests.conftest import run_cli
 
 
@@ -56,7 +56,7 @@ def test_record_file_publishes_identical_audio_with_sidecar(config_file, speech_
 
 
 def test_opus_codec(config_file, speech_wav):
-    cfg_path, data = config_file(encoder={"codec": "opus", "opus_bitrate": 24})
+    cfg_path, _data = config_file(encoder={"codec": "opus", "opus_bitrate": 24})
     proc = run_cli("--config", cfg_path, "record", "--source", f"file:{speech_wav}", "--fast")
     assert proc.returncode == 0, proc.stderr
     ogg = Path(proc.stdout.strip())
@@ -197,7 +197,7 @@ def test_one_hour_fast_recording_memory_stays_flat(config_file, tmp_path):
                   + rng.integers(-800, 800, rate * 60).astype(np.int16))
         for _ in range(60):
             f.write(minute)
-    cfg_path, data = config_file(audio={"preroll": 0.0})
+    cfg_path, _data = config_file(audio={"preroll": 0.0})
     proc = subprocess.Popen(
         [sys.executable, "-m", "recorder", "--config", cfg_path, "record", "--source",
          f"file:{path}", "--fast", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

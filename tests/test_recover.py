@@ -1,4 +1,4 @@
-"""Power loss mid-recording (SIGKILL), then recovery: at most the last 2 s lost, nothing silently."""
+"""Power loss mid-recording (SIGKILL), then recovery: at most the last 2 s lost, never silently."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 
 from recorder import sidecar
-from tests.clips import best_lag, long_speech_wav  # noqa: F401
+from tests.clips import best_lag
 from tests.conftest import run_cli
 
 

@@ -24,7 +24,7 @@ import soundfile as sf
 from recorder.control import send_command
 from recorder.errors import ServiceError
 from tests.clips import RATE, tone
-from tests.pulse import PIPE_SOURCE, pulse, pulse_fresh  # noqa: F401
+from tests.pulse import PIPE_SOURCE
 
 REC = 17
 
@@ -86,7 +86,7 @@ class RunningService:
 
 
 @pytest.fixture
-def service(pulse, config_file):  # noqa: F811
+def service(pulse, config_file):
     started = []
 
     def start(env: dict[str, str] | None = None, **sections) -> RunningService:
@@ -167,7 +167,7 @@ def test_control_socket_permissions_and_ctl_cli(service):
     assert json.loads(out.stdout)["device_id"] == "testdev01"
 
 
-def test_device_disappears_mid_recording_and_returns(pulse_fresh, config_file):  # noqa: F811
+def test_device_disappears_mid_recording_and_returns(pulse_fresh, config_file):
     cfg_path, data = config_file(audio={"source": "pulse", "preroll": 0.5, "device_wait": 3.0},
                                  service={"stall_seconds": 1.0})
     svc = RunningService(cfg_path, data, pulse_fresh.env())
@@ -193,7 +193,7 @@ def test_device_disappears_mid_recording_and_returns(pulse_fresh, config_file): 
         svc.stop()
 
 
-def test_watchdog_pings_only_while_audio_flows(pulse, config_file, tmp_path):  # noqa: F811
+def test_watchdog_pings_only_while_audio_flows(pulse, config_file, tmp_path):
     """READY after the first block; WATCHDOG=1 while blocks flow; none once capture starves."""
     sock_path = tmp_path / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
