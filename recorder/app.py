@@ -131,6 +131,50 @@ class ScanHandOff:
             log.info("Syncthing did not take the scan request; its watcher will pick it up")
 
 
+class RadioWorker:
+    """Cow Radio for the service: the live stream (an always-on sink fed by the pump) and the
+    station playlist, rebuilt whenever a recording is published here or arrives from a peer."""
+
+    name = "radio"
+
+    def __init__(self, cfg: Config) -> None:
+        from recorder.sinks.radio import RadioSink
+
+        self.cfg = cfg
+        self.sink = (RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels)
+                     if cfg.radio.password_file is not None else None)
+        self._lock = threading.Lock()
+
+    def update_playlist(self, _result: Any = None) -> None:
+        from recorder.radio.playlist import write_playlist
+
+        with self._lock:  # publisher and bridge threads may both ask
+            write_playlist(self.cfg)
+
+    def write(self, block: Any) -> None:
+        if self.sink is not None and block.shape[1] == self.cfg.audio.channels:
+            self.sink.write(block)
+
+    def set_live(self, on: bool) -> None:
+        if self.sink is None:
+            from recorder.errors import ConfigError
+
+            raise ConfigError("radio.password_file: set it to stream live to Icecast")
+        self.sink.set_live(on)
+
+    def start(self) -> None:
+        if self.sink is not None:
+            self.sink.start()
+        self.update_playlist()
+
+    def stop(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+
+    def status(self) -> dict[str, Any]:
+        return self.sink.status() if self.sink is not None else {"state": "not configured"}
+
+
 def assemble(cfg: Config, *, service: bool = False) -> Assembly:
     """Build the publisher and workers. `service`: also deliver to papad (the running service
     does; one-off commands only queue, durably, for the service to deliver)."""
@@ -144,6 +188,10 @@ def assemble(cfg: Config, *, service: bool = False) -> Assembly:
         assembly.workers.append(registration)
     if cfg.syncthing.api_key_file is not None:
         publisher.listeners.append(ScanHandOff(cfg))
+    if service:
+        radio = RadioWorker(cfg)
+        publisher.listeners.append(radio.update_playlist)
+        assembly.workers.append(radio)
     return assembly
 
 

@@ -82,6 +82,8 @@ class Service:
                                      group=self.cfg.service.socket_group)
         for worker in self._workers:
             worker.start()
+        if self.triggers is not None and self.triggers.live:  # the switch was already on
+            self._set_live(True)
         try:
             while not self.stopping.is_set():
                 pump = self._open_pump()
@@ -140,7 +142,12 @@ class Service:
             log.info("audio device %s is back", pump.source.name)
         self.device_error = None
         self.meter = LevelMeter(pump.source.samplerate, self.cfg.service.silence_dbfs)
-        pump.always_on = [self.meter, *[w for w in self._workers if hasattr(w, "write")]]
+        streams = [w for w in self._workers if hasattr(w, "write")]
+        if pump.source.samplerate != self.cfg.audio.samplerate and streams:
+            log.warning("source runs at %d Hz, not the configured %d Hz: live stream disabled",
+                        pump.source.samplerate, self.cfg.audio.samplerate)
+            streams = []
+        pump.always_on = [self.meter, *streams]
         self.pump = pump
         self.state = "idle"
         if not self._ready_sent:

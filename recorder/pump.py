@@ -91,6 +91,7 @@ class Pump:
         self.session: Session | None = None  # the recording the pump thread is feeding
         self.active: Session | None = None  # the recording started and not yet finished
         self._session_start = 0
+        self._overflows_at_start = (0, 0)
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._publishing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
         self._stopping = threading.Event()
@@ -131,11 +132,8 @@ class Pump:
         if self._thread is not None:
             self._thread.join(timeout)
         self.source.stop()
-        for sink in self.always_on:
-            try:
-                sink.finish()
-            except Exception:
-                log.exception("always-on sink failed to finish")
+        # Always-on sinks belong to whoever attached them (the service keeps its radio stream
+        # across a device loss): the pump only stops feeding them.
         self._publishing.shutdown(wait=True)
         return fut
 
@@ -271,6 +269,8 @@ class Pump:
                 session, start_pos = arg
                 self.session = session
                 self._session_start = start_pos
+                self._overflows_at_start = (self.source.stats.input_overflows,
+                                            self.ring.overruns)
                 # Catch up with the pre-roll: audio the pump already passed is still in the ring.
                 _, back = self.ring.read(start_pos, self.pos)
                 self.session.write(back)
@@ -303,6 +303,12 @@ class Pump:
         stop_started = time.monotonic()
         try:
             staged = session.finish(reason)
+            inputs, overruns = self._overflows_at_start
+            # Audio lost while this recording ran is recorded with it, never hidden.
+            staged.meta["overflows"] = {
+                "input": self.source.stats.input_overflows - inputs,
+                "ring_frames": self.ring.overruns - overruns,
+            }
         except Exception as exc:
             log.exception("finishing recording %s failed; left in staging for recovery",
                           session.recording_id)
@@ -339,7 +345,9 @@ class Pump:
                 self._finish("end_of_input")
             return
         last = stats.last_block_at or self._started_at
-        stalled = now - last > self.cfg.service.stall_seconds
+        # A dead sound server ends the stream at once (stats.error); a starved input just stops
+        # delivering: both mean the device is gone.
+        stalled = stats.error is not None or now - last > self.cfg.service.stall_seconds
         if stalled and not self.device_lost:
             self.device_lost = True
             log.error("no audio from %s for %.1f s: device lost", self.source.name, now - last)

@@ -22,7 +22,7 @@ from recorder.deviceid import validate_device_id
 from recorder.errors import RecorderError
 
 SCHEMA = "recorderpi.sidecar/1"
-MAX_SIDECAR_BYTES = 256 * 1024
+MAX_SIDECAR_BYTES = 1024 * 1024  # a 3-hour Audio ID print is about 380 kB
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
 _NAME_RE = re.compile(r"^\d{8}T\d{6}Z_[a-z0-9._-]+_[0-9a-z]{8}\.(ogg|opus)$")

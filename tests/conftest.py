@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 # Fixture modules shared by many test files.
-pytest_plugins = ["tests.clips", "tests.pulse"]
+pytest_plugins = ["tests.clips", "tests.pulse", "tests.icecast", "tests.corpus"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

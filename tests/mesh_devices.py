@@ -70,6 +70,12 @@ class Device:
     def start(self) -> None:
         """Start what `recorder run` starts for the mesh: outbox worker, then the bridge."""
         self.assembly = app.assemble(self.cfg, service=True)
+        # The bridge is built here with test intervals, whether or not assemble() adds one.
+        for worker in self.assembly.workers:
+            if getattr(worker, "name", "") == "bridge" and hasattr(worker, "close"):
+                worker.close()
+        self.assembly.workers = [w for w in self.assembly.workers
+                                 if getattr(w, "name", "") != "bridge"]
         self.registration = next(w for w in self.assembly.workers if w.name == "papad")
         self.registration.start()
         self.bridge = self.new_bridge()

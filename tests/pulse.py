@@ -55,7 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -93,14 +93,14 @@ def reinit_portaudio() -> None:
 class FeedHandle:
     """A background writer into the pipe source; ``join()`` it, ``stop()`` ends it early."""
 
-    def __init__(self, target, name: str) -> None:
+    def __init__(self, target: Callable[[FeedHandle], None], name: str) -> None:
         self._stop = threading.Event()
         self.error: BaseException | None = None
         self.frames_written = 0
         self._thread = threading.Thread(target=self._run, args=(target,), name=name, daemon=True)
         self._thread.start()
 
-    def _run(self, target) -> None:
+    def _run(self, target: Callable[[FeedHandle], None]) -> None:
         try:
             target(self)
         except BaseException as exc:  # reported through .error, never lost in a thread
@@ -155,7 +155,6 @@ class PulseServer:
         self._proc: subprocess.Popen | None = None
         self._feeders: set[FeedHandle] = set()
         self._players: set[subprocess.Popen] = set()
-        self._lock = threading.Lock()
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -168,10 +167,11 @@ class PulseServer:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> PulseServer:
-        """Start the daemon and return once clients can use both sources.
+        """Start the daemon (no-op if running); return once both sources are listed by pactl.
 
-        Raises PulseError (with the daemon's log tail) if it exits or does not answer
-        ``pactl info`` within ``startup_timeout``; the half-started daemon is killed.
+        Cleans up what a killed daemon left (socket, FIFO). Raises PulseError (with the log
+        tail) if the daemon exits or is not ready within ``startup_timeout``; a half-started
+        daemon is killed first.
         """
         if self.running:
             return self
@@ -253,8 +253,8 @@ class PulseServer:
     def kill(self) -> None:
         """SIGKILL the daemon, as a device unplug would end capture; waits until it is gone.
 
-        Feeders end by themselves (their writes fail); nothing is cleaned up in the server's
-        files, so :meth:`start` must cope with a stale socket and FIFO.
+        Feeders end by themselves (``error`` = BrokenPipeError): after :meth:`start`, begin new
+        ones. The socket and FIFO stay behind; :meth:`start` removes them.
         """
         proc = self._proc
         if proc is not None and proc.poll() is None:
@@ -432,7 +432,9 @@ class PulseServer:
 
         return self._start_feeder(chunks, True, "pulse-silence")
 
-    def _start_feeder(self, chunks, realtime: bool, name: str) -> FeedHandle:
+    def _start_feeder(
+        self, chunks: Callable[[FeedHandle], Iterator[np.ndarray]], realtime: bool, name: str
+    ) -> FeedHandle:
         fifo = self.fifo
 
         def run(handle: FeedHandle) -> None:

@@ -104,3 +104,30 @@ def test_bad_inputs_have_distinct_exit_codes(tmp_path, corpus, cfg_factory) -> N
         assert run([*command, str(empty)], cfg) == TooShortError.exit_code
         assert run([*command, str(no_frames)], cfg) == TooShortError.exit_code
         assert run([*command, str(short)], cfg) == TooShortError.exit_code
+
+
+def test_real_command_line_exit_codes(tmp_path, corpus) -> None:  # noqa: F811
+    """Through `python3 -m recorder`: the module is wired and errors become exit codes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = tmp_path / "recorder.toml"
+    config.write_text(f'[device]\nid = "clitest"\n[storage]\ndata_dir = "{tmp_path / "data"}"\n')
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    repo = Path(__file__).resolve().parents[1]
+
+    def recorder(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "recorder", "--config", str(config), *argv],
+            cwd=repo, capture_output=True, text=True, timeout=120,
+        )
+
+    done = recorder("fingerprint", "--json", str(corpus.speech(0, "en-us", 8)))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["audio_id"]["algorithm"] == "chromaprint"
+    missing = recorder("fingerprint", str(tmp_path / "missing.ogg"))
+    assert missing.returncode == InputFileError.exit_code
+    assert "no such file" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    assert recorder("identify", str(empty)).returncode == TooShortError.exit_code

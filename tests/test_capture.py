@@ -51,3 +51,4 @@ def test_portaudio_capture_publishes_the_fed_clip(pulse, config_file, speech_wav
     doc = sidecar.loads(Path(result["sidecar"]).read_bytes())
     assert doc["duration"] >= len(clip) / rate
     assert doc["trigger"] == "cli"
+    assert doc["overflows"]["input"] == 0 and doc["overflows"]["ring_frames"] == 0

@@ -42,6 +42,7 @@ def test_record_file_publishes_identical_audio_with_sidecar(config_file, speech_
     assert doc["path"] == str(ogg.relative_to(data / "sync" / "testdev01"))
     assert doc["stop_reason"] == "end_of_input" and doc["recovered"] is False
     assert doc["levels"]["silent"] is False
+    assert doc["overflows"] == {"input": 0, "ring_frames": 0}
     import hashlib
 
     assert doc["sha256"] == hashlib.sha256(ogg.read_bytes()).hexdigest()

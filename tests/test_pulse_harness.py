@@ -5,6 +5,8 @@ the monitor, a starved pipe source (no callbacks, abort() still returns), and wh
 running stream when the server dies (callback thread ends, stream inactive, finished_callback).
 """
 
+# ruff: noqa: F811  (test arguments named after the imported fixtures `pulse`, `pulse_fresh`)
+
 from __future__ import annotations
 
 import os
@@ -25,11 +27,10 @@ from tests.pulse import (
     SAMPLERATE,
     PulseError,
     PulseServer,
+    pulse,  # noqa: F401  (fixture)
+    pulse_fresh,  # noqa: F401  (fixture)
     reinit_portaudio,
 )
-
-# The fixtures `pulse` and `pulse_fresh`.
-pytest_plugins = ["tests.pulse"]
 
 BLOCK = 1024
 SKIP = SAMPLERATE // 100  # the first ~10 ms may differ (stream start-up)
@@ -287,6 +288,11 @@ def test_kill_ends_stream_then_restart_and_reinit_capture_again(pulse_fresh: Pul
         took = cap.close()
     assert took < 10
     assert not cap.statuses
+
+    # Feeding a dead server fails at once (the FIFO has no reader: ENXIO).
+    orphan = server.feed(silence(0.1))
+    assert orphan.join(TIMEOUT)
+    assert isinstance(orphan.error, OSError)
 
     # With the server gone, opening a stream fails (PortAudio reports -9993).
     with server.use_source(PIPE_SOURCE), pytest.raises(sd.PortAudioError):

@@ -156,6 +156,18 @@ def _open_nofollow(path: Path) -> int:
     return fd
 
 
+def _check_fields(doc: dict[str, Any]) -> None:
+    """What the schema leaves loose but registering in papad relies on."""
+    from recorder.papad.mapping import started_utc
+
+    try:
+        started_utc(doc)
+    except (ValueError, TypeError, OverflowError):
+        raise Quarantine("sidecar field 'started_at' is not a timestamp") from None
+    if not 0 <= float(doc["duration"]) < 1e7 or doc["bytes"] < 0:
+        raise Quarantine("sidecar fields 'duration'/'bytes' are out of range")
+
+
 def hash_regular(path: Path) -> str:
     """sha256 of a regular file opened without following symlinks."""
     digest = hashlib.sha256()
@@ -411,7 +423,9 @@ class Bridge:
         while not self._stopping.is_set():
             try:
                 if since is None:
-                    latest = self.syncthing.events(since=0, timeout=0, limit=1)
+                    # A filtered subscription numbers its events on its own (from 1, measured
+                    # on 1.19): the starting point must come from the same filter.
+                    latest = self.syncthing.events(since=0, timeout=0, types=EVENT_TYPES)
                     since = latest[-1]["id"] if latest else 0
                     self._last["events"] = "on"
                     self.wake()  # events may have been missed while we were not listening
@@ -516,7 +530,7 @@ class Bridge:
         while stack:
             here = stack.pop()
             try:
-                entries = list(os.scandir(here))
+                entries = sorted(os.scandir(here), key=lambda e: e.name)
             except OSError as exc:
                 log.warning("bridge: cannot list %s: %s", here, exc)
                 continue
@@ -612,6 +626,7 @@ class Bridge:
             expected = str(Path(doc["path"]).with_suffix(".json"))
             if expected != rel:
                 raise Quarantine(f"sidecar lies at {rel} but its path says {expected}")
+            _check_fields(doc)
             self._check_identity(peer, rel, doc)
         except (SidecarError, Quarantine) as exc:
             return self._quarantine(peer, rel, fst, str(exc), sha=sha)

@@ -1,0 +1,233 @@
+"""The station feed: recent recordings of this device and its peers, as M3U and JSON.
+
+The playlist lives at ``<sync_root>/<device-id>/radio/playlist.m3u`` (and ``playlist.json``),
+so it reaches peers through Syncthing and the station through the local document root, which
+serves the sync root. Entries are newest first, at most ``radio.playlist_length`` of them, none
+older than ``radio.playlist_max_age_days``, and never a recording Audio ID marked as a
+duplicate of another (``duplicate_of``). Paths are relative to the playlist's own folder, so the
+file works both on disk and over HTTP; with a ``base_url`` they are absolute URLs instead.
+
+Files are written atomically and only when their content changes: Syncthing and the station
+see a new version only when there is something new.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from recorder import sidecar
+from recorder.atomic import atomic_write_text
+from recorder.config import Config
+
+log = logging.getLogger(__name__)
+
+PLAYLIST_SCHEMA = "recorderpi.playlist/1"
+PLAYLIST_DIR = "radio"
+M3U_NAME = "playlist.m3u"
+JSON_NAME = "playlist.json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One playlist line: where the audio is (relative path or URL), its title and length."""
+
+    location: str
+    title: str
+    duration: float
+    recording_id: str
+    device_id: str
+    started_at: str
+
+
+def select(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    length: int,
+    max_age_days: float,
+    now: datetime | None = None,
+) -> list[Mapping[str, Any]]:
+    """The records to play: newest first, no duplicates, within the age limit, at most `length`.
+
+    A record needs ``recording_id``, ``device_id``, ``path``, ``title``, ``duration`` and
+    ``started_at``; ``duplicate_of`` (optional) excludes it when set. Records with an unreadable
+    ``started_at`` are left out (they cannot be placed in time).
+    """
+    oldest = (now or datetime.now(UTC)) - timedelta(days=max_age_days)
+    dated = []
+    seen: set[str] = set()
+    for record in records:
+        if record.get("duplicate_of") or record["recording_id"] in seen:
+            continue
+        started = _parse_time(record.get("started_at"))
+        if started is None or started < oldest:
+            continue
+        seen.add(record["recording_id"])
+        dated.append((started, record["recording_id"], record))
+    dated.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    return [record for _, _, record in dated[:length]]
+
+
+def entries(
+    records: Iterable[Mapping[str, Any]], playlist_device: str, base_url: str | None = None
+) -> list[Entry]:
+    """Playlist entries for `records` (already selected and ordered).
+
+    Locations are relative to the playlist's folder ``<sync_root>/<playlist_device>/radio/``
+    (``../recordings/...`` for its own, ``../../<peer>/recordings/...`` for a peer's), or
+    ``<base_url>/<device>/<path>`` when `base_url` (the document root's URL) is given.
+    """
+    here = posixpath.join(playlist_device, PLAYLIST_DIR)
+    out = []
+    for record in records:
+        device, path = record["device_id"], record["path"]
+        if base_url:
+            location = f"{base_url.rstrip('/')}/{urllib.parse.quote(f'{device}/{path}')}"
+        else:
+            location = posixpath.relpath(posixpath.join(device, path), here)
+        out.append(
+            Entry(
+                location=location,
+                title=_title(record),
+                duration=float(record.get("duration") or 0.0),
+                recording_id=record["recording_id"],
+                device_id=device,
+                started_at=record["started_at"],
+            )
+        )
+    return out
+
+
+def render_m3u(items: Iterable[Entry]) -> str:
+    """Extended M3U: ``#EXTM3U``, then ``#EXTINF:<seconds>,<title>`` and the location per entry."""
+    lines = ["#EXTM3U"]
+    for item in items:
+        lines.append(f"#EXTINF:{round(item.duration)},{item.title}")
+        lines.append(item.location)
+    return "\n".join(lines) + "\n"
+
+
+def render_json(items: Iterable[Entry]) -> str:
+    """The same list as JSON (``{"schema", "entries": [...]}``), deterministic."""
+    doc = {
+        "schema": PLAYLIST_SCHEMA,
+        "entries": [
+            {
+                "location": item.location,
+                "title": item.title,
+                "duration": round(item.duration, 3),
+                "recording_id": item.recording_id,
+                "device_id": item.device_id,
+                "started_at": item.started_at,
+            }
+            for item in items
+        ],
+    }
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def parse_m3u(text: str) -> list[tuple[int, str, str]]:
+    """(seconds, title, location) for each entry of an extended M3U (for tests and tools)."""
+    out = []
+    pending: tuple[int, str] | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line == "#EXTM3U":
+            continue
+        if line.startswith("#EXTINF:"):
+            seconds, _, title = line[len("#EXTINF:") :].partition(",")
+            pending = (int(float(seconds)), title)
+        elif not line.startswith("#"):
+            seconds, title = pending or (-1, "")
+            out.append((seconds, title, line))
+            pending = None
+    return out
+
+
+def scan_sidecars(sync_root: Path) -> list[dict[str, Any]]:
+    """Recording records from every valid sidecar under ``<sync_root>/*/recordings/``.
+
+    Works without the catalogue. Skips Syncthing conflict copies, hidden and temporary files,
+    invalid sidecars, sidecars lying in another device's folder, and recordings whose audio file
+    has not arrived yet (Syncthing may deliver the sidecar first).
+    """
+    records = []
+    for device_dir in sorted(p for p in sync_root.glob("*") if p.is_dir()):
+        for path in sorted((device_dir / "recordings").glob("**/*.json")):
+            if path.name.startswith(".") or ".sync-conflict-" in path.name:
+                continue
+            try:
+                doc = sidecar.loads(path.read_bytes())
+            except (OSError, sidecar.SidecarError) as exc:
+                log.debug("playlist: skipping %s: %s", path, exc)
+                continue
+            # A peer must not speak for another device; the audio must be there to play.
+            if doc["device_id"] != device_dir.name or not (device_dir / doc["path"]).is_file():
+                continue
+            records.append(doc)
+    return records
+
+
+def write_playlist(
+    cfg: Config,
+    records: Iterable[Mapping[str, Any]] | None = None,
+    *,
+    base_url: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Rebuild this device's playlist files from `records` (default: scan the sidecars).
+
+    Returns True when a file changed. Each file is replaced atomically, and only if its content
+    differs from what is already there.
+    """
+    if records is None:
+        records = scan_sidecars(cfg.storage.sync_root)
+    chosen = select(
+        records,
+        length=cfg.radio.playlist_length,
+        max_age_days=cfg.radio.playlist_max_age_days,
+        now=now,
+    )
+    items = entries(chosen, cfg.device.id, base_url)
+    folder = playlist_dir(cfg)
+    changed = False
+    for name, text in ((M3U_NAME, render_m3u(items)), (JSON_NAME, render_json(items))):
+        target = folder / name
+        try:
+            if target.read_text(encoding="utf-8") == text:
+                continue
+        except (OSError, UnicodeDecodeError):
+            pass
+        atomic_write_text(target, text)
+        changed = True
+    return changed
+
+
+def playlist_dir(cfg: Config) -> Path:
+    """``<sync_root>/<device-id>/radio``: where this device's playlist files live."""
+    return cfg.device_folder / PLAYLIST_DIR
+
+
+def _title(record: Mapping[str, Any]) -> str:
+    title = str(record.get("title") or "").strip()
+    if not title:
+        title = f"{record['device_id']} {record['started_at']}"
+    # One M3U line per field: a newline in a title would start a bogus entry.
+    return " ".join(title.split())
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -1,0 +1,113 @@
+"""Cow Radio inside the running service: the live stream never costs the recording anything."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import numpy as np
+import soundfile as sf
+
+from recorder.daemon import Service
+from tests.clips import RATE
+from tests.icecast import Listener
+from tests.test_radio import STREAM_RATE, decode_ogg, fingerprint
+
+
+def wait(pred, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out: {what}")
+
+
+def service_for(icecast, clip, **radio):
+    from gpiozero.pins.mock import MockFactory
+
+    cfg = icecast.recorder_config(**{"live": False, **radio})
+    cfg = dataclasses.replace(cfg, audio=dataclasses.replace(
+        cfg.audio, source=f"file:{clip}", preroll=0.0))
+    svc = Service(cfg, pin_factory=MockFactory())
+    thread = threading.Thread(target=svc.run, daemon=True)
+    thread.start()
+    wait(lambda: svc.state == "idle", what="service armed")
+    return svc, thread
+
+
+def test_live_stream_and_recording_side_by_side(icecast, speech_wav):
+    clip, _ = sf.read(speech_wav, dtype="int16", always_2d=True)
+    svc, thread = service_for(icecast, speech_wav)
+    try:
+        assert svc.handle_command({"command": "live", "on": True}) == {"live": True}
+        wait(lambda: svc.status()["workers"]["radio"]["state"] == "live", what="radio live")
+        listener = Listener(icecast.mount_url)
+        svc.start("test")
+        time.sleep(len(clip) / RATE + 0.5)
+        svc.stop("test")
+        wait(lambda: svc.published_count == 1, what="published")
+        svc.handle_command({"command": "live", "on": False})
+        wait(lambda: listener.closed_by_server, 20, what="end of stream")
+        heard = decode_ogg(listener.close(), STREAM_RATE)
+        radio = svc.status()["workers"]["radio"]
+        audio = svc.status()["audio"]
+    finally:
+        svc.request_stop()
+        thread.join(30)
+    recording = next(svc.cfg.device_folder.rglob("*.ogg"))
+    recorded, _ = sf.read(recording, dtype="int16")
+    assert len(recorded) / RATE >= len(clip) / RATE  # complete: the clip and a bit more
+    assert audio["ring_overruns"] == 0 and audio["input_overflows"] == 0
+    assert radio["blocks_dropped"] == 0
+    from recorder.audioid.compare import compare
+
+    match = compare(fingerprint(heard, STREAM_RATE), fingerprint(clip))
+    assert match.ber < 0.15, match
+
+
+def test_icecast_restart_mid_stream_loses_nothing_in_the_recording(icecast, tmp_path):
+    rng = np.random.default_rng(5)
+    clip = tmp_path / "noise.wav"
+    sf.write(clip, (rng.normal(0, 3000, RATE * 40)).astype(np.int16), RATE, subtype="PCM_16")
+    svc, thread = service_for(icecast, clip, live=True)
+    try:
+        wait(lambda: svc.status()["workers"]["radio"]["state"] == "live", what="radio live")
+        svc.start("test")
+        time.sleep(1.5)
+        icecast.stop()
+        wait(lambda: svc.status()["workers"]["radio"]["state"] == "error", what="error noticed")
+        assert "Icecast" in svc.status()["workers"]["radio"]["error"]
+        time.sleep(1.0)
+        icecast.start()
+        wait(lambda: svc.status()["workers"]["radio"]["reconnects"] >= 1
+             and svc.status()["workers"]["radio"]["state"] == "live", what="reconnected")
+        svc.stop("test")
+        wait(lambda: svc.published_count == 1, what="published")
+        audio = svc.status()["audio"]
+    finally:
+        svc.request_stop()
+        thread.join(30)
+    doc = next(svc.cfg.device_folder.rglob("*.json")).read_text()
+    assert '"ring_frames": 0' in doc and '"input": 0' in doc
+    assert audio["ring_overruns"] == 0
+
+
+def test_wrong_password_is_reported_and_recording_unaffected(icecast, speech_wav):
+    bad = icecast.write_secret("wrong.pw", "not-the-password")
+    svc, thread = service_for(icecast, speech_wav, live=True, password_file=str(bad))
+    try:
+        wait(lambda: svc.status()["workers"]["radio"]["state"] == "error", what="refused")
+        error = svc.status()["workers"]["radio"]["error"]
+        assert "401" in error and "not-the-password" not in error and "\n" not in error
+        svc.start("test")
+        time.sleep(2.0)
+        svc.stop("test")
+        wait(lambda: svc.published_count == 1, what="published")
+    finally:
+        svc.request_stop()
+        thread.join(30)
+    assert next(svc.cfg.device_folder.rglob("*.ogg")).stat().st_size > 0
+    playlist = svc.cfg.device_folder / "radio" / "playlist.m3u"
+    assert playlist.is_file() and "recordings/" in playlist.read_text()
