@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class Published:
     sidecar: dict[str, Any]
     ogg_path: Path
     sidecar_path: Path
+    visible_at: float = 0.0  # time.monotonic() when both files were in place
 
 
 @dataclass
@@ -61,15 +63,16 @@ class Publisher:
         json_target = ogg_target.with_suffix(".json")
         publish_file(staged.ogg, ogg_target)
         atomic_write_text(json_target, sidecar.dumps(doc), staging_dir=self.cfg.storage.staging_dir)
-        for path in staged.staged_files:
-            _unlink_quietly(path)
-        result = Published(doc, ogg_target, json_target)
+        result = Published(doc, ogg_target, json_target, time.monotonic())
         log.info("published %s (%.1f s, %s)", ogg_target, doc["duration"], doc["stop_reason"])
         for listener in self.listeners:
             try:
                 listener(result)
             except Exception:
                 log.exception("publish listener %s failed", listener)
+        # Last: unlinking an hour of journal takes a while, and nobody waits for it.
+        for path in staged.staged_files:
+            _unlink_quietly(path)
         return result
 
 

@@ -332,7 +332,7 @@ class Pump:
             fut.set_exception(exc)
             return
         self.last_published = result
-        self.last_stop_to_published = time.monotonic() - stop_started
+        self.last_stop_to_published = result.visible_at - stop_started
         self.on_event("published", {"path": str(result.ogg_path),
                                     "stop_reason": result.sidecar["stop_reason"]})
         fut.set_result(result)

@@ -495,7 +495,9 @@ def _annotations_agree(mesh, rids) -> bool:
     return True
 
 
-@pytest.mark.parametrize("outage", ["pause", "kill"])
+# "kill" first: Syncthing 1.19 keeps pause-all in config.xml after a resume-all, so a
+# restart after the pause test would come back paused (measured).
+@pytest.mark.parametrize("outage", ["kill", "pause"])
 def test_interrupted_connectivity_converges(mesh, clips, outage):
     a, b, c = mesh
     b_inst = b.inst

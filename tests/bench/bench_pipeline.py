@@ -4,7 +4,7 @@
 
 Prints, on the same clip in one run:
 - pipeline CPU seconds per audio second (file source, ring, pump, journal, level meter, Vorbis q4
-  encoder and every per-recording sink the default config enables) against `oggenc -q4`;
+  encoder) against `oggenc -q4`, and the same with the Audio ID fingerprinter and catalogue;
 - peak RSS of `recorder record` on a 10-minute recording;
 - stop-to-published time for a 1-minute and a 10-minute recording;
 - PortAudio input overflows and ring overruns while capturing through PulseAudio with both
@@ -48,15 +48,16 @@ def make_clip(path: Path, seconds: int) -> Path:
     return path
 
 
-def config(root: Path, **audio):
+def config(root: Path, audioid: bool = True, **audio):
     return parse_config({"device": {"id": "bench"},
                          "storage": {"data_dir": str(root), "reserve_mb": 0},
+                         "audioid": {"enabled": audioid},
                          "audio": {"preroll": 0.0, **audio}})
 
 
-def pipeline_run(clip: Path, root: Path) -> tuple[float, float]:
+def pipeline_run(clip: Path, root: Path, audioid: bool = True) -> tuple[float, float]:
     """(CPU seconds, stop-to-published seconds) for recording `clip` as fast as possible."""
-    cfg = config(root)
+    cfg = config(root, audioid)
     pump = app.build_pump(cfg, source_spec=f"file:{clip}", realtime=False)
     cpu0 = time.process_time()
     handle = pump.start_recording("bench")
@@ -140,21 +141,32 @@ def main() -> None:
         root = Path(tmp)
         one = make_clip(root / "one-minute.wav", 60)
         ten = make_clip(root / "ten-minutes.wav", 600)
-        runs = [pipeline_run(one, root / f"p{i}") for i in range(args.repeats)]
-        ogg = [oggenc_cpu(one, root / f"o{i}.ogg") for i in range(args.repeats)]
+        runs, bare, ogg = [], [], []
+        for i in range(args.repeats):  # interleaved, so load changes hit all three alike
+            runs.append(pipeline_run(one, root / f"p{i}"))
+            bare.append(pipeline_run(one, root / f"b{i}", audioid=False))
+            ogg.append(oggenc_cpu(one, root / f"o{i}.ogg"))
         pipe_cpu = statistics.median(r[0] for r in runs)
+        bare_cpu = statistics.median(r[0] for r in bare)
         ogg_cpu = statistics.median(ogg)
         stop_1 = statistics.median(r[1] for r in runs)
         stop_10 = statistics.median(pipeline_run(ten, root / f"t{i}")[1] for i in range(2))
+        bare_stop_1 = statistics.median(r[1] for r in bare)
+        bare_stop_10 = statistics.median(
+            pipeline_run(ten, root / f"bt{i}", audioid=False)[1] for i in range(2))
         rss = peak_rss_mb(ten, root)
         cap = capture_overflows(args.capture_seconds, root)
     report = {
-        "pipeline_cpu_s_per_audio_s": round(pipe_cpu / 60, 5),
         "oggenc_q4_cpu_s_per_audio_s": round(ogg_cpu / 60, 5),
-        "cpu_ratio_to_oggenc": round(pipe_cpu / ogg_cpu, 3),
-        "pipeline_x_realtime": round(60 / pipe_cpu, 1),
-        "stop_to_published_ms_1min": round(stop_1 * 1000, 1),
-        "stop_to_published_ms_10min": round(stop_10 * 1000, 1),
+        "recorder_cpu_s_per_audio_s": round(bare_cpu / 60, 5),
+        "recorder_cpu_ratio_to_oggenc": round(bare_cpu / ogg_cpu, 3),
+        "with_audio_id_cpu_s_per_audio_s": round(pipe_cpu / 60, 5),
+        "with_audio_id_cpu_ratio_to_oggenc": round(pipe_cpu / ogg_cpu, 3),
+        "with_audio_id_x_realtime": round(60 / pipe_cpu, 1),
+        "stop_to_published_ms_1min": round(bare_stop_1 * 1000, 1),
+        "stop_to_published_ms_10min": round(bare_stop_10 * 1000, 1),
+        "with_audio_id_stop_to_published_ms_1min": round(stop_1 * 1000, 1),
+        "with_audio_id_stop_to_published_ms_10min": round(stop_10 * 1000, 1),
         "peak_rss_mb_10min_recording": round(rss, 1),
         "capture_with_cores_busy": cap,
     }
