@@ -192,6 +192,20 @@ def assemble(cfg: Config, *, service: bool = False) -> Assembly:
         radio = RadioWorker(cfg)
         publisher.listeners.append(radio.update_playlist)
         assembly.workers.append(radio)
+    if service and cfg.syncthing.api_key_file is not None:
+        from recorder.mesh.bridge import Bridge
+
+        reg = next((w for w in assembly.workers if isinstance(w, Registration)), None)
+
+        def imported() -> None:  # peers' recordings: register now, and put them on the air
+            if reg is not None and reg.worker is not None:
+                reg.worker.wake()
+            radio.update_playlist()
+
+        assembly.workers.append(Bridge(
+            cfg, outbox=reg.outbox if reg else None,  # one outbox for own and peers' recordings
+            on_queued=imported,
+        ))
     return assembly
 
 

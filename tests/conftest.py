@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -26,6 +30,27 @@ def need(binary: str, package: str | None = None) -> str:
     if IN_CI:
         pytest.fail(msg)
     pytest.skip(msg)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = ""
+) -> Any:
+    """Poll `predicate` until it returns a truthy value (returned) or fail the test at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what or predicate}")
+        time.sleep(interval)
 
 
 @pytest.fixture

@@ -28,8 +28,7 @@ from pathlib import Path
 import pytest
 
 from recorder.config import Config, parse_config
-from tests.conftest import need
-from tests.syncthing_harness import free_port, wait_until
+from tests.conftest import free_port, need, wait_until
 
 START_TIMEOUT = 20.0
 MOUNT = "/cowradio.ogg"

@@ -17,9 +17,7 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,30 +27,11 @@ import pytest
 
 from recorder.config import Config, parse_config
 from recorder.mesh.syncthing import SyncthingClient
-from tests.conftest import need
+from tests.conftest import free_port, need, wait_until
 
 START_TIMEOUT = 30.0  # generous: other engineers load the same 2-core machine
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = ""
-) -> Any:
-    """Poll `predicate` until it returns a truthy value (returned) or fail the test at `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def _set(parent: ET.Element, tag: str, value: str) -> None:

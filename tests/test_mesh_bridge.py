@@ -37,12 +37,12 @@ from recorder.mesh.bridge import Bridge, db_status, ignored_name, is_sidecar_nam
 from recorder.papad.client import make_client
 from recorder.papad.outbox import Outbox
 from tests.clips import speech
-from tests.conftest import need
+from tests.conftest import free_port, need, wait_until
 from tests.fake_papad import FakePapad
 from tests.mesh_devices import Device
 from tests.papad_recordings import make_recording, ogg_bytes
 from tests.papad_setup import current_config, drain, fast_worker
-from tests.syncthing_harness import SyncthingCluster, free_port, wait_until
+from tests.syncthing_harness import SyncthingCluster
 
 # --- part 1: the bridge on plain folders ---------------------------------------------------
 

@@ -23,10 +23,9 @@ from recorder.radio import playlist
 from recorder.radio.icecast import IcecastError, IcecastSource
 from recorder.radio.oggstream import HalfRate, OggStreamEncoder
 from recorder.sinks.radio import RadioSink
-from tests.conftest import need
+from tests.conftest import need, wait_until
 from tests.corpus import corpus, sidecar_for  # noqa: F401 - fixture
 from tests.icecast import IcecastServer, Listener, icecast  # noqa: F401 - fixture
-from tests.syncthing_harness import wait_until
 
 RATE = 48000
 STREAM_RATE = RATE // 2

@@ -10,17 +10,9 @@ import soundfile as sf
 
 from recorder.daemon import Service
 from tests.clips import RATE, tone
+from tests.conftest import wait_until
 from tests.fake_papad import FakePapad
 from tests.papad_setup import PASSWORD, TOKEN, current_config
-
-
-def wait(pred, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {what}")
 
 
 def run_service(cfg):
@@ -29,7 +21,7 @@ def run_service(cfg):
     svc = Service(cfg, pin_factory=MockFactory())
     thread = threading.Thread(target=svc.run, daemon=True)
     thread.start()
-    wait(lambda: svc.state == "idle", what="service armed")
+    wait_until(lambda: svc.state == "idle", what="service armed")
     return svc, thread
 
 
@@ -57,7 +49,7 @@ def test_recordings_reach_papad_once_with_bookmarks_across_outage_and_restart(
     svc, thread = run_service(cfg)
     try:
         record(svc, 2.0, mark_after=1.0)
-        wait(lambda: len(server.media) == 1 and server.annotations, what="media + annotation")
+        wait_until(lambda: len(server.media) == 1 and server.annotations, what="media + annotation")
         media = server.media[0]
         published = next(cfg.device_folder.rglob("*.ogg"))
         assert server.files[media["uuid"]]["data"] == published.read_bytes()
@@ -72,7 +64,7 @@ def test_recordings_reach_papad_once_with_bookmarks_across_outage_and_restart(
         # papad goes down; a recording made meanwhile waits in the outbox.
         server.stop()
         record(svc, 1.0)
-        wait(lambda: svc.status()["workers"]["papad"]["depth"] >= 1, what="queued")
+        wait_until(lambda: svc.status()["workers"]["papad"]["depth"] >= 1, what="queued")
     finally:
         svc.request_stop()
         thread.join(30)
@@ -85,7 +77,7 @@ def test_recordings_reach_papad_once_with_bookmarks_across_outage_and_restart(
     server2.start()
     svc, thread = run_service(cfg)
     try:
-        wait(lambda: len(server2.media) == 2, what="second media delivered")
+        wait_until(lambda: len(server2.media) == 2, what="second media delivered")
         time.sleep(1.0)
         assert len(server2.media) == 2
         names = [m["uuid"] for m in server2.media]

@@ -11,17 +11,13 @@ import soundfile as sf
 
 from recorder.daemon import Service
 from tests.clips import RATE
+from tests.conftest import wait_until
 from tests.icecast import Listener
 from tests.test_radio import STREAM_RATE, decode_ogg, fingerprint
 
 
-def wait(pred, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {what}")
+def radio_state(svc) -> str:
+    return svc.status()["workers"]["radio"]["state"]
 
 
 def service_for(icecast, clip, **radio):
@@ -33,7 +29,7 @@ def service_for(icecast, clip, **radio):
     svc = Service(cfg, pin_factory=MockFactory())
     thread = threading.Thread(target=svc.run, daemon=True)
     thread.start()
-    wait(lambda: svc.state == "idle", what="service armed")
+    wait_until(lambda: svc.state == "idle", what="service armed")
     return svc, thread
 
 
@@ -42,14 +38,14 @@ def test_live_stream_and_recording_side_by_side(icecast, speech_wav):
     svc, thread = service_for(icecast, speech_wav)
     try:
         assert svc.handle_command({"command": "live", "on": True}) == {"live": True}
-        wait(lambda: svc.status()["workers"]["radio"]["state"] == "live", what="radio live")
+        wait_until(lambda: radio_state(svc) == "live", what="radio live")
         listener = Listener(icecast.mount_url)
         svc.start("test")
         time.sleep(len(clip) / RATE + 0.5)
         svc.stop("test")
-        wait(lambda: svc.published_count == 1, what="published")
+        wait_until(lambda: svc.published_count == 1, what="published")
         svc.handle_command({"command": "live", "on": False})
-        wait(lambda: listener.closed_by_server, 20, what="end of stream")
+        wait_until(lambda: listener.closed_by_server, 20, what="end of stream")
         heard = decode_ogg(listener.close(), STREAM_RATE)
         radio = svc.status()["workers"]["radio"]
         audio = svc.status()["audio"]
@@ -73,18 +69,18 @@ def test_icecast_restart_mid_stream_loses_nothing_in_the_recording(icecast, tmp_
     sf.write(clip, (rng.normal(0, 3000, RATE * 40)).astype(np.int16), RATE, subtype="PCM_16")
     svc, thread = service_for(icecast, clip, live=True)
     try:
-        wait(lambda: svc.status()["workers"]["radio"]["state"] == "live", what="radio live")
+        wait_until(lambda: radio_state(svc) == "live", what="radio live")
         svc.start("test")
         time.sleep(1.5)
         icecast.stop()
-        wait(lambda: svc.status()["workers"]["radio"]["state"] == "error", what="error noticed")
+        wait_until(lambda: radio_state(svc) == "error", what="error noticed")
         assert "Icecast" in svc.status()["workers"]["radio"]["error"]
         time.sleep(1.0)
         icecast.start()
-        wait(lambda: svc.status()["workers"]["radio"]["reconnects"] >= 1
+        wait_until(lambda: svc.status()["workers"]["radio"]["reconnects"] >= 1
              and svc.status()["workers"]["radio"]["state"] == "live", what="reconnected")
         svc.stop("test")
-        wait(lambda: svc.published_count == 1, what="published")
+        wait_until(lambda: svc.published_count == 1, what="published")
         audio = svc.status()["audio"]
     finally:
         svc.request_stop()
@@ -98,13 +94,13 @@ def test_wrong_password_is_reported_and_recording_unaffected(icecast, speech_wav
     bad = icecast.write_secret("wrong.pw", "not-the-password")
     svc, thread = service_for(icecast, speech_wav, live=True, password_file=str(bad))
     try:
-        wait(lambda: svc.status()["workers"]["radio"]["state"] == "error", what="refused")
+        wait_until(lambda: radio_state(svc) == "error", what="refused")
         error = svc.status()["workers"]["radio"]["error"]
         assert "401" in error and "not-the-password" not in error and "\n" not in error
         svc.start("test")
         time.sleep(2.0)
         svc.stop("test")
-        wait(lambda: svc.published_count == 1, what="published")
+        wait_until(lambda: svc.published_count == 1, what="published")
     finally:
         svc.request_stop()
         thread.join(30)
