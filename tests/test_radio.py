@@ -111,7 +111,14 @@ def make_sink(server: IcecastServer, **radio: object) -> RadioSink:
 
 
 def state_is(sink: RadioSink, state: str):
-    return lambda: sink.status()["state"] == state
+    """A predicate returning the status (one consistent read) once the sink is in `state`:
+    a retrying sink leaves "error" again, so read the error from this same snapshot."""
+
+    def check():
+        status = sink.status()
+        return status if status["state"] == state else None
+
+    return check
 
 
 # --- the stream ------------------------------------------------------------------------------
@@ -182,8 +189,7 @@ def test_reconnects_after_icecast_restart(icecast, corpus) -> None:  # noqa: F81
         wait_until(state_is(sink, "live"), 20, what="radio live")
         wait_until(lambda: sink.status()["bytes_sent"] > 20000, 20, what="audio sent")
         icecast.stop()
-        wait_until(state_is(sink, "error"), 30, what="the sink to notice")
-        error = sink.status()["error"]
+        error = wait_until(state_is(sink, "error"), 30, what="the sink to notice")["error"]
         assert "Icecast" in error and "\n" not in error
         time.sleep(1.5)  # a few refused reconnects with Icecast down
         icecast.start()
@@ -209,8 +215,7 @@ def test_wrong_password_is_reported(icecast) -> None:  # noqa: F811
     sink = make_sink(icecast, password_file=str(wrong))
     feeder = Feeder(sink, np.zeros((RATE * 2, 1), np.int16), loop=True)
     try:
-        wait_until(state_is(sink, "error"), 20, what="error state")
-        status = sink.status()
+        status = wait_until(state_is(sink, "error"), 20, what="error state")
     finally:
         feeder.stop()
         sink.close()
@@ -224,8 +229,7 @@ def test_loose_password_file_is_reported(icecast) -> None:  # noqa: F811
     icecast.password_file.chmod(0o644)
     sink = make_sink(icecast)
     try:
-        wait_until(state_is(sink, "error"), 20, what="error state")
-        error = sink.status()["error"]
+        error = wait_until(state_is(sink, "error"), 20, what="error state")["error"]
     finally:
         sink.close()
     assert "radio.password_file" in error and "chmod 600" in error
@@ -237,8 +241,7 @@ def test_mount_in_use_then_freed(icecast) -> None:  # noqa: F811
     sink = make_sink(icecast)
     feeder = Feeder(sink, np.zeros((RATE * 2, 1), np.int16), loop=True)
     try:
-        wait_until(state_is(sink, "error"), 20, what="error state")
-        error = sink.status()["error"]
+        error = wait_until(state_is(sink, "error"), 20, what="error state")["error"]
         assert "mount /cowradio.ogg is in use" in error and "\n" not in error
         other.close()  # the mount is free again: the sink takes it on its next try
         wait_until(state_is(sink, "live"), 20, what="live after the mount was freed")

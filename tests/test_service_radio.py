@@ -20,6 +20,12 @@ def radio_state(svc) -> str:
     return svc.status()["workers"]["radio"]["state"]
 
 
+def radio_in(svc, state: str):
+    """The radio status once in `state` (one snapshot: a retrying stream leaves "error")."""
+    radio = svc.status()["workers"]["radio"]
+    return radio if radio["state"] == state else None
+
+
 def service_for(icecast, clip, **radio):
     from gpiozero.pins.mock import MockFactory
 
@@ -73,8 +79,8 @@ def test_icecast_restart_mid_stream_loses_nothing_in_the_recording(icecast, tmp_
         svc.start("test")
         time.sleep(1.5)
         icecast.stop()
-        wait_until(lambda: radio_state(svc) == "error", what="error noticed")
-        assert "Icecast" in svc.status()["workers"]["radio"]["error"]
+        radio = wait_until(lambda: radio_in(svc, "error"), what="error noticed")
+        assert "Icecast" in radio["error"]
         time.sleep(1.0)
         icecast.start()
         wait_until(lambda: svc.status()["workers"]["radio"]["reconnects"] >= 1
@@ -94,8 +100,7 @@ def test_wrong_password_is_reported_and_recording_unaffected(icecast, speech_wav
     bad = icecast.write_secret("wrong.pw", "not-the-password")
     svc, thread = service_for(icecast, speech_wav, live=True, password_file=str(bad))
     try:
-        wait_until(lambda: radio_state(svc) == "error", what="refused")
-        error = svc.status()["workers"]["radio"]["error"]
+        error = wait_until(lambda: radio_in(svc, "error"), what="refused")["error"]
         assert "401" in error and "not-the-password" not in error and "\n" not in error
         svc.start("test")
         time.sleep(2.0)
