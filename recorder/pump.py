@@ -12,6 +12,7 @@ pump gets to it: that is what makes pre-roll exact.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import shutil
@@ -159,16 +160,21 @@ class Pump:
         if self.active is not None:
             raise RecordingStateError("already recording")
         check_reserve(self.cfg, self._free)
-        now_pos = max(0, self.ring.write_pos - self._frames(seconds_ago))
-        start_pos = max(self.ring.oldest_pos, now_pos - self.preroll_frames, self.pos - (
-            self.ring.capacity - int(RING_SLACK_SECONDS * self.source.samplerate / 2)))
-        start_pos = max(0, start_pos)
-        preroll = (now_pos - start_pos) / self.source.samplerate
+        trigger_pos = max(0, self.ring.write_pos - self._frames(seconds_ago))
+        # The pump thread copies the pre-roll a moment from now, while the producer keeps
+        # writing: stay half the slack clear of the oldest frame so it is still there then.
+        margin = int(RING_SLACK_SECONDS * self.source.samplerate / 2)
+        start_pos = max(0, trigger_pos - self.preroll_frames,
+                        self.ring.write_pos - self.ring.capacity + margin)
+        preroll = (trigger_pos - start_pos) / self.source.samplerate
+        now = clock.now()
+        started = dataclasses.replace(now, utc=now.utc - seconds_ago,
+                                      monotonic=now.monotonic - seconds_ago)
         limit = self.cfg.storage.max_seconds if max_seconds is None else min(
             max_seconds, self.cfg.storage.max_seconds)
         session = Session(
             self.cfg, samplerate=self.source.samplerate, channels=self.source.channels,
-            started=clock.now(), preroll=preroll, trigger=trigger, title=title, tags=tags,
+            started=started, preroll=preroll, trigger=trigger, title=title, tags=tags,
             max_frames=int(limit * self.source.samplerate), extra_sinks=self.extra_sinks,
         )
         self.active = session
