@@ -72,17 +72,21 @@ def test_watcher_never_sees_partial_files(cfg_factory, speech_wav):
     cfg = cfg_factory(audio={"preroll": 0.0})
     folder = cfg.device_folder
     seen: list[tuple[str, int]] = []
+    passes: list[set[str]] = []  # the names one scan of the folder found
     stop = threading.Event()
 
     def watch():
         while not stop.is_set():
             if folder.exists():
+                names = set()
                 for p in folder.rglob("*"):
                     if p.is_file():
                         try:
                             seen.append((p.name, p.stat().st_size))
                         except FileNotFoundError:
                             seen.append((p.name, -1))
+                        names.add(p.name)
+                passes.append(names)
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch)
@@ -100,9 +104,10 @@ def test_watcher_never_sees_partial_files(cfg_factory, speech_wav):
     for name, size in seen:
         assert name in final, f"a temporary name was visible: {name}"
         assert size == final[name], f"{name} seen at {size} bytes, final {final[name]}"
-    names = [n for n, _ in seen]
-    if result.sidecar_path.name in names:
-        assert names.index(result.ogg_path.name) < names.index(result.sidecar_path.name)
+    # A scan that found the sidecar found its OGG too (the OGG is renamed into place first).
+    for names in passes:
+        if result.sidecar_path.name in names:
+            assert result.ogg_path.name in names
     assert result.sidecar["stop_reason"] == "max_length"
     assert result.sidecar["duration"] == pytest.approx(4.0, abs=0.001)
 
