@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import tomllib
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, need
+from tests.conftest import IN_CI, free_port, need
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = REPO / "services"
@@ -32,12 +31,6 @@ FIRSTBOOT = SERVICES / "firstboot.sh"
 
 def _shell_scripts() -> list[Path]:
     return sorted(p for d in ("services", "image") for p in (REPO / d).rglob("*.sh"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _need_module(name: str, pip_name: str) -> None:
@@ -429,7 +422,7 @@ def test_firstboot_provisions_once_with_real_syncthing(tmp_path):
     stub.chmod(0o755)
     shutil.copy(SERVICES / "stignore", prefix / "stignore")
     net = _fake_net(tmp_path / "net", {"eth0": ("b8:27:eb:01:02:03", True, False)})
-    gui = f"127.0.0.1:{_free_port()}"
+    gui = f"127.0.0.1:{free_port()}"
     (tmp_path / "hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n")
     env = {
         **os.environ,
@@ -502,7 +495,7 @@ def test_nginx_docroot_serves_the_sync_tree_read_only(tmp_path):
     (rec / ".x.ogg.1234.partial").write_text("x")
     (rec / "a.sync-conflict-20250101-000000-ABC.ogg").write_text("x")
 
-    port = _free_port()
+    port = free_port()
     site = (SERVICES / "nginx/recorder-docroot.conf").read_text()
     site = site.replace("/srv/recorder/sync", str(tree))
     site = re.sub(r"listen 80 default_server;", f"listen 127.0.0.1:{port};", site)
