@@ -198,4 +198,10 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     print(f"  levels   peak {levels['peak_dbfs']} dBFS, rms {levels['rms_dbfs']} dBFS")
     for mark in doc["bookmarks"]:
         print(f"  bookmark at {mark['at']:.2f} s ({mark['label']})")
+    if "audio_id" in doc:
+        aid = doc["audio_id"]
+        print(f"  audio id {aid['algorithm']} v{aid['version']} over {aid['duration']:.1f} s, "
+              f"{aid['fingerprint'][:24]}…")
+    if "duplicate_of" in doc:
+        print(f"  same audio as recording {doc['duplicate_of']} (kept; marked duplicate)")
     return 0
