@@ -29,7 +29,7 @@ def need(binary: str, package: str | None = None) -> str:
     msg = f"{binary} not found: apt-get install {package or binary}"
     if IN_CI:
         pytest.fail(msg)
-    pytest.skip(msg)
+    pytest.skip(msg)  # outside CI only: IN_CI fails above
 
 
 def free_port() -> int:
@@ -51,6 +51,19 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+@pytest.fixture
+def factory():
+    """gpiozero's mock pin factory as the default for the test; pins released afterwards."""
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    previous = Device.pin_factory
+    Device.pin_factory = MockFactory()
+    yield Device.pin_factory
+    Device.pin_factory.reset()
+    Device.pin_factory = previous
 
 
 @pytest.fixture

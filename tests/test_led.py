@@ -9,22 +9,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from gpiozero import Device
-from gpiozero.pins.mock import MockFactory
 
 from recorder.led import FLASH, PATTERNS, NullLed, StatusLed, open_status_led
 
 PIN = 27
 SLACK = 0.02  # timer granularity: a step may end this much early by the clock's reckoning
-
-
-@pytest.fixture
-def factory():
-    previous = Device.pin_factory
-    Device.pin_factory = MockFactory()
-    yield Device.pin_factory
-    Device.pin_factory.reset()
-    Device.pin_factory = previous
 
 
 @pytest.fixture

@@ -11,21 +11,10 @@ import threading
 import time
 
 import pytest
-from gpiozero import Device
-from gpiozero.pins.mock import MockFactory
 
 from recorder.triggers import ButtonInput, Debouncer, Triggers
 
 REC, MARKP, LIVE = 17, 22, 23
-
-
-@pytest.fixture
-def factory():
-    previous = Device.pin_factory
-    Device.pin_factory = MockFactory()
-    yield Device.pin_factory
-    Device.pin_factory.reset()
-    Device.pin_factory = previous
 
 
 class FakeClock:
