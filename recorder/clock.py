@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _TIME_ERROR = 5  # adjtimex(2): clock not synchronised
+_TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,15 @@ def clock_synchronized() -> bool:
     This is what ``timedatectl``'s "System clock synchronized" reports, read without D-Bus.
     """
     libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    # struct timex is 208 bytes on 64-bit Linux; modes (the first field) = 0 means read-only.
-    buf = ctypes.create_string_buffer(256)
-    state = libc.adjtimex(buf)
-    return state not in (-1, _TIME_ERROR)
+    if libc_name:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        # struct timex is 208 bytes on 64-bit Linux; modes (the first field) = 0: read-only.
+        buf = ctypes.create_string_buffer(256)
+        state = libc.adjtimex(buf)
+        if state != -1:
+            return state != _TIME_ERROR
+    # adjtimex denied (a seccomp filter such as systemd's ProtectClock=): timesyncd's flag file.
+    return _TIMESYNC_FLAG.exists()
 
 
 _BOOT_ID = boot_id()
