@@ -441,3 +441,25 @@ def test_playlist_length_and_urls() -> None:
     assert playlist.parse_m3u(playlist.render_m3u(items)) == [
         (10, "t0", items[0].location), (10, "t1", items[1].location)
     ]
+
+
+def test_dither_touches_only_near_silent_blocks() -> None:
+    from recorder.radio.oggstream import Dither
+
+    dither = Dither()
+    silent = np.zeros((4096, 1), np.int16)
+    out = dither.process(silent)
+    assert 0 < np.abs(out).max() <= 3 and abs(float(out.std()) - 2.0) < 0.2
+    loud = np.full((4096, 1), 5000, np.int16)
+    assert dither.process(loud) is loud
+    assert dither.process(np.zeros((100_000, 1), np.int16)).shape == (100_000, 1)
+
+
+def test_silent_input_still_reaches_listeners_within_two_seconds() -> None:
+    """Vorbis pages keep coming for digital silence (dithered): without it, 8-9 s late."""
+    enc = OggStreamEncoder(RATE, 1, "vorbis", vorbis_quality=2.0, half_rate=True)
+    block = np.zeros((RATE // 10, 1), np.int16)
+    pages_at = [i / 10 for i in range(100) if enc.encode(block)]
+    enc.close()
+    gaps = np.diff([0.0, *pages_at])
+    assert len(pages_at) >= 5 and gaps.max() < 2.0, pages_at

@@ -101,6 +101,10 @@ class OggStreamEncoder:
         self.samplerate = samplerate
         self.stream_rate = samplerate // 2 if half_rate else samplerate
         self._halve = HalfRate(channels) if half_rate else None
+        # Vorbis codes digital silence in a few bytes a second and libogg emits a page per ~4 KB,
+        # so a silent input reached listeners 8-9 s late. Dither near -80 dBFS (inaudible, far
+        # below any microphone's noise floor) keeps pages flowing about once a second.
+        self._dither = Dither() if codec == "vorbis" else None
         self.channels = channels
         self.codec = codec
         self.frames = 0
@@ -145,6 +149,8 @@ class OggStreamEncoder:
         self.frames += block.shape[0]
         if self._halve is not None:
             block = self._halve.process(block)
+        if self._dither is not None:
+            block = self._dither.process(block)
         for start in range(0, block.shape[0], MAX_WRITE_FRAMES):
             self._file.write(block[start : start + MAX_WRITE_FRAMES])
         return self._take()
@@ -161,6 +167,32 @@ class OggStreamEncoder:
         data = self._sink.take()
         self.bytes_out += len(data)
         return data
+
+
+class Dither:
+    """Add uniform noise of +-3 LSB (RMS 2 LSB, about -84 dBFS) to near-silent int16 blocks.
+
+    Louder blocks pass untouched: they keep Vorbis pages flowing by themselves, and skipping them
+    keeps the cost to one peak check per block (quiet blocks cannot overflow when noise is added).
+    """
+
+    QUIET = 256  # peak below which a block counts as near-silent
+
+    def __init__(self, seed: int = 0) -> None:
+        self._noise = np.random.default_rng(seed).integers(-3, 4, size=1 << 16).astype(np.int16)
+        self._at = 0
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        if block.size == 0 or max(int(block.max()), -int(block.min())) >= self.QUIET:
+            return block
+        n = block.size
+        if n > self._noise.size:  # larger than the table: tile it (rare: blocks are ~4096)
+            return block + np.resize(self._noise, n).reshape(block.shape)
+        if self._at + n > self._noise.size:
+            self._at = 0
+        noise = self._noise[self._at : self._at + n].reshape(block.shape)
+        self._at += n
+        return block + noise
 
 
 class HalfRate:
