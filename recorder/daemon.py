@@ -135,6 +135,7 @@ class Service:
                 self.notifier.status(f"no audio device: {exc}")
             self.device_error = str(exc)
             self.state = "no_device"
+            self._check_disk(time.monotonic())
             self._update_led()
             self.stopping.wait(DEVICE_RETRY_SECONDS)
             return None

@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(OneLineFormatter(timestamp + "%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         handlers=[handler])
+    logging.captureWarnings(True)  # library warnings become single log events too
     try:
         overrides = args.overrides(args) if hasattr(args, "overrides") else None
         cfg = load_config(args.config, overrides)
