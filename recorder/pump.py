@@ -232,7 +232,7 @@ class Pump:
         chunk = max(1, int(MAX_CHUNK_SECONDS * self.source.samplerate))
         while True:
             stopping = self._stopping.is_set()
-            self.ring.wait(0.05)
+            self.ring.wait(self.pos, 0.05)
             self._move(chunk)
             self._run_commands()
             self._check_health()

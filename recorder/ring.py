@@ -10,10 +10,11 @@ as an overrun (counted, never hidden) and resumes at the oldest frame still held
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
+
+POLL_SECONDS = 0.005
 
 
 class RingBuffer:
@@ -31,7 +32,6 @@ class RingBuffer:
         self.read_pos = 0  # the main reader's position; only non-realtime producers look at it
         self.overruns = 0  # frames the reader lost because the producer lapped it
         self.dropped = 0  # frames the producer refused (block larger than the ring)
-        self._data_ready = threading.Event()
 
     # -- producer --------------------------------------------------------------------------------
     def write(self, block: np.ndarray) -> None:
@@ -50,7 +50,6 @@ class RingBuffer:
         if first < n:
             self._buf[: n - first] = block[first:]
         self.write_pos += n
-        self._data_ready.set()
 
     # -- reader ----------------------------------------------------------------------------------
     @property
@@ -58,11 +57,18 @@ class RingBuffer:
         """The oldest absolute position still held."""
         return max(0, self.write_pos - self.capacity)
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to `timeout` s for new data since the last call; True if any arrived."""
-        got = self._data_ready.wait(timeout)
-        self._data_ready.clear()
-        return got
+    def wait(self, since: int, timeout: float) -> bool:
+        """Wait up to `timeout` s for the write position to pass `since`; True if it did.
+
+        Polls: the producer never signals, because signalling (an Event, a condition) takes a
+        lock in the real-time callback. A 5 ms poll costs well under 1% of a core.
+        """
+        deadline = time.monotonic() + timeout
+        while self.write_pos <= since:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+        return True
 
     def read(self, start: int, end: int | None = None) -> tuple[int, np.ndarray]:
         """Copy frames ``[start, end)`` (end defaults to the write position).

@@ -146,13 +146,14 @@ class RadioSink:
 
     def status(self) -> dict[str, Any]:
         """State (off, connecting, live, error), last error, counters, and since when live."""
-        with self._lock:
+        with self._lock:  # state and error change together (see _set_state)
             queued = self._queued_frames
             dropped, dropped_frames = self._blocks_dropped, self._frames_dropped
+            state, error = self._state, self._error
         return {
-            "state": self._state,
+            "state": state,
             "live_requested": self._want_live,
-            "error": self._error,
+            "error": error,
             "last_error": self._last_error,
             "last_error_at": self._last_error_at,
             "url": self.radio.url,
@@ -173,11 +174,10 @@ class RadioSink:
         backoff = self.backoff_initial
         while not self._stopping:
             if not self._want_live:
-                self._state = OFF
-                self._error = None
+                self._set_state(OFF, error=None)
                 self._wait(None)
                 continue
-            self._state = CONNECTING
+            self._set_state(CONNECTING)
             try:
                 source = self._source_factory()
                 self._source = source
@@ -194,7 +194,7 @@ class RadioSink:
             if lost and self._want_live and not self._stopping:
                 self._fail(lost)
                 self._wait(backoff)
-        self._state = OFF
+        self._set_state(OFF)
 
     def _stream_until_lost(self, source: IcecastSource) -> str | None:
         """Stream on `source` until switched off (None) or the link fails (the reason)."""
@@ -248,19 +248,25 @@ class RadioSink:
             return None
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
+    def _set_state(self, state: str, **error: str | None) -> None:
+        """Change the state (and, when given, the error) at once for status() readers."""
+        with self._lock:
+            self._state = state
+            if "error" in error:
+                self._error = error["error"]
+
     def _went_live(self) -> None:
         self._connects += 1
-        self._error = None
         self._connected_since = sidecar.utc_iso(time.time())
-        self._state = LIVE
+        self._set_state(LIVE, error=None)
         log.info("radio live on %s%s", self.radio.url, self.radio.mount)
 
     def _fail(self, message: str) -> None:
-        self._state = ERROR
         if message != self._error:
             log.warning("radio: %s", message)
-        self._error = self._last_error = message
+        self._last_error = message
         self._last_error_at = sidecar.utc_iso(time.time())
+        self._set_state(ERROR, error=message)
 
     def _stop_accepting(self) -> None:
         with self._lock:
