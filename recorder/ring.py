@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-POLL_SECONDS = 0.005
+POLL_SECONDS = 0.01
 
 
 class RingBuffer:
@@ -61,7 +61,7 @@ class RingBuffer:
         """Wait up to `timeout` s for the write position to pass `since`; True if it did.
 
         Polls: the producer never signals, because signalling (an Event, a condition) takes a
-        lock in the real-time callback. A 5 ms poll costs well under 1% of a core.
+        lock in the real-time callback. A 10 ms poll costs about 0.1% of a core.
         """
         deadline = time.monotonic() + timeout
         while self.write_pos <= since:
