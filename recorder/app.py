@@ -149,7 +149,24 @@ class RadioWorker:
         from recorder.radio.playlist import write_playlist
 
         with self._lock:  # publisher and bridge threads may both ask
-            write_playlist(self.cfg)
+            write_playlist(self.cfg, self._records())
+
+    def _records(self) -> list[dict[str, Any]] | None:
+        """The catalogue's recordings whose audio is in place, or None (scan the sidecars)
+        without Audio ID. The catalogue is read, not every sidecar re-parsed per publish, and
+        it knows duplicates across devices."""
+        if not self.cfg.audioid.enabled:
+            return None
+        from recorder import db
+        from recorder.audioid.catalogue import Catalogue
+
+        conn = db.connect(self.cfg.db_path)
+        try:
+            root = self.cfg.storage.sync_root
+            return [r for r in Catalogue.from_config(conn, self.cfg.audioid).records()
+                    if (root / r["device_id"] / r["path"]).is_file()]
+        finally:
+            conn.close()
 
     def write(self, block: Any) -> None:
         if self.sink is not None and block.shape[1] == self.cfg.audio.channels:

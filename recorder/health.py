@@ -7,7 +7,6 @@ degrades the appliance without stopping it (an unsynchronised clock, papad unrea
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from recorder import clock
 from recorder.config import Config
 from recorder.errors import RecorderError
+from recorder.pump import check_reserve
 
 Check = dict[str, Any]
 
@@ -60,9 +60,7 @@ def _writable(cfg: Config) -> str:
 
 
 def _free(cfg: Config) -> str:
-    free_mb = shutil.disk_usage(cfg.storage.sync_root).free // (1024 * 1024)
-    if free_mb < cfg.storage.reserve_mb:
-        raise RecorderError(f"{free_mb} MB free, below the {cfg.storage.reserve_mb} MB reserve")
+    free_mb = check_reserve(cfg) // (1024 * 1024)  # the rule recording itself applies
     return f"{free_mb} MB free (reserve {cfg.storage.reserve_mb} MB)"
 
 

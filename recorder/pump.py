@@ -229,19 +229,23 @@ class Pump:
 
     # -- the pump thread -------------------------------------------------------------------------
     def _run(self) -> None:
-        chunk = max(1, int(MAX_CHUNK_SECONDS * self.source.samplerate))
         while True:
             stopping = self._stopping.is_set()
             self.ring.wait(self.pos, 0.05)
-            self._move(chunk)
+            self._move()
             self._run_commands()
             self._check_health()
             if stopping:
                 break
 
-    def _move(self, chunk: int) -> None:
-        while self.ring.write_pos > self.pos:
-            start, block = self.ring.read(self.pos, min(self.ring.write_pos, self.pos + chunk))
+    def _move(self, until: int | None = None) -> None:
+        """Feed the sinks everything written up to `until` (default: all), in chunks."""
+        chunk = max(1, int(MAX_CHUNK_SECONDS * self.source.samplerate))
+        while True:
+            end = self.ring.write_pos if until is None else min(until, self.ring.write_pos)
+            if end <= self.pos:
+                return
+            start, block = self.ring.read(self.pos, min(end, self.pos + chunk))
             if start > self.pos and self.session is not None:
                 log.warning("ring overrun: %d frames lost", start - self.pos)
             self.pos = start + block.shape[0]
@@ -284,21 +288,12 @@ class Pump:
             elif kind == "stop":
                 stop_pos, reason, session = arg
                 if session is self.session:  # not already finished by a limit
-                    self._move_until(stop_pos)
+                    self._move(until=stop_pos)
                     self._finish(reason)
             elif kind == "mark" and self.session is not None:
                 at_pos, label = arg
                 at = self.session.mark(at_pos - self._session_start, label)
                 self.on_event("bookmark", {"at": at})
-
-    def _move_until(self, stop_pos: int) -> None:
-        while self.pos < stop_pos and self.session is not None:
-            start, block = self.ring.read(self.pos, stop_pos)
-            if block.shape[0] == 0:
-                break
-            self.pos = start + block.shape[0]
-            self.ring.read_pos = self.pos
-            self._feed(block)
 
     def _finish(self, reason: str) -> None:
         session, self.session = self.session, None

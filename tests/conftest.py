@@ -53,6 +53,19 @@ def wait_until(
         time.sleep(interval)
 
 
+def fake_net(root, ifaces: dict[str, tuple[str, bool, bool]]):
+    """A stand-in /sys/class/net: ifaces maps name -> (mac, has_device_link, wireless)."""
+    for name, (mac, device, wireless) in ifaces.items():
+        d = root / name
+        d.mkdir(parents=True)
+        (d / "address").write_text(mac + "\n")
+        if device:
+            (d / "device").mkdir()
+        if wireless:
+            (d / "wireless").mkdir()
+    return root
+
+
 @pytest.fixture
 def factory():
     """gpiozero's mock pin factory as the default for the test; pins released afterwards."""

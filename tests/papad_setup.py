@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from recorder.config import Config
+from recorder.papad.client import make_client
 from recorder.papad.outbox import Outbox, OutboxWorker
 
 TOKEN = "tok-3f9c2e81d04b4a7fa2f1secret"
@@ -40,6 +43,18 @@ def legacy_config(cfg_factory: Any, url: str, **papad: Any) -> Config:
               "media_base_url": "http://{host}/{device_id}/"}
     values.update(papad)
     return cfg_factory(papad=values)
+
+
+@contextlib.contextmanager
+def client_and_outbox(cfg: Config) -> Iterator[tuple[Any, Outbox]]:
+    """The papad client and outbox for `cfg`, closed afterwards."""
+    client = make_client(cfg)
+    outbox = Outbox(cfg.db_path)
+    try:
+        yield client, outbox
+    finally:
+        outbox.close()
+        client.close()
 
 
 def fast_worker(outbox: Outbox, client: Any, concurrency: int = 1, **kw: Any) -> OutboxWorker:

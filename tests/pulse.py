@@ -79,15 +79,14 @@ class PulseError(RuntimeError):
 
 
 def reinit_portaudio() -> None:
-    """Re-run PortAudio's device enumeration (``Pa_Terminate`` + ``Pa_Initialize``).
+    """Re-run PortAudio's device enumeration, as the service does on reopening a device.
 
     Needed after the server (re)starts in a process that already imported sounddevice.
     Every stream must be closed first: terminating PortAudio invalidates them.
     """
-    import sounddevice as sd
+    from recorder.sources.portaudio import rescan_devices
 
-    sd._terminate()
-    sd._initialize()
+    rescan_devices()
 
 
 class FeedHandle:

@@ -11,6 +11,7 @@ import pytest
 from recorder.config import load_config, parse_config
 from recorder.deviceid import mac_device_id, validate_device_id
 from recorder.errors import ConfigError
+from tests.conftest import fake_net
 
 
 def test_defaults_work_without_a_file(monkeypatch, tmp_path):
@@ -84,20 +85,12 @@ def test_cli_bad_config_is_one_line_and_exit_2(tmp_path):
 
 
 def test_mac_device_id_prefers_wired_hardware(tmp_path):
-    net = tmp_path / "net"
-    for name, mac, hw, wireless in [
-        ("lo", "00:00:00:00:00:00", False, False),
-        ("docker0", "02:42:aa:bb:cc:dd", False, False),
-        ("wlan0", "DC:A6:32:00:00:02", True, True),
-        ("eth0", "DC:A6:32:00:00:01", True, False),
-    ]:
-        d = net / name
-        d.mkdir(parents=True)
-        (d / "address").write_text(mac + "\n")
-        if hw:
-            (d / "device").mkdir()
-        if wireless:
-            (d / "wireless").mkdir()
+    net = fake_net(tmp_path / "net", {
+        "lo": ("00:00:00:00:00:00", False, False),
+        "docker0": ("02:42:aa:bb:cc:dd", False, False),
+        "wlan0": ("DC:A6:32:00:00:02", True, True),
+        "eth0": ("DC:A6:32:00:00:01", True, False),
+    })
     assert mac_device_id(net) == "dca632000001"
     assert mac_device_id(tmp_path / "nothing") is None
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, free_port, need
+from tests.conftest import IN_CI, fake_net, free_port, need
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = REPO / "services"
@@ -347,19 +347,6 @@ def test_icecast_config_has_only_placeholders():
 # --- first boot -------------------------------------------------------------------------------
 
 
-def _fake_net(root: Path, ifaces: dict[str, tuple[str, bool, bool]]) -> Path:
-    """ifaces: name -> (mac, has_device_link, wireless)."""
-    for name, (mac, device, wireless) in ifaces.items():
-        d = root / name
-        d.mkdir(parents=True)
-        (d / "address").write_text(mac + "\n")
-        if device:
-            (d / "device").mkdir()
-        if wireless:
-            (d / "wireless").mkdir()
-    return root
-
-
 def _device_id(net: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(FIRSTBOOT), "device-id"], capture_output=True, text=True, timeout=30,
@@ -370,7 +357,7 @@ def _device_id(net: Path) -> subprocess.CompletedProcess:
 def test_firstboot_device_id_matches_python_and_is_stable(tmp_path):
     from recorder.deviceid import mac_device_id
 
-    net = _fake_net(tmp_path / "net", {
+    net = fake_net(tmp_path / "net", {
         "lo": ("00:00:00:00:00:00", False, False),
         "docker0": ("02:42:ac:11:00:01", False, False),
         "veth1a2b": ("aa:bb:cc:00:00:01", True, False),
@@ -388,7 +375,7 @@ def test_firstboot_device_id_matches_python_and_is_stable(tmp_path):
 
 
 def test_firstboot_device_id_fails_without_hardware(tmp_path):
-    net = _fake_net(tmp_path / "net", {"lo": ("00:00:00:00:00:00", False, False)})
+    net = fake_net(tmp_path / "net", {"lo": ("00:00:00:00:00:00", False, False)})
     res = _device_id(net)
     assert res.returncode == 1 and "no network interface" in res.stderr
 
@@ -421,7 +408,7 @@ def test_firstboot_provisions_once_with_real_syncthing(tmp_path):
     stub.write_text(STUB_RECORDER)
     stub.chmod(0o755)
     shutil.copy(SERVICES / "stignore", prefix / "stignore")
-    net = _fake_net(tmp_path / "net", {"eth0": ("b8:27:eb:01:02:03", True, False)})
+    net = fake_net(tmp_path / "net", {"eth0": ("b8:27:eb:01:02:03", True, False)})
     gui = f"127.0.0.1:{free_port()}"
     (tmp_path / "hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n")
     env = {

@@ -13,7 +13,15 @@ from recorder.papad.client import CurrentPapadClient, make_client
 from recorder.papad.outbox import Outbox
 from tests.fake_papad import FakePapad
 from tests.papad_recordings import make_recording
-from tests.papad_setup import PASSWORD, TOKEN, current_config, drain, fast_worker, write_secret
+from tests.papad_setup import (
+    PASSWORD,
+    TOKEN,
+    client_and_outbox,
+    current_config,
+    drain,
+    fast_worker,
+    write_secret,
+)
 
 
 @pytest.fixture
@@ -28,11 +36,8 @@ def papad():
 @pytest.fixture
 def setup(papad, cfg_factory, tmp_path):
     cfg = current_config(cfg_factory, tmp_path, papad.url)
-    client = make_client(cfg)
-    outbox = Outbox(cfg.db_path)
-    yield cfg, client, outbox
-    outbox.close()
-    client.close()
+    with client_and_outbox(cfg) as (client, outbox):
+        yield cfg, client, outbox
 
 
 def tag_names(media):

@@ -9,7 +9,7 @@ from recorder.papad.client import LegacyPapadClient, make_client
 from recorder.papad.outbox import Outbox
 from tests.fake_papad import FakeLegacyPapad
 from tests.papad_recordings import make_recording
-from tests.papad_setup import drain, fast_worker, legacy_config
+from tests.papad_setup import client_and_outbox, drain, fast_worker, legacy_config
 
 
 @pytest.fixture
@@ -21,11 +21,8 @@ def legacy():
 @pytest.fixture
 def setup(legacy, cfg_factory):
     cfg = legacy_config(cfg_factory, legacy.url)
-    client = make_client(cfg)
-    outbox = Outbox(cfg.db_path)
-    yield cfg, client, outbox
-    outbox.close()
-    client.close()
+    with client_and_outbox(cfg) as (client, outbox):
+        yield cfg, client, outbox
 
 
 def test_fake_enforces_papad_api_rules(legacy):

@@ -8,12 +8,11 @@ import time
 import pytest
 
 from recorder.errors import RecorderError
-from recorder.papad.client import make_client
-from recorder.papad.outbox import Outbox, OutboxWorker
+from recorder.papad.outbox import OutboxWorker
 from recorder.sidecar import SidecarError
 from tests.fake_papad import FakePapad
 from tests.papad_recordings import make_recording
-from tests.papad_setup import TOKEN, current_config, drain, fast_worker
+from tests.papad_setup import TOKEN, client_and_outbox, current_config, drain, fast_worker
 
 
 @pytest.fixture
@@ -27,11 +26,8 @@ def papad():
 @pytest.fixture
 def setup(papad, cfg_factory, tmp_path):
     cfg = current_config(cfg_factory, tmp_path, papad.url)
-    client = make_client(cfg)
-    outbox = Outbox(cfg.db_path)
-    yield cfg, client, outbox
-    outbox.close()
-    client.close()
+    with client_and_outbox(cfg) as (client, outbox):
+        yield cfg, client, outbox
 
 
 def test_queue_is_wal_and_enqueue_is_idempotent(setup):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -44,8 +45,8 @@ def test_recordings_reach_papad_once_with_bookmarks_across_outage_and_restart(
     server.add_user("rec", token=TOKEN, password=PASSWORD, groups=(1,))
     server.start()
     cfg = current_config(cfg_factory, tmp_path, server.url, timeout=2.0)
-    cfg = type(cfg)(**{**cfg.__dict__, "audio": type(cfg.audio)(
-        **{**cfg.audio.__dict__, "source": f"file:{clip}", "preroll": 0.5})})
+    cfg = dataclasses.replace(cfg, audio=dataclasses.replace(
+        cfg.audio, source=f"file:{clip}", preroll=0.5))
     svc, thread = run_service(cfg)
     try:
         record(svc, 2.0, mark_after=1.0)

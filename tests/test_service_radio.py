@@ -112,3 +112,26 @@ def test_wrong_password_is_reported_and_recording_unaffected(icecast, speech_wav
     assert next(svc.cfg.device_folder.rglob("*.ogg")).stat().st_size > 0
     playlist = svc.cfg.device_folder / "radio" / "playlist.m3u"
     assert playlist.is_file() and "recordings/" in playlist.read_text()
+
+
+def test_playlist_skips_a_peer_copy_only_the_catalogue_knows_is_a_duplicate(
+        cfg_factory, speech_wav, tmp_path):
+    from recorder import app, db
+    from recorder.audioid.catalogue import Catalogue
+    from recorder.cli.record import record_once
+
+    own_cfg = cfg_factory(audio={"preroll": 0.0, "source": f"file:{speech_wav}"})
+    own = record_once(own_cfg, seconds=None, realtime=False)
+    # The same audio recorded later on a peer: its sidecar knows nothing of ours.
+    peer_cfg = cfg_factory(device={"id": "peer1"}, storage={"state_dir": str(tmp_path / "peer")},
+                           audio={"preroll": 0.0, "source": f"file:{speech_wav}"})
+    peer = record_once(peer_cfg, seconds=None, realtime=False)
+    assert "duplicate_of" not in peer.sidecar
+    conn = db.connect(own_cfg.db_path)
+    dup = Catalogue.from_config(conn, own_cfg.audioid).add(peer.sidecar, origin="peer:peer1")
+    conn.close()
+    assert dup == own.sidecar["recording_id"]
+    app.RadioWorker(own_cfg).update_playlist()
+    listed = (own_cfg.device_folder / "radio" / "playlist.json").read_text()
+    assert own.sidecar["recording_id"] in listed
+    assert peer.sidecar["recording_id"] not in listed

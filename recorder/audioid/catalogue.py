@@ -315,6 +315,12 @@ class Catalogue:
 
     # --- reading -------------------------------------------------------------------------------
 
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every catalogued recording as its sidecar, with the catalogue's own ``duplicate_of``
+        (which also knows duplicates across devices that no sidecar records)."""
+        for row in self.conn.execute("SELECT sidecar, duplicate_of FROM recordings"):
+            yield {**json.loads(row["sidecar"]), "duplicate_of": row["duplicate_of"]}
+
     def count(self) -> int:
         """How many recordings are catalogued."""
         return int(self.conn.execute("SELECT COUNT(*) FROM recordings").fetchone()[0])

@@ -21,6 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from recorder.errors import InputFileError, TooShortError
+from recorder.sources.file import open_sound_file
 
 ALGORITHM = chromaprint.Fingerprinter.ALGORITHM_DEFAULT
 # One sub-fingerprint per hop of 4096/3 samples at Chromaprint's internal 11025 Hz.
@@ -160,29 +161,17 @@ def fingerprint_file(path: Path) -> Fingerprint:
     no audio or less than MIN_SECONDS.
     """
     path = Path(path)
-    try:
-        if path.is_dir():
-            raise InputFileError(f"{path}: is a directory")
-        if path.stat().st_size == 0:
-            raise TooShortError(f"{path}: file is empty")
-        with sf.SoundFile(str(path)) as snd:
-            # Chromaprint takes mono or stereo; a wider file gets its first two channels.
-            channels = min(snd.channels, 2)
-            streamer = StreamingFingerprinter(snd.samplerate, channels)
-            try:
-                for block in snd.blocks(blocksize=READ_FRAMES, dtype="int16", always_2d=True):
-                    streamer.feed(np.ascontiguousarray(block[:, :channels]))
-            except (sf.LibsndfileError, RuntimeError) as exc:
-                raise InputFileError(f"{path}: cannot decode audio: {exc}") from None
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: no such file") from None
-    except PermissionError:
-        raise InputFileError(f"{path}: permission denied") from None
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        # soundfile raises LibsndfileError (a RuntimeError) for unknown or corrupt formats.
-        raise InputFileError(f"{path}: not a readable audio file: {_one_line(exc)}") from None
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if path.is_file() and path.stat().st_size == 0:
+        raise TooShortError(f"{path}: file is empty")
+    with open_sound_file(path) as snd:
+        # Chromaprint takes mono or stereo; a wider file gets its first two channels.
+        channels = min(snd.channels, 2)
+        streamer = StreamingFingerprinter(snd.samplerate, channels)
+        try:
+            for block in snd.blocks(blocksize=READ_FRAMES, dtype="int16", always_2d=True):
+                streamer.feed(np.ascontiguousarray(block[:, :channels]))
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise InputFileError(f"{path}: cannot decode audio: {_one_line(exc)}") from None
     if streamer.frames == 0:
         raise TooShortError(f"{path}: no audio in file")
     try:

@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
     p.add_argument("--title", default="", help="title of the recording")
     p.add_argument("--tag", action="append", default=[], help="a tag (repeatable)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.set_defaults(func=cmd_record, overrides=_source_override)
+    p.set_defaults(func=cmd_record, overrides=source_override)
 
     p = sub.add_parser("recover", help="salvage recordings left in staging by a crash")
     p.add_argument("--json", action="store_true")
@@ -44,7 +44,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_demo, overrides=_demo_override)
 
 
-def _source_override(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def source_override(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Config overrides for a ``--source`` option (validated like the config file)."""
     return {"audio": {"source": args.source}} if args.source else {}
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from recorder.cli.record import source_override
 from recorder.config import Config
 from recorder.health import doctor
 
@@ -13,15 +14,11 @@ from recorder.health import doctor
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run the appliance service (buttons, LED, control socket)")
     p.add_argument("--source", help="audio source: device name/index or file:PATH")
-    p.set_defaults(func=cmd_run, overrides=_source_override)
+    p.set_defaults(func=cmd_run, overrides=source_override)
 
     p = sub.add_parser("doctor", help="check config, audio device, storage, clock, services")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
-
-
-def _source_override(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    return {"audio": {"source": args.source}} if args.source else {}
 
 
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:

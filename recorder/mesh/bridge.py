@@ -123,16 +123,22 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def check_regular(path: Path, st: os.stat_result, folder: Path, what: str = "") -> None:
+    """Raise Quarantine unless `path` (lstat `st`) is a regular file, not a symlink, that
+    resolves inside `folder`. `what` prefixes the reason ("recording file ")."""
+    if stat.S_ISLNK(st.st_mode):
+        raise Quarantine(f"{what}is a symlink")
+    if not stat.S_ISREG(st.st_mode):
+        raise Quarantine(f"{what}is not a regular file")
+    if not _inside(os.path.realpath(path), os.path.realpath(folder)):
+        raise Quarantine(f"{what}resolves outside the peer folder")
+
+
 def read_regular(path: Path, folder: Path, limit: int) -> bytes:
     """The bytes of `path`, a regular file inside `folder` (no symlink anywhere), at most
     `limit` bytes; raise Quarantine otherwise (FileNotFoundError if it is gone)."""
     st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise Quarantine("is a symlink")
-    if not stat.S_ISREG(st.st_mode):
-        raise Quarantine("is not a regular file")
-    if not _inside(os.path.realpath(path), os.path.realpath(folder)):
-        raise Quarantine("resolves outside the peer folder")
+    check_regular(path, st, folder)
     if st.st_size > limit:
         raise Quarantine(f"too large ({st.st_size} bytes > {limit})")
     fd = _open_nofollow(path)
@@ -646,12 +652,7 @@ class Bridge:
             return self._quarantine(peer, rel, fst, f"recording file: {exc.strerror}", sha=sha)
         ogg = FileStat(ogg_st.st_mtime_ns, ogg_st.st_size)
         try:
-            if stat.S_ISLNK(ogg_st.st_mode):
-                raise Quarantine("recording file is a symlink")
-            if not stat.S_ISREG(ogg_st.st_mode):
-                raise Quarantine("recording file is not a regular file")
-            if not _inside(os.path.realpath(ogg_path), os.path.realpath(folder)):
-                raise Quarantine("recording file resolves outside the peer folder")
+            check_regular(ogg_path, ogg_st, folder, "recording file ")
             if ogg.size != doc["bytes"]:
                 raise Quarantine(f"recording file has {ogg.size} bytes, sidecar says "
                                  f"{doc['bytes']}")

@@ -7,6 +7,7 @@ instead of overwriting unread audio.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -22,12 +23,20 @@ from recorder.sources import SourceStats
 def open_sound_file(path: str | Path) -> sf.SoundFile:
     """Open `path` for reading, turning every failure into a one-line InputFileError."""
     p = Path(path)
+    if p.is_dir():
+        raise InputFileError(f"cannot read {p}: is a directory")
     if not p.is_file():
         raise InputFileError(f"cannot read {p}: no such file")
+    if not os.access(p, os.R_OK):
+        raise InputFileError(f"cannot read {p}: permission denied")
     try:
         return sf.SoundFile(str(p))
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise InputFileError(f"cannot decode {p}: {exc}") from None
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        # soundfile raises LibsndfileError (a RuntimeError) for unknown or corrupt formats.
+        detail = " ".join(str(exc).split())
+        raise InputFileError(f"cannot decode {p}: not a readable audio file ({detail})") from None
+    except OSError as exc:
+        raise InputFileError(f"cannot read {p}: {exc.strerror or exc}") from None
 
 
 def to_channels(block: np.ndarray, channels: int) -> np.ndarray:
