@@ -1,73 +1,67 @@
 """Wiring: the one place where components are built from the configuration and connected.
 
 Everything else receives its collaborators; only this module decides which ones exist for a
-given config (acoupi's "program" idea): the source, the per-recording sinks, the publisher with
-its enrichers and listeners, and the service's background workers.
+given config (acoupi's "program" idea) and builds each exactly once: the database, the papad
+client, the Syncthing client, the catalogue, the outbox and its worker, the bridge with its
+annotation exchange, the radio, the publisher with its enrichers and listeners, and the pump
+around the source. Components get the settings object or config section they need, never the
+whole `Config`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from recorder.config import Config
+from recorder.config import AudioConfig, Config, SourceSpec
+from recorder.db import Database
+from recorder.layout import Layout
 from recorder.publish import Published, Publisher
-from recorder.pump import Pump
-from recorder.session import RecordingContext, SinkFactory
-from recorder.sinks import Sink
+from recorder.pump import Pump, PumpEvent, PumpSettings
+from recorder.session import RecordingContext, SessionSettings, SinkFactory
+from recorder.sinks import AlwaysOnSink, Sink
 from recorder.sources import AudioSource, open_source
+from recorder.storage import Reserve
+
+if TYPE_CHECKING:
+    from recorder.audioid.catalogue import Catalogue
+    from recorder.mesh.bridge import Bridge
+    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.papad.client import PapadClient
+    from recorder.papad.outbox import Outbox, OutboxWorker
+    from recorder.sinks.radio import RadioSink
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Assembly:
-    """The components one configuration asks for."""
+class Worker(Protocol):
+    """A background part of the service: started after recovery, stopped at shutdown, and
+    asked for its status by `recorder ctl status` (from the service's main thread)."""
 
-    publisher: Publisher
-    sink_factories: list[SinkFactory] = field(default_factory=list)
-    workers: list[Any] = field(default_factory=list)  # start()/stop(), optional status() etc.
+    name: str
 
+    def start(self) -> None: ...
 
-def sink_factories(cfg: Config) -> list[SinkFactory]:
-    """Per-recording sinks beyond the journal, encoder and level meter every recording has."""
-    factories: list[SinkFactory] = []
-    if cfg.audioid.enabled:
-        from recorder.sinks.fingerprint import FingerprintSink
+    def stop(self) -> None: ...
 
-        def fingerprint(ctx: RecordingContext) -> Sink:
-            return FingerprintSink(ctx.samplerate, ctx.channels)
-
-        factories.append(fingerprint)
-    return factories
+    def status(self) -> dict[str, Any]: ...
 
 
 class CatalogueHook:
     """Publisher enricher: completes ``audio_id`` with the sha256 and records the recording in
     the Audio ID catalogue, which says whether it duplicates one already known."""
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self._local = threading.local()  # a catalogue holds one SQLite connection per thread
-
-    def catalogue(self) -> Any:
-        cat = getattr(self._local, "catalogue", None)
-        if cat is None:
-            from recorder import db
-            from recorder.audioid.catalogue import Catalogue
-
-            cat = Catalogue.from_config(db.connect(self.cfg.db_path), self.cfg.audioid)
-            self._local.catalogue = cat
-        return cat
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
 
     def __call__(self, doc: dict[str, Any]) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         if isinstance(doc.get("audio_id"), dict):
             extra["audio_id"] = {**doc["audio_id"], "sha256": doc["sha256"]}
-        duplicate_of = self.catalogue().add({**doc, **extra})
+        duplicate_of = self.catalogue.add({**doc, **extra})
         if duplicate_of:
             extra["duplicate_of"] = duplicate_of
             log.info("recording %s duplicates %s", doc["recording_id"], duplicate_of)
@@ -75,30 +69,30 @@ class CatalogueHook:
 
 
 class Registration:
-    """papad registration for the service: the durable outbox and its delivery worker."""
+    """papad registration for the service: the durable outbox and, in the service, its
+    delivery worker (one-off commands only queue, durably, for the service to deliver)."""
 
     name = "papad"
 
-    def __init__(self, cfg: Config, *, deliver: bool) -> None:
-        from recorder.papad.client import make_client
-        from recorder.papad.outbox import Outbox, OutboxWorker
-
-        self.cfg = cfg
-        self.outbox = Outbox(cfg.db_path)
-        self.worker = None
-        if deliver:
-            client = make_client(cfg)  # a bad secret file stops start-up here, clearly
-            self.worker = OutboxWorker(self.outbox, client, cfg.papad.concurrency)
+    def __init__(self, outbox: Outbox, layout: Layout,
+                 worker: OutboxWorker | None = None) -> None:
+        self.outbox = outbox
+        self.layout = layout
+        self.worker = worker
 
     def on_published(self, result: Published) -> None:
         self.outbox.enqueue(result.sidecar, result.ogg_path)
+        self.wake()
+
+    def wake(self) -> None:
+        """Deliver now (something was queued) instead of at the next poll."""
         if self.worker is not None:
             self.worker.wake()
 
     def start(self) -> None:
         # Whatever was published while the service was down (or before a crash between publish
         # and enqueue) is queued now.
-        queued = self.outbox.reconcile(self.cfg.device_folder)
+        queued = self.outbox.reconcile(self.layout.device_folder)
         if queued:
             log.info("papad: queued %d recording(s) found on disk", queued)
         if self.worker is not None:
@@ -117,13 +111,12 @@ class ScanHandOff:
     """Publisher listener: ask Syncthing to scan the new files now instead of after the
     watcher delay. Publishing never depends on Syncthing being up."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, client: SyncthingClient, layout: Layout) -> None:
         from recorder.mesh.provision import folder_id
-        from recorder.mesh.syncthing import SyncthingClient
 
-        self.client = SyncthingClient.from_config(cfg.syncthing)
-        self.folder = folder_id(cfg.device.id)
-        self.root = cfg.device_folder
+        self.client = client
+        self.folder = folder_id(layout.device_id)
+        self.root = layout.device_folder
 
     def __call__(self, result: Published) -> None:
         sub = str(result.ogg_path.parent.relative_to(self.root))
@@ -132,20 +125,23 @@ class ScanHandOff:
 
 
 class RadioWorker:
-    """Cow Radio for the service: the live stream (an always-on sink fed by the pump) and the
-    station playlist, rebuilt whenever a recording is published here or arrives from a peer."""
+    """Cow Radio for the service: the live stream (an always-on sink fed by the pump while the
+    source delivers the configured format) and the station playlist, rebuilt whenever a
+    recording is published here or arrives from a peer."""
 
     name = "radio"
 
-    def __init__(self, cfg: Config) -> None:
-        from recorder.sinks.radio import RadioSink
+    def __init__(self, cfg: Config, catalogue: Catalogue | None) -> None:
+        self.cfg = cfg  # the playlist writer takes the whole config (device, storage, radio)
+        self.catalogue = catalogue
+        self.sink: RadioSink | None = None
+        if cfg.radio.password_file is not None:
+            from recorder.sinks.radio import RadioSink
 
-        self.cfg = cfg
-        self.sink = (RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels)
-                     if cfg.radio.password_file is not None else None)
+            self.sink = RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels)
         self._lock = threading.Lock()
 
-    def update_playlist(self, _result: Any = None) -> None:
+    def update_playlist(self, _result: Published | None = None) -> None:
         from recorder.radio.playlist import write_playlist
 
         with self._lock:  # publisher and bridge threads may both ask
@@ -155,22 +151,11 @@ class RadioWorker:
         """The catalogue's recordings whose audio is in place, or None (scan the sidecars)
         without Audio ID. The catalogue is read, not every sidecar re-parsed per publish, and
         it knows duplicates across devices."""
-        if not self.cfg.audioid.enabled:
+        if self.catalogue is None or not self.cfg.audioid.enabled:
             return None
-        from recorder import db
-        from recorder.audioid.catalogue import Catalogue
-
-        conn = db.connect(self.cfg.db_path)
-        try:
-            root = self.cfg.storage.sync_root
-            return [r for r in Catalogue.from_config(conn, self.cfg.audioid).records()
-                    if (root / r["device_id"] / r["path"]).is_file()]
-        finally:
-            conn.close()
-
-    def write(self, block: Any) -> None:
-        if self.sink is not None and block.shape[1] == self.cfg.audio.channels:
-            self.sink.write(block)
+        root = self.cfg.storage.sync_root
+        return [r for r in self.catalogue.records()
+                if (root / r["device_id"] / r["path"]).is_file()]
 
     def set_live(self, on: bool) -> None:
         if self.sink is None:
@@ -192,52 +177,162 @@ class RadioWorker:
         return self.sink.status() if self.sink is not None else {"state": "not configured"}
 
 
-def assemble(cfg: Config, *, service: bool = False) -> Assembly:
-    """Build the publisher and workers. `service`: also deliver to papad (the running service
-    does; one-off commands only queue, durably, for the service to deliver)."""
-    publisher = Publisher(cfg)
-    assembly = Assembly(publisher, sink_factories(cfg))
+@dataclass
+class Assembly:
+    """The components one configuration asks for, each built once by `assemble`.
+
+    The optional parts are None when the configuration does not ask for them. `close()`
+    releases the database connections and HTTP sessions (after the workers stopped).
+    """
+
+    layout: Layout
+    database: Database
+    reserve: Reserve
+    publisher: Publisher
+    pump_settings: PumpSettings
+    sink_factories: list[SinkFactory] = field(default_factory=list)
+    catalogue: Catalogue | None = None
+    papad: PapadClient | None = None
+    syncthing: SyncthingClient | None = None
+    registration: Registration | None = None
+    radio: RadioWorker | None = None
+    bridge: Bridge | None = None
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The service's background workers, in start order."""
+        return [w for w in (self.registration, self.radio, self.bridge) if w is not None]
+
+    @property
+    def stream_sinks(self) -> list[AlwaysOnSink]:
+        """Always-on sinks besides the service's level meter (the live radio stream)."""
+        return [self.radio.sink] if self.radio is not None and self.radio.sink else []
+
+    def close(self) -> None:
+        for client in (self.papad, self.syncthing):
+            if client is not None:
+                client.close()
+        self.database.close()
+
+
+def pump_settings(cfg: Config) -> PumpSettings:
+    """The pump's and the session's settings from their config sections."""
+    return PumpSettings(
+        preroll=cfg.audio.preroll,
+        max_seconds=cfg.storage.max_seconds,
+        stall_seconds=cfg.service.stall_seconds,
+        session=SessionSettings(
+            device_id=cfg.device.id,
+            staging_dir=cfg.storage.staging_dir,
+            encoder=cfg.encoder,
+            flush_seconds=cfg.storage.flush_seconds,
+            silence_dbfs=cfg.service.silence_dbfs,
+        ),
+    )
+
+
+def sink_factories(cfg: Config) -> list[SinkFactory]:
+    """Per-recording sinks beyond the journal, encoder and level meter every recording has."""
+    factories: list[SinkFactory] = []
     if cfg.audioid.enabled:
-        publisher.enrichers.append(CatalogueHook(cfg))
+        from recorder.sinks.fingerprint import FingerprintSink
+
+        def fingerprint(ctx: RecordingContext) -> Sink:
+            return FingerprintSink(ctx.format.samplerate, ctx.format.channels)
+
+        factories.append(fingerprint)
+    return factories
+
+
+def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
+             bridge: bool | None = None) -> Assembly:
+    """Build every component `cfg` asks for, once.
+
+    `service`: also the service's workers (papad delivery, radio unless `radio` is false,
+    the bridge when Syncthing is configured or `bridge` is true); one-off commands only
+    publish and queue, durably, for the service to deliver.
+    """
+    layout = Layout.of(cfg.device.id, cfg.storage)
+    database = Database(cfg.db_path)
+    publisher = Publisher(layout)
+    parts = Assembly(
+        layout=layout, database=database,
+        reserve=Reserve(cfg.storage.sync_root, cfg.storage.reserve_mb),
+        publisher=publisher, pump_settings=pump_settings(cfg),
+        sink_factories=sink_factories(cfg),
+    )
+    bridged = service and (cfg.syncthing.api_key_file is not None if bridge is None else bridge)
+    if cfg.audioid.enabled or bridged:
+        from recorder.audioid.catalogue import Catalogue
+
+        parts.catalogue = Catalogue.from_config(database, cfg.audioid)
+    if cfg.audioid.enabled and parts.catalogue is not None:
+        publisher.enrichers.append(CatalogueHook(parts.catalogue))
     if cfg.papad.api != "none":
-        registration = Registration(cfg, deliver=service)
-        publisher.listeners.append(registration.on_published)
-        assembly.workers.append(registration)
+        from recorder.papad.outbox import Outbox
+
+        outbox = Outbox(database)
+        worker = None
+        if service:
+            from recorder.papad.client import make_client
+            from recorder.papad.outbox import OutboxWorker
+
+            parts.papad = make_client(cfg)  # a bad secret file stops start-up here, clearly
+            if parts.papad is not None:
+                worker = OutboxWorker(outbox, parts.papad, cfg.papad.concurrency)
+        parts.registration = Registration(outbox, layout, worker)
+        publisher.listeners.append(parts.registration.on_published)
     if cfg.syncthing.api_key_file is not None:
-        publisher.listeners.append(ScanHandOff(cfg))
-    if service:
-        radio = RadioWorker(cfg)
-        publisher.listeners.append(radio.update_playlist)
-        assembly.workers.append(radio)
-    if service and cfg.syncthing.api_key_file is not None:
-        from recorder.mesh.bridge import Bridge
+        from recorder.mesh.syncthing import SyncthingClient
 
-        reg = next((w for w in assembly.workers if isinstance(w, Registration)), None)
+        parts.syncthing = SyncthingClient.from_config(cfg.syncthing)
+        publisher.listeners.append(ScanHandOff(parts.syncthing, layout))
+    if service and radio:
+        parts.radio = RadioWorker(cfg, parts.catalogue)
+        publisher.listeners.append(parts.radio.update_playlist)
+    if bridged and parts.catalogue is not None:
+        parts.bridge = _bridge(cfg, parts)
+    return parts
 
-        def imported() -> None:  # peers' recordings: register now, and put them on the air
-            if reg is not None and reg.worker is not None:
-                reg.worker.wake()
+
+def _bridge(cfg: Config, parts: Assembly) -> Bridge:
+    """The sync bridge and its annotation exchange, sharing the service's outbox, papad and
+    Syncthing clients, catalogue and database."""
+    from recorder.mesh.annotations import AnnotationExchange
+    from recorder.mesh.bridge import Bridge
+    from recorder.mesh.store import BridgeStore
+
+    assert parts.catalogue is not None
+    store = BridgeStore(parts.database)
+    reg, radio = parts.registration, parts.radio
+    exchange = None
+    if reg is not None and parts.papad is not None:
+        exchange = AnnotationExchange(parts.layout, reg.outbox, parts.papad, store,
+                                      syncthing=parts.syncthing,
+                                      export_interval=cfg.mesh.export_interval)
+
+    def imported() -> None:  # peers' recordings: register now, and put them on the air
+        if reg is not None:
+            reg.wake()
+        if radio is not None:
             radio.update_playlist()
 
-        assembly.workers.append(Bridge(
-            cfg, outbox=reg.outbox if reg else None,  # one outbox for own and peers' recordings
-            on_queued=imported,
-        ))
-    return assembly
+    return Bridge(parts.layout, store, parts.catalogue,
+                  outbox=reg.outbox if reg is not None else None,  # one outbox for all
+                  on_queued=imported, syncthing=parts.syncthing, exchange=exchange,
+                  rescan_interval=cfg.mesh.rescan_interval)
 
 
-def build_publisher(cfg: Config) -> Publisher:
-    """The publisher with the hooks this configuration asks for."""
-    return assemble(cfg).publisher
+def build_pump(parts: Assembly, audio_cfg: AudioConfig, *, source: SourceSpec | None = None,
+               realtime: bool = True, loop: bool = False,
+               always_on: Sequence[AlwaysOnSink] = (),
+               on_event: PumpEvent | None = None) -> Pump:
+    """Open the source (`source`, else ``audio.source``) and build a pump around it, not
+    started. Raises DeviceError / InputFileError when the source cannot be opened."""
+    opened: AudioSource = open_source(source or audio_cfg.source, audio_cfg, realtime=realtime,
+                                      loop=loop)
+    return Pump(parts.pump_settings, opened, parts.publisher, parts.reserve,
+                always_on=always_on, extra_sinks=parts.sink_factories, on_event=on_event)
 
 
-def build_pump(cfg: Config, *, source_spec: str | None = None, realtime: bool = True,
-               loop: bool = False, always_on: Sequence[Sink] = (),
-               on_event: Callable[[str, dict[str, Any]], None] | None = None,
-               assembly: Assembly | None = None) -> Pump:
-    """Open the configured (or given) source and build a pump around it (not started)."""
-    assembly = assembly or assemble(cfg)
-    source: AudioSource = open_source(source_spec or cfg.audio.source, cfg.audio,
-                                      realtime=realtime, loop=loop)
-    return Pump(cfg, source, assembly.publisher, always_on=always_on,
-                extra_sinks=assembly.sink_factories, on_event=on_event)
+__all__ = ["Assembly", "CatalogueHook", "Registration", "Worker", "assemble", "build_pump"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +36,24 @@ def boot_id() -> str:
         return ""
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    # Looked up once: find_library runs `ldconfig -p` in a subprocess (3 ms here, far more on a
+    # Pi), and now() is called for every recording and status request.
+    name = ctypes.util.find_library("c") or "libc.so.6"
+    try:
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
 def clock_synchronized() -> bool:
     """True if the kernel says the wall clock is NTP-synchronised (adjtimex state).
 
     This is what ``timedatectl``'s "System clock synchronized" reports, read without D-Bus.
     """
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
+    libc = _libc()
+    if libc is not None:
         # struct timex is 208 bytes on 64-bit Linux; modes (the first field) = 0: read-only.
         buf = ctypes.create_string_buffer(256)
         state = libc.adjtimex(buf)

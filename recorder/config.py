@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recorder.codec import unsupported_rate
 from recorder.errors import ConfigError
 
 SYSTEM_CONFIG = Path("/etc/recorder/recorder.toml")
@@ -29,8 +30,33 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class SourceSpec:
+    """Where audio comes from: a PortAudio input (`device`: name substring, index or
+    ``default``) or a sound file (`file`), written ``file:PATH`` in the config."""
+
+    device: str = "default"
+    file: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str, key: str = "audio.source") -> SourceSpec:
+        """``file:PATH`` or a device; ConfigError for ``file:`` without a path."""
+        if text.startswith("file:"):
+            if len(text) == 5:
+                raise ConfigError(f"{key}: file: needs a path, e.g. file:/srv/clip.wav")
+            return cls(device="", file=Path(text[5:]))
+        return cls(device=text or "default")
+
+    @property
+    def is_file(self) -> bool:
+        return self.file is not None
+
+    def __str__(self) -> str:
+        return f"file:{self.file}" if self.file is not None else self.device
+
+
+@dataclass(frozen=True)
 class AudioConfig:
-    source: str = "default"  # PortAudio device name substring or index, or "file:PATH"
+    source: SourceSpec = field(default_factory=SourceSpec)
     samplerate: int = 48000
     channels: int = 1
     blocksize: int = 1024
@@ -89,6 +115,12 @@ class SyncthingConfig:
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+    rescan_interval: float = 60.0  # seconds between the bridge's full scans (a safety net)
+    export_interval: float = 300.0  # seconds between annotation exports (papad has no events)
+
+
+@dataclass(frozen=True)
 class RadioConfig:
     live: bool = False
     url: str = "http://127.0.0.1:8001"  # 8000 is papad's
@@ -136,6 +168,7 @@ class Config:
     audioid: AudioIdConfig = field(default_factory=AudioIdConfig)
     papad: PapadConfig = field(default_factory=PapadConfig)
     syncthing: SyncthingConfig = field(default_factory=SyncthingConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     radio: RadioConfig = field(default_factory=RadioConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -226,6 +259,10 @@ def _url(key: str, value: Any) -> str:
     return value.rstrip("/")
 
 
+def _source(key: str, value: Any) -> SourceSpec:
+    return SourceSpec.parse(_string(key, value), key)
+
+
 def _mount(key: str, value: Any) -> str:
     value = _string(key, value)
     if not value.startswith("/") or len(value) < 2 or " " in value:
@@ -238,7 +275,7 @@ _boolean = _type(bool, "true or false")
 SCHEMA: dict[str, dict[str, Check]] = {
     "device": {"id": _string},
     "audio": {
-        "source": _string,
+        "source": _source,
         "samplerate": _choice(*SAMPLERATES),
         "channels": _number(1, 2, integer=True),
         "blocksize": _number(64, 16384, integer=True),
@@ -284,6 +321,10 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "api_key_file": _optional_path,
         "rescan_interval": _number(0, 86400, integer=True),
         "watcher_delay": _number(1, 3600, integer=True),
+    },
+    "mesh": {
+        "rescan_interval": _number(1, 86400),
+        "export_interval": _number(1, 86400),
     },
     "radio": {
         "live": _boolean,
@@ -422,8 +463,11 @@ def _cross_checks(built: dict[str, Any]) -> None:
             f"storage.staging_dir: must be outside the synced tree {sync_root}; got {staging}"
         )
     audio: AudioConfig = built["audio"]
-    if audio.source.startswith("file:") and len(audio.source) == 5:
-        raise ConfigError("audio.source: file: needs a path, e.g. file:/srv/clip.wav")
+    encoder: EncoderConfig = built["encoder"]
+    problem = unsupported_rate(encoder.codec, audio.samplerate)
+    if problem:
+        raise ConfigError(f"encoder.codec: {problem}; set audio.samplerate to one of those "
+                          "or use codec = \"vorbis\"")
     papad: PapadConfig = built["papad"]
     if papad.api == "papad":
         if papad.auth == "token" and papad.token_file is None:

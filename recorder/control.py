@@ -91,7 +91,8 @@ class ControlServer:
 
     def _serve(self) -> None:
         while not self._closed:
-            ready, _, _ = select.select([self._sock, self._wake_r], [], [])
+            waiting: list[Any] = [self._sock, self._wake_r]
+            ready, _, _ = select.select(waiting, [], [])
             if self._wake_r in ready or self._closed:
                 return
             try:

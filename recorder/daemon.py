@@ -6,26 +6,39 @@ watches its own health (device present, audio flowing, silence, clipping, disk, 
 going across errors: a vanished microphone finishes and publishes what was recorded, then the
 service polls until the device returns and reopens it by name.
 
+**One thread owns the service's state.** The main thread runs an event loop; every other
+thread only queues an event for it: GPIO input threads (presses), the control-socket threads
+(commands, which wait for the reply), signal handlers (``SimpleQueue.put`` is safe there), the
+pump and publisher threads (recording, published, device lost, pump failed). The loop sleeps
+until the next event or the next timed duty (watchdog ping, disk check, device retry), so an
+idle service wakes only a few times a minute. State, last error, disk state and the LED are
+therefore changed in one place, in order, without locks.
+
 systemd sees READY=1 once the first audio block has arrived, and WATCHDOG=1 only while the pump
-really moves audio, so a hung capture gets the service restarted.
+really moves audio, so a hung capture gets the service restarted. A pump that dies (an
+unexpected exception on its thread) publishes what it had, shows "failed" on the LED and in
+status, and is restarted; if it keeps failing the service exits non-zero for systemd.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
+import queue
 import signal
 import threading
 import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from recorder import app, clock
 from recorder.atomic import makedirs_durable
-from recorder.config import Config
+from recorder.config import Config, SourceSpec
 from recorder.control import ControlServer
-from recorder.errors import DeviceError, RecorderError
+from recorder.errors import DeviceError, RecorderError, ServiceError
 from recorder.led import NullLed, StatusLed, open_status_led
-from recorder.pump import Pump
+from recorder.pump import Pump, PumpEvent, RecordingStateError
 from recorder.recover import recover
 from recorder.sdnotify import Notifier
 from recorder.sinks.levels import LevelMeter
@@ -34,29 +47,50 @@ from recorder.triggers import LIVE_OFF, LIVE_ON, MARK, TOGGLE, Triggers, drive_m
 log = logging.getLogger(__name__)
 
 DEVICE_RETRY_SECONDS = 2.0
-TICK = 0.1
+DISK_CHECK_SECONDS = 5.0
+COMMAND_TIMEOUT = 30.0  # a control client waits this long for the main loop's answer
+PUMP_RESTARTS = 3  # pump failures within PUMP_RESTART_WINDOW before the service gives up
+PUMP_RESTART_WINDOW = 600.0
+
+
+class ServiceState(StrEnum):
+    """What `recorder ctl status` reports as ``state``."""
+
+    STARTING = "starting"
+    IDLE = "idle"  # armed: the ring is filling, a press records
+    RECORDING = "recording"
+    NO_DEVICE = "no_device"
+    FAILED = "failed"  # the pump died; it is being restarted
+    STOPPING = "stopping"
+
+
+@dataclass
+class _Event:
+    kind: str  # command | trigger | pump | stop | toggle
+    data: dict[str, Any] = field(default_factory=dict)
+    reply: Future[dict[str, Any]] | None = None
 
 
 class Service:
     """The long-running appliance: source, triggers, LED, control socket, health, watchdog."""
 
-    def __init__(self, cfg: Config, *, source_spec: str | None = None, realtime: bool = True,
+    def __init__(self, cfg: Config, *, source: SourceSpec | None = None, realtime: bool = True,
                  pin_factory: Any = None, notifier: Notifier | None = None) -> None:
         self.cfg = cfg
-        self.source_spec = source_spec or cfg.audio.source
+        self.source = source or cfg.audio.source
         self.realtime = realtime
         self.pin_factory = pin_factory
         self.notifier = notifier or Notifier()
-        self.assembly = app.assemble(cfg, service=True)
-        self.publisher = self.assembly.publisher
+        self.parts = app.assemble(cfg, service=True)
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        # -- owned by the main thread (the event loop) --
         self.meter = LevelMeter(cfg.audio.samplerate, cfg.service.silence_dbfs)
         self.pump: Pump | None = None
         self.triggers: Triggers | None = None
         self.led: StatusLed | NullLed = NullLed()
         self.control: ControlServer | None = None
-        self.stopping = threading.Event()
-        self._lock = threading.Lock()  # serialises start/stop/mark from buttons, socket, signals
-        self.state = "starting"
+        self.state = ServiceState.STARTING
         self.device_error: str | None = None
         self.storage_error: str | None = None
         self.last_error: str | None = None
@@ -65,46 +99,47 @@ class Service:
         self.disk_low = False
         self._free_mb = -1
         self._next_disk_check = 0.0
+        self._next_open = 0.0
         self._ready_sent = False
-        self._workers = self.assembly.workers
+        self._last_ping = 0.0
+        self._last_ping_pos = 0
+        self._pump_failures: list[float] = []
+        self.exit_code = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or `request_stop`); returns the exit code."""
         self._install_signals()
-        makedirs_durable(self.cfg.device_folder)
-        makedirs_durable(self.cfg.storage.staging_dir)
-        for outcome in recover(self.cfg, self.publisher):
-            log.warning("recovered %s: %s: %s", outcome.recording_id, outcome.action,
-                        outcome.detail)
-        self._open_gpio()
-        self.control = ControlServer(self.cfg.service.control_socket, self.handle_command,
-                                     group=self.cfg.service.socket_group)
-        for worker in self._workers:
-            worker.start()
-        if self.triggers is not None and self.triggers.live:  # the switch was already on
-            self._set_live(True)
         try:
-            while not self.stopping.is_set():
-                pump = self._open_pump()
-                if pump is None:
-                    continue
-                self._serve(pump)
+            makedirs_durable(self.cfg.device_folder)
+            makedirs_durable(self.cfg.storage.staging_dir)
+            for outcome in recover(self.cfg, self.parts.publisher):
+                log.warning("recovered %s: %s: %s", outcome.recording_id, outcome.action,
+                            outcome.detail)
+            self._open_gpio()
+            self.control = ControlServer(self.cfg.service.control_socket, self._from_socket,
+                                         group=self.cfg.service.socket_group)
+            for worker in self.parts.workers:
+                worker.start()
+            if self.triggers is not None and self.triggers.live:  # the switch was already on
+                self._set_live(True)
+            self._loop()
         finally:
             self._shutdown()
-        return 0
+        return self.exit_code
 
     def request_stop(self) -> None:
+        """Ask the service to stop (any thread)."""
         self.stopping.set()
+        self._events.put(_Event("stop"))
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        # Handlers only queue: SimpleQueue.put is reentrant, safe inside a signal handler.
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
-        # A toggle from a signal handler must not take locks the main thread may hold.
-        signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(
-            target=self._toggle_quietly, args=("signal",), daemon=True).start())
+        signal.signal(signal.SIGUSR1, lambda *_: self._events.put(_Event("toggle")))
 
     def _open_gpio(self) -> None:
         try:
@@ -115,13 +150,76 @@ class Service:
             self.triggers = None
             self.led = NullLed()
 
-    def _open_pump(self) -> Pump | None:
-        if self.device_error is not None and not self.source_spec.startswith("file:"):
+    # -- the event loop (main thread) ------------------------------------------------------------
+    def _loop(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        ping_every = interval / 3 if interval else None
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if self.pump is None and now >= self._next_open:
+                self._open_pump()
+            self._duties(time.monotonic(), ping_every)
+            try:
+                event: _Event | None = self._events.get(timeout=self._sleep(ping_every))
+            except queue.Empty:
+                event = None
+            while event is not None:
+                self._handle(event)
+                self._update_led()  # before the next event: a status reply shows it
+                try:
+                    event = self._events.get_nowait()
+                except queue.Empty:
+                    event = None
+            self._update_led()
+        self.state = ServiceState.STOPPING
+
+    def _sleep(self, ping_every: float | None) -> float:
+        """Seconds until the next timed duty."""
+        now = time.monotonic()
+        due = [self._next_disk_check]
+        if self.pump is None:
+            due.append(self._next_open)
+        elif ping_every:
+            due.append(self._last_ping + ping_every)
+        return min(60.0, max(0.01, min(due) - now))
+
+    def _duties(self, now: float, ping_every: float | None) -> None:
+        pump = self.pump
+        if pump is not None and ping_every and now - self._last_ping >= ping_every:
+            if pump.pos > self._last_ping_pos:
+                # Audio really moved through the pump since the last ping.
+                self.notifier.watchdog()
+                self._last_ping_pos = pump.pos
+            self._last_ping = now
+        if now >= self._next_disk_check:
+            self._next_disk_check = now + DISK_CHECK_SECONDS
+            self._check_disk()
+
+    def _handle(self, event: _Event) -> None:
+        if event.kind == "command":
+            assert event.reply is not None
+            try:
+                event.reply.set_result(self.handle_command(event.data))
+            except BaseException as exc:
+                event.reply.set_exception(exc)
+        elif event.kind == "trigger":
+            self._trigger(event.data["name"], event.data["at"])
+        elif event.kind == "toggle":
+            try:
+                self.toggle("signal")
+            except RecorderError as exc:
+                log.error("signal toggle refused: %s", exc)
+        elif event.kind == "pump":
+            self._pump_event(event.data["kind"], event.data["detail"], event.data["pump"])
+
+    # -- the pump --------------------------------------------------------------------------------
+    def _open_pump(self) -> None:
+        if self.device_error is not None and not self.source.is_file:
             self._rescan()
         try:
-            pump = app.build_pump(self.cfg, source_spec=self.source_spec, realtime=self.realtime,
-                                  loop=True, always_on=[self.meter], on_event=self._on_pump_event,
-                                  assembly=self.assembly)
+            pump = app.build_pump(self.parts, self.cfg.audio, source=self.source,
+                                  realtime=self.realtime, loop=True)
+            pump.on_event = self._pump_listener(pump)
             pump.start()
             try:
                 pump.wait_first_block(self.cfg.audio.device_wait)
@@ -134,31 +232,33 @@ class Service:
                           DEVICE_RETRY_SECONDS)
                 self.notifier.status(f"no audio device: {exc}")
             self.device_error = str(exc)
-            self.state = "no_device"
-            self._check_disk(time.monotonic())
+            self.state = ServiceState.NO_DEVICE
+            self._next_open = time.monotonic() + DEVICE_RETRY_SECONDS
             self._update_led()
-            self.stopping.wait(DEVICE_RETRY_SECONDS)
-            return None
+            return
         if self.device_error:
             log.info("audio device %s is back", pump.source.name)
         self.device_error = None
-        self.meter = LevelMeter(pump.source.samplerate, self.cfg.service.silence_dbfs)
-        streams = [w for w in self._workers if hasattr(w, "write")]
-        if pump.source.samplerate != self.cfg.audio.samplerate and streams:
-            log.warning("source runs at %d Hz, not the configured %d Hz: live stream disabled",
-                        pump.source.samplerate, self.cfg.audio.samplerate)
-            streams = []
-        pump.always_on = [self.meter, *streams]
+        self.meter = LevelMeter(pump.format.samplerate, self.cfg.service.silence_dbfs)
+        pump.always_on = [self.meter, *self.parts.stream_sinks]
         self.pump = pump
-        self.state = "idle"
+        self.state = ServiceState.IDLE
+        self._last_ping, self._last_ping_pos = time.monotonic(), pump.pos
         if not self._ready_sent:
             self.notifier.ready()
             self._ready_sent = True
         self.notifier.status(f"armed on {pump.source.name}")
-        log.info("armed: %s at %d Hz, %.1f s pre-roll", pump.source.name,
-                 pump.source.samplerate, self.cfg.audio.preroll)
+        log.info("armed: %s at %s, %.1f s pre-roll", pump.source.name, pump.format,
+                 self.cfg.audio.preroll)
         self._update_led()
-        return pump
+
+    def _pump_listener(self, pump: Pump) -> PumpEvent:
+        """The pump's event callback (pump and publisher threads): queue the event."""
+
+        def listener(kind: str, detail: dict[str, Any]) -> None:
+            self._events.put(_Event("pump", {"kind": kind, "detail": detail, "pump": pump}))
+
+        return listener
 
     @staticmethod
     def _rescan() -> None:
@@ -169,73 +269,96 @@ class Service:
         except Exception as exc:  # PortAudio missing entirely: the open below reports it
             log.debug("device rescan failed: %s", exc)
 
-    def _serve(self, pump: Pump) -> None:
-        interval = self.notifier.watchdog_interval()
-        ping_every = interval / 3 if interval else None
-        last_ping = 0.0
-        last_pos = pump.pos
-        while not self.stopping.is_set():
-            now = time.monotonic()
-            if ping_every and now - last_ping >= ping_every and pump.pos > last_pos:
-                # Audio really moved through the pump since the last ping.
-                self.notifier.watchdog()
-                last_ping, last_pos = now, pump.pos
-            self._check_disk(now)
-            if pump.device_lost:
-                break
-            self._update_led()
-            self.stopping.wait(TICK)
-        with self._lock:
-            fut = pump.close()
-            self.pump = None
+    def _close_pump(self, why: str) -> None:
+        pump, self.pump = self.pump, None
+        if pump is None:
+            return
+        fut = pump.close()
         if fut is not None:
             try:
                 fut.result(timeout=30)
             except Exception as exc:
                 log.error("publishing the interrupted recording failed: %s", exc)
-        if pump.device_lost and not self.stopping.is_set():
-            self.device_error = f"audio from {pump.source.name!r} stopped"
-            self.state = "no_device"
-            self._update_led()
-            self.notifier.status(f"audio device lost: {pump.source.name}")
-            self.stopping.wait(DEVICE_RETRY_SECONDS)
+        log.info("audio source closed: %s", why)
+
+    def _pump_event(self, kind: str, detail: dict[str, Any], source: Pump) -> None:
+        current = source is self.pump  # a closed pump's late events change no device state
+        if kind == "published":
+            self.published_count += 1
+            self.last_published = detail
+            self.last_error = None
+        elif kind == "publish_failed":
+            self.last_error = f"publishing failed: {detail.get('error')}"
+        elif kind == "disk_low":
+            self.disk_low = True
+            self.last_error = detail.get("error")
+        elif kind == "bookmark":
+            log.info("bookmark at %.2f s", detail["at"])
+        elif kind == "device_lost" and current:
+            self.last_error = f"audio device lost: {detail.get('source')}"
+            name = source.source.name
+            self._close_pump("device lost")
+            self.device_error = f"audio from {name!r} stopped"
+            self.state = ServiceState.NO_DEVICE
+            self.notifier.status(f"audio device lost: {name}")
+            self._next_open = time.monotonic() + DEVICE_RETRY_SECONDS
+        elif kind == "pump_failed" and current:
+            self._pump_failed(str(detail.get("error")))
+
+    def _pump_failed(self, error: str) -> None:
+        now = time.monotonic()
+        self._pump_failures = [t for t in self._pump_failures if now - t < PUMP_RESTART_WINDOW]
+        self._pump_failures.append(now)
+        self.last_error = f"audio pump failed: {error}"
+        self.state = ServiceState.FAILED
+        self._update_led()
+        self.notifier.status(self.last_error)
+        self._close_pump("pump failed")
+        if len(self._pump_failures) >= PUMP_RESTARTS:
+            log.critical("the audio pump failed %d times in %.0f s: exiting for a restart",
+                         len(self._pump_failures), PUMP_RESTART_WINDOW)
+            self.exit_code = 1
+            self.request_stop()
+            return
+        self._next_open = now + DEVICE_RETRY_SECONDS
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
-        for worker in self._workers:
+        try:
+            self._close_pump("shutdown")
+        except Exception:
+            log.exception("closing the audio source failed")
+        for worker in self.parts.workers:
             try:
                 worker.stop()
             except Exception:
-                log.exception("stopping %s failed", worker)
+                log.exception("stopping %s failed", worker.name)
         if self.control is not None:
             self.control.close()
         if self.triggers is not None:
             self.triggers.close()
         self.led.set_state("off")
         self.led.close()
+        self.parts.close()
         log.info("stopped")
 
-    # -- actions ---------------------------------------------------------------------------------
+    # -- actions (main thread) -------------------------------------------------------------------
     def start(self, trigger: str, seconds_ago: float = 0.0) -> str:
-        with self._lock:
-            pump = self._require_pump()
-            handle = pump.start_recording(trigger, seconds_ago=seconds_ago)
+        pump = self._require_pump()
+        handle = pump.start_recording(trigger, seconds_ago=seconds_ago)
         log.info("recording %s started (%s)", handle.recording_id, trigger)
         self._update_led()
         return handle.recording_id
 
     def stop(self, trigger: str) -> None:
-        with self._lock:
-            pump = self._require_pump()
-            pump.stop_recording("stopped")
+        self._require_pump().stop_recording("stopped")
         log.info("recording stopped (%s)", trigger)
 
     def mark(self, trigger: str, seconds_ago: float = 0.0) -> bool:
-        with self._lock:
-            pump = self._require_pump()
-            if not pump.recording:
-                return False
-            pump.mark(trigger, seconds_ago=seconds_ago)
+        pump = self._require_pump()
+        if not pump.recording:
+            return False
+        pump.mark(trigger, seconds_ago=seconds_ago)
         self.led.flash()
         return True
 
@@ -246,18 +369,17 @@ class Service:
         else:
             self.start(trigger, seconds_ago)
 
-    def _toggle_quietly(self, trigger: str) -> None:
-        try:
-            self.toggle(trigger)
-        except RecorderError as exc:
-            log.error("%s toggle refused: %s", trigger, exc)
-
     def _require_pump(self) -> Pump:
         if self.pump is None:
-            raise DeviceError(self.device_error or "the audio source is not open yet")
+            raise DeviceError(self.device_error or self.last_error
+                              or "the audio source is not open yet")
         return self.pump
 
     def _on_trigger(self, name: str, at: float) -> None:
+        """GPIO thread: hand the press to the main loop."""
+        self._events.put(_Event("trigger", {"name": name, "at": at}))
+
+    def _trigger(self, name: str, at: float) -> None:
         seconds_ago = max(0.0, time.monotonic() - at)
         try:
             if name == TOGGLE:
@@ -270,60 +392,38 @@ class Service:
         except RecorderError as exc:
             log.error("button %s refused: %s", name, exc)
             self.last_error = str(exc)
-            self._update_led()
 
     def _set_live(self, on: bool) -> dict[str, Any]:
-        for worker in self._workers:
-            if hasattr(worker, "set_live"):
-                worker.set_live(on)
-                return {"live": on}
-        raise RecorderError("no radio stream configured ([radio] section)")
-
-    def _on_pump_event(self, kind: str, detail: dict[str, Any]) -> None:
-        if kind == "published":
-            self.published_count += 1
-            self.last_published = detail
-            self.last_error = None
-        elif kind == "publish_failed":
-            self.last_error = f"publishing failed: {detail.get('error')}"
-        elif kind == "device_lost":
-            self.last_error = f"audio device lost: {detail.get('source')}"
-        elif kind == "disk_low":
-            self.disk_low = True
-            self.last_error = detail.get("error")
-        elif kind == "bookmark":
-            log.info("bookmark at %.2f s", detail["at"])
-        for worker in self._workers:
-            if hasattr(worker, "on_pump_event"):
-                worker.on_pump_event(kind, detail)
+        if self.parts.radio is None:
+            raise RecorderError("no radio stream configured ([radio] section)")
+        self.parts.radio.set_live(on)
+        return {"live": on}
 
     # -- health ----------------------------------------------------------------------------------
-    def _check_disk(self, now: float) -> None:
-        if now < self._next_disk_check:
-            return
-        self._next_disk_check = now + 5.0
+    def _check_disk(self) -> None:
         try:
-            free = shutil.disk_usage(self.cfg.storage.sync_root).free
+            report = self.parts.reserve.report()
         except OSError as exc:
             self.storage_error = f"sync root unavailable: {exc}"
             return
         self.storage_error = None
-        self._free_mb = free // (1024 * 1024)
-        self.disk_low = self._free_mb < self.cfg.storage.reserve_mb
+        self._free_mb = report.free_mb
+        self.disk_low = report.low
 
     def _update_led(self) -> None:
         pump = self.pump
-        if self.device_error or self.storage_error or (self.last_error and not self.disk_low):
-            state = "error"
-        elif pump is not None and pump.recording:
-            state = "recording"
+        if pump is not None and self.state in (ServiceState.IDLE, ServiceState.RECORDING):
+            self.state = ServiceState.RECORDING if pump.recording else ServiceState.IDLE
+        if (self.device_error or self.storage_error or self.state == ServiceState.FAILED
+                or (self.last_error and not self.disk_low)):
+            led = "error"
+        elif self.state == ServiceState.RECORDING:
+            led = "recording"
         elif self.disk_low:
-            state = "disk_low"
+            led = "disk_low"
         else:
-            state = "idle"
-        if pump is not None:
-            self.state = "recording" if pump.recording else "idle"
-        self.led.set_state(state)
+            led = "idle"
+        self.led.set_state(led)
 
     def warnings(self) -> list[str]:
         out = []
@@ -335,16 +435,17 @@ class Service:
             if self.meter.last_clip_frame >= 0 and recent < 10:
                 out.append("input clipping: lower the microphone gain")
         if self.disk_low:
-            out.append(f"free space {self._free_mb} MB is below the reserve")
+            out.append(f"free space {self._free_mb} MB is below the reserve "
+                       f"({self.parts.reserve.reserve_mb} MB)")
         out.extend(e for e in (self.device_error, self.storage_error) if e)
         return out
 
     def status(self) -> dict[str, Any]:
-        """Everything `recorder ctl status` shows."""
+        """Everything `recorder ctl status` shows (main thread)."""
         pump = self.pump
         ts = clock.now()
         return {
-            "state": self.state,
+            "state": str(self.state),
             "device_id": self.cfg.device.id,
             "led": self.led.state,
             "audio": pump.status() if pump is not None else None,
@@ -354,22 +455,35 @@ class Service:
             "last_published": self.last_published,
             "published": self.published_count,
             "free_mb": self._free_mb,
+            "reserve_mb": self.parts.reserve.reserve_mb,
             "clock_synced": ts.clock_synced,
-            "workers": {getattr(w, "name", type(w).__name__): w.status()
-                        for w in self._workers if hasattr(w, "status")},
+            "workers": {w.name: w.status() for w in self.parts.workers},
         }
 
     # -- control socket --------------------------------------------------------------------------
+    def _from_socket(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control-socket thread: run the command on the main loop and wait for its answer."""
+        if request.get("command") == "pin":
+            return self._drive_mock_pin(request)  # drives pins only; the presses queue events
+        reply: Future[dict[str, Any]] = Future()
+        self._events.put(_Event("command", dict(request), reply))
+        try:
+            return reply.result(timeout=COMMAND_TIMEOUT)
+        except TimeoutError:
+            raise ServiceError("the service did not answer in time (busy publishing?)") \
+                from None
+
     def handle_command(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One control command (main thread)."""
         command = request.get("command")
         if command == "start":
             if self.pump is not None and self.pump.recording:
-                raise RecorderError("already recording")
+                raise RecordingStateError("already recording")
             rid = self.start("socket")
             return {"message": f"recording {rid}", "recording_id": rid}
         if command == "stop":
             if self.pump is None or not self.pump.recording:
-                raise RecorderError("not recording")
+                raise RecordingStateError("not recording")
             self.stop("socket")
             return {"message": "stopped; publishing"}
         if command == "mark":
@@ -380,8 +494,6 @@ class Service:
             return self.status()
         if command == "live":
             return self._set_live(bool(request.get("on")))
-        if command == "pin":
-            return self._drive_mock_pin(request)
         raise RecorderError(f"unknown command {command!r}")
 
     def _drive_mock_pin(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -392,3 +504,6 @@ class Service:
         drive_mock_pin(self.pin_factory or Device.pin_factory, int(request["pin"]), steps,
                        self.cfg.gpio.active_low)
         return {"message": "driven"}
+
+
+__all__ = ["Service", "ServiceState"]

@@ -7,6 +7,7 @@ failure the field keeps hitting with SQLite on SD cards.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -44,3 +45,59 @@ class transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+class Database:
+    """The one owner of the service's SQLite database: every component that keeps tables in
+    it (catalogue, outbox, bridge, annotation links) is handed this object, never a path.
+
+    Each thread gets its own connection (`conn`), opened on first use with the durable
+    settings above, so components shared by the pump's publisher thread, the bridge and the
+    control thread never share a connection or need a lock for it. `close()` closes them all
+    (at shutdown, after the threads stopped).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._schemas: set[tuple[str, ...]] = set()
+
+    def __repr__(self) -> str:
+        return f"Database({str(self.path)!r})"
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, check_same_thread=False)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def ensure_schema(self, statements: Iterable[str]) -> None:
+        """Run a component's idempotent DDL once per process."""
+        key = tuple(statements)
+        with self._lock:
+            if key in self._schemas:
+                return
+        ensure_schema(self.conn, key)
+        with self._lock:
+            self._schemas.add(key)
+
+    def close(self) -> None:
+        """Close every connection opened so far (the threads using them must be done)."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()

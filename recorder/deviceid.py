@@ -29,6 +29,11 @@ def validate_device_id(value: str, key: str = "device.id") -> str:
     return value
 
 
+def is_device_id(value: str) -> bool:
+    """True if `value` is a safe device id (see `validate_device_id`)."""
+    return bool(_SAFE_ID.match(value)) and value not in (".", "..")
+
+
 def mac_device_id(sys_class_net: Path = Path("/sys/class/net")) -> str | None:
     """MAC of the first real interface (sorted by name, wired before wireless), or None."""
     candidates = []

@@ -6,7 +6,6 @@ degrades the appliance without stopping it (an unsynchronised clock, papad unrea
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from recorder import clock
 from recorder.config import Config
 from recorder.errors import RecorderError
-from recorder.pump import check_reserve
+from recorder.storage import Reserve, same_filesystem
 
 Check = dict[str, Any]
 
@@ -33,16 +32,17 @@ def _config(cfg: Config) -> str:
 
 def _device(cfg: Config) -> str:
     spec = cfg.audio.source
-    if spec.startswith("file:"):
+    if spec.file is not None:
         from recorder.sources.file import open_sound_file
 
-        with open_sound_file(spec[5:]) as f:
-            return f"file source {spec[5:]} ({f.samplerate} Hz, {f.channels} ch)"
+        with open_sound_file(spec.file) as f:
+            return f"file source {spec.file} ({f.samplerate} Hz, {f.channels} ch)"
+    from recorder.sources import configured_format
     from recorder.sources.portaudio import PortAudioSource
 
-    src = PortAudioSource(spec, samplerate=cfg.audio.samplerate, channels=cfg.audio.channels,
-                          blocksize=cfg.audio.blocksize)
-    return f"{src.name!r} records {cfg.audio.channels} ch at {cfg.audio.samplerate} Hz"
+    fmt = configured_format(cfg.audio)
+    src = PortAudioSource(spec.device, fmt, blocksize=cfg.audio.blocksize)
+    return f"{src.name!r} records {fmt}"
 
 
 def _writable(cfg: Config) -> str:
@@ -51,7 +51,7 @@ def _writable(cfg: Config) -> str:
     cfg.storage.staging_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cfg.storage.staging_dir):
         pass
-    if os.stat(cfg.storage.staging_dir).st_dev != os.stat(cfg.storage.sync_root).st_dev:
+    if not same_filesystem(cfg.storage.staging_dir, cfg.storage.sync_root):
         raise RecorderError(
             f"staging {cfg.storage.staging_dir} is not on the sync root's filesystem: "
             "publishing could not be atomic"
@@ -60,7 +60,9 @@ def _writable(cfg: Config) -> str:
 
 
 def _free(cfg: Config) -> str:
-    free_mb = check_reserve(cfg) // (1024 * 1024)  # the rule recording itself applies
+    cfg.storage.sync_root.mkdir(parents=True, exist_ok=True)
+    # The rule recording itself applies.
+    free_mb = Reserve(cfg.storage.sync_root, cfg.storage.reserve_mb).check() // (1024 * 1024)
     return f"{free_mb} MB free (reserve {cfg.storage.reserve_mb} MB)"
 
 

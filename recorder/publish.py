@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from recorder import sidecar
-from recorder.atomic import atomic_write_text, publish_file
-from recorder.config import Config
+from recorder.atomic import atomic_write_text, fsync_dir, publish_file
+from recorder.layout import Layout
 from recorder.session import StagedRecording
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,19 @@ class Published:
 
 @dataclass
 class Publisher:
-    cfg: Config
+    """Publishes into the layout's device folder, staging temporary files in its staging
+    directory (same filesystem, outside every synced folder)."""
+
+    layout: Layout
     enrichers: list[Enricher] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
 
     def publish(self, staged: StagedRecording) -> Published:
-        """Move `staged` into the device folder and notify listeners; returns the result."""
+        """Move `staged` into the device folder and notify listeners; returns the result.
+
+        Either both files are in place, or (OSError, e.g. a full disk) neither is visible and
+        the recording is still in staging, for `recorder recover` to publish later.
+        """
         doc = dict(staged.meta)
         for enrich in self.enrichers:
             try:
@@ -58,11 +65,19 @@ class Publisher:
             except Exception:
                 log.exception("sidecar enricher %s failed; publishing without it", enrich)
         sidecar.validate(doc)
-        folder = self.cfg.device_folder
-        ogg_target = folder / doc["path"]
+        ogg_target = self.layout.device_folder / doc["path"]
         json_target = ogg_target.with_suffix(".json")
         publish_file(staged.ogg, ogg_target)
-        atomic_write_text(json_target, sidecar.dumps(doc), staging_dir=self.cfg.storage.staging_dir)
+        try:
+            atomic_write_text(json_target, sidecar.dumps(doc),
+                              staging_dir=self.layout.staging_dir)
+        except BaseException:
+            # An OGG without its sidecar must not stay visible: Syncthing would carry it and
+            # recovery would re-encode it under a second sha256. Put it back into staging.
+            os.replace(ogg_target, staged.ogg)
+            with contextlib.suppress(OSError):
+                fsync_dir(ogg_target.parent)
+            raise
         result = Published(doc, ogg_target, json_target, time.monotonic())
         log.info("published %s (%.1f s, %s)", ogg_target, doc["duration"], doc["stop_reason"])
         for listener in self.listeners:

@@ -5,9 +5,16 @@ every block, feeds the recording session when there is one, enforces the session
 (maximum length, disk reserve, device gone, end of input) and hands finished recordings to the
 publisher thread, so publishing never holds up audio.
 
-Other threads talk to it through `start_recording`, `stop_recording` and `mark`. Each takes the
-ring's write position at the moment it is called, so a trigger means "now", however late the
-pump gets to it: that is what makes pre-roll exact.
+One controlling thread (the service's main loop, or ``recorder record``) talks to it through
+`start_recording`, `stop_recording` and `mark`. Each takes the ring's write position at the
+moment it is called, so a trigger means "now", however late the pump gets to it: that is what
+makes pre-roll exact. The recording in progress (`active`) changes under the pump's own lock,
+on the controlling thread (start) and on the pump thread (a limit finishing it), so a start
+never races a recording that is just ending.
+
+The pump thread is a fault boundary: an unexpected exception finishes the recording in hand
+(``stop_reason = internal_error``: what reached the disk is published), stops the thread and
+reports ``pump_failed``, so the service shows a failed state instead of "recording" forever.
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,37 +29,37 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from recorder import clock
-from recorder.config import Config
+from recorder.audioformat import AudioFormat
 from recorder.errors import DeviceError, DiskReserveError, RecorderError
 from recorder.publish import Published, Publisher
 from recorder.ring import RingBuffer
-from recorder.session import Session, SinkFactory
-from recorder.sinks import Sink
+from recorder.session import Session, SessionSettings, SinkFactory, StagedRecording
+from recorder.sidecar import StopReason
+from recorder.sinks import AlwaysOnSink
 from recorder.sources import AudioSource
+from recorder.storage import Reserve, is_disk_full
 
 log = logging.getLogger(__name__)
 
 RING_SLACK_SECONDS = 15.0  # how long the pump may stall (e.g. finishing a recording) losslessly
 MAX_CHUNK_SECONDS = 0.5  # largest block handed to sinks at once
+RESERVE_CHECK_SECONDS = 1.0  # of audio written: how often a recording re-checks the reserve
+WAKE_SECONDS = 0.05  # longest the pump sleeps with audio pending (commands wake it at once)
+
+PumpEvent = Callable[[str, dict[str, Any]], None]
 
 
-def free_bytes(path: Any) -> int:
-    """Free bytes for an unprivileged writer on the filesystem holding `path`."""
-    return shutil.disk_usage(path).free
+@dataclass(frozen=True)
+class PumpSettings:
+    """What the pump needs from the configuration (built in `recorder.app`)."""
 
-
-def check_reserve(cfg: Config, free: Callable[[Any], int] = free_bytes) -> int:
-    """Raise DiskReserveError if free space on the sync root is below the reserve."""
-    target = cfg.storage.sync_root
-    target.mkdir(parents=True, exist_ok=True)
-    left = free(target)
-    if left < cfg.storage.reserve_mb * 1024 * 1024:
-        raise DiskReserveError(
-            f"only {left // (1024 * 1024)} MB free on {target}, below the "
-            f"{cfg.storage.reserve_mb} MB reserve: recording refused"
-        )
-    return left
+    preroll: float
+    max_seconds: float
+    stall_seconds: float
+    session: SessionSettings
 
 
 @dataclass(frozen=True)
@@ -71,35 +77,45 @@ class RecordingStateError(RecorderError):
 
 
 class Pump:
-    """Run a source into a ring and the ring into sinks; start, stop and mark recordings."""
+    """Run a source into a ring and the ring into sinks; start, stop and mark recordings.
 
-    def __init__(self, cfg: Config, source: AudioSource, publisher: Publisher, *,
-                 always_on: Sequence[Sink] = (), extra_sinks: Sequence[SinkFactory] = (),
-                 on_event: Callable[[str, dict[str, Any]], None] | None = None,
-                 free: Callable[[Any], int] = free_bytes) -> None:
-        self.cfg = cfg
+    `on_event(kind, detail)` is called from the pump and publisher threads with ``recording``,
+    ``bookmark``, ``published``, ``publish_failed``, ``device_lost``, ``disk_low`` and
+    ``pump_failed``; it must only hand the event over (the service queues it).
+    """
+
+    def __init__(self, settings: PumpSettings, source: AudioSource, publisher: Publisher,
+                 reserve: Reserve, *, always_on: Sequence[AlwaysOnSink] = (),
+                 extra_sinks: Sequence[SinkFactory] = (),
+                 on_event: PumpEvent | None = None) -> None:
+        self.settings = settings
         self.source = source
+        self.format: AudioFormat = source.format
         self.publisher = publisher
+        self.reserve = reserve
         self.always_on = list(always_on)
         self.extra_sinks = list(extra_sinks)
-        self.on_event = on_event or (lambda kind, detail: None)
-        self._free = free
-        rate = source.samplerate
-        self.preroll_frames = int(cfg.audio.preroll * rate)
-        self.ring = RingBuffer(self.preroll_frames + int(RING_SLACK_SECONDS * rate),
-                               source.channels)
+        self.on_event: PumpEvent = on_event or (lambda kind, detail: None)
+        self.preroll_frames = self.format.frames(settings.preroll)
+        self.ring = RingBuffer(self.preroll_frames + self.format.frames(RING_SLACK_SECONDS),
+                               self.format.channels)
         self.pos = 0  # absolute frame position of the pump (everything before went to sinks)
-        self.session: Session | None = None  # the recording the pump thread is feeding
-        self.active: Session | None = None  # the recording started and not yet finished
+        # Pump thread only: the recording being fed, where it started, counters at its start.
+        self.session: Session | None = None
         self._session_start = 0
         self._overflows_at_start = (0, 0)
+        self._next_reserve_check = 0
+        # Under _lock: the recording started and not yet finished (controller and pump thread).
+        self._lock = threading.Lock()
+        self._active: Session | None = None
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wake = threading.Event()
         self._publishing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_at = 0.0
-        self._next_disk_check = 0.0
         self.device_lost = False
+        self.failed: str | None = None  # why the pump thread died, if it did
         self.last_published: Published | None = None
         self.last_stop_to_published: float | None = None  # seconds, for health and benchmarks
         self.publish_errors = 0
@@ -126,10 +142,11 @@ class Pump:
     def close(self, timeout: float = 10.0) -> Future[Published] | None:
         """Stop everything. A recording in progress is finished and published ("shutdown");
         the returned future (if any) completes when it is published."""
-        fut = self.stop_recording("shutdown") if self.active is not None else None
+        fut = self.stop_recording(StopReason.SHUTDOWN) if self.recording else None
         if fut is not None:
             self._await_pump_idle(timeout)
         self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
         self.source.stop()
@@ -140,12 +157,10 @@ class Pump:
 
     def _await_pump_idle(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while (self.active is not None or not self._commands.empty()) and (
-            time.monotonic() < deadline
-        ):
+        while self.recording and time.monotonic() < deadline and self.failed is None:
             time.sleep(0.01)
 
-    # -- commands (any thread) -------------------------------------------------------------------
+    # -- commands (the controlling thread) -------------------------------------------------------
     def start_recording(self, trigger: str, *, title: str = "", tags: Sequence[str] = (),
                         max_seconds: float | None = None,
                         seconds_ago: float = 0.0) -> RecordingHandle:
@@ -153,71 +168,80 @@ class Pump:
         happened `seconds_ago` seconds before this call (a button edge seen late).
 
         May be called before `start()`, to record a source from its very first frame.
-        Raises DiskReserveError below the reserve and DeviceError while the device is gone.
+        Raises RecordingStateError while recording, DiskReserveError below the reserve and
+        DeviceError while the device is gone or the pump has failed.
         """
         if self.device_lost:
             raise DeviceError(f"audio device {self.source.name!r} is gone: recording refused")
-        if self.active is not None:
-            raise RecordingStateError("already recording")
-        check_reserve(self.cfg, self._free)
-        trigger_pos = max(0, self.ring.write_pos - self._frames(seconds_ago))
-        # The pump thread copies the pre-roll a moment from now, while the producer keeps
-        # writing: stay half the slack clear of the oldest frame so it is still there then.
-        margin = int(RING_SLACK_SECONDS * self.source.samplerate / 2)
-        start_pos = max(0, trigger_pos - self.preroll_frames,
-                        self.ring.write_pos - self.ring.capacity + margin)
-        preroll = (trigger_pos - start_pos) / self.source.samplerate
-        now = clock.now()
-        started = dataclasses.replace(now, utc=now.utc - seconds_ago,
-                                      monotonic=now.monotonic - seconds_ago)
-        limit = self.cfg.storage.max_seconds if max_seconds is None else min(
-            max_seconds, self.cfg.storage.max_seconds)
-        session = Session(
-            self.cfg, samplerate=self.source.samplerate, channels=self.source.channels,
-            started=started, preroll=preroll, trigger=trigger, title=title, tags=tags,
-            max_frames=int(limit * self.source.samplerate), extra_sinks=self.extra_sinks,
-        )
-        self.active = session
-        self._commands.put(("start", (session, start_pos)))
+        if self.failed is not None:
+            raise DeviceError(f"the audio pump failed ({self.failed}): recording refused")
+        with self._lock:
+            if self._active is not None:
+                raise RecordingStateError("already recording")
+            self.reserve.check()
+            fmt = self.format
+            trigger_pos = max(0, self.ring.write_pos - fmt.frames(seconds_ago))
+            # The pump thread copies the pre-roll a moment from now, while the producer keeps
+            # writing: stay half the slack clear of the oldest frame so it is still there then.
+            margin = fmt.frames(RING_SLACK_SECONDS / 2)
+            start_pos = max(0, trigger_pos - self.preroll_frames,
+                            self.ring.write_pos - self.ring.capacity + margin)
+            preroll = fmt.seconds(trigger_pos - start_pos)
+            now = clock.now()
+            started = dataclasses.replace(now, utc=now.utc - seconds_ago,
+                                          monotonic=now.monotonic - seconds_ago)
+            limit = self.settings.max_seconds if max_seconds is None else min(
+                max_seconds, self.settings.max_seconds)
+            session = Session(
+                self.settings.session, fmt, started=started, preroll=preroll, trigger=trigger,
+                title=title, tags=tags, max_frames=fmt.frames(limit),
+                extra_sinks=self.extra_sinks,
+            )
+            self._active = session
+        self._command("start", (session, start_pos))
         return RecordingHandle(session.recording_id, session.done)
 
-    def stop_recording(self, reason: str = "stopped") -> Future[Published]:
+    def stop_recording(self, reason: str = StopReason.STOPPED) -> Future[Published]:
         """Finish the recording at the current position; the future completes once published.
 
         Raises RecordingStateError when nothing is recording."""
-        session = self.active
+        with self._lock:
+            session = self._active
         if session is None:
             raise RecordingStateError("not recording")
-        self._commands.put(("stop", (self.ring.write_pos, reason, session)))
+        self._command("stop", (self.ring.write_pos, reason, session))
         return session.done
 
     def mark(self, label: str = "", seconds_ago: float = 0.0) -> None:
         """Bookmark the moment `seconds_ago` before now in the recording in progress
         (ignored when idle)."""
-        pos = self.ring.write_pos - self._frames(seconds_ago)
-        self._commands.put(("mark", (pos, label)))
+        self._command("mark", (self.ring.write_pos - self.format.frames(seconds_ago), label))
 
-    def _frames(self, seconds: float) -> int:
-        return int(max(0.0, seconds) * self.source.samplerate)
+    def _command(self, kind: str, arg: Any) -> None:
+        self._commands.put((kind, arg))
+        self._wake.set()
 
     @property
     def recording(self) -> bool:
-        return self.active is not None
+        """True from `start_recording` until the recording is finished (before publishing)."""
+        with self._lock:
+            return self._active is not None
 
     def status(self) -> dict[str, Any]:
         """Counters and state for health reports."""
         s = self.source.stats
+        session = self.session
         rec = None
-        if self.session is not None:
+        if session is not None:
             rec = {
-                "recording_id": self.session.recording_id,
-                "seconds": round(self.session.frames / self.source.samplerate, 3),
-                "bookmarks": len(self.session.meta["bookmarks"]),
+                "recording_id": session.recording_id,
+                "seconds": round(self.format.seconds(session.frames), 3),
+                "bookmarks": len(session.meta["bookmarks"]),
             }
         return {
             "source": self.source.name,
-            "samplerate": self.source.samplerate,
-            "channels": self.source.channels,
+            "samplerate": self.format.samplerate,
+            "channels": self.format.channels,
             "blocks": s.blocks,
             "input_overflows": s.input_overflows,
             "ring_overruns": self.ring.overruns,
@@ -225,22 +249,44 @@ class Pump:
             "source_error": s.error,
             "recording": rec,
             "publish_errors": self.publish_errors,
+            "failed": self.failed,
         }
 
     # -- the pump thread -------------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            stopping = self._stopping.is_set()
-            self.ring.wait(self.pos, 0.05)
-            self._move()
-            self._run_commands()
-            self._check_health()
-            if stopping:
-                break
+        try:
+            while True:
+                stopping = self._stopping.is_set()
+                if self.ring.write_pos <= self.pos and self._commands.empty():
+                    # The capture callback never signals (that would take a lock in the
+                    # real-time thread): commands wake us at once, audio within WAKE_SECONDS.
+                    self._wake.wait(WAKE_SECONDS)
+                self._wake.clear()
+                # Commands first: a start must meet its pre-roll still in the ring.
+                self._run_commands()
+                self._move()
+                self._check_health()
+                if stopping:
+                    break
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        """The fault boundary: publish what the recording in hand holds, then report."""
+        self.failed = f"{type(exc).__name__}: {exc}"
+        log.critical("audio pump failed: %s", self.failed, exc_info=exc)
+        if self.session is not None:
+            try:
+                self._finish(StopReason.INTERNAL_ERROR)
+            except Exception:
+                log.exception("finishing the recording after the pump failure failed")
+        with self._lock:
+            self._active = None
+        self.on_event("pump_failed", {"error": self.failed})
 
     def _move(self, until: int | None = None) -> None:
         """Feed the sinks everything written up to `until` (default: all), in chunks."""
-        chunk = max(1, int(MAX_CHUNK_SECONDS * self.source.samplerate))
+        chunk = max(1, self.format.frames(MAX_CHUNK_SECONDS))
         while True:
             end = self.ring.write_pos if until is None else min(until, self.ring.write_pos)
             if end <= self.pos:
@@ -251,23 +297,52 @@ class Pump:
             self.pos = start + block.shape[0]
             self.ring.read_pos = self.pos
             self._feed(block)
+            if until is None and not self._commands.empty():
+                # A long catch-up (a file replayed as fast as possible) must not starve a
+                # start, whose pre-roll the producer would otherwise overwrite meanwhile.
+                self._run_commands()
 
-    def _feed(self, block: Any) -> None:
+    def _feed(self, block: np.ndarray) -> None:
         for sink in list(self.always_on):
             try:
                 sink.write(block)
             except Exception:
                 log.exception("always-on sink %s failed; detached", sink)
                 self.always_on.remove(sink)
-        if self.session is not None:
-            try:
-                self.session.write(block)
-            except OSError as exc:
-                log.error("recording write failed (%s): finishing what was recorded", exc)
-                self._finish("write_error")
-                return
-            if self.session.full:
-                self._finish("max_length")
+        self._write_session(block)
+
+    def _write_session(self, block: np.ndarray) -> None:
+        session = self.session
+        if session is None:
+            return
+        try:
+            session.write(block)
+        except OSError as exc:
+            full = is_disk_full(exc)
+            log.error("recording write failed (%s): finishing what was recorded", exc)
+            if full:
+                self.on_event("disk_low", {"error": f"disk full: {exc.strerror}"})
+            self._finish(StopReason.DISK_FULL if full else StopReason.WRITE_ERROR)
+            return
+        if session.full:
+            self._finish(StopReason.MAX_LENGTH)
+        elif session.frames >= self._next_reserve_check:
+            # By audio written, not by wall time: a file replayed at 100x real time is
+            # checked as often per second of audio as a microphone.
+            self._next_reserve_check = session.frames + self.format.frames(
+                RESERVE_CHECK_SECONDS)
+            self._check_reserve()
+
+    def _check_reserve(self) -> None:
+        try:
+            self.reserve.check()
+        except DiskReserveError as exc:
+            log.error("%s: finishing the recording", exc)
+            self.on_event("disk_low", {"error": str(exc)})
+            self._finish(StopReason.DISK_RESERVE)
+        except OSError as exc:
+            log.error("free space unknown (%s): finishing the recording", exc)
+            self._finish(StopReason.WRITE_ERROR)
 
     def _run_commands(self) -> None:
         while True:
@@ -279,27 +354,34 @@ class Pump:
                 session, start_pos = arg
                 self.session = session
                 self._session_start = start_pos
+                self._next_reserve_check = self.format.frames(RESERVE_CHECK_SECONDS)
                 self._overflows_at_start = (self.source.stats.input_overflows,
                                             self.ring.overruns)
+                self.on_event("recording", {"recording_id": session.recording_id})
                 # Catch up with the pre-roll: audio the pump already passed is still in the ring.
                 _, back = self.ring.read(start_pos, self.pos)
-                self.session.write(back)
-                self.on_event("recording", {"recording_id": session.recording_id})
+                self._write_session(back)
             elif kind == "stop":
                 stop_pos, reason, session = arg
                 if session is self.session:  # not already finished by a limit
                     self._move(until=stop_pos)
-                    self._finish(reason)
+                    if session is self.session:
+                        self._finish(reason)
             elif kind == "mark" and self.session is not None:
                 at_pos, label = arg
-                at = self.session.mark(at_pos - self._session_start, label)
+                try:
+                    at = self.session.mark(at_pos - self._session_start, label)
+                except OSError as exc:
+                    # The bookmark is kept in memory and reaches the sidecar; only its crash
+                    # copy in staging could not be rewritten.
+                    log.error("bookmark kept, but staging metadata not rewritten: %s", exc)
+                    at = self.session.meta["bookmarks"][-1]["at"]
                 self.on_event("bookmark", {"at": at})
 
     def _finish(self, reason: str) -> None:
         session, self.session = self.session, None
         if session is None:
             return
-        self.active = None
         fut = session.done
         stop_started = time.monotonic()
         try:
@@ -315,26 +397,32 @@ class Pump:
                           session.recording_id)
             session.abort()
             self.publish_errors += 1
+            with self._lock:
+                self._active = None
             self.on_event("publish_failed", {"recording_id": session.recording_id,
-                                             "error": str(exc)})
+                                             "error": _short(exc)})
             fut.set_exception(exc)
             return
+        with self._lock:
+            self._active = None
         self._publishing.submit(self._publish, staged, fut, stop_started)
 
-    def _publish(self, staged: Any, fut: Future[Published], stop_started: float) -> None:
+    def _publish(self, staged: StagedRecording, fut: Future[Published],
+                 stop_started: float) -> None:
         try:
             result = self.publisher.publish(staged)
         except Exception as exc:
-            log.exception("publishing %s failed; left in staging for recovery",
-                          staged.meta["recording_id"])
+            log.error("publishing %s failed (%s); left in staging for recovery",
+                      staged.meta["recording_id"], _short(exc))
             self.publish_errors += 1
             self.on_event("publish_failed", {"recording_id": staged.meta["recording_id"],
-                                             "error": str(exc)})
+                                             "error": _short(exc)})
             fut.set_exception(exc)
             return
         self.last_published = result
         self.last_stop_to_published = result.visible_at - stop_started
         self.on_event("published", {"path": str(result.ogg_path),
+                                    "recording_id": result.sidecar["recording_id"],
                                     "stop_reason": result.sidecar["stop_reason"]})
         fut.set_result(result)
 
@@ -343,23 +431,22 @@ class Pump:
         now = time.monotonic()
         if stats.finished and self.ring.write_pos == self.pos:
             if self.session is not None:
-                self._finish("end_of_input")
+                self._finish(StopReason.END_OF_INPUT)
             return
         last = stats.last_block_at or self._started_at
         # A dead sound server ends the stream at once (stats.error); a starved input just stops
         # delivering: both mean the device is gone.
-        stalled = stats.error is not None or now - last > self.cfg.service.stall_seconds
+        stalled = stats.error is not None or now - last > self.settings.stall_seconds
         if stalled and not self.device_lost:
             self.device_lost = True
             log.error("no audio from %s for %.1f s: device lost", self.source.name, now - last)
             self.on_event("device_lost", {"source": self.source.name, "error": stats.error})
             if self.session is not None:
-                self._finish("device_lost")
-        if self.session is not None and now >= self._next_disk_check:
-            self._next_disk_check = now + 1.0
-            try:
-                check_reserve(self.cfg, self._free)
-            except DiskReserveError as exc:
-                log.error("%s: finishing the recording", exc)
-                self.on_event("disk_low", {"error": str(exc)})
-                self._finish("disk_reserve")
+                self._finish(StopReason.DEVICE_LOST)
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as one line for status and logs."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -13,6 +13,7 @@ Staged files with no metadata are moved aside the same way. Audio is never delet
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from recorder.audioformat import AudioFormat
 from recorder.config import Config
 from recorder.publish import Published, Publisher
 from recorder.session import StagedRecording, staged_paths
@@ -82,8 +84,8 @@ def _recover_one(cfg: Config, publisher: Publisher, rid: str) -> Outcome:
         return _move_aside(cfg, rid, "no audio could be read from the journal or the OGG")
     rebuilt = cfg.storage.staging_dir / f"{rid}.recovered.ogg"
     encoder = OggEncoderSink(
-        rebuilt, samplerate=rate, channels=channels, codec=meta.get("codec", "vorbis"),
-        vorbis_quality=cfg.encoder.vorbis_quality, opus_bitrate=cfg.encoder.opus_bitrate,
+        rebuilt, AudioFormat(rate, channels),
+        dataclasses.replace(cfg.encoder, codec=meta.get("codec", "vorbis")),
         comments={"title": meta.get("title") or Path(meta["path"]).stem,
                   "date": meta["started_at"], "comment": f"recording_id={rid}"},
     )

@@ -21,8 +21,9 @@ import numpy as np
 
 from recorder import __version__, sidecar
 from recorder.atomic import atomic_write_text, makedirs_durable
+from recorder.audioformat import AudioFormat
 from recorder.clock import Timestamp
-from recorder.config import Config
+from recorder.config import EncoderConfig
 from recorder.sinks import Sink
 from recorder.sinks.encoder import OggEncoderSink
 from recorder.sinks.journal import JournalSink
@@ -32,13 +33,23 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class SessionSettings:
+    """What a recording needs from the configuration (built in `recorder.app`)."""
+
+    device_id: str
+    staging_dir: Path
+    encoder: EncoderConfig
+    flush_seconds: float
+    silence_dbfs: float
+
+
+@dataclass(frozen=True)
 class RecordingContext:
     """What a per-recording sink factory may need to know."""
 
     recording_id: str
     device_id: str
-    samplerate: int
-    channels: int
+    format: AudioFormat
     staging_dir: Path
 
 
@@ -66,31 +77,32 @@ def staged_paths(staging_dir: Path, recording_id: str) -> dict[str, Path]:
 class Session:
     """A recording: created with its metadata, fed blocks by the pump, finished into staging."""
 
-    def __init__(self, cfg: Config, *, samplerate: int, channels: int, started: Timestamp,
+    def __init__(self, settings: SessionSettings, fmt: AudioFormat, *, started: Timestamp,
                  preroll: float, trigger: str, title: str = "", tags: Sequence[str] = (),
                  max_frames: int | None = None, extra_sinks: Sequence[SinkFactory] = ()) -> None:
         self.recording_id = sidecar.new_recording_id(started.utc)
         self.done: Future[Any] = Future()  # completes with the Published result
-        self.samplerate = samplerate
-        self.channels = channels
+        self.format = fmt
         self.frames = 0
         self.max_frames = max_frames
         start_utc = started.utc - preroll
+        device_id = settings.device_id
         name = sidecar.recording_name(
-            datetime.fromtimestamp(start_utc, UTC), cfg.device.id, self.recording_id
+            datetime.fromtimestamp(start_utc, UTC), device_id, self.recording_id
         )
-        staging = cfg.storage.staging_dir
+        staging = settings.staging_dir
         makedirs_durable(staging)
         self.paths = staged_paths(staging, self.recording_id)
+        enc = settings.encoder
         self.meta: dict[str, Any] = {
             "schema": sidecar.SCHEMA,
             "recording_id": self.recording_id,
-            "device_id": cfg.device.id,
+            "device_id": device_id,
             "path": sidecar.relative_path(datetime.fromtimestamp(start_utc, UTC), name),
             "media_type": "audio/ogg",
-            "codec": cfg.encoder.codec,
-            "samplerate": samplerate,
-            "channels": channels,
+            "codec": enc.codec,
+            "samplerate": fmt.samplerate,
+            "channels": fmt.channels,
             "started_at": sidecar.utc_iso(start_utc),
             "clock_synced": started.clock_synced,
             "boot_id": started.boot_id,
@@ -103,16 +115,14 @@ class Session:
             "software": f"recorderpi {__version__}",
         }
         self._write_meta()
-        ctx = RecordingContext(self.recording_id, cfg.device.id, samplerate, channels, staging)
-        self.levels = LevelMeter(samplerate, cfg.service.silence_dbfs)
+        ctx = RecordingContext(self.recording_id, device_id, fmt, staging)
+        self.levels = LevelMeter(fmt.samplerate, settings.silence_dbfs)
         self.sinks: list[Sink] = []
         try:
-            self.sinks.append(JournalSink(self.paths["journal"], samplerate=samplerate,
-                                          flush_seconds=cfg.storage.flush_seconds))
+            self.sinks.append(JournalSink(self.paths["journal"], fmt,
+                                          flush_seconds=settings.flush_seconds))
             self.sinks.append(OggEncoderSink(
-                self.paths["ogg"], samplerate=samplerate, channels=channels,
-                codec=cfg.encoder.codec, vorbis_quality=cfg.encoder.vorbis_quality,
-                opus_bitrate=cfg.encoder.opus_bitrate, flush_seconds=cfg.storage.flush_seconds,
+                self.paths["ogg"], fmt, enc, flush_seconds=settings.flush_seconds,
                 comments={"title": title or name, "date": self.meta["started_at"],
                           "comment": f"recording_id={self.recording_id}",
                           "software": self.meta["software"]},
@@ -143,7 +153,7 @@ class Session:
 
     def mark(self, at_frame: int, label: str = "") -> float:
         """Add a bookmark `at_frame` frames into the recording; returns its time in seconds."""
-        at = round(max(0, at_frame) / self.samplerate, 3)
+        at = round(self.format.seconds(max(0, at_frame)), 3)
         self.meta["bookmarks"].append({"at": at, "label": label})
         self._write_meta()  # so a bookmark survives a crash too
         return at

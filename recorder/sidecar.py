@@ -10,22 +10,43 @@ hostile or broken peer data must pass.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from recorder.deviceid import validate_device_id
 from recorder.errors import RecorderError
+from recorder.safefile import UnsafeFile, read_regular
 
 SCHEMA = "recorderpi.sidecar/1"
 MAX_SIDECAR_BYTES = 1024 * 1024  # a 3-hour Audio ID print is about 380 kB
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
 _NAME_RE = re.compile(r"^\d{8}T\d{6}Z_[a-z0-9._-]+_[0-9a-z]{8}\.(ogg|opus)$")
+_SIDECAR_NAME_RE = re.compile(r"^\d{8}T\d{6}Z_[a-z0-9._-]+_[0-9a-z]{8}\.json$")
+
+
+class StopReason(StrEnum):
+    """Why a recording ended (the sidecar's ``stop_reason``)."""
+
+    STOPPED = "stopped"  # button, `ctl stop`, signal, end of --seconds
+    MAX_LENGTH = "max_length"  # storage.max_seconds reached
+    DISK_RESERVE = "disk_reserve"  # free space reached the reserve
+    DISK_FULL = "disk_full"  # a write failed with ENOSPC: finished with what is on disk
+    DEVICE_LOST = "device_lost"
+    END_OF_INPUT = "end_of_input"  # a file source ended
+    SHUTDOWN = "shutdown"  # the service stopped
+    WRITE_ERROR = "write_error"  # any other write failure
+    INTERNAL_ERROR = "internal_error"  # a bug stopped the pump: what was recorded is kept
+    RECOVERED = "recovered"  # rebuilt by `recorder recover` after a crash
 
 
 class SidecarError(RecorderError):
@@ -63,15 +84,20 @@ def dumps(doc: Mapping[str, Any]) -> str:
     return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def loads(data: bytes) -> dict[str, Any]:
-    """Parse and validate sidecar bytes; raise SidecarError with a one-line reason."""
+def loads(data: bytes, *, expect_device: str | None = None) -> dict[str, Any]:
+    """Parse and validate sidecar bytes (see `validate`); raise SidecarError with a one-line
+    reason."""
     if len(data) > MAX_SIDECAR_BYTES:
         raise SidecarError(f"sidecar too large ({len(data)} bytes > {MAX_SIDECAR_BYTES})")
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SidecarError(f"sidecar is not valid JSON: {exc}") from None
-    return validate(doc)
+    except (ValueError, RecursionError):
+        # json raises these for numbers over Python's 4300-digit limit and for nesting
+        # deeper than the interpreter's recursion limit: hostile, not a bug of ours.
+        raise SidecarError("sidecar is not valid JSON: a number or nesting is too large") from None
+    return validate(doc, expect_device=expect_device)
 
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -148,3 +174,138 @@ def validate(doc: Any, *, expect_device: str | None = None) -> dict[str, Any]:
         if not isinstance(mark, dict) or not isinstance(mark.get("at"), (int, float)):
             raise SidecarError("sidecar field 'bookmarks' must hold objects with a numeric 'at'")
     return doc
+
+
+# --- sidecars on disk ---------------------------------------------------------------------------
+# The one rule for which files in a device folder are sidecars and how one is read. The bridge
+# (peers' folders), the outbox's reconcile, the catalogue rebuild and the playlist all use it.
+
+
+def ignored_name(name: str) -> bool:
+    """True for names never read as data: Syncthing temporaries, conflict copies, hidden and
+    partial files."""
+    return (
+        name.startswith((".", "~syncthing~"))
+        or ".sync-conflict-" in name
+        or name.endswith((".tmp", ".partial"))
+    )
+
+
+def is_sidecar_name(name: str) -> bool:
+    """True for ``<UTC time>_<device>_<short id>.json``, the only sidecar names there are."""
+    return bool(_SIDECAR_NAME_RE.match(name)) and not ignored_name(name)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A ``.json`` entry under a device folder's ``recordings/``.
+
+    `lstat` is None for an entry that must never be followed: a symlink where a sidecar or a
+    directory should be, or a ``recordings`` that is not a directory.
+    """
+
+    rel: str  # relative to the device folder
+    path: Path
+    lstat: os.stat_result | None
+    ignored: bool = False  # an ignored name (conflict copy, temporary file): never read
+
+
+def candidates(device_folder: Path, *, with_ignored: bool = False) -> Iterator[Candidate]:
+    """Every ``.json`` entry below ``<device_folder>/recordings/`` in a stable order, without
+    following symlinked directories. Ignored names are skipped, or with `with_ignored`
+    yielded marked ``ignored`` (to report them)."""
+    root = device_folder / "recordings"
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        yield Candidate("recordings", root, None)
+        return
+    stack = [root]
+    while stack:
+        here = stack.pop()
+        try:
+            entries = sorted(os.scandir(here), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if ignored_name(entry.name):
+                if with_ignored and entry.name.endswith(".json"):
+                    rel = os.path.relpath(entry.path, device_folder)
+                    yield Candidate(rel, Path(entry.path), None, ignored=True)
+                continue
+            rel = os.path.relpath(entry.path, device_folder)
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(est.st_mode):
+                stack.append(Path(entry.path))
+            elif stat.S_ISLNK(est.st_mode):
+                if entry.name.endswith(".json") or entry.is_dir():
+                    yield Candidate(rel, Path(entry.path), None)
+            elif entry.name.endswith(".json"):
+                yield Candidate(rel, Path(entry.path), est)
+
+
+@dataclass(frozen=True)
+class SidecarFile:
+    """A sidecar read from disk: the validated document and the bytes it came from."""
+
+    doc: dict[str, Any]
+    data: bytes
+
+
+def read_sidecar(path: Path, device_folder: Path) -> SidecarFile:
+    """Read and validate the sidecar at `path` in `device_folder`.
+
+    It must be a regular file inside the folder (never a symlink: checked on the descriptor
+    read), at most MAX_SIDECAR_BYTES, valid, name the folder's device, and lie where its own
+    ``path`` says. Raises SidecarError with the reason (FileNotFoundError if it vanished).
+    """
+    try:
+        data = read_regular(path, device_folder, MAX_SIDECAR_BYTES)
+    except UnsafeFile as exc:
+        raise SidecarError(f"sidecar {exc}") from None
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SidecarError(f"cannot read sidecar: {exc.strerror or exc}") from None
+    doc = loads(data, expect_device=device_folder.name)
+    expected = str(PurePosixPath(doc["path"]).with_suffix(".json"))
+    rel = os.path.relpath(path, device_folder)
+    if expected != rel:
+        raise SidecarError(f"sidecar lies at {rel} but its path says {expected}")
+    return SidecarFile(doc, data)
+
+
+@dataclass(frozen=True)
+class Found:
+    """A sidecar-named file found in a device folder."""
+
+    path: Path
+    doc: dict[str, Any] | None  # the valid sidecar, or None
+    problem: str = ""  # why `doc` is None
+    ignored: bool = False  # a conflict copy or temporary file: never read
+
+
+def published_sidecars(device_folder: Path, *, with_ignored: bool = False) -> Iterator[Found]:
+    """Every sidecar in `device_folder`, read with `read_sidecar`; invalid ones come with
+    their problem, ignored names (conflict copies, ...) only with `with_ignored`."""
+    for cand in candidates(device_folder, with_ignored=with_ignored):
+        if cand.ignored:
+            yield Found(cand.path, None, "ignored name", ignored=True)
+            continue
+        if not is_sidecar_name(cand.path.name):
+            yield Found(cand.path, None, "not a sidecar name (<UTC time>_<device>_<id>.json)")
+            continue
+        if cand.lstat is None:
+            yield Found(cand.path, None, "sidecar is a symlink or not a regular file")
+            continue
+        try:
+            yield Found(cand.path, read_sidecar(cand.path, device_folder).doc)
+        except FileNotFoundError:
+            continue
+        except SidecarError as exc:
+            yield Found(cand.path, None, str(exc))

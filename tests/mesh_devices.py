@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recorder import app, db
+from recorder import app
 from recorder.audioid.catalogue import Catalogue
-from recorder.config import Config, parse_config
+from recorder.config import Config, SourceSpec, parse_config
+from recorder.db import Database
 from recorder.mesh.bridge import Bridge
 from recorder.publish import Published
 from tests.fake_papad import FakeLegacyPapad, FakePapad
@@ -60,7 +61,8 @@ class Device:
             token = write_secret(inst.root / "papad.token", TOKEN)
             papad = {"api": "papad", "url": self.papad.url, "auth": "token",
                      "token_file": str(token), "group": 1, "timeout": 5.0}
-        self.cfg = device_config(inst, papad)
+        self.cfg = device_config(inst, papad, mesh={"export_interval": export_interval,
+                                                    "rescan_interval": rescan_interval})
         self.assembly: app.Assembly | None = None
         self.registration: Any = None
         self.bridge: Bridge | None = None
@@ -68,34 +70,22 @@ class Device:
     # -- service -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start what `recorder run` starts for the mesh: outbox worker, then the bridge."""
-        self.assembly = app.assemble(self.cfg, service=True)
-        # The bridge is built here with test intervals, whether or not assemble() adds one.
+        """Start what `recorder run` starts for the mesh, as it assembles it: the outbox
+        worker, then the bridge (no radio)."""
+        self.assembly = app.assemble(self.cfg, service=True, radio=False)
+        self.registration = self.assembly.registration
+        self.bridge = self.assembly.bridge
         for worker in self.assembly.workers:
-            if getattr(worker, "name", "") == "bridge" and hasattr(worker, "close"):
-                worker.close()
-        self.assembly.workers = [w for w in self.assembly.workers
-                                 if getattr(w, "name", "") != "bridge"]
-        self.registration = next(w for w in self.assembly.workers if w.name == "papad")
-        self.registration.start()
-        self.bridge = self.new_bridge()
-        self.bridge.start()
-
-    def new_bridge(self, **kw: Any) -> Bridge:
-        kw.setdefault("rescan_interval", self.rescan_interval)
-        kw.setdefault("export_interval", self.export_interval)
-        kw.setdefault("event_timeout", 5.0)
-        return Bridge(self.cfg, outbox=self.registration.outbox,
-                      on_queued=self.registration.worker.wake, **kw)
+            worker.start()
 
     def stop(self) -> None:
-        if self.bridge is not None:
-            with contextlib.suppress(Exception):
-                self.bridge.close()
-            self.bridge = None
-        if self.registration is not None:
-            with contextlib.suppress(Exception):
-                self.registration.stop()
+        if self.assembly is not None:
+            for worker in reversed(self.assembly.workers):
+                with contextlib.suppress(Exception):
+                    worker.stop()
+            self.assembly.close()
+            self.assembly = None
+        self.bridge = None
         self.papad.stop()
 
     # -- recording -----------------------------------------------------------------------
@@ -105,8 +95,8 @@ class Device:
         """Record `wav` in real time through the real pipeline, bookmarking `marks` (one a
         second after the start, then one a second apart)."""
         assert self.assembly is not None
-        pump = app.build_pump(self.cfg, source_spec=f"file:{wav}", realtime=True,
-                              assembly=self.assembly)
+        pump = app.build_pump(self.assembly, self.cfg.audio,
+                              source=SourceSpec.parse(f"file:{wav}"), realtime=True)
         try:
             handle = pump.start_recording("test", title=title, max_seconds=seconds)
             pump.start()
@@ -120,7 +110,7 @@ class Device:
     # -- inspecting ----------------------------------------------------------------------
 
     def catalogue(self) -> Catalogue:
-        return Catalogue.from_config(db.connect(self.cfg.db_path), self.cfg.audioid)
+        return Catalogue.from_config(Database(self.cfg.db_path), self.cfg.audioid)
 
     def media(self) -> dict[str, list[str]]:
         """Recording id → papad ids of the media registered for it (more than one: a dup)."""

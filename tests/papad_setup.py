@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from recorder.config import Config
+from recorder.db import Database
 from recorder.papad.client import make_client
 from recorder.papad.outbox import Outbox, OutboxWorker
 
@@ -49,11 +50,11 @@ def legacy_config(cfg_factory: Any, url: str, **papad: Any) -> Config:
 def client_and_outbox(cfg: Config) -> Iterator[tuple[Any, Outbox]]:
     """The papad client and outbox for `cfg`, closed afterwards."""
     client = make_client(cfg)
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     try:
         yield client, outbox
     finally:
-        outbox.close()
+        outbox.database.close()
         client.close()
 
 
@@ -71,7 +72,7 @@ def drain(worker: OutboxWorker, outbox: Outbox, delivered: int, timeout: float =
     while outbox.counts()["delivered"] < delivered:
         if time.monotonic() > deadline:
             raise AssertionError(f"not drained in {timeout} s: {outbox.counts()}, "
-                                 f"{[e.last_error for e in outbox.list()][:3]}")
+                                 f"{[e.last_error for e in outbox.entries()][:3]}")
         worker.run_once()
         passes += 1
         due_in = outbox.next_due_in()

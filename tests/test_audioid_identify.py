@@ -14,7 +14,7 @@ from recorder import sidecar as sidecar_mod
 from recorder.audioid import chroma
 from recorder.audioid.catalogue import Catalogue, index_keys
 from recorder.audioid.compare import compare
-from recorder.db import connect
+from recorder.db import Database
 from recorder.sidecar import SidecarError
 from tests.corpus import Corpus, corpus, sidecar_for  # noqa: F401 - corpus is a fixture
 
@@ -86,7 +86,7 @@ def catalogued(corpus, tmp_path_factory):  # noqa: F811
     """A catalogue holding the six sources; returns (catalogue, {name: recording id}, sources)."""
     src = _sources(corpus)
     db = tmp_path_factory.mktemp("audioid-db") / "recorder.db"
-    cat = Catalogue(connect(db))
+    cat = Catalogue(Database(db))
     ids = {}
     for k, (name, path) in enumerate(sorted(src.items())):
         doc = sidecar_for(path, started=1_780_000_000.0 + k)
@@ -156,7 +156,7 @@ def test_identify_limit_and_empty_query(catalogued) -> None:
 
 
 def _fresh(tmp_path: Path) -> Catalogue:
-    return Catalogue(connect(tmp_path / "recorder.db"), duplicate_coverage=0.8)
+    return Catalogue(Database(tmp_path / "recorder.db"), duplicate_coverage=0.8)
 
 
 def test_a_reencode_is_a_duplicate_of_the_original(tmp_path, corpus) -> None:  # noqa: F811
@@ -293,7 +293,7 @@ def test_rebuild_from_sidecars(tmp_path, corpus) -> None:  # noqa: F811
     assert report.skipped == [str(conflict)]
     assert str(tmp_name) not in reasons  # Syncthing's temporary names are not sidecars
     assert cat.get(peer_copy["recording_id"]).duplicate_of == own[0]["recording_id"]
-    assert cat.get(peer_copy["recording_id"]).origin == "peer"
+    assert cat.get(peer_copy["recording_id"]).origin == "peer:dev-b"  # as the bridge names it
     assert cat.get(own[1]["recording_id"]).origin == "own"
     json.dumps(report.as_dict())
 

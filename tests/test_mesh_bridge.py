@@ -28,14 +28,17 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recorder import db
+from recorder import app
 from recorder import sidecar as sc
 from recorder.audioid.catalogue import Catalogue
+from recorder.db import Database
 from recorder.mesh import provision
-from recorder.mesh.annotations import EXPORT_PATH, SCHEMA_ID
-from recorder.mesh.bridge import Bridge, db_status, ignored_name, is_sidecar_name
+from recorder.mesh.annotations import EXPORT_PATH, SCHEMA_ID, AnnotationExchange
+from recorder.mesh.bridge import Bridge
+from recorder.mesh.store import db_status
 from recorder.papad.client import make_client
 from recorder.papad.outbox import Outbox
+from recorder.sidecar import ignored_name, is_sidecar_name
 from tests.clips import speech
 from tests.conftest import free_port, need, wait_until
 from tests.fake_papad import FakePapad
@@ -59,18 +62,23 @@ def papad():
 def local(cfg_factory, tmp_path, papad):
     """A device 'testdev01' with a papad, an outbox and a bridge (no Syncthing)."""
     cfg = current_config(cfg_factory, tmp_path, papad.url)
-    outbox = Outbox(cfg.db_path)
-    bridges: list[Bridge] = []
+    database = Database(cfg.db_path)
+    outbox = Outbox(database)
+    assemblies: list[app.Assembly] = []
 
-    def make_bridge(**kw) -> Bridge:
-        bridge = Bridge(cfg, outbox=outbox, syncthing=False, exchange=False, **kw)
-        bridges.append(bridge)
-        return bridge
+    def make_bridge() -> Bridge:
+        """The bridge as the service assembles it (each call: a restarted service)."""
+        parts = app.assemble(cfg, service=True, radio=False, bridge=True)
+        assemblies.append(parts)
+        assert parts.bridge is not None
+        return parts.bridge
 
     yield cfg, outbox, make_bridge
-    for b in bridges:
-        b.close()
-    outbox.close()
+    for parts in assemblies:
+        assert parts.bridge is not None
+        parts.bridge.stop()
+        parts.close()
+    database.close()
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int, str]]:
@@ -104,10 +112,10 @@ def test_imports_valid_peer_recording_once(local, papad):
     report = bridge.run_once()
     assert (report.imported, report.quarantined, report.pending) == (3, 0, 0)
     assert bridge.run_once().unchanged == 3  # nothing re-read, nothing re-queued
-    entries = {e.recording_id: e for e in outbox.list()}
+    entries = {e.recording_id: e for e in outbox.entries()}
     assert set(entries) == {d["recording_id"] for d in docs}
     assert all(e.origin == "peer:dev-p" for e in entries.values())
-    cat = Catalogue(db.connect(cfg.db_path))
+    cat = Catalogue(Database(cfg.db_path))
     assert cat.get(docs[0]["recording_id"]).origin == "peer:dev-p"
     drain(fast_worker(outbox, make_client(cfg)), outbox, 3)
     assert len(papad.media) == 3 and len(papad.annotations) == 3
@@ -122,10 +130,10 @@ def test_sidecar_before_its_ogg_is_pending_then_imported(local):
     bridge = make_bridge()
     assert bridge.run_once().pending == 1
     assert bridge.status()["pending"][0]["reason"] == "recording file not here yet"
-    assert outbox.list() == []
+    assert outbox.entries() == []
     ogg.write_bytes(data)
     assert bridge.run_once().imported == 1
-    assert [e.recording_id for e in outbox.list()] == [doc["recording_id"]]
+    assert [e.recording_id for e in outbox.entries()] == [doc["recording_id"]]
 
 
 def test_conflict_copies_and_partial_files_never_imported(local):
@@ -145,7 +153,7 @@ def test_conflict_copies_and_partial_files_never_imported(local):
     bridge = make_bridge()
     report = bridge.run_once()
     assert report.imported == 1 and report.quarantined == 0
-    assert [e.recording_id for e in outbox.list()] == [doc["recording_id"]]
+    assert [e.recording_id for e in outbox.entries()] == [doc["recording_id"]]
     assert db_status(cfg.db_path)["peers"] == {
         "dev-p": {"imported": 1, "pending": 0, "quarantined": 0}}
 
@@ -201,7 +209,7 @@ def test_hostile_peer_files_are_quarantined_and_nothing_is_touched(local, tmp_pa
     bridge = make_bridge()
     report = bridge.run_once()
     assert report.imported == 1, bridge.status()["quarantined"]
-    assert [e.recording_id for e in outbox.list()] == [good["recording_id"]]
+    assert [e.recording_id for e in outbox.entries()] == [good["recording_id"]]
     reasons = {q["path"].rsplit("/", 1)[-1]: q["reason"] for q in bridge.status()["quarantined"]}
     print("\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(reasons.items())))
     expect = {
@@ -265,47 +273,46 @@ def test_fuzzed_mutations_of_a_valid_sidecar(local):
                        "duration", "schema", "samplerate", "channels") and (
                     not isinstance(bad, (int, float)) or bad < 0):
                 assert report.quarantined == 1, (key, bad)
-    assert {e.recording_id for e in outbox.list()} <= {doc["recording_id"]}
+    assert {e.recording_id for e in outbox.entries()} <= {doc["recording_id"]}
 
 
 class Crash(BaseException):
     """A power cut inside the bridge (not an Exception: nothing catches it)."""
 
 
-def test_restart_mid_import_finishes_without_duplicates(local, papad):
+def test_restart_mid_import_finishes_without_duplicates(local, papad, monkeypatch):
     cfg, outbox, make_bridge = local
     peer = cfg.storage.sync_root / "dev-r"
     docs = [make_recording(peer, index=i)[0] for i in range(12)]
     calls = {"n": 0}
-    real_enqueue = outbox.enqueue
+    real_enqueue = Outbox.enqueue
 
-    def crashing_enqueue(*args, **kw):
-        result = real_enqueue(*args, **kw)  # committed...
+    def crashing_enqueue(self, *args, **kw):
+        result = real_enqueue(self, *args, **kw)  # committed...
         calls["n"] += 1
         if calls["n"] == 5:
             raise Crash()  # ...but the bridge dies before recording its own state
         return result
 
-    outbox.enqueue = crashing_enqueue
+    monkeypatch.setattr(Outbox, "enqueue", crashing_enqueue)
     with pytest.raises(Crash):
         make_bridge().run_once()
-    outbox.enqueue = real_enqueue
-    assert len(outbox.list()) == 5
+    monkeypatch.setattr(Outbox, "enqueue", real_enqueue)
+    assert len(outbox.entries()) == 5
     report = make_bridge().run_once()  # "restarted"
     assert report.imported == 12 - 4  # the 5th is re-checked and re-queued (a no-op)
-    assert sorted(e.recording_id for e in outbox.list()) == sorted(
+    assert sorted(e.recording_id for e in outbox.entries()) == sorted(
         d["recording_id"] for d in docs)
     drain(fast_worker(outbox, make_client(cfg)), outbox, 12)
     rids = [m["description"].split("Recording id: ")[1].split("\n")[0] for m in papad.media]
     assert sorted(rids) == sorted(d["recording_id"] for d in docs)
-    assert Catalogue(db.connect(cfg.db_path)).count() == 12
+    assert Catalogue(Database(cfg.db_path)).count() == 12
 
 
 def test_hostile_annotation_exports_are_quarantined(local, cfg_factory, tmp_path):
-    from recorder.mesh.annotations import AnnotationExchange
-
-    cfg, outbox, _ = local
-    exchange = AnnotationExchange(cfg, outbox, export_interval=3600)
+    cfg, _, make_bridge = local
+    exchange = make_bridge().exchange
+    assert isinstance(exchange, AnnotationExchange)
     rid = sc.new_recording_id()
     good = {"id": f"{rid}:abc", "recording_id": rid, "origin": "dev-q", "media_target": "t=1,2",
             "text": "hi", "tags": []}
@@ -333,7 +340,6 @@ def test_hostile_annotation_exports_are_quarantined(local, cfg_factory, tmp_path
         {"schema": SCHEMA_ID, "device_id": "dev-q", "annotations": []}))
     assert exchange.import_peer("dev-q") == "quarantined"
     assert "symlink" in db_status(cfg.db_path)["quarantined"][0]["reason"]
-    exchange.close()
 
 
 # --- part 2: three real Syncthing instances -------------------------------------------------

@@ -9,6 +9,7 @@ import time
 import pytest
 import requests
 
+from recorder.db import Database
 from recorder.papad.client import CurrentPapadClient, make_client
 from recorder.papad.outbox import Outbox
 from tests.fake_papad import FakePapad
@@ -101,7 +102,7 @@ def test_registration_creates_one_media_with_fields_and_bytes(setup, papad, tmp_
     assert stored == ogg.read_bytes()
     assert hashlib.sha256(stored).hexdigest() == doc["sha256"]
     assert outbox.remote_id(doc["recording_id"]) == media["uuid"]
-    [entry] = outbox.list()
+    [entry] = outbox.entries()
     assert entry.state == "delivered" and entry.attempts == 1
 
 
@@ -115,7 +116,7 @@ def test_default_name_when_untitled(setup, papad):
 
 def test_down_then_up_delivers_once_in_order_across_restart(papad, cfg_factory, tmp_path):
     cfg = current_config(cfg_factory, tmp_path, papad.url)
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg)
     recs = [make_recording(cfg.device_folder, index=i) for i in range(4)]
     for doc, ogg in recs:
@@ -125,17 +126,17 @@ def test_down_then_up_delivers_once_in_order_across_restart(papad, cfg_factory, 
     assert worker.run_once() == 0  # papad down: stops at the first entry
     assert papad.count("POST", "/api/v1/archive/") <= 1
     worker.stop()
-    outbox.close()
+    outbox.database.close()
     client.close()
     papad.stop()  # now connections are refused outright
 
     # "restart": new objects on the same database
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg)
     worker = fast_worker(outbox, client)
     time.sleep(0.3)
     assert worker.run_once() == 0
-    entries = outbox.list()
+    entries = outbox.entries()
     assert entries[0].attempts >= 2 and "cannot connect" in entries[0].last_error
     papad.start()  # same port
     try:
@@ -148,7 +149,7 @@ def test_down_then_up_delivers_once_in_order_across_restart(papad, cfg_factory, 
         assert doc["recording_id"] in description  # created in queue order
     assert [outbox.remote_id(d["recording_id"]) for d, _ in recs] == [
         m["uuid"] for m in papad.media]
-    outbox.close()
+    outbox.database.close()
     client.close()
 
 
@@ -199,18 +200,18 @@ def test_lost_response_found_on_a_later_page(setup, papad):
 def test_rebuilt_database_does_not_register_twice(papad, cfg_factory, tmp_path):
     cfg = current_config(cfg_factory, tmp_path, papad.url)
     client = make_client(cfg)
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     for i in range(5):
         make_recording(cfg.device_folder, index=i)
     assert outbox.reconcile(cfg.device_folder) == 5
     fast_worker(outbox, client).run_once()
-    outbox.close()
+    outbox.database.close()
     cfg.db_path.unlink()  # SD card swapped, database gone
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     assert outbox.reconcile(cfg.device_folder) == 5
     assert fast_worker(outbox, client).run_once() == 5
     assert len(papad.media) == 5
-    outbox.close()
+    outbox.database.close()
     client.close()
 
 
@@ -218,12 +219,12 @@ def test_forbidden_is_parked_with_reason_and_retry_after_fix_delivers(
     papad, cfg_factory, tmp_path
 ):
     cfg = current_config(cfg_factory, tmp_path, papad.url, group=2)  # not a member
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg)
     doc, ogg = make_recording(cfg.device_folder)
     outbox.enqueue(doc, ogg)
     fast_worker(outbox, client).run_once()
-    [entry] = outbox.list()
+    [entry] = outbox.entries()
     assert entry.state == "parked"
     assert "HTTP 403" in entry.last_error and "not a member of this group" in entry.last_error
     before = len(papad.requests)
@@ -235,7 +236,7 @@ def test_forbidden_is_parked_with_reason_and_retry_after_fix_delivers(
     assert outbox.retry(entry.id).state == "pending"
     assert fast_worker(outbox, client2).run_once() == 1
     assert len(papad.media) == 1 and papad.media[0]["group"] == 1
-    outbox.close()
+    outbox.database.close()
     client.close()
     client2.close()
 
@@ -246,7 +247,7 @@ def test_400_is_parked_with_server_reason(setup, papad):
     outbox.enqueue(doc, ogg)
     papad.force_error(400, {"upload": ["Upload a valid audio file.\nThe file is broken."]})
     fast_worker(outbox, client).run_once()
-    [entry] = outbox.list()
+    [entry] = outbox.entries()
     assert entry.state == "parked"
     assert "HTTP 400" in entry.last_error and "Upload a valid audio file" in entry.last_error
     assert "\n" not in entry.last_error
@@ -261,7 +262,7 @@ def test_missing_file_is_parked(setup, papad):
     outbox.enqueue(doc, ogg)
     ogg.unlink()
     fast_worker(outbox, client).run_once()
-    [entry] = outbox.list()
+    [entry] = outbox.entries()
     assert entry.state == "parked" and "recording file missing" in entry.last_error
     assert papad.media == []
 
@@ -269,24 +270,24 @@ def test_missing_file_is_parked(setup, papad):
 def test_wrong_token_waits_instead_of_parking(papad, cfg_factory, tmp_path):
     cfg = current_config(cfg_factory, tmp_path, papad.url)
     write_secret(cfg.papad.token_file, "not-the-token")
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg)
     outbox.enqueue(*make_recording(cfg.device_folder))
     worker = fast_worker(outbox, client)
     worker.run_once()
-    [entry] = outbox.list()
+    [entry] = outbox.entries()
     assert entry.state == "pending" and "HTTP 401" in entry.last_error
     # the token file is fixed: the next 401 re-reads it, no restart needed
     write_secret(cfg.papad.token_file, TOKEN)
     drain(worker, outbox, delivered=1)
     assert len(papad.media) == 1
-    outbox.close()
+    outbox.database.close()
     client.close()
 
 
 def test_bookmarks_become_annotations_with_t_ranges(papad, cfg_factory, tmp_path):
     cfg = current_config(cfg_factory, tmp_path, papad.url, annotation_span=0.5)
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg)
     doc, ogg = make_recording(
         cfg.device_folder, seconds=2.0,
@@ -309,10 +310,10 @@ def test_bookmarks_become_annotations_with_t_ranges(papad, cfg_factory, tmp_path
     ]
     rain = next(a for a in got if a["media_target"] == "t=1,1.5")
     assert [t["name"] for t in rain["tags"]] == ["bookmark", "rain"]
-    [entry] = outbox.list()
+    [entry] = outbox.entries()
     assert entry.annotations == entry.annotations_delivered == 3
     assert len(papad.media) == 1
-    outbox.close()
+    outbox.database.close()
     client.close()
 
 
@@ -331,7 +332,7 @@ def test_jwt_access_expiry_mid_run_refreshes(cfg_factory, tmp_path, caplog):
     server.add_user("rec", password=PASSWORD, groups=(1,))
     with server:
         cfg = jwt_config(cfg_factory, tmp_path, server.url)
-        outbox = Outbox(cfg.db_path)
+        outbox = Outbox(Database(cfg.db_path))
         client = make_client(cfg)
         worker = fast_worker(outbox, client)
         outbox.enqueue(*make_recording(cfg.device_folder, index=0))
@@ -348,12 +349,12 @@ def test_jwt_access_expiry_mid_run_refreshes(cfg_factory, tmp_path, caplog):
         assert worker.run_once() == 1
         assert len(server.media) == 4
         assert server.jwt_refreshes >= 2 and server.jwt_logins == 2
-        assert all(e.state == "delivered" and e.attempts == 1 for e in outbox.list())
+        assert all(e.state == "delivered" and e.attempts == 1 for e in outbox.entries())
         secrets_seen = [PASSWORD, *server.access_tokens, *server.refresh_tokens]
         for secret in secrets_seen:
             assert secret not in caplog.text
         assert PASSWORD not in repr(client.transport.auth)
-        outbox.close()
+        outbox.database.close()
         client.close()
 
 
@@ -362,14 +363,14 @@ def test_jwt_wrong_password_waits(cfg_factory, tmp_path):
     server.add_user("rec", password="something-else", groups=(1,))
     with server:
         cfg = jwt_config(cfg_factory, tmp_path, server.url)
-        outbox = Outbox(cfg.db_path)
+        outbox = Outbox(Database(cfg.db_path))
         client = make_client(cfg)
         outbox.enqueue(*make_recording(cfg.device_folder))
         fast_worker(outbox, client).run_once()
-        [entry] = outbox.list()
+        [entry] = outbox.entries()
         assert entry.state == "pending" and "login refused" in entry.last_error
         assert PASSWORD not in entry.last_error
-        outbox.close()
+        outbox.database.close()
         client.close()
 
 

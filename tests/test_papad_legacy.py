@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
+from recorder.db import Database
 from recorder.papad.client import LegacyPapadClient, make_client
 from recorder.papad.outbox import Outbox
 from tests.fake_papad import FakeLegacyPapad
@@ -63,13 +64,13 @@ def test_existing_station_is_reused(legacy, cfg_factory):
     requests.post(legacy.url + "/channels/", json={"station_name": "girish-radio"}, timeout=5)
     cfg = legacy_config(cfg_factory, legacy.url, station="girish-radio")
     client = make_client(cfg)
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     for i in range(2):
         outbox.enqueue(*make_recording(cfg.device_folder, index=i))
     assert fast_worker(outbox, client).run_once() == 2
     assert len(legacy.channels) == 1
     assert {r["station_name"] for r in legacy.recordings} == {"girish-radio"}
-    outbox.close()
+    outbox.database.close()
     client.close()
 
 
@@ -94,7 +95,7 @@ def test_station_created_concurrently_elsewhere_counts_as_there(setup, legacy):
 
 def test_down_lost_response_and_restart_still_one_record(legacy, cfg_factory):
     cfg = legacy_config(cfg_factory, legacy.url)
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg)
     recs = [make_recording(cfg.device_folder, index=i) for i in range(3)]
     for doc, ogg in recs:
@@ -102,21 +103,21 @@ def test_down_lost_response_and_restart_still_one_record(legacy, cfg_factory):
     legacy.fail_next(2, mode="503")
     worker = fast_worker(outbox, client)
     worker.run_once()
-    outbox.close()
+    outbox.database.close()
     client.close()
-    outbox = Outbox(cfg.db_path)  # restart
+    outbox = Outbox(Database(cfg.db_path))  # restart
     client = make_client(cfg)
     legacy.drop_after_commit(1)
     drain(fast_worker(outbox, client), outbox, delivered=3)
     urls = [r["audio_url"] for r in legacy.recordings]
     assert urls == [f"http://papad.local/testdev01/{d['path']}" for d, _ in recs]
-    outbox.close()
+    outbox.database.close()
     client.close()
 
 
 def test_host_change_still_finds_record_by_machine_tag(legacy, cfg_factory):
     cfg = legacy_config(cfg_factory, legacy.url)
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg)
     doc, ogg = make_recording(cfg.device_folder)
     outbox.enqueue(doc, ogg)
@@ -126,14 +127,14 @@ def test_host_change_still_finds_record_by_machine_tag(legacy, cfg_factory):
     other = make_client(legacy_config(cfg_factory, legacy.url, host="other.local"))
     drain(fast_worker(outbox, other), outbox, delivered=1)
     assert len(legacy.recordings) == 1
-    outbox.close()
+    outbox.database.close()
     client.close()
     other.close()
 
 
 def test_bookmarks_become_fragments(legacy, cfg_factory):
     cfg = legacy_config(cfg_factory, legacy.url, annotation_span=10.0)
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg)
     doc, ogg = make_recording(cfg.device_folder, seconds=30.0, data=b"OggS-not-needed",
                               bookmarks=[{"at": 3.1234, "label": "chorus"}, {"at": 25.5}])
@@ -149,7 +150,7 @@ def test_bookmarks_become_fragments(legacy, cfg_factory):
         assert frag["target"]["source"] == audio_url
         assert frag["target"]["recording_id"] == legacy.recordings[0]["_id"]["$oid"]
         assert frag["target"]["selector"]["type"] == "FragmentSelector"
-    outbox.close()
+    outbox.database.close()
     client.close()
 
 
@@ -158,7 +159,7 @@ def test_rejection_is_parked_with_message(setup, legacy):
     outbox.enqueue(*make_recording(cfg.device_folder))
     legacy.force_error(400, {"message": "audio_url must be http"})
     fast_worker(outbox, client).run_once()
-    [entry] = outbox.list()
+    [entry] = outbox.entries()
     assert entry.state == "parked" and "audio_url must be http" in entry.last_error
     outbox.retry(entry.id)
     assert fast_worker(outbox, client).run_once() == 1

@@ -35,7 +35,7 @@ def test_queue_is_wal_and_enqueue_is_idempotent(setup):
     doc, ogg = make_recording(cfg.device_folder, bookmarks=[{"at": 0.1}])
     first = outbox.enqueue(doc, ogg)
     assert outbox.enqueue(doc, ogg, origin="peer") == first
-    [entry] = outbox.list()
+    [entry] = outbox.entries()
     assert entry.origin == "own" and entry.annotations == 1 and entry.state == "pending"
     conn = sqlite3.connect(cfg.db_path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -66,7 +66,7 @@ def test_reconcile_queues_published_sidecars_once(setup):
     orphan_ogg.unlink()  # a sidecar without its recording is not registered
     assert outbox.reconcile(folder) == 2
     assert outbox.reconcile(folder) == 0
-    assert [e.recording_id for e in outbox.list()] == [d["recording_id"] for d in docs]
+    assert [e.recording_id for e in outbox.entries()] == [d["recording_id"] for d in docs]
     assert outbox.reconcile(folder / "missing") == 0
 
 
@@ -83,7 +83,7 @@ def test_one_failing_entry_does_not_block_the_rest(setup, papad):
     papad.force_error(500, {"detail": "boom"})  # only the first create fails
     worker = fast_worker(outbox, client)
     assert worker.run_once() == 2
-    first = outbox.list()[0]
+    first = outbox.entries()[0]
     assert first.state == "pending" and "HTTP 500" in first.last_error
     drain(worker, outbox, delivered=3)
     assert len(papad.media) == 3
@@ -97,7 +97,7 @@ def test_unavailable_holds_everyone_in_order(setup, papad):
     worker = OutboxWorker(outbox, client, 1, base_delay=30.0)
     assert worker.run_once() == 0
     assert papad.count("GET", "/api/v1/archive/") == 1  # one request, then it stopped
-    entries = outbox.list()
+    entries = outbox.entries()
     assert [e.attempts for e in entries] == [1, 0, 0]
     now = time.time()
     assert all(e.next_attempt_at >= entries[0].next_attempt_at > now + 10 for e in entries)

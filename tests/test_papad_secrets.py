@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from recorder.cli import outbox as outbox_cli
+from recorder.db import Database
 from recorder.errors import ConfigError, RecorderError
 from recorder.papad.client import make_client
 from recorder.papad.doctor import papad_checks
@@ -75,7 +76,7 @@ def test_cli_list_and_retry_show_state_never_secrets(papad, cfg_factory, tmp_pat
                                                      caplog):
     caplog.set_level(logging.DEBUG)
     cfg = current_config(cfg_factory, tmp_path, papad.url)
-    outbox = Outbox(cfg.db_path)
+    outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg)
     docs = [make_recording(cfg.device_folder, index=i) for i in range(2)]
     for doc, ogg in docs:
@@ -108,7 +109,7 @@ def test_cli_list_and_retry_show_state_never_secrets(papad, cfg_factory, tmp_pat
     for secret in (TOKEN,):
         assert secret not in everything.out and secret not in everything.err
         assert secret not in caplog.text
-    outbox.close()
+    outbox.database.close()
     client.close()
 
 
@@ -144,9 +145,9 @@ def test_doctor_reports_each_failure(papad, cfg_factory, tmp_path):
 
 def test_doctor_outbox_depth_and_age(papad, cfg_factory, tmp_path):
     cfg = current_config(cfg_factory, tmp_path, papad.url)
-    outbox = Outbox(cfg.db_path, clock=lambda: 1_000_000.0)
+    outbox = Outbox(Database(cfg.db_path), clock=lambda: 1_000_000.0)
     outbox.enqueue(*make_recording(cfg.device_folder))
-    outbox.close()
+    outbox.database.close()
     by_name = {c["name"]: c for c in papad_checks(cfg)}
     assert by_name["papad outbox depth"] == {
         "name": "papad outbox depth", "ok": True, "detail": "1 pending, 0 parked"}

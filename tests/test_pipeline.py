@@ -12,15 +12,25 @@ import pytest
 import soundfile as sf
 
 from recorder import app, sidecar
+from recorder.config import SourceSpec
 from recorder.errors import DiskReserveError
 from recorder.pump import Pump
-from recorder.sources.file import FileSource
+from recorder.storage import Reserve
 from tests.clips import RATE, best_lag, tone, write_wav
 from tests.conftest import run_cli
 
 
 def published(data_dir: Path) -> list[Path]:
     return sorted((data_dir / "sync").rglob("*.ogg"))
+
+
+def make_pump(cfg, wav, *, realtime: bool = True, free=None) -> Pump:
+    """The pump `recorder record` builds, on the file `wav` (optionally a fake free space)."""
+    parts = app.assemble(cfg)
+    if free is not None:
+        parts.reserve = Reserve(cfg.storage.sync_root, cfg.storage.reserve_mb, free=free)
+    return app.build_pump(parts, cfg.audio, source=SourceSpec.parse(f"file:{wav}"),
+                          realtime=realtime)
 
 
 def test_record_file_publishes_identical_audio_with_sidecar(config_file, speech_wav):
@@ -91,7 +101,7 @@ def test_watcher_never_sees_partial_files(cfg_factory, speech_wav):
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    pump = app.build_pump(cfg, source_spec=f"file:{speech_wav}", realtime=True)
+    pump = make_pump(cfg, speech_wav)
     handle = pump.start_recording("test", max_seconds=4.0)
     pump.start()
     result = handle.done.result(timeout=30)
@@ -118,7 +128,7 @@ def test_preroll_includes_audio_before_the_trigger(cfg_factory, tmp_path):
     clip[RATE * 1 : RATE * 1 + RATE // 2] = tone(0.5, 1000)
     path = write_wav(tmp_path / "marker.wav", clip)
     cfg = cfg_factory(audio={"preroll": 3.0})
-    pump = app.build_pump(cfg, source_spec=f"file:{path}", realtime=True)
+    pump = make_pump(cfg, path)
     pump.start()
     while pump.ring.write_pos < RATE * 3:  # trigger 3 s in: the marker was 1.5-2 s ago
         time.sleep(0.01)
@@ -151,8 +161,7 @@ def test_reaching_reserve_mid_recording_finishes_cleanly(cfg_factory, long_speec
         calls["n"] += 1
         return 10**12 if calls["n"] < 3 else 10 * 1024 * 1024  # then 10 MB: below reserve
 
-    source = FileSource(long_speech_wav, channels=1, realtime=True)
-    pump = Pump(cfg, source, app.build_publisher(cfg), free=free)
+    pump = make_pump(cfg, long_speech_wav, free=free)
     handle = pump.start_recording("test")
     pump.start()
     result = handle.done.result(timeout=30)
@@ -203,7 +212,7 @@ def test_one_hour_fast_recording_memory_stays_flat(config_file, tmp_path):
                   + rng.integers(-800, 800, rate * 60).astype(np.int16))
         for _ in range(60):
             f.write(minute)
-    cfg_path, _data = config_file(audio={"preroll": 0.0})
+    cfg_path, _data = config_file(audio={"preroll": 0.0, "samplerate": rate})
     proc = subprocess.Popen(
         [sys.executable, "-m", "recorder", "--config", cfg_path, "record", "--source",
          f"file:{path}", "--fast", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import soundfile as sf
 
+from recorder.config import SourceSpec
 from recorder.daemon import Service
 from tests.clips import RATE, tone
 from tests.conftest import wait_until
@@ -46,7 +47,7 @@ def test_recordings_reach_papad_once_with_bookmarks_across_outage_and_restart(
     server.start()
     cfg = current_config(cfg_factory, tmp_path, server.url, timeout=2.0)
     cfg = dataclasses.replace(cfg, audio=dataclasses.replace(
-        cfg.audio, source=f"file:{clip}", preroll=0.5))
+        cfg.audio, source=SourceSpec.parse(f"file:{clip}"), preroll=0.5))
     svc, thread = run_service(cfg)
     try:
         record(svc, 2.0, mark_after=1.0)

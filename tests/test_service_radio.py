@@ -9,6 +9,7 @@ import time
 import numpy as np
 import soundfile as sf
 
+from recorder.config import SourceSpec
 from recorder.daemon import Service
 from tests.clips import RATE
 from tests.conftest import wait_until
@@ -31,7 +32,7 @@ def service_for(icecast, clip, **radio):
 
     cfg = icecast.recorder_config(**{"live": False, **radio})
     cfg = dataclasses.replace(cfg, audio=dataclasses.replace(
-        cfg.audio, source=f"file:{clip}", preroll=0.0))
+        cfg.audio, source=SourceSpec.parse(f"file:{clip}"), preroll=0.0))
     svc = Service(cfg, pin_factory=MockFactory())
     thread = threading.Thread(target=svc.run, daemon=True)
     thread.start()
@@ -116,9 +117,10 @@ def test_wrong_password_is_reported_and_recording_unaffected(icecast, speech_wav
 
 def test_playlist_skips_a_peer_copy_only_the_catalogue_knows_is_a_duplicate(
         cfg_factory, speech_wav, tmp_path):
-    from recorder import app, db
+    from recorder import app
     from recorder.audioid.catalogue import Catalogue
     from recorder.cli.record import record_once
+    from recorder.db import Database
 
     own_cfg = cfg_factory(audio={"preroll": 0.0, "source": f"file:{speech_wav}"})
     own = record_once(own_cfg, seconds=None, realtime=False)
@@ -127,11 +129,11 @@ def test_playlist_skips_a_peer_copy_only_the_catalogue_knows_is_a_duplicate(
                            audio={"preroll": 0.0, "source": f"file:{speech_wav}"})
     peer = record_once(peer_cfg, seconds=None, realtime=False)
     assert "duplicate_of" not in peer.sidecar
-    conn = db.connect(own_cfg.db_path)
-    dup = Catalogue.from_config(conn, own_cfg.audioid).add(peer.sidecar, origin="peer:peer1")
-    conn.close()
-    assert dup == own.sidecar["recording_id"]
-    app.RadioWorker(own_cfg).update_playlist()
+    with Database(own_cfg.db_path) as database:
+        catalogue = Catalogue.from_config(database, own_cfg.audioid)
+        dup = catalogue.add(peer.sidecar, origin="peer:peer1")
+        assert dup == own.sidecar["recording_id"]
+        app.RadioWorker(own_cfg, catalogue).update_playlist()
     listed = (own_cfg.device_folder / "radio" / "playlist.json").read_text()
     assert own.sidecar["recording_id"] in listed
     assert peer.sidecar["recording_id"] not in listed

@@ -37,7 +37,8 @@ from recorder import sidecar as sidecar_mod
 from recorder.audioid import chroma
 from recorder.audioid.compare import DEFAULT_THRESHOLD, as_items, compare_near, non_silent
 from recorder.config import AudioIdConfig
-from recorder.db import ensure_schema, transaction
+from recorder.db import Database, transaction
+from recorder.layout import device_folders, origin_label
 
 log = logging.getLogger(__name__)
 
@@ -165,32 +166,41 @@ def audio_id_items(doc: dict[str, Any]) -> tuple[np.ndarray, str] | None:
 
 
 class Catalogue:
-    """The recordings table and its Audio ID index on one SQLite connection.
+    """The recordings table and its Audio ID index in the shared database.
 
-    Not safe for concurrent use of one instance from several threads; open one connection (and
-    Catalogue) per thread. Each `add` is one transaction.
+    Safe to share between threads: every call uses the calling thread's connection of the
+    `Database`. Each `add` is one transaction.
     """
 
     def __init__(
         self,
-        conn: sqlite3.Connection,
+        database: Database,
         *,
         threshold: float = DEFAULT_THRESHOLD,
         duplicate_coverage: float = 0.8,
     ) -> None:
-        self.conn = conn
+        self.db = database
         self.threshold = threshold
         self.duplicate_coverage = duplicate_coverage
-        # The index is read at random: SQLite's default 2 MB page cache makes lookups at 10,000
-        # recordings (a 60 MB index) about twice as slow as a 32 MB one (measured).
-        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        ensure_schema(conn, SCHEMA)
+        self._tuned: set[int] = set()
+        database.ensure_schema(SCHEMA)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection, with the catalogue's page cache."""
+        conn = self.db.conn
+        if id(conn) not in self._tuned:
+            # The index is read at random: SQLite's default 2 MB page cache makes lookups at
+            # 10,000 recordings (a 60 MB index) about twice as slow as a 32 MB one (measured).
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            self._tuned.add(id(conn))
+        return conn
 
     @classmethod
-    def from_config(cls, conn: sqlite3.Connection, audioid: AudioIdConfig) -> Catalogue:
+    def from_config(cls, database: Database, audioid: AudioIdConfig) -> Catalogue:
         """A catalogue using the configured threshold and duplicate coverage."""
         return cls(
-            conn,
+            database,
             threshold=audioid.match_threshold,
             duplicate_coverage=audioid.duplicate_coverage,
         )
@@ -443,21 +453,20 @@ class Catalogue:
         sidecars (skipped, never fatal) and ignored conflict copies and temporary files."""
         report = RebuildReport()
         found: list[tuple[dict[str, Any], tuple[np.ndarray, str] | None, str]] = []
-        for path in sorted(Path(sync_root).glob("*/recordings/**/*.json")):
-            folder = path.relative_to(sync_root).parts[0]
-            name = path.name
-            if ".sync-conflict-" in name or name.startswith(".") or name.endswith(".tmp"):
-                report.skipped.append(str(path))
-                continue
-            try:
-                doc = _read_sidecar(path, Path(sync_root) / folder)
-                decoded = audio_id_items(doc)
-            except sidecar_mod.SidecarError as exc:
-                report.invalid.append((str(path), str(exc)))
-                log.warning("rebuild: skipping invalid sidecar %s: %s", path, exc)
-                continue
-            origin = "own" if own_device is None or folder == own_device else "peer"
-            found.append((doc, decoded, origin))
+        for folder in device_folders(Path(sync_root)):
+            for item in sidecar_mod.published_sidecars(folder, with_ignored=True):
+                if item.ignored:
+                    report.skipped.append(str(item.path))
+                    continue
+                try:
+                    if item.doc is None:
+                        raise sidecar_mod.SidecarError(item.problem)
+                    decoded = audio_id_items(item.doc)
+                except sidecar_mod.SidecarError as exc:
+                    report.invalid.append((str(item.path), str(exc)))
+                    log.warning("rebuild: skipping invalid sidecar %s: %s", item.path, exc)
+                    continue
+                found.append((item.doc, decoded, origin_label(folder.name, own_device)))
         found.sort(key=lambda f: (f[0]["started_at"], f[0]["recording_id"]))
         # Two sidecars claiming one id: the first (oldest) wins; the other is reported.
         seen: set[str] = set()
@@ -479,23 +488,3 @@ class Catalogue:
                         report.duplicates += 1
                     report.added += 1
         return report
-
-
-def _read_sidecar(path: Path, device_folder: Path) -> dict[str, Any]:
-    """Read and validate one sidecar; it must lie where its own `path` says, in its device's
-    folder, and not be a symlink (a peer must not point us elsewhere)."""
-    try:
-        if path.is_symlink():
-            raise sidecar_mod.SidecarError("sidecar is a symlink")
-        size = path.stat().st_size
-        if size > sidecar_mod.MAX_SIDECAR_BYTES:
-            raise sidecar_mod.SidecarError(f"sidecar too large ({size} bytes)")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise sidecar_mod.SidecarError(f"cannot read sidecar: {exc.strerror or exc}") from None
-    doc = sidecar_mod.loads(data)
-    sidecar_mod.validate(doc, expect_device=device_folder.name)
-    expected = (device_folder / doc["path"]).with_suffix(".json")
-    if expected != path:
-        raise sidecar_mod.SidecarError(f"sidecar lies at {path}, but its path says {expected}")
-    return doc

@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 from recorder import __version__
@@ -34,6 +35,16 @@ class OneLineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return super().format(record).replace("\n", " | ")
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """Every uncaught exception in any thread is one logged event, never a silent death."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("recorder").critical(
+        "uncaught exception in thread %s", name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         handlers=[handler])
     logging.captureWarnings(True)  # library warnings become single log events too
+    threading.excepthook = _log_thread_exception
     try:
         overrides = args.overrides(args) if hasattr(args, "overrides") else None
         cfg = load_config(args.config, overrides)

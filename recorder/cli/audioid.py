@@ -16,7 +16,7 @@ from recorder.audioid.catalogue import Catalogue
 from recorder.audioid.chroma import fingerprint_file
 from recorder.audioid.compare import compare
 from recorder.config import Config
-from recorder.db import connect
+from recorder.db import Database
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,8 +50,8 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
     print(json.dumps(doc, sort_keys=True) if args.json else text)
 
 
-def _catalogue(cfg: Config) -> Catalogue:
-    return Catalogue.from_config(connect(cfg.db_path), cfg.audioid)
+def _catalogue(database: Database, cfg: Config) -> Catalogue:
+    return Catalogue.from_config(database, cfg.audioid)
 
 
 def cmd_fingerprint(args: argparse.Namespace, cfg: Config) -> int:
@@ -87,11 +87,8 @@ def cmd_match(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
     fp = fingerprint_file(args.file)
-    catalogue = _catalogue(cfg)
-    try:
-        results = catalogue.identify(fp.items, limit=args.limit)
-    finally:
-        catalogue.conn.close()
+    with Database(cfg.db_path) as database:
+        results = _catalogue(database, cfg).identify(fp.items, limit=args.limit)
     matches = [
         {
             "recording_id": r.recording_id,
@@ -116,12 +113,10 @@ def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_index_rebuild(args: argparse.Namespace, cfg: Config) -> int:
-    catalogue = _catalogue(cfg)
-    try:
+    with Database(cfg.db_path) as database:
+        catalogue = _catalogue(database, cfg)
         report = catalogue.rebuild(cfg.storage.sync_root, own_device=cfg.device.id)
         total = catalogue.count()
-    finally:
-        catalogue.conn.close()
     doc = report.as_dict() | {"catalogued": total}
     text = (
         f"indexed {report.added} recordings ({report.duplicates} duplicates), "

@@ -84,7 +84,7 @@ def _add_peer(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _status(args: argparse.Namespace, cfg: Config) -> int:
-    from recorder.mesh.bridge import db_status
+    from recorder.mesh.store import db_status
 
     result = provision.status(cfg, _client(cfg))
     result["bridge"] = db_status(cfg.db_path)
@@ -111,20 +111,13 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _bridge(args: argparse.Namespace, cfg: Config) -> int:
-    from recorder.mesh.bridge import Bridge, run_forever
+    from recorder import app
+    from recorder.mesh.bridge import run_forever
 
-    worker = None
-    outbox = None
-    if cfg.papad.api != "none":
-        from recorder.papad.client import make_client
-        from recorder.papad.outbox import Outbox, OutboxWorker
-
-        outbox = Outbox(cfg.db_path)
-        client = make_client(cfg)
-        assert client is not None
-        worker = OutboxWorker(outbox, client, cfg.papad.concurrency)
-    bridge = Bridge(cfg, outbox=outbox, on_queued=worker.wake if worker else None,
-                    rescan_interval=60.0)
+    parts = app.assemble(cfg, service=True, radio=False, bridge=True)
+    bridge = parts.bridge
+    assert bridge is not None
+    worker = parts.registration.worker if parts.registration is not None else None
     try:
         if args.once:
             report = bridge.run_once()
@@ -150,4 +143,5 @@ def _bridge(args: argparse.Namespace, cfg: Config) -> int:
     finally:
         if worker is not None:
             worker.stop()
-        bridge.close()
+        bridge.stop()
+        parts.close()

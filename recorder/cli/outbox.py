@@ -13,6 +13,7 @@ import json
 from datetime import UTC, datetime
 
 from recorder.config import Config
+from recorder.db import Database
 from recorder.errors import RecorderError
 from recorder.papad.outbox import Entry, Outbox
 
@@ -56,11 +57,9 @@ def _line(e: Entry) -> str:
 
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
     """Print the outbox."""
-    outbox = Outbox(cfg.db_path)
-    try:
-        entries, counts = outbox.list(args.state), outbox.counts()
-    finally:
-        outbox.close()
+    with Database(cfg.db_path) as database:
+        outbox = Outbox(database)
+        entries, counts = outbox.entries(args.state), outbox.counts()
     if args.json:
         print(json.dumps({"counts": counts, "entries": [e.as_dict() for e in entries]},
                          indent=2, sort_keys=True))
@@ -78,8 +77,8 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_retry(args: argparse.Namespace, cfg: Config) -> int:
     """Make one or all undelivered entries due now."""
-    outbox = Outbox(cfg.db_path)
-    try:
+    with Database(cfg.db_path) as database:
+        outbox = Outbox(database)
         if args.all:
             count = outbox.retry_all()
             result: dict = {"retried": count}
@@ -90,8 +89,6 @@ def cmd_retry(args: argparse.Namespace, cfg: Config) -> int:
                 raise RecorderError(f"outbox entry {args.id} is already delivered")
             result = {"retried": 1, "entry": entry.as_dict()}
             message = f"entry {entry.id} ({entry.recording_id}) due now"
-    finally:
-        outbox.close()
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

@@ -67,23 +67,28 @@ def record_once(cfg: Config, *, seconds: float | None, realtime: bool, title: st
                 tags: list[str] | None = None, trigger: str = "cli") -> Published:
     """Open the source, record one recording until `seconds`, end of input or SIGINT/SIGTERM,
     publish it and return the result."""
-    pump = app.build_pump(cfg, realtime=realtime)
+    parts = app.assemble(cfg)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        # Started before the source, so the recording holds the input from its first frame.
-        handle = pump.start_recording(trigger, title=title, tags=tags or [], max_seconds=seconds)
-        pump.start()
-        pump.wait_first_block(cfg.audio.device_wait)
-        while pump.recording and not stop.is_set():
-            time.sleep(0.05)
-        if pump.recording:
-            pump.stop_recording()
-        result = handle.done.result(timeout=60)
+        pump = app.build_pump(parts, cfg.audio, realtime=realtime)
+        try:
+            # Started before the source, so the recording holds the input from its first frame.
+            handle = pump.start_recording(trigger, title=title, tags=tags or [],
+                                          max_seconds=seconds)
+            pump.start()
+            pump.wait_first_block(cfg.audio.device_wait)
+            while pump.recording and not stop.wait(0.05):
+                pass
+            if pump.recording:
+                pump.stop_recording()
+            result = handle.done.result(timeout=60)
+        finally:
+            pump.close()
     finally:
-        pump.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
+        parts.close()
     return result
 
 
@@ -100,7 +105,11 @@ def cmd_record(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_recover(args: argparse.Namespace, cfg: Config) -> int:
     from recorder.recover import recover
 
-    outcomes = recover(cfg, app.build_publisher(cfg))
+    parts = app.assemble(cfg)
+    try:
+        outcomes = recover(cfg, parts.publisher)
+    finally:
+        parts.close()
     if args.json:
         print(json.dumps([o.__dict__ for o in outcomes], indent=2))
     else:
@@ -139,7 +148,7 @@ def _appliance_demo(cfg: Config, say: Any) -> Published:
     factory = MockFactory()
     service = Service(cfg, pin_factory=factory)
     published: list[Any] = []
-    service.publisher.listeners.append(published.append)
+    service.parts.publisher.listeners.append(published.append)
     runner = threading.Thread(target=service.run, name="service", daemon=True)
     runner.start()
     pin, low = cfg.gpio.record_pin or 17, cfg.gpio.active_low

@@ -39,13 +39,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from recorder import db
 from recorder.atomic import atomic_write_text
-from recorder.config import Config
-from recorder.errors import RecorderError
-from recorder.mesh.bridge import (
+from recorder.layout import Layout
+from recorder.mesh.store import (
     ANNOTATIONS,
     IMPORTED,
     PENDING,
@@ -53,10 +51,15 @@ from recorder.mesh.bridge import (
     BridgeStore,
     FileStat,
     Quarantine,
-    read_regular,
 )
 from recorder.papad import mapping
 from recorder.papad.errors import PapadError
+from recorder.safefile import UnsafeFile, read_regular
+
+if TYPE_CHECKING:
+    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.papad.client import PapadClient
+    from recorder.papad.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -170,41 +173,40 @@ class AnnotationExchange:
     """Export this device's annotations and import its peers' (see the module docstring).
 
     `outbox` tells which recordings the local papad has (delivered entries and their remote
-    ids); `client` is the local papad client (default `make_client(cfg)`); `syncthing`, if
-    given, is asked to scan the export right after it is written.
+    ids); `client` is the local papad client; `store` the peer-file table it shares with the
+    bridge; `syncthing`, if given, is asked to scan the export right after it is written.
+    All are built once in `recorder.app`.
     """
 
     def __init__(
         self,
-        cfg: Config,
-        outbox: Any,
+        layout: Layout,
+        outbox: Outbox,
+        client: PapadClient,
+        store: BridgeStore,
         *,
-        client: Any = None,
-        syncthing: Any = None,
+        syncthing: SyncthingClient | None = None,
         export_interval: float = DEFAULT_EXPORT_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if client is None:
-            from recorder.papad.client import make_client
-
-            client = make_client(cfg)
-        if client is None:
-            raise RecorderError("annotation exchange needs papad ([papad] api is 'none')")
-        self.cfg = cfg
-        self.own_id = cfg.device.id
+        self.layout = layout
+        self.own_id = layout.device_id
         self.outbox = outbox
         self.client = client
         self.syncthing = syncthing
         self.export_interval = export_interval
         self.clock = clock
         self._lock = threading.RLock()
-        self._conn = db.connect(cfg.db_path, check_same_thread=False)
-        db.ensure_schema(self._conn, SCHEMA)
-        self.store = BridgeStore(self._conn)
+        self.store = store
+        store.db.ensure_schema(SCHEMA)
         self._next_export = 0.0
         self._pending_peers: set[str] = set()
         self._state: dict[str, Any] = {"exported": None, "export_at": None,
                                        "export_error": None, "import_errors": 0}
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        return self.store.conn
 
     # -- scheduling ----------------------------------------------------------------------
 
@@ -235,7 +237,7 @@ class AnnotationExchange:
     def run(self) -> None:
         """Export now, then import every peer's export that changed."""
         self.export_now()
-        root = self.cfg.storage.sync_root
+        root = self.layout.sync_root
         try:
             peers = sorted(p.name for p in root.iterdir()
                            if p.name != self.own_id and p.is_dir() and not p.is_symlink())
@@ -252,14 +254,10 @@ class AnnotationExchange:
         return {**self._state, "pending_peers": sorted(self._pending_peers),
                 "imported": {f"{r['origin']}/{r['state']}": r["n"] for r in links}}
 
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
     # -- export --------------------------------------------------------------------------
 
     def _delivered(self) -> dict[str, Any]:
-        return {e.recording_id: e for e in self.outbox.list("delivered") if e.remote_id}
+        return {e.recording_id: e for e in self.outbox.entries("delivered") if e.remote_id}
 
     def collect(self) -> list[dict[str, Any]]:
         """This device's own annotations on every recording the local papad has.
@@ -299,14 +297,14 @@ class AnnotationExchange:
         items = self.collect()
         doc = {"schema": SCHEMA_ID, "device_id": self.own_id, "annotations": items}
         text = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-        target = self.cfg.device_folder / EXPORT_PATH
+        target = self.layout.device_folder / EXPORT_PATH
         self._state.update(exported=len(items), export_error=None)
         try:
             if target.read_text(encoding="utf-8") == text:
                 return False
         except (OSError, UnicodeDecodeError):
             pass
-        atomic_write_text(target, text, staging_dir=self.cfg.storage.staging_dir)
+        atomic_write_text(target, text, staging_dir=self.layout.staging_dir)
         self._state["export_at"] = time.time()
         log.info("annotations: exported %d annotation(s)", len(items))
         if self.syncthing is not None:
@@ -323,7 +321,7 @@ class AnnotationExchange:
         Returns the file's state (imported, pending, quarantined) or None when there is none
         or nothing changed. Never raises for bad input or papad failures (logged, retried).
         """
-        folder = self.cfg.storage.sync_root / peer
+        folder = self.layout.folder_of(peer)
         path = folder / EXPORT_PATH
         with self._lock:
             try:
@@ -340,13 +338,13 @@ class AnnotationExchange:
                 data = read_regular(path, folder, MAX_EXPORT_BYTES)
                 try:
                     doc = json.loads(data.decode("utf-8"))
-                except (UnicodeDecodeError, ValueError) as exc:
+                except (UnicodeDecodeError, ValueError, RecursionError) as exc:
                     raise Quarantine(f"annotation export is not valid JSON: {exc}") from None
                 entries = validate_export(doc, peer)
             except FileNotFoundError:
                 return None
-            except (Quarantine, OSError) as exc:
-                reason = str(exc) if isinstance(exc, Quarantine) else \
+            except (Quarantine, UnsafeFile, OSError) as exc:
+                reason = str(exc) if isinstance(exc, (Quarantine, UnsafeFile)) else \
                     f"cannot read: {exc.strerror or exc}"
                 if not reason.startswith("annotation"):
                     reason = f"annotation export {reason}"

@@ -11,6 +11,7 @@ when Syncthing is down (the watcher or the periodic rescan picks the file up lat
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,31 @@ QUIET_SCAN_TIMEOUT = 3.0
 
 
 class SyncthingClient:
-    """REST calls to one Syncthing instance (``url`` like ``http://127.0.0.1:8384``)."""
+    """REST calls to one Syncthing instance (``url`` like ``http://127.0.0.1:8384``).
+
+    One client is shared by the service's threads (the publisher's scan hand-off, the bridge
+    and its event long poll): each thread gets its own `requests.Session`, since a session's
+    connection pool is not meant to be driven from several threads at once.
+    """
 
     def __init__(self, url: str, api_key: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self._session = requests.Session()
-        self._session.headers["X-API-Key"] = api_key
+        self._api_key = api_key
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    @property
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["X-API-Key"] = self._api_key
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
 
     @classmethod
     def from_config(cls, cfg: SyncthingConfig) -> SyncthingClient:
@@ -47,7 +66,12 @@ class SyncthingClient:
         return cls(cfg.url, read_secret(cfg.api_key_file, "syncthing.api_key_file"))
 
     def close(self) -> None:
-        self._session.close()
+        """Close every thread's session."""
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+        self._local = threading.local()
 
     # --- transport ----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from recorder.config import Config
+from recorder.db import Database
 from recorder.errors import RecorderError
 from recorder.papad.client import check, make_client
 from recorder.papad.outbox import PARKED, PENDING, Outbox
@@ -27,11 +28,9 @@ def outbox_checks(cfg: Config) -> list[dict[str, Any]]:
     """Outbox depth (parked entries fail the check) and the age of the oldest entry."""
     if not cfg.db_path.exists():
         return [check("papad outbox depth", True, "empty (no database yet)")]
-    outbox = Outbox(cfg.db_path)
-    try:
+    with Database(cfg.db_path) as database:
+        outbox = Outbox(database)
         counts, age = outbox.counts(), outbox.oldest_age()
-    finally:
-        outbox.close()
     parked = counts[PARKED]
     detail = f"{counts[PENDING]} pending, {parked} parked"
     if parked:

@@ -30,7 +30,7 @@ from recorder.errors import RecorderError
 from recorder.papad import mapping
 from recorder.papad.client import PapadClient
 from recorder.papad.errors import PapadError, PermanentError, RetryableError
-from recorder.sidecar import SidecarError, loads, validate
+from recorder.sidecar import published_sidecars, validate
 
 log = logging.getLogger(__name__)
 
@@ -132,25 +132,25 @@ def _entry(row: sqlite3.Row) -> Entry:
 
 
 class Outbox:
-    """The queue, in the shared database at `db_path` (WAL, synchronous=FULL).
+    """The queue, in the shared database (WAL, synchronous=FULL).
 
-    Thread-safe: one connection, used under a lock.
+    Thread-safe: each thread uses its own connection of the `Database`; the lock keeps each
+    read-modify-write of one instance in order.
     """
 
-    def __init__(self, db_path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, database: db.Database, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.RLock()
-        self._conn = db.connect(db_path, check_same_thread=False)
-        db.ensure_schema(self._conn, SCHEMA)
+        self.database = database
+        database.ensure_schema(SCHEMA)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        return self.database.conn
 
     def now(self) -> float:
         """The outbox clock (wall time, seconds): what `next_attempt_at` is measured in."""
         return self._clock()
-
-    def close(self) -> None:
-        """Close the database connection."""
-        with self._lock:
-            self._conn.close()
 
     # -- producing -------------------------------------------------------------------------
 
@@ -188,26 +188,19 @@ class Outbox:
         conflict copies, hidden/partial files and sidecars whose recording file is missing
         are skipped. Returns how many entries were added.
         """
-        root = folder / "recordings"
-        if not root.is_dir():
-            return 0
         with self._lock:
             known = {r[0] for r in self._conn.execute("SELECT recording_id FROM papad_outbox")}
         added = 0
-        for path in sorted(root.rglob("*.json")):
-            if ".sync-conflict-" in path.name or path.name.startswith("."):
+        for found in published_sidecars(folder):
+            if found.doc is None:
+                log.warning("papad outbox: skipping sidecar %s: %s", found.path, found.problem)
                 continue
-            try:
-                doc = loads(path.read_bytes())
-                validate(doc, expect_device=folder.name)
-            except (OSError, SidecarError) as exc:
-                log.warning("papad outbox: skipping sidecar %s: %s", path, exc)
-                continue
+            doc = found.doc
             if doc["recording_id"] in known:
                 continue
             audio = folder / doc["path"]
             if not audio.is_file():
-                log.warning("papad outbox: %s has no recording file %s", path, audio)
+                log.warning("papad outbox: %s has no recording file %s", found.path, audio)
                 continue
             self.enqueue(doc, audio, origin)
             known.add(doc["recording_id"])
@@ -224,7 +217,7 @@ class Outbox:
             row = self._conn.execute(_SELECT + " WHERE o.id = ?", (outbox_id,)).fetchone()
         return _entry(row) if row else None
 
-    def list(self, state: str | None = None) -> list[Entry]:
+    def entries(self, state: str | None = None) -> list[Entry]:
         """All entries (optionally only those in `state`), oldest first."""
         where, args = (" WHERE o.state = ?", (state,)) if state else ("", ())
         with self._lock:

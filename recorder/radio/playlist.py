@@ -26,6 +26,7 @@ from typing import Any
 from recorder import sidecar
 from recorder.atomic import atomic_write_text
 from recorder.config import Config
+from recorder.layout import device_folders
 
 log = logging.getLogger(__name__)
 
@@ -152,26 +153,17 @@ def parse_m3u(text: str) -> list[tuple[int, str, str]]:
 
 
 def scan_sidecars(sync_root: Path) -> list[dict[str, Any]]:
-    """Recording records from every valid sidecar under ``<sync_root>/*/recordings/``.
-
-    Works without the catalogue. Skips Syncthing conflict copies, hidden and temporary files,
-    invalid sidecars, sidecars lying in another device's folder, and recordings whose audio file
-    has not arrived yet (Syncthing may deliver the sidecar first).
-    """
+    """Recording records from every valid sidecar under ``<sync_root>/*/recordings/`` (the
+    shared rule of `recorder.sidecar.published_sidecars`), without the catalogue. Recordings
+    whose audio file has not arrived yet (Syncthing may deliver the sidecar first) are left
+    out: the station must be able to play what it lists."""
     records = []
-    for device_dir in sorted(p for p in sync_root.glob("*") if p.is_dir()):
-        for path in sorted((device_dir / "recordings").glob("**/*.json")):
-            if path.name.startswith(".") or ".sync-conflict-" in path.name:
-                continue
-            try:
-                doc = sidecar.loads(path.read_bytes())
-            except (OSError, sidecar.SidecarError) as exc:
-                log.debug("playlist: skipping %s: %s", path, exc)
-                continue
-            # A peer must not speak for another device; the audio must be there to play.
-            if doc["device_id"] != device_dir.name or not (device_dir / doc["path"]).is_file():
-                continue
-            records.append(doc)
+    for folder in device_folders(sync_root):
+        for found in sidecar.published_sidecars(folder):
+            if found.doc is None:
+                log.debug("playlist: skipping %s: %s", found.path, found.problem)
+            elif (folder / found.doc["path"]).is_file():
+                records.append(found.doc)
     return records
 
 

@@ -13,7 +13,18 @@ from typing import Any, Protocol
 import numpy as np
 
 
+class AlwaysOnSink(Protocol):
+    """A consumer the pump feeds for as long as the source runs (level meter, radio stream).
+
+    Called on the pump thread; it must not block (hand the audio over and return)."""
+
+    def write(self, block: np.ndarray) -> None:
+        """Consume int16 frames ``(frames, channels)``. Must not keep a reference to `block`."""
+
+
 class Sink(Protocol):
+    """A per-recording consumer: lives for one recording, contributes sidecar fields."""
+
     def write(self, block: np.ndarray) -> None:
         """Consume int16 frames ``(frames, channels)``. Must not keep a reference to `block`."""
 

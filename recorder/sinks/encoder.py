@@ -19,19 +19,13 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from recorder import codec as codecs
+from recorder.audioformat import AudioFormat
+from recorder.config import EncoderConfig
+
+# libvorbis allocates on the stack in proportion to the block: one write of about 45 s of
+# 48 kHz mono crashes the process (libsndfile issue 1095). Every write is cut to this size.
 MAX_WRITE_FRAMES = 4096
-OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
-
-
-def compression_level(codec: str, channels: int, vorbis_quality: float, opus_bitrate: int) -> float:
-    """soundfile's compression_level for a codec setting.
-
-    libsndfile maps it as: Vorbis quality = 1 - level (oggenc's -q4 is 0.4, so level 0.6);
-    Opus bitrate = ((1 - level) * 250000 + 6000) * channels bit/s.
-    """
-    if codec == "vorbis":
-        return min(1.0, max(0.0, 1.0 - vorbis_quality / 10.0))
-    return min(1.0, max(0.0, 1.0 - (opus_bitrate * 1000 - 6000) / 250000))
 
 
 class _HashingFile(io.RawIOBase):
@@ -97,30 +91,35 @@ class _HashingFile(io.RawIOBase):
 class OggEncoderSink:
     """Encode int16 blocks into an OGG file at `path`."""
 
-    def __init__(self, path: Path, *, samplerate: int, channels: int, codec: str = "vorbis",
-                 vorbis_quality: float = 4.0, opus_bitrate: int = 32,
+    def __init__(self, path: Path, fmt: AudioFormat, encoder: EncoderConfig, *,
                  comments: dict[str, str] | None = None, flush_seconds: float = 2.0) -> None:
-        if codec == "opus" and samplerate not in OPUS_RATES:
-            raise ValueError(f"Opus cannot encode {samplerate} Hz")
+        codec = encoder.codec
+        problem = codecs.unsupported_rate(codec, fmt.samplerate)
+        if problem:
+            raise ValueError(problem)  # config refuses such pairs; this guards other callers
         self.path = path
         self.codec = codec
-        self.samplerate = samplerate
-        self.channels = channels
+        self.format = fmt
         self.frames = 0
-        self._flush_every = max(1, int(flush_seconds * samplerate))
+        self._flush_every = max(1, fmt.frames(flush_seconds))
         self._next_flush = self._flush_every
         self._file = _HashingFile(path)
-        self._sf = sf.SoundFile(
-            self._file, "w", samplerate=samplerate, channels=channels, format="OGG",
-            subtype="VORBIS" if codec == "vorbis" else "OPUS",
-            compression_level=compression_level(codec, channels, vorbis_quality, opus_bitrate),
-        )
+        try:
+            self._sf = sf.SoundFile(
+                self._file, "w", samplerate=fmt.samplerate, channels=fmt.channels,
+                format="OGG", subtype=codecs.SUBTYPES[codec],
+                compression_level=codecs.compression_level(codec, encoder.vorbis_quality,
+                                                           encoder.opus_bitrate),
+            )
+        except BaseException:
+            self._file.close()
+            raise
         # Ogg comments must be set before the first audio write: they live in the header packet.
         for key, value in (comments or {}).items():
             if value:
                 setattr(self._sf, key, value)
-        self._settings = ({"vorbis_quality": vorbis_quality} if codec == "vorbis"
-                          else {"opus_bitrate": opus_bitrate})
+        self._settings = ({"vorbis_quality": encoder.vorbis_quality} if codec == "vorbis"
+                          else {"opus_bitrate": encoder.opus_bitrate})
 
     def write(self, block: np.ndarray) -> None:
         for i in range(0, block.shape[0], MAX_WRITE_FRAMES):
@@ -143,10 +142,10 @@ class OggEncoderSink:
         return {
             "codec": self.codec,
             "encoder": self._settings,
-            "samplerate": self.samplerate,
-            "channels": self.channels,
+            "samplerate": self.format.samplerate,
+            "channels": self.format.channels,
             "frames": self.frames,
-            "duration": round(self.frames / self.samplerate, 3),
+            "duration": round(self.format.seconds(self.frames), 3),
             "sha256": sha256,
             "bytes": size,
         }

@@ -15,15 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from recorder.audioformat import AudioFormat
+
 
 class JournalSink:
     """Append int16 frames to a raw file, fsyncing every `flush_seconds` of audio."""
 
-    def __init__(self, path: Path, *, samplerate: int, flush_seconds: float = 2.0) -> None:
+    def __init__(self, path: Path, fmt: AudioFormat, *, flush_seconds: float = 2.0) -> None:
         self.path = path
         self.frames = 0
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o640)
-        self._flush_every = max(1, int(flush_seconds * samplerate))
+        self._flush_every = max(1, fmt.frames(flush_seconds))
         self._next_flush = self._flush_every
 
     def write(self, block: np.ndarray) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from recorder.config import AudioConfig
+from recorder.audioformat import AudioFormat
+from recorder.config import AudioConfig, SourceSpec
 from recorder.ring import RingBuffer
 
 
@@ -30,8 +31,7 @@ class AudioSource(Protocol):
     """Something that fills a ring buffer with int16 frames once started."""
 
     name: str
-    samplerate: int
-    channels: int
+    format: AudioFormat  # what it delivers: the configured format, or it refuses to open
     stats: SourceStats
 
     def start(self, ring: RingBuffer) -> None:
@@ -41,20 +41,27 @@ class AudioSource(Protocol):
         """Stop delivering; never hangs, even if the device is gone."""
 
 
-def open_source(spec: str, audio: AudioConfig, *, realtime: bool = True,
+def configured_format(audio: AudioConfig) -> AudioFormat:
+    """The format `audio` asks every source to deliver."""
+    return AudioFormat(audio.samplerate, audio.channels)
+
+
+def open_source(spec: SourceSpec, audio: AudioConfig, *, realtime: bool = True,
                 loop: bool = False) -> AudioSource:
-    """Open the source named by `spec`: ``file:PATH`` or a PortAudio device (name or index).
+    """Open the source named by `spec` (a file or a PortAudio device) delivering the
+    configured format.
 
     `realtime` and `loop` apply to files: pace like a live input, and replay forever.
 
-    Raises InputFileError for an unreadable file and DeviceError for a missing device.
+    Raises InputFileError for an unreadable file and DeviceError for a missing device or one
+    that cannot record the configured format.
     """
-    if spec.startswith("file:"):
+    fmt = configured_format(audio)
+    if spec.file is not None:
         from recorder.sources.file import FileSource
 
-        return FileSource(spec[5:], channels=audio.channels, blocksize=audio.blocksize,
-                          realtime=realtime, loop=loop)
+        return FileSource(spec.file, fmt, blocksize=audio.blocksize, realtime=realtime,
+                          loop=loop)
     from recorder.sources.portaudio import PortAudioSource
 
-    return PortAudioSource(spec, samplerate=audio.samplerate, channels=audio.channels,
-                           blocksize=audio.blocksize)
+    return PortAudioSource(spec.device, fmt, blocksize=audio.blocksize)

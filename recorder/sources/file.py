@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from recorder.audioformat import AudioFormat
 from recorder.errors import InputFileError
 from recorder.ring import RingBuffer
 from recorder.sources import SourceStats
@@ -55,13 +56,19 @@ FAST_BLOCK = 16384
 class FileSource:
     """Deliver a sound file's frames into the ring from a background thread."""
 
-    def __init__(self, path: str | Path, *, channels: int, blocksize: int = 1024,
+    def __init__(self, path: str | Path, fmt: AudioFormat, *, blocksize: int = 1024,
                  realtime: bool = True, loop: bool = False) -> None:
         self.path = Path(path)
         with open_sound_file(self.path) as f:
-            self.samplerate = int(f.samplerate)
+            rate = int(f.samplerate)
             self.file_frames = f.frames
-        self.channels = channels
+        if rate != fmt.samplerate:
+            raise InputFileError(
+                f"cannot record {self.path}: it is {rate} Hz, the configuration records at "
+                f"{fmt.samplerate} Hz (audio.samplerate); convert it first, e.g. "
+                f"sox IN -r {fmt.samplerate} OUT.wav"
+            )
+        self.format = fmt  # files with another channel count are mixed to it
         # As fast as possible there is no device period to imitate: big blocks cut per-block
         # overhead (decode calls, ring writes) to a small fraction of the encoder's cost.
         self.blocksize = blocksize if realtime else max(blocksize, FAST_BLOCK)
@@ -92,9 +99,9 @@ class FileSource:
                                           always_2d=True):
                         if self._stop.is_set():
                             return
-                        block = to_channels(block, self.channels)
+                        block = to_channels(block, self.format.channels)
                         if self.realtime:
-                            delay = started + sent / self.samplerate - time.monotonic()
+                            delay = started + sent / self.format.samplerate - time.monotonic()
                             if delay > 0 and self._stop.wait(delay):
                                 return
                         else:

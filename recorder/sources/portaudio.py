@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from recorder.audioformat import AudioFormat
 from recorder.errors import DeviceError
 from recorder.ring import RingBuffer
 from recorder.sources import SourceStats
@@ -87,10 +88,10 @@ def find_device(spec: str) -> int | None:
 class PortAudioSource:
     """A live input stream writing into a ring buffer."""
 
-    def __init__(self, spec: str, *, samplerate: int, channels: int, blocksize: int = 1024) -> None:
+    def __init__(self, spec: str, fmt: AudioFormat, *, blocksize: int = 1024) -> None:
         self.spec = spec
-        self.samplerate = samplerate
-        self.channels = channels
+        self.format = fmt
+        samplerate, channels = fmt.samplerate, fmt.channels
         self.blocksize = blocksize
         self.stats = SourceStats()
         self._sd = _sounddevice()
@@ -111,7 +112,8 @@ class PortAudioSource:
         self._ring = ring
         try:
             self._stream = self._sd.InputStream(
-                device=self.device, samplerate=self.samplerate, channels=self.channels,
+                device=self.device, samplerate=self.format.samplerate,
+                channels=self.format.channels,
                 dtype="int16", blocksize=self.blocksize, callback=self._callback,
                 finished_callback=self._finished,
             )

@@ -23,9 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from recorder import app
-from recorder.config import parse_config
+from recorder.config import SourceSpec, parse_config
 from recorder.mesh import provision
-from recorder.mesh.bridge import Bridge
 from tests.clips import speech
 from tests.mesh_devices import Device
 from tests.papad_recordings import make_recording, ogg_bytes
@@ -73,8 +72,9 @@ def latency(base: Path, runs: int, watcher_runs: int) -> None:
 
 
 def _one(da: Device, db_: Device, wav: Path) -> float:
-    pump = app.build_pump(da.cfg, source_spec=f"file:{wav}", realtime=True,
-                          assembly=da.assembly)
+    assert da.assembly is not None
+    pump = app.build_pump(da.assembly, da.cfg.audio, source=SourceSpec.parse(f"file:{wav}"),
+                          realtime=True)
     try:
         handle = pump.start_recording("bench")
         pump.start()
@@ -96,6 +96,7 @@ def idle_cpu(base: Path, count: int, window: float, rescan: float) -> None:
     cfg = parse_config({
         "device": {"id": "benchdev"},
         "storage": {"data_dir": str(base / "data"), "reserve_mb": 0},
+        "mesh": {"rescan_interval": rescan},
     })
     peer = cfg.storage.sync_root / "dev-peer"
     data = ogg_bytes(0.2, 440)
@@ -103,7 +104,8 @@ def idle_cpu(base: Path, count: int, window: float, rescan: float) -> None:
     for i in range(count):
         make_recording(peer, index=i, data=data)
     print(f"synthesised {count} peer recordings in {time.monotonic() - t0:.1f} s")
-    bridge = Bridge(cfg, syncthing=False, exchange=False, rescan_interval=rescan)
+    bridge = app.assemble(cfg, service=True, radio=False, bridge=True).bridge
+    assert bridge is not None
     t0, c0 = time.monotonic(), time.process_time()
     report = bridge.run_once()
     print(f"first import: {report.imported} imported in {time.monotonic() - t0:.2f} s "

@@ -78,7 +78,7 @@ def bench_latency(root: Path, data: bytes, seconds: float, n: int) -> list[float
             latencies.append(time.perf_counter() - t0)
     finally:
         worker.stop()
-        outbox.close()
+        outbox.database.close()
         client.close()
         server.stop()
     assert len(server.media) == n
@@ -110,7 +110,7 @@ def bench_drain(root: Path, data: bytes, seconds: float, n: int, concurrency: in
         time.sleep(0.05)
     worker.stop()
     counts = outbox.counts()
-    outbox.close()
+    outbox.database.close()
     client.close()
     server.stop()
     assert counts["delivered"] == n, counts

@@ -31,7 +31,7 @@ import soundfile as sf
 
 from recorder import app
 from recorder.cli.record import demo_clip
-from recorder.config import parse_config
+from recorder.config import SourceSpec, parse_config
 
 RATE = 48000
 
@@ -58,7 +58,8 @@ def config(root: Path, audioid: bool = True, **audio):
 def pipeline_run(clip: Path, root: Path, audioid: bool = True) -> tuple[float, float]:
     """(CPU seconds, stop-to-published seconds) for recording `clip` as fast as possible."""
     cfg = config(root, audioid)
-    pump = app.build_pump(cfg, source_spec=f"file:{clip}", realtime=False)
+    pump = app.build_pump(app.assemble(cfg), cfg.audio,
+                          source=SourceSpec.parse(f"file:{clip}"), realtime=False)
     cpu0 = time.process_time()
     handle = pump.start_recording("bench")
     pump.start()
@@ -111,7 +112,7 @@ def capture_overflows(seconds: float, root: Path) -> dict:
     saved = server.apply_env()
     try:
         cfg = config(root / "cap", source="pulse")
-        pump = app.build_pump(cfg)
+        pump = app.build_pump(app.assemble(cfg), cfg.audio)
         busy = [multiprocessing.Process(target=_burn, args=(time.monotonic() + seconds + 3,))
                 for _ in range(os.cpu_count() or 2)]
         for p in busy:
