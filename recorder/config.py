@@ -89,6 +89,13 @@ class SyncthingConfig:
 
 
 @dataclass(frozen=True)
+class YggdrasilConfig:
+    # The admin socket of this device's yggdrasil node (yggdrasilctl -endpoint syntax); empty:
+    # no yggdrasil on this device (mesh status then shows none).
+    admin_endpoint: str = "unix:///run/yggdrasil/yggdrasil.sock"
+
+
+@dataclass(frozen=True)
 class RadioConfig:
     live: bool = False
     url: str = "http://127.0.0.1:8001"  # 8000 is papad's
@@ -136,6 +143,7 @@ class Config:
     audioid: AudioIdConfig = field(default_factory=AudioIdConfig)
     papad: PapadConfig = field(default_factory=PapadConfig)
     syncthing: SyncthingConfig = field(default_factory=SyncthingConfig)
+    yggdrasil: YggdrasilConfig = field(default_factory=YggdrasilConfig)
     radio: RadioConfig = field(default_factory=RadioConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -233,6 +241,18 @@ def _mount(key: str, value: Any) -> str:
     return value
 
 
+def _admin_endpoint(key: str, value: Any) -> str:
+    value = _string(key, value).strip()
+    if value == "":
+        return value
+    if value.startswith("unix:///") and len(value) > len("unix:///"):
+        return value
+    host, _, port = value.removeprefix("tcp://").rpartition(":")
+    if value.startswith("tcp://") and host and port.isdigit() and 0 < int(port) < 65536:
+        return value
+    raise _fail(key, "must be unix:///PATH or tcp://HOST:PORT (or empty)", value)
+
+
 _boolean = _type(bool, "true or false")
 
 SCHEMA: dict[str, dict[str, Check]] = {
@@ -284,6 +304,9 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "api_key_file": _optional_path,
         "rescan_interval": _number(0, 86400, integer=True),
         "watcher_delay": _number(1, 3600, integer=True),
+    },
+    "yggdrasil": {
+        "admin_endpoint": _admin_endpoint,
     },
     "radio": {
         "live": _boolean,
