@@ -72,6 +72,7 @@ def lab(tmp_path_factory):
             nodes[name].start_syncthing()
         _pair(a, nodes["b"])
         _pair(a, nodes["d"])
+        _pair(nodes["b"], nodes["d"])  # a full mesh, as the appliance pairs devices
         lab.nodes = nodes
         yield lab
 
@@ -181,8 +182,7 @@ def test_mesh_status_shows_yggdrasil_addresses(lab):
     assert text.returncode == 0, text.stderr
     assert f"yggdrasil {a.ygg_address} (peers dial {a.sync_address})" in text.stdout
     assert f"    yggdrasil {b.ygg_address}" in text.stdout
-    assert re.search(rf"yggdrasil peer {re.escape(d.ygg_address)} via tls://{a.ipv4}", text.stdout) \
-        is None  # d dialled a: a sees d's source port, not its own listener
+    # d dialled a's static listener: a sees the link coming from d's address.
     assert f"yggdrasil peer {d.ygg_address} via tls://{d.ipv4}:" in text.stdout
 
 
@@ -213,16 +213,21 @@ def _chronyd(node: Node, sources: Path | None) -> Path:
     """chronyd in `node` with the appliance's mesh config, not touching the host clock (-x)."""
     chronyd = need("chronyd", "chrony")
     run = node.dir / "chrony"
-    run.mkdir(exist_ok=True)
+    run.mkdir(mode=0o700, exist_ok=True)  # chronyd refuses a socket directory others can open
     lines = [f"include {MESH_CHRONY_CONF}", f"pidfile {run}/chronyd.pid",
              f"bindcmdaddress {run}/chronyd.sock", "cmdport 0", f"driftfile {run}/drift"]
     if sources is not None:
         lines.append(f"sourcedir {sources}")
     conf = run / "chrony.conf"
     conf.write_text("\n".join(lines) + "\n")
-    node.popen([chronyd, "-d", "-x", "-u", "root", "-f", str(conf)], run / "chronyd.log")
+    proc = node.popen([chronyd, "-d", "-x", "-u", "root", "-f", str(conf)], run / "chronyd.log")
     sock = run / "chronyd.sock"
-    wait_until(sock.exists, DEADLINE, 0.05, f"chronyd on {node.short}")
+
+    def ready() -> bool:
+        assert proc.poll() is None, (run / "chronyd.log").read_text()
+        return sock.exists()
+
+    wait_until(ready, DEADLINE, 0.05, f"chronyd on {node.short}")
     return sock
 
 
@@ -247,13 +252,15 @@ def _runs_on_local_reference(node: Node, sock: Path) -> bool:
 
 
 def test_mesh_time_sources_and_chrony_over_yggdrasil(lab, tmp_path):
-    """Offline, the mesh agrees on one clock: chrony on a, b and d, each with its Syncthing
+    """Offline, the mesh agrees on one clock: chrony on a, b and d, each with all its Syncthing
     peers' yggdrasil addresses as sources (``recorder mesh time-sources --write``) and the
-    appliance's mesh config (orphan mode). Exactly one device runs on its local reference and
-    every other one is synchronised to a peer. chronyd runs with -x: it measures, selects and
-    serves time but never touches the clock the namespaces share with the host."""
+    appliance's mesh config (orphan mode, which needs every device to poll every other).
+    Exactly one device runs on its local reference and every other one is synchronised to a
+    peer. chronyd runs with -x: it measures, selects and serves time but never touches the
+    clock the namespaces share with the host."""
     a, b, d = (lab.nodes[n] for n in "abd")
-    peers = {a: {b.ygg_address, d.ygg_address}, b: {a.ygg_address}, d: {a.ygg_address}}
+    peers = {a: {b.ygg_address, d.ygg_address}, b: {a.ygg_address, d.ygg_address},
+             d: {a.ygg_address, b.ygg_address}}
     socks = {}
     for node, expected in peers.items():
         sources_dir = tmp_path / f"sources-{node.short}"
@@ -275,7 +282,14 @@ def test_mesh_time_sources_and_chrony_over_yggdrasil(lab, tmp_path):
         roots = [n for n in peers if n not in synced and _runs_on_local_reference(n, socks[n])]
         return len(synced) == 2 and len(roots) == 1
 
-    wait_until(agreed, DEADLINE, 0.5, "one chrony root on its local reference, two synced")
+    def state() -> str:
+        return "\n".join(f"{n.short}: {_sources(n, socks[n])}" for n in peers)
+
+    try:
+        wait_until(agreed, DEADLINE, 0.5, "one chrony root on its local reference, two synced")
+    except BaseException:
+        print(state())
+        raise
 
 
 def test_mesh_time_sources_write_failure_is_one_line(lab, tmp_path):
