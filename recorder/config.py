@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -93,6 +94,11 @@ class YggdrasilConfig:
     # The admin socket of this device's yggdrasil node (yggdrasilctl -endpoint syntax); empty:
     # no yggdrasil on this device (mesh status then shows none).
     admin_endpoint: str = "unix:///run/yggdrasil/yggdrasil.sock"
+    # What `recorder mesh yggdrasil-config` writes into yggdrasil's own config:
+    peers: tuple[str, ...] = ()  # static peers of other sites: tls://HOST:PORT, tcp://HOST:PORT
+    listen: tuple[str, ...] = ()  # listeners other sites may dial: tls://[::]:12345
+    multicast: str = "^(eth|en|wlan|wl|usb)"  # interfaces (regex) for LAN discovery; "" = off
+    interface: str = "ygg0"  # the tun interface carrying the 200::/7 address
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,36 @@ def _admin_endpoint(key: str, value: Any) -> str:
     raise _fail(key, "must be unix:///PATH or tcp://HOST:PORT (or empty)", value)
 
 
+def _uri_list(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _fail(key, "must be a list of URIs like \"tls://203.0.113.5:12345\"", value)
+    out = []
+    for item in value:
+        host_port = item.split("://", 1)[1] if isinstance(item, str) and "://" in item else ""
+        scheme = item.split("://", 1)[0] if host_port else ""
+        if scheme not in ("tcp", "tls", "socks") or ":" not in host_port or " " in item:
+            raise _fail(key, "entries must be tls://HOST:PORT, tcp://HOST:PORT or socks://...",
+                        item)
+        out.append(item)
+    return tuple(out)
+
+
+def _regex(key: str, value: Any) -> str:
+    value = _string(key, value)
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise _fail(key, f"must be a regular expression ({exc})", value) from None
+    return value
+
+
+def _ifname(key: str, value: Any) -> str:
+    value = _string(key, value)
+    if value != "auto" and not (0 < len(value) <= 15 and value.replace("-", "").isalnum()):
+        raise _fail(key, "must be an interface name (letters, digits, '-', at most 15)", value)
+    return value
+
+
 _boolean = _type(bool, "true or false")
 
 SCHEMA: dict[str, dict[str, Check]] = {
@@ -307,6 +343,10 @@ SCHEMA: dict[str, dict[str, Check]] = {
     },
     "yggdrasil": {
         "admin_endpoint": _admin_endpoint,
+        "peers": _uri_list,
+        "listen": _uri_list,
+        "multicast": _regex,
+        "interface": _ifname,
     },
     "radio": {
         "live": _boolean,

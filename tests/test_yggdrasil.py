@@ -300,3 +300,50 @@ def test_mesh_time_sources_write_failure_is_one_line(lab, tmp_path):
     assert res.returncode == 1
     assert res.stderr == (f"recorder: error: cannot write chrony sources {blocker}/x.sources: "
                           "Not a directory\n")
+
+
+# --- the appliance's yggdrasil config -------------------------------------------------------
+
+
+def test_yggdrasil_config_command_makes_a_working_node(lab, tmp_path):
+    """`recorder mesh yggdrasil-config` (what the appliance runs before yggdrasil starts)
+    writes a config a real yggdrasil runs with: keys made once, the admin socket directory
+    created, LAN multicast and the static peer from [yggdrasil]; a re-run changes nothing."""
+    a = lab.nodes["a"]
+    e = lab.node("e", lab.lans[1])  # on the other site, next to d (which has multicast off)
+    conf = tmp_path / "etc/yggdrasil.conf"
+    conf.parent.mkdir()
+    sock = tmp_path / "run/yggdrasil/yggdrasil.sock"  # run/yggdrasil does not exist yet
+    config = tmp_path / "recorder.toml"
+    config.write_text(
+        f'[device]\nid = "dev-e"\n[storage]\ndata_dir = "{tmp_path}/data"\n'
+        f'[yggdrasil]\nadmin_endpoint = "unix://{sock}"\n'
+        f'peers = ["tls://{a.ipv4}:{STATIC_PORT}"]\nmulticast = "^lan0$"\n'
+        'interface = "ygg-e"\n')
+    first = run_cli("--config", str(config), "mesh", "yggdrasil-config", "--write", str(conf),
+                    "--json", timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "generated keys" in json.loads(first.stdout)["changes"]
+    assert conf.stat().st_mode & 0o077 == 0o040  # the private key: owner and group only
+    assert sock.parent.is_dir()
+    written = json.loads(conf.read_text())
+    again = run_cli("--config", str(config), "mesh", "yggdrasil-config", "--write", str(conf),
+                    timeout=60)
+    assert again.returncode == 0 and again.stdout.startswith("unchanged"), again.stdout
+    assert json.loads(conf.read_text())["PrivateKey"] == written["PrivateKey"]
+
+    yggdrasil = need("yggdrasil")
+    e.popen([yggdrasil, "-useconffile", str(conf)], tmp_path / "yggdrasil.log")
+    endpoint = f"unix://{sock}"
+
+    def e_peers() -> list[dict] | None:
+        res = subprocess.run(["yggdrasilctl", "-json", "-endpoint", endpoint, "getPeers"],
+                             capture_output=True, text=True, timeout=30)
+        try:  # while yggdrasil starts, yggdrasilctl may print an error and still exit 0
+            return json.loads(res.stdout).get("peers") or None
+        except ValueError:
+            return None
+
+    peers = wait_until(e_peers, DEADLINE, 0.1, "e peered through its static peer")
+    assert [p["key"] for p in peers] == [a.ygg_key]
+    assert e.ygg is None  # started from the product's config, not the harness's

@@ -6,11 +6,11 @@ import argparse
 import json
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
+from recorder.cli import mesh_net
 from recorder.config import Config
-from recorder.mesh import provision, timesync, yggdrasil
+from recorder.mesh import provision
 from recorder.mesh.syncthing import SyncthingClient
 
 
@@ -39,12 +39,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_status)
 
-    p = sub.add_parser("time-sources", help="the mesh peers' yggdrasil addresses as chrony "
-                       "sources (time without internet)")
-    p.add_argument("--write", metavar="PATH", nargs="?", const=str(timesync.SOURCES_FILE),
-                   help=f"replace PATH atomically (default {timesync.SOURCES_FILE}) instead of "
-                        "printing; exit 0 and print 'changed' or 'unchanged'")
-    p.set_defaults(func=_time_sources)
+    mesh_net.register(sub, _client)
 
     p = sub.add_parser("bridge", help="import peers' recordings and annotations into papad "
                        "(the service runs this itself; use when it is not running)")
@@ -96,22 +91,18 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
 
     result = provision.status(cfg, _client(cfg))
     result["bridge"] = db_status(cfg.db_path)
-    endpoint = cfg.yggdrasil.admin_endpoint
-    result["yggdrasil"] = yggdrasil.status(endpoint) if endpoint else None
-    for p in result["peers"]:
-        p["yggdrasil"] = timesync.peer_time_addresses([p["addresses"]])
+    mesh_net.add_status(result, cfg)
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"this device: {result['device_id']} (Syncthing {result['syncthing_id']})")
-    _print_yggdrasil(result["yggdrasil"])
+    mesh_net.print_yggdrasil(result["yggdrasil"])
     print("peers:" if result["peers"] else "peers: none (recorder mesh add-peer)")
     for p in result["peers"]:
         state = "paused" if p["paused"] else "connected" if p["connected"] else "disconnected"
         has = "" if p["completion"] is None else f", has {p['completion']:.0f}% of ours"
         print(f"  {p['name'] or '?'} [{p['peer_id'] or '?'}] {state}{has}  {p['syncthing_id']}")
-        for address in p["yggdrasil"]:
-            print(f"    yggdrasil {address}")
+        mesh_net.print_peer(p)
     print("folders:")
     for f in result["folders"]:
         extra = f", {f['locally_changed']} locally changed" if f["locally_changed"] else ""
@@ -122,31 +113,6 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
               f"{counts['quarantined']} quarantined")
     for q in bridge["quarantined"]:
         print(f"  quarantined {q['peer']}/{q['path']}: {q['reason']}")
-    return 0
-
-
-def _print_yggdrasil(info: dict[str, Any] | None) -> None:
-    if info is None:
-        print("yggdrasil: not configured ([yggdrasil] admin_endpoint)")
-    elif info["error"]:
-        print(f"yggdrasil: unavailable: {info['error']}")
-    else:
-        print(f"yggdrasil {info['address']} (peers dial {info['syncthing_address']}); "
-              f"{len(info['peers'])} yggdrasil peer(s)")
-        for peer in info["peers"]:
-            print(f"  yggdrasil peer {peer['address']} via {peer['remote']}")
-
-
-def _time_sources(args: argparse.Namespace, cfg: Config) -> int:
-    client = _client(cfg)
-    my_id = client.device_id()
-    addresses = timesync.peer_time_addresses(
-        d.get("addresses", []) for d in client.devices() if d["deviceID"] != my_id)
-    if args.write is None:
-        print(timesync.sources_text(addresses), end="")
-        return 0
-    changed = timesync.write_sources(Path(args.write), addresses)
-    print(f"{'changed' if changed else 'unchanged'}: {args.write} ({len(addresses)} source(s))")
     return 0
 
 
