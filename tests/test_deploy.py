@@ -76,7 +76,7 @@ def _unit_root(tmp_path: Path) -> Path:
     shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
     etc = root / "etc/systemd/system"
     etc.mkdir(parents=True)
-    for unit in UNITS.glob("*.service"):
+    for unit in [*UNITS.glob("*.service"), *UNITS.glob("*.timer")]:
         shutil.copy(unit, etc)
     for dropin in UNITS.glob("*.service.d"):
         shutil.copytree(dropin, etc / dropin.name)
@@ -86,6 +86,9 @@ def _unit_root(tmp_path: Path) -> Path:
         "opt/recorderpi/firstboot.sh",
         "usr/bin/syncthing",
         "usr/local/sbin/recorder-growdata.sh",
+        "usr/sbin/yggdrasil",
+        "usr/bin/chronyc",
+        "bin/kill",  # yggdrasil.service's ExecReload
     ):
         path = root / exe
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +110,9 @@ ALL_UNITS = (
     "recorder-firstboot.service",
     "syncthing@recorder.service",
     "recorder-growdata.service",
+    "yggdrasil.service",  # Debian's unit with our drop-in
+    "recorder-mesh-time.service",
+    "recorder-mesh-time.timer",
 )
 
 
@@ -114,6 +120,8 @@ def test_systemd_analyze_verify_every_unit(tmp_path):
     root = _unit_root(tmp_path)
     if not (root / "usr/lib/systemd/system/syncthing@.service").exists():
         need("syncthing-unit-file-missing", "syncthing")
+    if not (root / "usr/lib/systemd/system/yggdrasil.service").exists():
+        need("yggdrasil-unit-file-missing", "yggdrasil")
     res = _verify(root, *ALL_UNITS)
     # Unknown keys and bad values are only warnings (exit 0): any output at all is a failure.
     assert res.returncode == 0 and not (res.stdout + res.stderr).strip(), res.stdout + res.stderr

@@ -133,7 +133,8 @@ def test_install_upgrade_uninstall_in_fresh_debian(tmp_path):
         assert 'source = "Blue Yeti"' in cfg.read_text()
         assert rec.read_bytes() == b"OggS recording"
 
-        # The image step on top of the install: data partition, volatile journal, growdata.
+        # The image step on top of the install: data partition, persistent journal on it,
+        # growdata.
         custom = subprocess.run(
             [str(src / "image/customize-rootfs.sh"), str(root), "--no-install"],
             capture_output=True, text=True, timeout=300,
@@ -143,8 +144,10 @@ def test_install_upgrade_uninstall_in_fresh_debian(tmp_path):
                        check=True, capture_output=True, timeout=300)
         fstab = (root / "etc/fstab").read_text()
         assert fstab.count("LABEL=recorder-data /srv/recorder ext4") == 1
-        assert "Storage=volatile" in (
-            root / "etc/systemd/journald.conf.d/recorderpi.conf").read_text()
+        journald = (root / "etc/systemd/journald.conf.d/recorderpi.conf").read_text()
+        assert "Storage=persistent" in journald and "SystemMaxUse=" in journald
+        assert fstab.count("/srv/recorder/journal /var/log/journal none bind") == 1
+        assert (root / "srv/recorder/journal").is_dir()
         growdata = _in_root(root, "systemctl", "is-enabled", "recorder-growdata.service")
         assert growdata.stdout.strip() == "enabled"
 
