@@ -275,6 +275,19 @@ def test_compose_services_devices_volumes_and_healthchecks():
     ygg = services["yggdrasil"]
     assert ygg["network_mode"] == "host" and "NET_ADMIN" in ygg["cap_add"]
     assert "/dev/net/tun:/dev/net/tun" in ygg["devices"]
+    # The admin socket directory exists before yggdrasil starts (no "Admin socket failed to
+    # listen" crash loop), the config comes from recorder.toml, the healthcheck asks the socket.
+    command = " ".join(ygg["entrypoint"])
+    assert "install -d" in command and "/run/yggdrasil" in command
+    assert command.index("mesh yggdrasil-config") < command.index("exec yggdrasil")
+    assert ygg["healthcheck"]["test"][1:] == [
+        "yggdrasilctl", "-endpoint", "unix:///run/yggdrasil/yggdrasil.sock", "getSelf"]
+    for svc in (ygg, rec):
+        assert "yggdrasil-run:/run/yggdrasil" in svc["volumes"]
+    # Syncthing's network has IPv6, so it can dial peers' 200::/7 addresses.
+    assert doc["networks"]["recorderpi"]["enable_ipv6"] is True
+    dockerfile = (SERVICES / "Dockerfile").read_text()
+    assert "yggdrasil" in dockerfile and '".[pi]"' in dockerfile  # lgpio for GPIOZERO_PIN_FACTORY
 
 
 SECRET_WORDS = re.compile(r"pass|secret|token|api_?key|private", re.I)
