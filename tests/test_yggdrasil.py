@@ -77,6 +77,24 @@ def lab(tmp_path_factory):
         yield lab
 
 
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                          timeout=30).stdout
+
+
+def test_lab_removes_everything_even_when_the_test_fails(netlab):
+    lab = netlab()
+    with pytest.raises(RuntimeError, match="the test failed"), lab:
+        lan = lab.lan("lan")
+        node = lab.node("x", lan)
+        node.start_yggdrasil()
+        proc = lab._procs[-1]
+        assert lab.tag in _namespaces()
+        raise RuntimeError("the test failed")
+    assert lab.tag not in _namespaces()
+    assert proc.poll() is not None  # yggdrasil stopped, not left running
+
+
 def test_lan_nodes_peer_by_lan_multicast(lab):
     a, b, c = (lab.nodes[n] for n in "abc")
     addresses = {n.ygg_address for n in lab.nodes.values()}
