@@ -42,7 +42,7 @@ def add_status(result: dict[str, Any], cfg: Config) -> None:
     endpoint = cfg.yggdrasil.admin_endpoint
     result["yggdrasil"] = yggdrasil.status(endpoint) if endpoint else None
     for peer in result["peers"]:
-        peer["yggdrasil"] = timesync.peer_time_addresses([peer["addresses"]])
+        peer["yggdrasil"] = timesync.peer_yggdrasil_addresses([peer["addresses"]])
 
 
 def print_yggdrasil(info: dict[str, Any] | None) -> None:
@@ -64,7 +64,7 @@ def print_peer(peer: dict[str, Any]) -> None:
 
 def _time_sources(args: argparse.Namespace, client: SyncthingClient) -> int:
     my_id = client.device_id()
-    addresses = timesync.peer_time_addresses(
+    addresses = timesync.peer_yggdrasil_addresses(
         d.get("addresses", []) for d in client.devices() if d["deviceID"] != my_id)
     if args.write is None:
         print(timesync.sources_text(addresses), end="")

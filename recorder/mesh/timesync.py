@@ -27,7 +27,7 @@ HEADER = ("# Written by `recorder mesh time-sources --write`: the mesh peers' yg
           "addresses.\n# Do not edit: rewritten from the Syncthing peers.\n")
 
 
-def peer_time_addresses(device_addresses: Iterable[Iterable[str]]) -> list[str]:
+def peer_yggdrasil_addresses(device_addresses: Iterable[Iterable[str]]) -> list[str]:
     """The sorted, distinct yggdrasil addresses among peers' Syncthing addresses."""
     found = {a for addresses in device_addresses for uri in addresses
              if (a := address_of(uri)) is not None}
