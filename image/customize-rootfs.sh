@@ -1,7 +1,7 @@
 #!/bin/bash
 # Turn a mounted Raspberry Pi OS (or any Debian 12) root tree into a recorderpi appliance root:
-# the native install (inside a chroot), the recordings partition in fstab, a volatile journal,
-# and the one-time growth of the data partition. Per-device identity (device id, Syncthing keys,
+# the native install (inside a chroot), the recordings partition in fstab, a persistent bounded
+# journal on the data partition, and the one-time growth of the data partition. Per-device identity (device id, Syncthing keys,
 # hostname) is NOT made here: recorder-firstboot.service does it on each card's first boot.
 #
 #   image/customize-rootfs.sh ROOTFS [--no-install]
@@ -44,6 +44,18 @@ if ! grep -q "^LABEL=${DATA_LABEL}[[:space:]]" "$ROOTFS/etc/fstab" 2>/dev/null; 
     log "fstab: $DATA_LABEL on /srv/recorder"
 fi
 install -d -m 0755 "$ROOTFS/srv/recorder"
+
+# The journal on the data partition (journald-recorderpi.conf bounds it). The directory is made
+# here, on the data partition mounted by build.sh; systemd-journald owns what is inside.
+journal_line="/srv/recorder/journal /var/log/journal none bind,nofail,x-systemd.requires-mounts-for=/srv/recorder 0 0"
+if ! grep -q '^/srv/recorder/journal[[:space:]]' "$ROOTFS/etc/fstab" 2>/dev/null; then
+    echo "$journal_line" >>"$ROOTFS/etc/fstab"
+    log "fstab: journal on the data partition"
+fi
+install -d -m 2755 "$ROOTFS/srv/recorder/journal" "$ROOTFS/var/log/journal"
+if chroot "$ROOTFS" getent group systemd-journal >/dev/null 2>&1; then
+    chroot "$ROOTFS" chgrp systemd-journal /srv/recorder/journal /var/log/journal
+fi
 
 install -D -m 0644 "$HERE/files/journald-recorderpi.conf" \
     "$ROOTFS/etc/systemd/journald.conf.d/recorderpi.conf"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -121,6 +122,18 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class YggdrasilConfig:
+    # The admin socket of this device's yggdrasil node (yggdrasilctl -endpoint syntax); empty:
+    # no yggdrasil on this device (mesh status then shows none).
+    admin_endpoint: str = "unix:///run/yggdrasil/yggdrasil.sock"
+    # What `recorder mesh yggdrasil-config` writes into yggdrasil's own config:
+    peers: tuple[str, ...] = ()  # static peers of other sites: tls://HOST:PORT, tcp://HOST:PORT
+    listen: tuple[str, ...] = ()  # listeners other sites may dial: tls://[::]:12345
+    multicast: str = "^(eth|en|wlan|wl|usb)"  # interfaces (regex) for LAN discovery; "" = off
+    interface: str = "ygg0"  # the tun interface carrying the 200::/7 address
+
+
+@dataclass(frozen=True)
 class RadioConfig:
     live: bool = False
     url: str = "http://127.0.0.1:8001"  # 8000 is papad's
@@ -169,6 +182,7 @@ class Config:
     papad: PapadConfig = field(default_factory=PapadConfig)
     syncthing: SyncthingConfig = field(default_factory=SyncthingConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    yggdrasil: YggdrasilConfig = field(default_factory=YggdrasilConfig)
     radio: RadioConfig = field(default_factory=RadioConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -270,6 +284,48 @@ def _mount(key: str, value: Any) -> str:
     return value
 
 
+def _admin_endpoint(key: str, value: Any) -> str:
+    value = _string(key, value).strip()
+    if value == "":
+        return value
+    if value.startswith("unix:///") and len(value) > len("unix:///"):
+        return value
+    host, _, port = value.removeprefix("tcp://").rpartition(":")
+    if value.startswith("tcp://") and host and port.isdigit() and 0 < int(port) < 65536:
+        return value
+    raise _fail(key, "must be unix:///PATH or tcp://HOST:PORT (or empty)", value)
+
+
+def _uri_list(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _fail(key, "must be a list of URIs like \"tls://203.0.113.5:12345\"", value)
+    out = []
+    for item in value:
+        host_port = item.split("://", 1)[1] if isinstance(item, str) and "://" in item else ""
+        scheme = item.split("://", 1)[0] if host_port else ""
+        if scheme not in ("tcp", "tls", "socks") or ":" not in host_port or " " in item:
+            raise _fail(key, "entries must be tls://HOST:PORT, tcp://HOST:PORT or socks://...",
+                        item)
+        out.append(item)
+    return tuple(out)
+
+
+def _regex(key: str, value: Any) -> str:
+    value = _string(key, value)
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise _fail(key, f"must be a regular expression ({exc})", value) from None
+    return value
+
+
+def _ifname(key: str, value: Any) -> str:
+    value = _string(key, value)
+    if value != "auto" and not (0 < len(value) <= 15 and value.replace("-", "").isalnum()):
+        raise _fail(key, "must be an interface name (letters, digits, '-', at most 15)", value)
+    return value
+
+
 _boolean = _type(bool, "true or false")
 
 SCHEMA: dict[str, dict[str, Check]] = {
@@ -325,6 +381,13 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "mesh": {
         "rescan_interval": _number(1, 86400),
         "export_interval": _number(1, 86400),
+    },
+    "yggdrasil": {
+        "admin_endpoint": _admin_endpoint,
+        "peers": _uri_list,
+        "listen": _uri_list,
+        "multicast": _regex,
+        "interface": _ifname,
     },
     "radio": {
         "live": _boolean,

@@ -31,6 +31,13 @@ APT_PACKAGES=(
     libportaudio2 libsndfile1 libchromaprint1 libchromaprint-tools
     syncthing nginx-light util-linux
 )
+# --- mesh network and time (yggdrasil, chrony, mDNS, journal) --------------------------------
+# yggdrasil: the mesh's 200::/7 addresses; chrony: devices serve each other time over them;
+# avahi-daemon: recorder-<id>.local on the LAN. See ensure_mesh_network.
+MESH_PACKAGES=(yggdrasil chrony avahi-daemon)
+MESH_UNITS=(recorder-mesh-time.service recorder-mesh-time.timer)
+YGG_DROPIN=yggdrasil.service.d
+CHRONY_CONF=/etc/chrony/conf.d/recorderpi-mesh.conf
 
 ROOT=""
 UNINSTALL=0
@@ -157,7 +164,7 @@ run_in_root() {
 
 install_packages() {
     [ "$APT" -eq 1 ] || return 0
-    local wanted=("${APT_PACKAGES[@]}") missing=() p
+    local wanted=("${APT_PACKAGES[@]}" "${MESH_PACKAGES[@]}") missing=() p
     # Raspberry Pi OS ships gpiozero's preferred pin driver as a Debian package; plain Debian
     # has no GPIO header to drive.
     if apt-cache show python3-lgpio >/dev/null 2>&1; then wanted+=(python3-lgpio); fi
@@ -351,6 +358,59 @@ ensure_icecast() {
     rm -f "$tmp"
 }
 
+# --- mesh network and time ------------------------------------------------------------------
+# yggdrasil runs Debian's unit with our drop-in (its config made from recorder.toml before each
+# start); the recorder user may read yggdrasil's admin socket (group yggdrasil) for `recorder
+# mesh status`; chrony serves and takes time over the mesh; a timer keeps chrony's mesh sources
+# in step with the Syncthing peers.
+ensure_mesh_network() {
+    local unit reload=0
+    if getent group yggdrasil >/dev/null; then
+        if ! id -nG "$SERVICE_USER" | tr ' ' '\n' | grep -qx yggdrasil; then
+            usermod -a -G yggdrasil "$SERVICE_USER"
+            changed "user $SERVICE_USER added to group yggdrasil"
+        fi
+    else
+        log "warning: no group yggdrasil (package yggdrasil missing?): mesh status cannot read it"
+    fi
+    if put_file "$SRC/services/systemd/$YGG_DROPIN/recorderpi.conf" \
+        "$UNIT_DIR/$YGG_DROPIN/recorderpi.conf" 0644; then reload=1; fi
+    for unit in "${MESH_UNITS[@]}"; do
+        if put_file "$SRC/services/systemd/$unit" "$UNIT_DIR/$unit" 0644; then reload=1; fi
+    done
+    local chrony_changed=0
+    if [ -d /etc/chrony ]; then
+        if put_file "$SRC/services/chrony/recorderpi-mesh.conf" "$CHRONY_CONF" 0644; then
+            chrony_changed=1
+        fi
+        ensure_dir /etc/chrony/sources.d 0755 root:root
+    fi
+    if systemd_running && [ "$reload" -eq 1 ]; then systemctl daemon-reload; fi
+    for unit in yggdrasil.service recorder-mesh-time.timer; do
+        if [ -e "/lib/systemd/system/$unit" ] || [ -e "$UNIT_DIR/$unit" ] &&
+            ! systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+            systemctl enable --quiet "$unit" 2>/dev/null || systemctl enable "$unit"
+            changed "enabled $unit"
+        fi
+    done
+    if systemd_running && [ "$reload" -eq 1 ] && [ -e "$STATE/firstboot.done" ]; then
+        systemctl restart yggdrasil.service || log "warning: yggdrasil did not restart"
+    fi
+    if systemd_running && [ "$chrony_changed" -eq 1 ]; then
+        systemctl restart chrony.service || log "warning: chrony did not restart"
+    fi
+}
+
+# gpiozero's pin driver on a Pi whose OS has no python3-lgpio package (plain Debian arm64):
+# PyPI's lgpio wheel (it bundles the C library).
+ensure_lgpio() {
+    [ "$(uname -m)" = aarch64 ] || return 0
+    "$VENV/bin/python" -c 'import lgpio' 2>/dev/null && return 0
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check 'lgpio>=0.2.2' ||
+        die "could not install lgpio (GPIO pin driver) into $VENV"
+    changed "lgpio installed in $VENV"
+}
+
 install_all() {
     [ "$(id -u)" -eq 0 ] || die "run as root (sudo)"
     [ -f "$SRC/pyproject.toml" ] || die "$SRC is not a recorderpi checkout"
@@ -363,6 +423,8 @@ install_all() {
     ensure_units
     ensure_docroot
     ensure_icecast
+    ensure_mesh_network
+    ensure_lgpio
     if [ "$CHANGED" -eq 0 ]; then
         log "nothing to do: recorderpi is installed and up to date"
     else
@@ -381,10 +443,17 @@ uninstall_all() {
     rm -rf "${UNIT_DIR:?}/$DROPIN"
     rm -f /etc/nginx/sites-enabled/recorder-docroot /etc/nginx/sites-available/recorder-docroot
     rm -f /etc/udev/rules.d/60-recorderpi-gpio.rules
+    # The mesh: our drop-in, timer and chrony snippet go; yggdrasil and chrony stay installed.
+    systemctl disable --quiet recorder-mesh-time.timer 2>/dev/null || true
+    rm -f "$UNIT_DIR/recorder-mesh-time.service" "$UNIT_DIR/recorder-mesh-time.timer"
+    rm -rf "${UNIT_DIR:?}/$YGG_DROPIN"
+    rm -f "$CHRONY_CONF" /etc/chrony/sources.d/recorderpi-mesh.sources
     rm -rf "${PREFIX:?}"
     if systemd_running; then systemctl daemon-reload; fi
     if [ "$PURGE" -eq 1 ]; then
         rm -rf "${ETC:?}" "${STATE:?}"
+        # This device's yggdrasil identity (keys: its 200::/7 address), like Syncthing's.
+        rm -f /etc/yggdrasil/yggdrasil.conf
         if id "$SERVICE_USER" >/dev/null 2>&1; then userdel "$SERVICE_USER"; fi
         log "purged config, secrets, Syncthing identity and user $SERVICE_USER"
     else

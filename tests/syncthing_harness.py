@@ -19,7 +19,7 @@ import secrets
 import signal
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,12 @@ def _set(parent: ET.Element, tag: str, value: str) -> None:
 class Instance:
     """One syncthing daemon with its own home, ports, key and recorder config."""
 
-    def __init__(self, binary: str, base: Path, name: str, recorder_id: str) -> None:
+    def __init__(self, binary: str, base: Path, name: str, recorder_id: str, *,
+                 prefix: Sequence[str] = (), listen: str | None = None) -> None:
+        """`prefix` runs the daemon through a wrapper (``ip netns exec NS``: tests.netns);
+        `listen` replaces the default sync address ``tcp://127.0.0.1:<free port>``."""
         self.binary = binary
+        self.prefix = list(prefix)
         self.name = name
         self.recorder_id = recorder_id
         self.root = base / name
@@ -54,6 +58,7 @@ class Instance:
         self.api_key = secrets.token_urlsafe(24)
         self.gui_port = free_port()
         self.sync_port = free_port()
+        self.listen = listen or f"tcp://127.0.0.1:{self.sync_port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self._generate()
         self.key_file = self.root / "syncthing.key"
@@ -68,7 +73,7 @@ class Instance:
 
     @property
     def address(self) -> str:
-        return f"tcp://127.0.0.1:{self.sync_port}"
+        return self.listen
 
     def config(self, **syncthing: Any) -> Config:
         """A recorder Config for this instance; keyword args override `[syncthing]` keys."""
@@ -109,7 +114,7 @@ class Instance:
         options = tree.getroot().find("options")
         assert options is not None
         for tag, value in {
-            "listenAddress": f"tcp://127.0.0.1:{self.sync_port}",
+            "listenAddress": self.listen,
             "globalAnnounceEnabled": "false",
             "localAnnounceEnabled": "false",
             "relaysEnabled": "false",
@@ -130,8 +135,8 @@ class Instance:
         log = open(self.root / "syncthing.log", "ab")  # noqa: SIM115 - handed to the child
         with log:
             self.proc = subprocess.Popen(
-                [self.binary, "serve", f"--home={self.home}", "--no-browser", "--no-restart",
-                 "--no-upgrade"],
+                [*self.prefix, self.binary, "serve", f"--home={self.home}", "--no-browser",
+                 "--no-restart", "--no-upgrade"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
 

@@ -76,7 +76,7 @@ def _unit_root(tmp_path: Path) -> Path:
     shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
     etc = root / "etc/systemd/system"
     etc.mkdir(parents=True)
-    for unit in UNITS.glob("*.service"):
+    for unit in [*UNITS.glob("*.service"), *UNITS.glob("*.timer")]:
         shutil.copy(unit, etc)
     for dropin in UNITS.glob("*.service.d"):
         shutil.copytree(dropin, etc / dropin.name)
@@ -86,6 +86,9 @@ def _unit_root(tmp_path: Path) -> Path:
         "opt/recorderpi/firstboot.sh",
         "usr/bin/syncthing",
         "usr/local/sbin/recorder-growdata.sh",
+        "usr/sbin/yggdrasil",
+        "usr/bin/chronyc",
+        "bin/kill",  # yggdrasil.service's ExecReload
     ):
         path = root / exe
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +110,9 @@ ALL_UNITS = (
     "recorder-firstboot.service",
     "syncthing@recorder.service",
     "recorder-growdata.service",
+    "yggdrasil.service",  # Debian's unit with our drop-in
+    "recorder-mesh-time.service",
+    "recorder-mesh-time.timer",
 )
 
 
@@ -114,6 +120,8 @@ def test_systemd_analyze_verify_every_unit(tmp_path):
     root = _unit_root(tmp_path)
     if not (root / "usr/lib/systemd/system/syncthing@.service").exists():
         need("syncthing-unit-file-missing", "syncthing")
+    if not (root / "usr/lib/systemd/system/yggdrasil.service").exists():
+        need("yggdrasil-unit-file-missing", "yggdrasil")
     res = _verify(root, *ALL_UNITS)
     # Unknown keys and bad values are only warnings (exit 0): any output at all is a failure.
     assert res.returncode == 0 and not (res.stdout + res.stderr).strip(), res.stdout + res.stderr
@@ -267,6 +275,19 @@ def test_compose_services_devices_volumes_and_healthchecks():
     ygg = services["yggdrasil"]
     assert ygg["network_mode"] == "host" and "NET_ADMIN" in ygg["cap_add"]
     assert "/dev/net/tun:/dev/net/tun" in ygg["devices"]
+    # The admin socket directory exists before yggdrasil starts (no "Admin socket failed to
+    # listen" crash loop), the config comes from recorder.toml, the healthcheck asks the socket.
+    command = " ".join(ygg["entrypoint"])
+    assert "install -d" in command and "/run/yggdrasil" in command
+    assert command.index("mesh yggdrasil-config") < command.index("exec yggdrasil")
+    assert ygg["healthcheck"]["test"][1:] == [
+        "yggdrasilctl", "-endpoint", "unix:///run/yggdrasil/yggdrasil.sock", "getSelf"]
+    for svc in (ygg, rec):
+        assert "yggdrasil-run:/run/yggdrasil" in svc["volumes"]
+    # Syncthing's network has IPv6, so it can dial peers' 200::/7 addresses.
+    assert doc["networks"]["recorderpi"]["enable_ipv6"] is True
+    dockerfile = (SERVICES / "Dockerfile").read_text()
+    assert "yggdrasil" in dockerfile and '".[pi]"' in dockerfile  # lgpio for GPIOZERO_PIN_FACTORY
 
 
 SECRET_WORDS = re.compile(r"pass|secret|token|api_?key|private", re.I)

@@ -98,7 +98,18 @@ def test_install_upgrade_uninstall_in_fresh_debian(tmp_path):
         assert (root / "etc/recorder/recorder.toml").stat().st_mode & 0o007 == 0
         assert (root / "etc/nginx/sites-enabled/recorder-docroot").is_symlink()
         groups = _in_root(root, "id", "-nG", "recorder").stdout.split()
-        assert {"audio", "gpio"} <= set(groups)
+        assert {"audio", "gpio", "yggdrasil"} <= set(groups)
+        # The mesh: yggdrasil with our drop-in, chrony's mesh snippet and timer, mDNS.
+        for unit in ("yggdrasil.service", "recorder-mesh-time.timer", "avahi-daemon.service"):
+            enabled = _in_root(root, "systemctl", "is-enabled", unit)
+            assert enabled.stdout.strip() == "enabled", (unit, enabled.stdout, enabled.stderr)
+        assert (root / "etc/systemd/system/yggdrasil.service.d/recorderpi.conf").is_file()
+        assert "allow 200::/7" in (root / "etc/chrony/conf.d/recorderpi-mesh.conf").read_text()
+        ygg = _in_root(root, "/opt/recorderpi/venv/bin/recorder", "--config",
+                       "/etc/recorder/recorder.toml", "mesh", "yggdrasil-config", "--write",
+                       "/tmp/yggdrasil.conf", "--json")
+        assert ygg.returncode == 0 and "generated keys" in ygg.stdout, ygg.stderr
+        assert json.loads((root / "tmp/yggdrasil.conf").read_text())["IfName"] == "ygg0"
         doctor = _in_root(root, "/opt/recorderpi/venv/bin/recorder", "doctor", "--json")
         assert "Traceback" not in doctor.stderr, doctor.stderr
         assert "invalid choice" not in doctor.stderr, "recorder doctor is not available"
@@ -133,7 +144,8 @@ def test_install_upgrade_uninstall_in_fresh_debian(tmp_path):
         assert 'source = "Blue Yeti"' in cfg.read_text()
         assert rec.read_bytes() == b"OggS recording"
 
-        # The image step on top of the install: data partition, volatile journal, growdata.
+        # The image step on top of the install: data partition, persistent journal on it,
+        # growdata.
         custom = subprocess.run(
             [str(src / "image/customize-rootfs.sh"), str(root), "--no-install"],
             capture_output=True, text=True, timeout=300,
@@ -143,8 +155,10 @@ def test_install_upgrade_uninstall_in_fresh_debian(tmp_path):
                        check=True, capture_output=True, timeout=300)
         fstab = (root / "etc/fstab").read_text()
         assert fstab.count("LABEL=recorder-data /srv/recorder ext4") == 1
-        assert "Storage=volatile" in (
-            root / "etc/systemd/journald.conf.d/recorderpi.conf").read_text()
+        journald = (root / "etc/systemd/journald.conf.d/recorderpi.conf").read_text()
+        assert "Storage=persistent" in journald and "SystemMaxUse=" in journald
+        assert fstab.count("/srv/recorder/journal /var/log/journal none bind") == 1
+        assert (root / "srv/recorder/journal").is_dir()
         growdata = _in_root(root, "systemctl", "is-enabled", "recorder-growdata.service")
         assert growdata.stdout.strip() == "enabled"
 

@@ -8,6 +8,7 @@ import signal
 import threading
 from typing import Any
 
+from recorder.cli import mesh_net
 from recorder.config import Config
 from recorder.mesh import provision
 from recorder.mesh.syncthing import SyncthingClient
@@ -37,6 +38,8 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("status", help="peers, connection state and completion")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_status)
+
+    mesh_net.register(sub, _client)
 
     p = sub.add_parser("bridge", help="import peers' recordings and annotations into papad "
                        "(the service runs this itself; use when it is not running)")
@@ -88,15 +91,18 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
 
     result = provision.status(cfg, _client(cfg))
     result["bridge"] = db_status(cfg.db_path)
+    mesh_net.add_status(result, cfg)
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"this device: {result['device_id']} (Syncthing {result['syncthing_id']})")
+    mesh_net.print_yggdrasil(result["yggdrasil"])
     print("peers:" if result["peers"] else "peers: none (recorder mesh add-peer)")
     for p in result["peers"]:
         state = "paused" if p["paused"] else "connected" if p["connected"] else "disconnected"
         has = "" if p["completion"] is None else f", has {p['completion']:.0f}% of ours"
         print(f"  {p['name'] or '?'} [{p['peer_id'] or '?'}] {state}{has}  {p['syncthing_id']}")
+        mesh_net.print_peer(p)
     print("folders:")
     for f in result["folders"]:
         extra = f", {f['locally_changed']} locally changed" if f["locally_changed"] else ""

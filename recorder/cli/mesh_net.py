@@ -1,0 +1,84 @@
+"""The network side of ``recorder mesh``: yggdrasil and mesh time.
+
+``mesh yggdrasil-config`` keeps yggdrasil's config in step with ``[yggdrasil]``
+(`recorder.mesh.yggdrasil_conf`), ``mesh time-sources`` gives chrony the peers' yggdrasil
+addresses (`recorder.mesh.timesync`), and ``mesh status`` shows this device's yggdrasil address,
+its yggdrasil peers and each Syncthing peer's yggdrasil address (`recorder.mesh.yggdrasil`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recorder.config import Config
+from recorder.mesh import timesync, yggdrasil, yggdrasil_conf
+from recorder.mesh.syncthing import SyncthingClient
+
+
+def register(sub: Any, client: Callable[[Config], SyncthingClient]) -> None:
+    """Add ``time-sources`` and ``yggdrasil-config`` to the ``mesh`` sub-commands."""
+    p = sub.add_parser("time-sources", help="the mesh peers' yggdrasil addresses as chrony "
+                       "sources (time without internet)")
+    p.add_argument("--write", metavar="PATH", nargs="?", const=str(timesync.SOURCES_FILE),
+                   help=f"replace PATH atomically (default {timesync.SOURCES_FILE}) instead of "
+                        "printing; prints 'changed' or 'unchanged'")
+    p.set_defaults(func=lambda args, cfg: _time_sources(args, client(cfg)))
+
+    p = sub.add_parser("yggdrasil-config", help="create yggdrasil's config (keys, once) and "
+                       "apply [yggdrasil] to it (run as root before yggdrasil starts)")
+    p.add_argument("--write", metavar="PATH", default=str(yggdrasil_conf.CONFIG_FILE),
+                   help=f"yggdrasil's config file (default {yggdrasil_conf.CONFIG_FILE})")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_yggdrasil_config)
+
+
+def add_status(result: dict[str, Any], cfg: Config) -> None:
+    """Add ``yggdrasil`` (this node, or None when not configured) and each peer's yggdrasil
+    addresses (those of its Syncthing addresses inside 200::/7) to a `provision.status`."""
+    endpoint = cfg.yggdrasil.admin_endpoint
+    result["yggdrasil"] = yggdrasil.status(endpoint) if endpoint else None
+    for peer in result["peers"]:
+        peer["yggdrasil"] = timesync.peer_yggdrasil_addresses([peer["addresses"]])
+
+
+def print_yggdrasil(info: dict[str, Any] | None) -> None:
+    if info is None:
+        print("yggdrasil: not configured ([yggdrasil] admin_endpoint)")
+    elif info["error"]:
+        print(f"yggdrasil: unavailable: {info['error']}")
+    else:
+        print(f"yggdrasil {info['address']} (peers dial {info['syncthing_address']}); "
+              f"{len(info['peers'])} yggdrasil peer(s)")
+        for peer in info["peers"]:
+            print(f"  yggdrasil peer {peer['address']} via {peer['remote']}")
+
+
+def print_peer(peer: dict[str, Any]) -> None:
+    for address in peer.get("yggdrasil", []):
+        print(f"    yggdrasil {address}")
+
+
+def _time_sources(args: argparse.Namespace, client: SyncthingClient) -> int:
+    my_id = client.device_id()
+    addresses = timesync.peer_yggdrasil_addresses(
+        d.get("addresses", []) for d in client.devices() if d["deviceID"] != my_id)
+    if args.write is None:
+        print(timesync.sources_text(addresses), end="")
+        return 0
+    changed = timesync.write_sources(Path(args.write), addresses)
+    print(f"{'changed' if changed else 'unchanged'}: {args.write} ({len(addresses)} source(s))")
+    return 0
+
+
+def _yggdrasil_config(args: argparse.Namespace, cfg: Config) -> int:
+    changes = yggdrasil_conf.apply(cfg.yggdrasil, cfg.device.id, Path(args.write))
+    if args.json:
+        print(json.dumps({"path": args.write, "changes": changes}))
+    else:
+        print(f"{'changed' if changes else 'unchanged'}: {args.write}"
+              + (f" ({', '.join(changes)})" if changes else ""))
+    return 0
