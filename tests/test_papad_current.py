@@ -87,7 +87,7 @@ def test_default_name_when_untitled(setup):
 def test_long_title_and_tags_are_cut_to_papads_limits_and_no_tag_is_empty(setup):
     # papad's columns: name 300, tag 100 characters (a 500 on PostgreSQL beyond them; the kit's
     # SQLite would store them whole, so a missing cut shows here).
-    cfg, client, outbox, papad, proxy = setup
+    cfg, client, outbox, papad, _proxy = setup
     long_tag = "t" * 150
     doc, ogg = make_recording(cfg.device_folder, title="word " * 100,
                               tags=[long_tag, "a,,b,", " ", "ok"])
