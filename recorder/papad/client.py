@@ -299,7 +299,7 @@ class CurrentPapadClient:
         try:
             self.transport.request("DELETE", f"/api/v1/annotate/{quote(annotation_id)}/")
         except PermanentError as exc:
-            if "HTTP 404" not in str(exc):
+            if exc.status != 404:
                 raise
 
     def checks(self) -> list[dict[str, Any]]:
@@ -533,7 +533,7 @@ class LegacyPapadClient:
         try:
             self.transport.request("DELETE", f"/fragments/{quote(annotation_id)}")
         except PermanentError as exc:
-            if "HTTP 404" not in str(exc):
+            if exc.status != 404:
                 raise
 
     def checks(self) -> list[dict[str, Any]]:
