@@ -135,6 +135,8 @@ class Device:
                     out.setdefault(rid or "?", []).append(r["_id"]["$oid"])
             else:
                 for m in self.papad.media:
+                    if m.get("_deleted"):
+                        continue
                     out.setdefault(_recording_id_of(m) or "?", []).append(m["uuid"])
         return out
 
@@ -156,7 +158,7 @@ class Device:
                         out.append((f["target"]["selector"]["value"], f["body"]["value"], tags))
             else:
                 for a in self.papad.annotations:
-                    if a["media_reference_id"] == mid:
+                    if a["media_reference_id"] == mid and not a.get("_deleted"):
                         tags = tuple(sorted(t["name"] for t in a["tags"]))
                         out.append((a["media_target"], a["annotation_text"], tags))
         return sorted(out)
