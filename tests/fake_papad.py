@@ -326,7 +326,7 @@ class FakePapad(_Base):
 
     def media_in_group(self, gid: int) -> list[dict[str, Any]]:
         with self.lock:
-            return [m for m in self.media if m["group"]["id"] == gid]
+            return [m for m in self.media if m["_group"] == gid]
 
     # -- shapes --------------------------------------------------------------------------
 
@@ -339,11 +339,21 @@ class FakePapad(_Base):
                 "last_name": ""}
 
     def _group_obj(self, gid: int) -> dict[str, Any]:
+        """papad nests the whole group in each media: members, its media's tags and counts."""
         group = self.groups[gid]
+        media = [m for m in self.media if m["_group"] == gid and not m.get("_deleted")]
+        counts: dict[str, int] = {}
+        for m in media:
+            for t in m["tags"]:
+                counts[t["name"]] = counts.get(t["name"], 0) + 1
         return {"id": gid, "name": group["name"], "description": "", "is_active": True,
                 "is_public": False, "users": [self._person(u) for u in sorted(group["members"])],
                 "users_count": len(group["members"]), "extra_group_questions": [],
-                "delete_wait_for": 0, "tags": []}
+                "delete_wait_for": 0,
+                "tags": [{"id": self._tag_ids[n], "name": n, "count": c}
+                         for n, c in sorted(counts.items())],
+                "created_at": group.setdefault("created_at", self._now()),
+                "updated_at": group["created_at"], "media_count": len(media)}
 
     def _tags(self, csv: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -353,9 +363,12 @@ class FakePapad(_Base):
                 out.append({"id": tid, "name": name, "count": 1})
         return out
 
-    @staticmethod
-    def _public(item: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in item.items() if not k.startswith("_")}
+    def _public(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The JSON papad answers for a stored item (internal ``_`` keys dropped)."""
+        out = {k: v for k, v in item.items() if not k.startswith("_")}
+        if "_group" in item:
+            out["group"] = self._group_obj(item["_group"])
+        return out
 
     # -- JWT -----------------------------------------------------------------------------
 
@@ -406,6 +419,8 @@ class FakePapad(_Base):
                 return self._jwt_refresh(body)
         if path == "/auth/token/login/" and method == "POST" and self.flavour == "upstream":
             return self._token_login(headers, body)
+        if path.startswith("/auth/") and path != "/auth/users/me/":
+            return _NOT_FOUND  # the other flavour's login endpoints do not exist
         if path.startswith("/media/archive/") and method == "GET":
             with self.lock:
                 stored = next((f for f in self.files.values() if f["path"] == path), None)
@@ -443,11 +458,16 @@ class FakePapad(_Base):
 
     def _me(self, user: str) -> Reply:
         with self.lock:
-            groups = [{"id": gid, "name": g["name"], "description": "", "is_public": False}
+            groups = [{"id": gid, "name": g["name"], "description": "", "is_public": False,
+                       "created_at": g.setdefault("created_at", self._now()),
+                       "updated_at": g["created_at"]}
                       for gid, g in sorted(self.groups.items()) if user in g["members"]]
-            return Reply(200, {"id": self.user_ids.get(user, ""), "username": user,
-                               "first_name": user, "last_name": "", "is_superuser": False,
-                               "groups": groups})
+            me = {"id": self.user_ids.get(user, ""), "username": user, "first_name": user,
+                  "last_name": "", "is_superuser": False, "groups": groups,
+                  "users_count": len(self.user_ids)}
+            if self.flavour == "upstream":
+                me["media_count"] = len(self.media)
+            return Reply(200, me)
 
     def add_annotation(self, media_uuid: str, text: str, target: str,
                        tags: tuple[str, ...] = (), user: str = "someone") -> dict[str, Any]:
@@ -594,8 +614,8 @@ class FakePapad(_Base):
                 "id": next(self._ids), "name": fields["name"],
                 "description": fields["description"], "upload": self.url + path,
                 "tags": self._tags(fields["tags"]), "extra_group_response": [],
-                "uuid": str(uuidlib.uuid4()), "created_at": now,
-                "group": self._group_obj(gid), "created_by": self._person(user),
+                "uuid": str(uuidlib.uuid4()), "created_at": now, "_group": gid,
+                "group": {"id": gid}, "created_by": self._person(user),
                 "orig_size": len(upload["data"]), "orig_name": upload["filename"],
                 "file_extension": ctype,
             }
@@ -615,7 +635,7 @@ class FakePapad(_Base):
 
     def _visible(self, user: str, item: dict[str, Any]) -> bool:
         return not item.get("_deleted") and user in self.groups.get(
-            item["group"]["id"], {}).get("members", ())
+            item["_group"], {}).get("members", ())
 
     def _list_media(self, user: str, query: dict[str, str]) -> Reply:
         search_from = query.get("searchFrom")
@@ -707,6 +727,9 @@ class FakePapad(_Base):
 _SERVER_ERROR = Reply(500, b"<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Server Error "
                       b"(500)</title>\n</head>\n<body>\n  <h1>Server Error (500)</h1><p></p>\n"
                       b"</body>\n</html>\n", "text/html")
+_NOT_FOUND = Reply(404, b"<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Not Found</title>"
+                   b"\n</head>\n<body>\n  <h1>Not Found</h1><p>The requested resource was not "
+                   b"found on this server.</p>\n</body>\n</html>\n", "text/html")
 _NOT_MEMBER = "You are not a member of the group to perform this action"
 
 
