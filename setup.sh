@@ -15,6 +15,7 @@ test_packages=(
   "${demo_packages[@]}"
   libportaudio2 libchromaprint-tools pulseaudio pulseaudio-utils espeak-ng sox
   vorbis-tools opus-tools ffmpeg icecast2 syncthing shellcheck systemd nginx-light debootstrap
+  redis-server
 )
 
 as_root() {

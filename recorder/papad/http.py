@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -71,10 +72,20 @@ def reason_text(resp: requests.Response) -> str:
             text = json.dumps(body, ensure_ascii=False)
     elif body is not None:
         text = json.dumps(body, ensure_ascii=False)
+    elif "html" in resp.headers.get("Content-Type", "") or resp.text.lstrip()[:1] == "<":
+        text = _html_reason(resp.text)
     else:
         text = resp.text
     text = " ".join(text.split()) or resp.reason or "no reason given"
     return text[:200]
+
+
+def _html_reason(page: str) -> str:
+    """Django's error pages: the title, and the first paragraph if it says more."""
+    found = [" ".join(re.sub(r"<[^>]*>", " ", m).split())
+             for m in re.findall(r"<(?:title|p)[^>]*>(.*?)</(?:title|p)>", page, re.S | re.I)]
+    found = [f for f in found if f]
+    return ": ".join(found[:2]) if found else re.sub(r"<[^>]*>", " ", page)
 
 
 class Transport:
