@@ -212,12 +212,13 @@ class PapadServer:
         return out
 
     def media(self, recording_id: str) -> list[dict[str, Any]]:
-        """The media carrying the machine tag of `recording_id` (several would be duplicates)."""
+        """The media of group 1 whose description names `recording_id` (on its own line, as the
+        recorder writes it); more than one would be duplicates."""
         body = self.get_json("/api/v1/archive/", searchFrom="my_collections",
                              search=recording_id, page_size=1000)
-        tag = f"recorderpi-{recording_id}"
+        line = f"Recording id: {recording_id}"
         return [m for m in body["results"]
-                if any(t["name"] == tag for t in m["tags"]) and m["group"]["id"] == GROUP]
+                if line in m["description"].splitlines() and m["group"]["id"] == GROUP]
 
     def one_media(self, recording_id: str) -> dict[str, Any]:
         found = self.media(recording_id)

@@ -11,6 +11,8 @@ a path prefix and optionally a byte string in the body:
 - `reset(n, method, path)`: close the connection without forwarding (papad never sees it).
 - `answer(status, body, n, method, path, headers)`: answer instead of papad (a 503 from a
   gateway, a 500, a 429 with ``Retry-After``).
+- `answer_after(status, body, n, method, path)`: forward the request (papad does it), then
+  answer `status` instead of papad's answer (papadam's 500 to a DELETE it has done).
 - `down()` / `up()`: stop listening (connections refused, open ones cut) and listen again on
   the same port.
 
@@ -35,7 +37,7 @@ _HEAD_LIMIT = 64 * 1024
 
 @dataclass
 class _Fault:
-    kind: str  # "lose" | "reset" | "answer"
+    kind: str  # "lose" | "reset" | "answer" | "after"
     method: str
     path: str
     left: int
@@ -139,6 +141,12 @@ class FaultProxy:
         self._add(_Fault("answer", method, path, n, status, data, dict(headers or {}),
                          contains))
 
+    def answer_after(self, status: int, body: Any = None, n: int = 1, method: str = "*",
+                     path: str = "/", contains: bytes = b"") -> None:
+        """The next `n` matching requests reach papad, and get `status` instead of its answer."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self._add(_Fault("after", method, path, n, status, data, {}, contains))
+
     def clear(self) -> None:
         """Drop every fault not used up."""
         with self._lock:
@@ -183,8 +191,11 @@ class FaultProxy:
                 outcome = "forwarded"
                 if fault is not None and fault.kind == "reset":
                     outcome = "reset"
-                elif fault is not None and fault.kind == "answer":
+                elif fault is not None and fault.kind in ("answer", "after"):
                     outcome = "answered"
+                    if fault.kind == "after":
+                        self._forward(head, body)
+                        outcome = "done, answered"
                     extra = "".join(f"{k}: {v}\r\n" for k, v in fault.headers.items())
                     conn.sendall(
                         f"HTTP/1.1 {fault.status} Injected\r\nContent-Type: application/json\r\n"

@@ -63,8 +63,9 @@ def test_registration_creates_one_media_with_fields_and_bytes(setup):
     assert media["name"] == "Village meeting"
     assert media["group"]["id"] == 1
     assert media["file_extension"] == "audio/ogg"
-    assert tag_names(media) == {"water", "panchayat", f"recorderpi-{doc['recording_id']}"}
-    assert doc["recording_id"] in media["description"]
+    # No per-recording tag: papad nests a group's whole tag list in every media it returns.
+    assert tag_names(media) == {"water", "panchayat"}
+    assert f"Recording id: {doc['recording_id']}" in media["description"].splitlines()
     assert doc["sha256"] in media["description"]
     assert "testdev01" in media["description"] and "2026-11-28 17:01:02 UTC" in media["description"]
     stored = papad.download(media["upload"])
@@ -96,8 +97,15 @@ def test_long_title_and_tags_are_cut_to_papads_limits_and_no_tag_is_empty(setup)
     media = papad.one_media(doc["recording_id"])
     assert len(media["name"]) <= MAX_NAME and media["name"].startswith("word word")
     assert all(0 < len(t) <= MAX_TAG for t in tag_names(media))
-    assert tag_names(media) == {"t" * MAX_TAG, "a", "b", "ok",
-                                f"recorderpi-{doc['recording_id']}"}
+    assert tag_names(media) == {"t" * MAX_TAG, "a", "b", "ok"}
+
+
+def test_a_recording_without_tags_still_sends_a_tag(setup):
+    cfg, client, outbox, papad, _proxy = setup
+    doc, ogg = make_recording(cfg.device_folder, tags=[" ", ""])
+    outbox.enqueue(doc, ogg)
+    deliver(outbox, client, 1)
+    assert tag_names(papad.one_media(doc["recording_id"])) == {"recorderpi"}
 
 
 def test_lost_response_after_commit_still_one_media(setup):
@@ -115,9 +123,10 @@ def test_lost_response_after_commit_still_one_media(setup):
         worker.stop()
     media = papad.one_media(doc["recording_id"])
     assert outbox.remote_id(doc["recording_id"]) == media["uuid"]
-    # The retry found it by the server-side search, not by listing everything.
-    assert proxy.count("GET", "/api/v1/archive/?searchFrom=my_collections&group=1"
-                       "&page_size=200&search=") >= 1
+    # Found by papad's search for the recording id, never by listing everything.
+    searches = proxy.count("GET", "/api/v1/archive/?searchFrom=my_collections&group=1"
+                           "&page_size=200&search=")
+    assert searches >= 2 and searches == proxy.count("GET", "/api/v1/archive/")
 
 
 def test_lost_responses_among_several_entries_each_registered_once(setup):
@@ -129,6 +138,40 @@ def test_lost_responses_among_several_entries_each_registered_once(setup):
     deliver(outbox, client, 4, concurrency=2)
     for doc, _ in recs:
         assert outbox.remote_id(doc["recording_id"]) == papad.one_media(doc["recording_id"])["uuid"]
+
+
+def test_down_then_up_delivers_once_in_order_across_restart(papad_real, proxy, cfg_factory,
+                                                            tmp_path):
+    cfg = real_config(cfg_factory, tmp_path, papad_real, url=proxy.url)
+    outbox = Outbox(cfg.db_path)
+    client = make_client(cfg)
+    recs = [make_recording(cfg.device_folder, index=i) for i in range(4)]
+    for doc, ogg in recs:
+        outbox.enqueue(doc, ogg)
+    proxy.down()  # papad unreachable: connections refused
+    worker = fast_worker(outbox, client)
+    assert worker.run_once() == 0  # stops at the first entry
+    worker.stop()
+    outbox.close()
+    client.close()
+    # "restart": new objects on the same database
+    outbox = Outbox(cfg.db_path)
+    client = make_client(cfg)
+    worker = fast_worker(outbox, client)
+    time.sleep(0.3)
+    assert worker.run_once() == 0
+    entries = outbox.list()
+    assert entries[0].attempts >= 2 and "cannot connect" in entries[0].last_error
+    assert [e.attempts for e in entries[1:]] == [0, 0, 0]
+    proxy.up()  # same port
+    try:
+        drain(worker, outbox, delivered=4)
+    finally:
+        worker.stop()
+    ids = [papad_real.one_media(doc["recording_id"])["id"] for doc, _ in recs]
+    assert ids == sorted(ids)  # created in queue order
+    outbox.close()
+    client.close()
 
 
 def test_gateway_503_outage_with_concurrency_two_delivers_exactly_once(setup):
@@ -155,7 +198,7 @@ def test_rebuilt_database_does_not_register_twice(setup):
     try:
         assert fresh.reconcile(cfg.device_folder) == 5
         deliver(fresh, client, 5)
-        assert all(e.attempts == 1 for e in fresh.list())  # found by the index, not re-posted
+        assert all(e.attempts == 1 for e in fresh.list())  # found by the lookup, not re-posted
     finally:
         fresh.close()
     for doc, _ in recs:

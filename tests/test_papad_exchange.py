@@ -149,6 +149,25 @@ def test_edits_are_patches_and_deletions_follow_the_owner(local):
     assert parts.exchange.status()["failing"] == []
 
 
+def test_a_delete_papad_did_but_answered_500_is_retried_until_papad_says_gone(local):
+    # papadam answers some DELETEs 500 "Event loop is closed" after doing them. The exchange
+    # tries once more at once; here that answer is a 500 too, so the entry backs off.
+    parts = local
+    export(parts, {"a1": ("t=0,1", "first note", ["x"]), "a2": ("t=1,2", "second note", [])})
+    assert parts.exchange.import_peer(PEER) == "imported"
+    parts.proxy.answer_after(500, {"detail": "An error occurred: Event loop is closed"}, n=2,
+                             method="DELETE", path="/api/v1/annotate/")
+    export(parts, {"a2": ("t=1,2", "second note", [])})  # the owner deleted a1
+    assert parts.exchange.import_peer(PEER) == "pending"
+    assert set(texts(parts)) == {"second note"}  # papad did delete it
+    assert parts.exchange.status()["failing"][0]["id"] == f"{parts.rid}:a1"
+    parts.clock.now += ENTRY_RETRY
+    parts.exchange.run_due()  # DELETE again: 404, which is "deleted"
+    assert parts.exchange.status()["failing"] == []
+    assert parts.exchange.status()["pending_peers"] == []
+    assert parts.proxy.count("DELETE", "/api/v1/annotate/") == 3
+
+
 def test_entries_waiting_for_their_recording_are_reread_with_backoff(local):
     parts = local
     unknown = "01m8hhpkrgvkxk0ftbzy56rh02"

@@ -176,6 +176,19 @@ def validate_export(doc: Any, peer: str) -> list[dict[str, Any]]:
     return out
 
 
+def _again_after_500(call: Callable[..., Any], *args: Any) -> Any:
+    """Call; after a 500, once more at once. For idempotent requests (PATCH, DELETE) only:
+    papadam answers some of them 500 ("Event loop is closed") after doing them, and the
+    second try then passes (a DELETE gets 404, which counts as deleted)."""
+    try:
+        return call(*args)
+    except PapadError as exc:
+        if exc.unavailable or not exc.retryable or (exc.status or 0) < 500:
+            raise
+        log.info("annotations: %s; trying once more", exc)
+        return call(*args)
+
+
 class EntryBackoff:
     """Import retry state: per entry (papad refused or failed it) and per peer (when its export
     is worth reading again). In memory: after a restart every entry gets one early try."""
@@ -203,7 +216,7 @@ class EntryBackoff:
         self.failing.pop((peer, ident), None)
 
     def keep_only(self, peer: str, idents: set[str]) -> None:
-        """Forget failures of `peer`'s entries that are no longer in its export."""
+        """Forget failures of `peer`'s entries other than `idents` (resolved meanwhile)."""
         for key in [k for k in self.failing if k[0] == peer and k[1] not in idents]:
             del self.failing[key]
 
@@ -463,7 +476,8 @@ class AnnotationExchange:
                 (log.info if streak == 0 else log.debug)(
                     "annotations: import from %s postponed: %s", peer, exc)
                 return PENDING
-            self.backoff.keep_only(peer, {item["id"] for item in entries})
+            # Failures of entries still exported, or still linked here (a delete to retry).
+            self.backoff.keep_only(peer, {item["id"] for item in entries} | set(self._links(peer)))
             self.backoff.schedule(peer, self.clock(), waiting, applied > 0)
             state = PENDING if waiting or failing else IMPORTED
             reasons = []
@@ -537,7 +551,7 @@ class AnnotationExchange:
                 continue
             try:
                 if link["state"] == "linked":
-                    self.client.delete_annotation(link["local_id"])
+                    _again_after_500(self.client.delete_annotation, link["local_id"])
             except PapadError as exc:
                 if exc.unavailable:
                     raise
@@ -582,8 +596,8 @@ class AnnotationExchange:
             return 0
         try:
             # papad's PATCH: text, target, and tags (replacing the whole set).
-            self.client.update_annotation(link["local_id"], entry.remote_id, entry.sidecar,
-                                          wanted)
+            _again_after_500(self.client.update_annotation, link["local_id"], entry.remote_id,
+                             entry.sidecar, wanted)
         except PapadError as exc:
             if exc.retryable or exc.status != 404:
                 raise

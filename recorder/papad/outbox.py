@@ -5,10 +5,12 @@ row per bookmark. A row is ``pending`` until papad has the media and every annot
 (``delivered``), or ``parked`` when papad refused it for good; ``retry`` makes it pending again.
 
 Exactly once: the attempt counter is committed *before* each create request, so any later
-attempt knows an earlier one may have reached papad and looks the media up first (by the
-remembered remote id, else by the machine tag / description papad stores). The same goes for
-annotations. A fresh worker also indexes the server's media once, so a lost or rebuilt
-database does not register everything a second time.
+attempt knows an earlier one may have reached papad. Every attempt without a remembered remote
+id looks the media up first (papad's search for the recording id in the description; the
+legacy API by audio URL), the first one too: a lost answer, a restart mid-request and a lost or
+rebuilt database all look the same from here. Annotations already delivered are looked up
+before a retry posts them again. (No full listing of the group: on current papad its cost per
+item grows with the archive, and at a few thousand media a page outlasts the timeout.)
 
 Retries that end. papad being down, slow, overloaded or throttling (connection failures,
 timeouts, 502/503/504, 429) is retried for ever with exponential backoff (429: at least its
@@ -481,7 +483,6 @@ class OutboxWorker:
         base_delay: float = 5.0,
         max_delay: float = 900.0,
         idle_poll: float = 60.0,
-        index_max_age: float = 86400.0,
         on_delivered: Callable[[str, str], None] | None = None,
         quick_retries: int = QUICK_RETRIES,
         quick_retry_pause: float = QUICK_RETRY_PAUSE,
@@ -494,7 +495,6 @@ class OutboxWorker:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.idle_poll = idle_poll
-        self.index_max_age = index_max_age
         self.on_delivered = on_delivered
         self.quick_retries = max(0, int(quick_retries))
         self.quick_retry_pause = quick_retry_pause
@@ -505,9 +505,6 @@ class OutboxWorker:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._run_lock = threading.Lock()
-        self._index: dict[str, str] | None = None
-        self._index_at = 0.0
-        self._index_lock = threading.Lock()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -571,14 +568,6 @@ class OutboxWorker:
                 delivered += sum(1 for f in futures if f.result())
         return delivered
 
-    def _media_index(self) -> dict[str, str]:
-        # One listing of the server per worker (and per day), not one per entry.
-        with self._index_lock:
-            if self._index is None or time.monotonic() - self._index_at > self.index_max_age:
-                self._index = self.client.media_index()
-                self._index_at = time.monotonic()
-            return self._index
-
     def _deliver(self, entry: Entry, unavailable: threading.Event) -> bool:
         if unavailable.is_set() or self._stopping.is_set():
             return False  # skipped: stays due, keeps its place in the queue
@@ -612,11 +601,9 @@ class OutboxWorker:
         self.outbox.begin_attempt(entry.id)
         remote = entry.remote_id
         if remote is None:
-            if entry.attempts > 0:
-                # An earlier attempt may have reached papad before its answer was lost.
-                remote = self.client.find_media(sidecar)
-            else:
-                remote = self._media_index().get(entry.recording_id)
+            # papad never de-duplicates: an earlier attempt, or this device before its database
+            # was lost, may have registered it already.
+            remote = self.client.find_media(sidecar)
             if remote is not None:
                 log.info("papad outbox: %s already on papad as %s", entry.recording_id, remote)
         if remote is None:
