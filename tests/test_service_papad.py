@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from recorder.control import send_command
+from recorder.errors import ServiceError
 from tests.clips import RATE, tone
 from tests.conftest import run_cli, wait_until
 
@@ -23,9 +25,10 @@ from tests.conftest import run_cli, wait_until
 class Service:
     """`recorder run` in a subprocess, logging to a file."""
 
-    def __init__(self, cfg_path: str, log: Path) -> None:
+    def __init__(self, cfg_path: str, log: Path, data: Path) -> None:
         self.cfg_path = cfg_path
         self.log = log
+        self.socket = data / "state" / "control.sock"
         self._fh = open(log, "a")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "recorder", "--config", cfg_path, "run"],
@@ -39,9 +42,12 @@ class Service:
         return proc
 
     def status(self) -> dict:
+        """The service's status over its control socket (what `recorder ctl status` asks)."""
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
-        proc = run_cli("--config", self.cfg_path, "ctl", "status", "--json", timeout=30)
-        return json.loads(proc.stdout) if proc.returncode == 0 else {}
+        try:
+            return send_command(self.socket, "status", timeout=15)
+        except ServiceError:
+            return {}
 
     def record(self, seconds: float, mark_after: float | None = None) -> None:
         self.ctl("start")
@@ -76,7 +82,7 @@ def test_service_registers_once_with_bookmarks_across_papad_outage_and_restart(
     cfg_path, data = config_file(
         audio={"source": f"file:{clip}", "preroll": 0.5},
         papad=papad.papad_section(tmp_path, timeout=3.0, annotation_span=1.0))
-    svc = Service(cfg_path, tmp_path / "service.log")
+    svc = Service(cfg_path, tmp_path / "service.log", data)
     try:
         svc.record(2.0, mark_after=1.0)
         wait_until(lambda: len(published(data)) == 1, 30, 0.1, "published")
@@ -109,7 +115,7 @@ def test_service_registers_once_with_bookmarks_across_papad_outage_and_restart(
     assert waiting["state"] == "pending" and "cannot connect" in waiting["last_error"]
     # papad returns, the service restarts: the queued recording is delivered, exactly once.
     papad.start()
-    svc = Service(cfg_path, tmp_path / "service.log")
+    svc = Service(cfg_path, tmp_path / "service.log", data)
     try:
         wait_until(lambda: svc.status()["workers"]["papad"]["delivered"] == 2, 120, 0.3,
                    "second recording delivered")
