@@ -94,7 +94,7 @@ class AudioIdConfig:
 class PapadConfig:
     api: str = "none"  # papad | papad-api | none
     url: str = "http://127.0.0.1:8000"
-    auth: str = "token"  # token | jwt (current papad only)
+    auth: str = "token"  # token (upstream papad) | jwt (papadam); current papad only
     token_file: Path | None = None
     username: str = ""
     password_file: Path | None = None

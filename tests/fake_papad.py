@@ -1,15 +1,27 @@
-"""In-process papad servers for tests, one per API generation, enforcing papad's rules.
+"""In-process imitations of papad for tests, one per API generation.
 
-`FakePapad` (current papad / papadam) and `FakeLegacyPapad` (papad-api) each run a threaded
-`http.server` on 127.0.0.1, port 0 (or a given port, to come back after `stop()` at the same
-address). Their state lives in plain attributes the tests inspect (`media`, `annotations`,
-`recordings`, `fragments`, ...). The rules come from shared/papad-api.md:
+The real current papad (upstream papad-api and the papadam fork) runs in the tests from the papad
+kit (`tests.papad_kit`): use it. These imitations remain for what the real servers cannot give
+here, and as the fast baseline of the papad benchmark:
 
-current: token or JWT auth (401 otherwise), group membership (403), missing ``group`` → 403
-"Missing required field: group", missing ``description`` → 500, success 200 with the media
-object, non-``audio/*`` part stored as type "unknown", no deduplication, paginated lists,
-annotations 201. legacy: no auth, trailing slashes matter, the station must exist (400),
-missing ``station_name`` → 500, empty 200 on create, ``{"$oid"}`` ids, duplicate station fails.
+- `FakeLegacyPapad`: the legacy papad-api (Bottle + MongoDB), which cannot run here. No auth,
+  trailing slashes matter, the station must exist (400), missing ``station_name`` → 500, an
+  empty 200 on create, ``{"$oid"}`` ids, a duplicate station fails.
+- `FakePapad(flavour="upstream"|"papadam")`: current papad with faults on demand, honest where
+  it overlaps the real servers (tests/test_papad_fake_vs_real.py sends the same requests to both
+  and compares status codes and response shapes): one auth scheme per flavour (upstream
+  ``Token``, papadam ``Bearer`` with ``/auth/jwt/``; the other scheme is a 401 whose
+  ``WWW-Authenticate`` names the expected one); the listing needs ``searchFrom`` on upstream
+  (500 without), ``group`` is a permission check (403) and not a filter, results oldest first,
+  ``page_size`` honoured, ``search``/``searchWhere`` as papad does them (``tags`` compares
+  single characters); nested ``group`` and ``created_by``, tags ``{id,name,count}``, ``upload``
+  relative in the create answer and absolute elsewhere; media create 200, annotation create
+  200 (upstream) or 201 (papadam); upstream's 500s for missing fields and unknown media;
+  soft deletes. Not imitated: papadam's throttling and its flaky "Event loop is closed" 500s.
+
+Both run a threaded `http.server` on 127.0.0.1, port 0 (or a given port, to come back after
+`stop()` at the same address). Their state lives in plain attributes the tests inspect
+(`media`, `annotations`, `recordings`, `fragments`, ...).
 
 Fault hooks (both): `fail_next(n, mode)` ("reset": drop the connection unanswered, "503"),
 `drop_after_commit(n)` (commit the next n creates, then drop the connection: a lost response),
@@ -46,6 +58,7 @@ class Reply:
     status: int
     body: Any = None  # dict/list → JSON, bytes → as is, None → empty
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _b64(data: bytes) -> str:
@@ -196,6 +209,8 @@ class _Base:
                 self.send_response(reply.status)
                 if data:
                     self.send_header("Content-Type", reply.content_type)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -258,20 +273,25 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dic
 
 
 class FakePapad(_Base):
-    """Current papad (papad-backend, papadam): ``/api/v1/`` plus ``/auth/jwt/``."""
+    """Current papad, one flavour per server: ``upstream`` (DRF ``Token``) or ``papadam``
+    (JWT ``Bearer``). See the module docstring for what it imitates and what it does not."""
 
     create_paths = ("/api/v1/archive/",)
 
-    def __init__(self, port: int = 0, *, page_size: int = 10, access_lifetime: float = 3600.0,
-                 refresh_lifetime: float = 7 * 86400.0) -> None:
+    def __init__(self, port: int = 0, *, flavour: str = "upstream", page_size: int = 10,
+                 access_lifetime: float = 3600.0, refresh_lifetime: float = 7 * 86400.0) -> None:
         super().__init__(port)
+        if flavour not in ("upstream", "papadam"):
+            raise ValueError(f"unknown papad flavour {flavour!r}")
+        self.flavour = flavour
         self.page_size = page_size
         self.access_lifetime = access_lifetime
         self.refresh_lifetime = refresh_lifetime
         self.tokens: dict[str, str] = {}  # DRF token → username
         self.passwords: dict[str, str] = {}
+        self.user_ids: dict[str, str] = {}
         self.groups: dict[int, dict[str, Any]] = {}  # id → {"name", "members": set}
-        self.media: list[dict[str, Any]] = []
+        self.media: list[dict[str, Any]] = []  # list/detail shape; "_deleted" is internal
         self.files: dict[str, dict[str, Any]] = {}  # media uuid → stored upload part
         self.annotations: list[dict[str, Any]] = []
         self.access_tokens: dict[str, tuple[str, float]] = {}  # token → (user, exp)
@@ -280,10 +300,13 @@ class FakePapad(_Base):
         self.jwt_refreshes = 0
         self._secret = secrets.token_bytes(16)
         self._ids = itertools.count(1)
+        self._annotation_ids = itertools.count(1)
+        self._tag_ids: dict[str, int] = {}
 
     def add_user(self, username: str, *, token: str | None = None, password: str | None = None,
                  groups: tuple[int, ...] = ()) -> None:
         with self.lock:
+            self.user_ids.setdefault(username, str(uuidlib.uuid4()))
             if token:
                 self.tokens[token] = username
             if password:
@@ -303,7 +326,49 @@ class FakePapad(_Base):
 
     def media_in_group(self, gid: int) -> list[dict[str, Any]]:
         with self.lock:
-            return [m for m in self.media if m["group"] == gid]
+            return [m for m in self.media if m["_group"] == gid]
+
+    # -- shapes --------------------------------------------------------------------------
+
+    @staticmethod
+    def _now() -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S+0530", time.gmtime(time.time() + 19800))
+
+    def _person(self, user: str) -> dict[str, Any]:
+        return {"id": self.user_ids.get(user, ""), "username": user, "first_name": user,
+                "last_name": ""}
+
+    def _group_obj(self, gid: int) -> dict[str, Any]:
+        """papad nests the whole group in each media: members, its media's tags and counts."""
+        group = self.groups[gid]
+        media = [m for m in self.media if m["_group"] == gid and not m.get("_deleted")]
+        counts: dict[str, int] = {}
+        for m in media:
+            for t in m["tags"]:
+                counts[t["name"]] = counts.get(t["name"], 0) + 1
+        return {"id": gid, "name": group["name"], "description": "", "is_active": True,
+                "is_public": False, "users": [self._person(u) for u in sorted(group["members"])],
+                "users_count": len(group["members"]), "extra_group_questions": [],
+                "delete_wait_for": 0,
+                "tags": [{"id": self._tag_ids[n], "name": n, "count": c}
+                         for n, c in sorted(counts.items())],
+                "created_at": group.setdefault("created_at", self._now()),
+                "updated_at": group["created_at"], "media_count": len(media)}
+
+    def _tags(self, csv: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for name in (t.strip().lower() for t in csv.split(",")):
+            if name and all(t["name"] != name for t in out):
+                tid = self._tag_ids.setdefault(name, len(self._tag_ids) + 1)
+                out.append({"id": tid, "name": name, "count": 1})
+        return out
+
+    def _public(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The JSON papad answers for a stored item (internal ``_`` keys dropped)."""
+        out = {k: v for k, v in item.items() if not k.startswith("_")}
+        if "_group" in item:
+            out["group"] = self._group_obj(item["_group"])
+        return out
 
     # -- JWT -----------------------------------------------------------------------------
 
@@ -323,43 +388,58 @@ class FakePapad(_Base):
         self.refresh_tokens[refresh] = (user, rexp)
         return {"access": access, "refresh": refresh}
 
-    def _user(self, headers: Any) -> str | None:
-        value = headers.get("Authorization", "")
-        kind, _, cred = value.partition(" ")
+    def _unauthorized(self, detail: str) -> Reply:
+        scheme = "Token" if self.flavour == "upstream" else 'Bearer realm="api"'
+        return Reply(401, {"detail": detail}, headers={"WWW-Authenticate": scheme})
+
+    def _user(self, headers: Any) -> str | Reply:
+        """The authenticated user, or the 401 this flavour answers."""
+        kind, _, cred = headers.get("Authorization", "").partition(" ")
         with self.lock:
-            if kind == "Token":
-                return self.tokens.get(cred)
-            if kind == "Bearer":
+            if self.flavour == "upstream":
+                if kind == "Token":
+                    return self.tokens.get(cred) or self._unauthorized("Invalid token.")
+            elif kind == "Bearer":
                 user, exp = self.access_tokens.get(cred, (None, 0.0))
-                return user if user and exp > time.time() else None
-        return None
+                if user and exp > time.time():
+                    return user
+                return self._unauthorized("Given token not valid for any token type")
+        return self._unauthorized("Authentication credentials were not provided.")
 
     # -- routes --------------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict[str, str], headers: Any,
                body: bytes) -> Reply:
-        if path == "/auth/jwt/create/" and method == "POST":
-            return self._jwt_create(body)
-        if path == "/auth/jwt/refresh/" and method == "POST":
-            return self._jwt_refresh(body)
-        if path == "/api/v1/" and method == "GET":
-            return Reply(200, {"archive": f"{self.url}/api/v1/archive/"})
-        if path.startswith("/media/") and method == "GET":
-            media_uuid = path.split("/")[2]
+        if path == "/healthcheck/" and method == "GET":
+            return Reply(200, None)
+        if path.startswith("/auth/jwt/") and method == "POST" and self.flavour == "papadam":
+            if path == "/auth/jwt/create/":
+                return self._jwt_create(body)
+            if path == "/auth/jwt/refresh/":
+                return self._jwt_refresh(body)
+        if path == "/auth/token/login/" and method == "POST" and self.flavour == "upstream":
+            return self._token_login(headers, body)
+        if path.startswith("/auth/") and path != "/auth/users/me/":
+            return _NOT_FOUND  # the other flavour's login endpoints do not exist
+        if path.startswith("/media/archive/") and method == "GET":
             with self.lock:
-                stored = self.files.get(media_uuid)
+                stored = next((f for f in self.files.values() if f["path"] == path), None)
             if stored is None:
-                return Reply(404, {"detail": "Not found."})
+                return Reply(404, b"<h1>Not Found</h1>", "text/html")
             return Reply(200, stored["data"], stored["content_type"])
         user = self._user(headers)
-        if user is None:
-            if headers.get("Authorization"):
-                return Reply(401, {"detail": "Invalid token."})
-            return Reply(401, {"detail": "Authentication credentials were not provided."})
+        if isinstance(user, Reply):
+            return user
+        if path == "/auth/users/me/" and method == "GET":
+            return self._me(user)
+        if path == "/api/v1/" and method == "GET":
+            return Reply(200, {"archive": f"{self.url}/api/v1/archive/"})
         if path == "/api/v1/archive/" and method == "POST":
             return self._create_media(user, headers, body)
         if path == "/api/v1/archive/" and method == "GET":
             return self._list_media(user, query)
+        if path.startswith("/api/v1/archive/") and path.count("/") == 5:
+            return self._one_media(method, path.split("/")[4])
         if path.startswith("/api/v1/group/") and method == "GET":
             return self._group(user, path)
         if path == "/api/v1/annotate/" and method == "POST":
@@ -367,37 +447,62 @@ class FakePapad(_Base):
         if path.startswith("/api/v1/annotate/search/") and method == "GET":
             media_uuid = path[len("/api/v1/annotate/search/"):].strip("/")
             with self.lock:
-                found = [a for a in self.annotations if a["media_reference_id"] == media_uuid]
-            return Reply(200, found)
+                found = [a for a in self.annotations
+                         if a["media_reference_id"] == media_uuid and not a.get("_deleted")]
+            return Reply(200, [self._public(a) for a in found])
         if path.startswith("/api/v1/annotate/") and path.endswith("/"):
             ann_uuid = path[len("/api/v1/annotate/"):].strip("/")
             if ann_uuid and "/" not in ann_uuid:
                 return self._annotation(method, ann_uuid, headers, body)
         return Reply(404, {"detail": "Not found."})
 
+    def _me(self, user: str) -> Reply:
+        with self.lock:
+            groups = [{"id": gid, "name": g["name"], "description": "", "is_public": False,
+                       "created_at": g.setdefault("created_at", self._now()),
+                       "updated_at": g["created_at"]}
+                      for gid, g in sorted(self.groups.items()) if user in g["members"]]
+            me = {"id": self.user_ids.get(user, ""), "username": user, "first_name": user,
+                  "last_name": "", "is_superuser": False, "groups": groups,
+                  "users_count": len(self.user_ids)}
+            if self.flavour == "upstream":
+                me["media_count"] = len(self.media)
+            return Reply(200, me)
+
     def add_annotation(self, media_uuid: str, text: str, target: str,
                        tags: tuple[str, ...] = (), user: str = "someone") -> dict[str, Any]:
         """An annotation made directly in papad's web UI (not through the appliance)."""
         with self.lock:
-            item = {"uuid": str(uuidlib.uuid4()), "media_reference_id": media_uuid,
-                    "annotation_text": text, "media_target": target,
-                    "tags": [{"name": t.strip().lower()} for t in tags if t.strip()],
-                    "created_by": user}
-            self.annotations.append(item)
-            return item
+            return self._store_annotation(user, media_uuid, text, target, ",".join(tags))
+
+    def _store_annotation(self, user: str, media_uuid: str, text: str, target: str,
+                          tags: str) -> dict[str, Any]:
+        now = self._now()
+        item: dict[str, Any] = {
+            "id": next(self._annotation_ids), "annotation_text": text, "tags": self._tags(tags),
+            "media_reference_id": media_uuid, "media_target": target,
+            "annotation_image": None, "uuid": str(uuidlib.uuid4()), "created_at": now,
+            "updated_at": now, "created_by": self._person(user),
+        }
+        if self.flavour == "papadam":
+            item.update(annotation_type="text", annotation_audio=None, annotation_video=None,
+                        reply_to=None, media_ref_uuid=None, group=1)
+        self.annotations.append(item)
+        return item
 
     def _annotation(self, method: str, ann_uuid: str, headers: Any, body: bytes) -> Reply:
-        """``GET|PUT|PATCH|DELETE /api/v1/annotate/<uuid>/`` (papad soft-deletes: the
-        annotation disappears from every list)."""
+        """``GET|PATCH|PUT|DELETE /api/v1/annotate/<uuid>/``: a soft delete, after which the
+        annotation is 404 everywhere and gone from lists."""
         with self.lock:
-            item = next((a for a in self.annotations if a["uuid"] == ann_uuid), None)
+            item = next((a for a in self.annotations
+                         if a["uuid"] == ann_uuid and not a.get("_deleted")), None)
         if item is None:
             return Reply(404, {"detail": "No Annotation matches the given query."})
         if method == "GET":
-            return Reply(200, item)
+            return Reply(200, self._public(item))
         if method == "DELETE":
             with self.lock:
-                self.annotations.remove(item)
+                item["_deleted"] = True
             return Reply(204, None)
         if method in ("PUT", "PATCH"):
             form = self._form(headers, body)
@@ -407,13 +512,31 @@ class FakePapad(_Base):
             with self.lock:
                 if "annotation_text" in fields:
                     item["annotation_text"] = fields["annotation_text"]
-                if fields.get("media_target"):
+                if "media_target" in fields:
                     item["media_target"] = fields["media_target"]
                 if "tags" in fields:  # sending tags replaces the whole set
-                    item["tags"] = [{"name": t.strip().lower()}
-                                    for t in fields["tags"].split(",") if t.strip()]
-            return Reply(200, item)
+                    item["tags"] = self._tags(fields["tags"])
+                item["updated_at"] = self._now()
+            return Reply(200, self._public(item))
         return Reply(405, {"detail": f'Method "{method}" not allowed.'})
+
+    def _token_login(self, headers: Any, body: bytes) -> Reply:
+        ctype = headers.get("Content-Type", "")
+        try:
+            data = (json.loads(body or b"{}") if ctype.startswith("application/json")
+                    else dict(parse_qsl(body.decode())))
+        except ValueError:
+            return Reply(400, {"detail": "JSON parse error"})
+        with self.lock:
+            user = data.get("username")
+            if not data.get("password") or self.passwords.get(user) != data.get("password"):
+                return Reply(400, {"non_field_errors": ["Unable to log in with provided "
+                                                        "credentials."]})
+            token = next((t for t, u in self.tokens.items() if u == user), None)
+            if token is None:
+                token = secrets.token_hex(20)
+                self.tokens[token] = user
+            return Reply(200, {"auth_token": token})
 
     def _jwt_create(self, body: bytes) -> Reply:
         try:
@@ -443,6 +566,8 @@ class FakePapad(_Base):
 
     def _form(self, headers: Any, body: bytes) -> tuple[dict[str, str], dict[str, Any]] | Reply:
         ctype = headers.get("Content-Type", "")
+        if ctype.startswith("application/x-www-form-urlencoded"):
+            return dict(parse_qsl(body.decode(), keep_blank_values=True)), {}
         if not ctype.startswith("multipart/form-data"):
             return Reply(415, {"detail": f'Unsupported media type "{ctype}" in request.'})
         try:
@@ -456,76 +581,112 @@ class FakePapad(_Base):
             return form
         fields, files = form
         if "group" not in fields:
+            if self.flavour == "upstream":  # the permission check reads data["group"]
+                return _SERVER_ERROR
             return Reply(403, {"detail": "Missing required field: group"})
         try:
             gid = int(fields["group"])
         except ValueError:
-            return Reply(400, {"group": ["A valid integer is required."]})
+            return _SERVER_ERROR  # Group.objects.get(id="x")
         with self.lock:
             group = self.groups.get(gid)
-            if group is None or user not in group["members"]:
-                return Reply(403, {"detail": "You are not a member of this group"})
-        if "description" not in fields:
-            return Reply(500, b"<h1>Server Error (500)</h1>", "text/html")
-        if not fields.get("name", "").strip():
-            return Reply(400, {"name": ["This field may not be blank."]})
-        if "tags" not in fields:
-            return Reply(400, {"tags": ["This field is required."]})
+            if group is None:
+                return _SERVER_ERROR  # Group.DoesNotExist
+            if user not in group["members"]:
+                return Reply(403, {"detail": _NOT_MEMBER})
         upload = files.get("upload")
         if upload is None:
-            return Reply(400, {"upload": ["No file was submitted."]})
+            return Reply(400, {"detail": "Media missing"})
+        if not fields.get("name"):
+            return Reply(400, {"detail": "Name not found"})
+        if "description" not in fields:
+            return _SERVER_ERROR  # data["description"], outside the view's try
+        if "tags" not in fields:
+            return Reply(500, {"detail": "An error occurred: 'tags'"})
         ctype = upload["content_type"].split(";")[0].strip().lower()
-        tags = []
-        for t in fields["tags"].split(","):
-            t = t.strip().lower()
-            if t and t not in tags:
-                tags.append(t)
+        digest = hashlib.md5(upload["data"]).hexdigest()
         with self.lock:
-            mid = next(self._ids)
-            media_uuid = str(uuidlib.uuid4())
-            item = {
-                "id": mid,
-                "uuid": media_uuid,
-                "name": fields["name"],
-                "description": fields["description"],
-                "upload": f"{self.url}/media/{media_uuid}/{upload['filename']}",
-                "file_type": ctype,
-                "media_type": ctype.split("/")[0] if ctype.startswith("audio/") else "unknown",
-                "tags": [{"id": i + 1, "name": t, "count": 1} for i, t in enumerate(tags)],
-                "group": gid,
-                "created_by": user,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            path = f"/media/archive/{digest}.ogg"
+            if any(f["path"] == path for f in self.files.values()):
+                path = f"/media/archive/{digest}_{secrets.token_urlsafe(5)[:7]}.ogg"
+            now = self._now()
+            item: dict[str, Any] = {
+                "id": next(self._ids), "name": fields["name"],
+                "description": fields["description"], "upload": self.url + path,
+                "tags": self._tags(fields["tags"]), "extra_group_response": [],
+                "uuid": str(uuidlib.uuid4()), "created_at": now, "_group": gid,
+                "group": {"id": gid}, "created_by": self._person(user),
+                "orig_size": len(upload["data"]), "orig_name": upload["filename"],
+                "file_extension": ctype,
             }
+            if self.flavour == "upstream":
+                item["annotations"] = []
+            else:
+                item.update(updated_at=now, media_processing_status="Yet to process",
+                            is_public=True, transcript_vtt_url="")
             self.media.append(item)
-            self.files[media_uuid] = {"data": upload["data"], "content_type": ctype,
-                                      "filename": upload["filename"]}
+            self.files[item["uuid"]] = {"data": upload["data"], "content_type": ctype,
+                                        "filename": upload["filename"], "path": path}
         self._after_create("/api/v1/archive/")
-        return Reply(200, item)
+        created = {**self._public(item), "upload": path}  # relative in the create answer
+        if self.flavour == "papadam":
+            created["job_id"] = uuidlib.uuid4().hex
+        return Reply(200, created)
+
+    def _visible(self, user: str, item: dict[str, Any]) -> bool:
+        return not item.get("_deleted") and user in self.groups.get(
+            item["_group"], {}).get("members", ())
 
     def _list_media(self, user: str, query: dict[str, str]) -> Reply:
+        search_from = query.get("searchFrom")
+        if search_from is None and self.flavour == "upstream":
+            return _SERVER_ERROR  # get_queryset returns None
         with self.lock:
-            items = list(self.media)
-            if "group" in query:
+            if "group" in query:  # a permission check, not a filter
                 try:
-                    gid = int(query["group"])
+                    group = self.groups.get(int(query["group"]))
                 except ValueError:
-                    return Reply(400, {"group": ["Enter a whole number."]})
-                group = self.groups.get(gid)
-                if group is None or user not in group["members"]:
-                    return Reply(403, {"detail": "You are not a member of this group"})
-                items = [m for m in items if m["group"] == gid]
-            else:
-                items = [m for m in items
-                         if user in self.groups.get(m["group"], {}).get("members", ())]
-        items.reverse()  # newest first, like the real list
+                    return _SERVER_ERROR
+                if group is None:
+                    return _SERVER_ERROR
+                if user not in group["members"]:
+                    return Reply(403, {"detail": _NOT_MEMBER})
+            items = [m for m in self.media if self._visible(user, m)]  # oldest first
+        needle, where = query.get("search"), query.get("searchWhere")
+        if needle:
+            if where == "tags":  # papad tests each character of the string as a tag name
+                items = [m for m in items if any(t["name"] in needle for t in m["tags"])]
+            elif where in ("name", "description"):
+                items = [m for m in items if needle.lower() in m[where].lower()]
+            elif where is None:
+                items = [m for m in items if needle.lower() in m["name"].lower()
+                         or needle.lower() in m["description"].lower()]
+        size = int(query.get("page_size") or self.page_size)
         page = int(query.get("page", "1") or 1)
-        start = (page - 1) * self.page_size
-        chunk = items[start:start + self.page_size]
+        start = (page - 1) * size
+        chunk = items[start:start + size]
         nxt = None
-        if start + self.page_size < len(items):
+        if start + size < len(items):
             rest = "&".join(f"{k}={v}" for k, v in query.items() if k != "page")
             nxt = f"{self.url}/api/v1/archive/?{rest + '&' if rest else ''}page={page + 1}"
-        return Reply(200, {"count": len(items), "next": nxt, "previous": None, "results": chunk})
+        prev = None
+        if page > 1:
+            rest = "&".join(f"{k}={v}" for k, v in query.items() if k != "page")
+            prev = f"{self.url}/api/v1/archive/?{rest}"
+        return Reply(200, {"count": len(items), "next": nxt, "previous": prev,
+                           "results": [self._public(m) for m in chunk]})
+
+    def _one_media(self, method: str, media_uuid: str) -> Reply:
+        with self.lock:
+            item = next((m for m in self.media if m["uuid"] == media_uuid), None)
+            if item is None:
+                return Reply(404, {"detail": "No MediaStore matches the given query."})
+            if method == "GET":  # still there after a (soft) delete
+                return Reply(200, self._public(item))
+            if method == "DELETE":
+                item["_deleted"] = True
+                return Reply(204, None)
+        return Reply(405, {"detail": f'Method "{method}" not allowed.'})
 
     def _group(self, user: str, path: str) -> Reply:
         try:
@@ -536,31 +697,40 @@ class FakePapad(_Base):
             group = self.groups.get(gid)
             if group is None or user not in group["members"]:
                 return Reply(404, {"detail": "Not found."})
-            return Reply(200, {"id": gid, "name": group["name"]})
+            return Reply(200, self._group_obj(gid))
 
     def _create_annotation(self, user: str, headers: Any, body: bytes) -> Reply:
         form = self._form(headers, body)
         if isinstance(form, Reply):
             return form
         fields, _ = form
-        for key in ("media_reference_id", "media_target"):
-            if not fields.get(key):
-                return Reply(400, {key: ["This field is required."]})
+        media_uuid = fields.get("media_reference_id")
         with self.lock:
-            if not any(m["uuid"] == fields["media_reference_id"] for m in self.media):
-                return Reply(400, {"media_reference_id": ["Media does not exist."]})
-            item = {
-                "uuid": str(uuidlib.uuid4()),
-                "media_reference_id": fields["media_reference_id"],
-                "annotation_text": fields.get("annotation_text", ""),
-                "media_target": fields["media_target"],
-                "tags": [{"name": t.strip().lower()} for t in fields.get("tags", "").split(",")
-                         if t.strip()],
-                "created_by": user,
-            }
-            self.annotations.append(item)
+            known = any(m["uuid"] == media_uuid and not m.get("_deleted") for m in self.media)
+        if self.flavour == "papadam":
+            if not media_uuid:
+                return Reply(403, {"detail": "Missing required field: media_reference_id"})
+            if not known:
+                return Reply(403, {"detail": "Referenced media not found."})
+        else:
+            required = ("media_reference_id", "annotation_text", "media_target", "tags")
+            if not known or any(k not in fields for k in required):
+                return _SERVER_ERROR  # MediaStore.DoesNotExist / data[...] KeyError
+        with self.lock:
+            item = self._store_annotation(user, media_uuid or "",
+                                          fields.get("annotation_text", ""),
+                                          fields.get("media_target", ""), fields.get("tags", ""))
         self._after_create("/api/v1/annotate/")
-        return Reply(201, item)
+        return Reply(200 if self.flavour == "upstream" else 201, self._public(item))
+
+
+_SERVER_ERROR = Reply(500, b"<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Server Error "
+                      b"(500)</title>\n</head>\n<body>\n  <h1>Server Error (500)</h1><p></p>\n"
+                      b"</body>\n</html>\n", "text/html")
+_NOT_FOUND = Reply(404, b"<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Not Found</title>"
+                   b"\n</head>\n<body>\n  <h1>Not Found</h1><p>The requested resource was not "
+                   b"found on this server.</p>\n</body>\n</html>\n", "text/html")
+_NOT_MEMBER = "You are not a member of the group to perform this action"
 
 
 class FakeLegacyPapad(_Base):

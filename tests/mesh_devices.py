@@ -1,9 +1,10 @@
 """A recorder "device" for mesh tests: one Syncthing instance, its papad, its service parts.
 
 `Device` wraps a `tests.syncthing_harness.Instance` with a recorder `Config` (papad pointing at
-its own in-process fake papad, current or legacy API), the service workers `recorder run`
-would start for the mesh (the papad outbox worker and the bridge) and a `record()` that makes a
-recording through the real pipeline (file source) with bookmarks.
+its own papad: a real one from the papad kit, `papad=` a `tests.papad_kit.PapadServer`, or an
+in-process fake, current or legacy API), the service workers `recorder run` would start for
+the mesh (the papad outbox worker and the bridge) and a `record()` that makes a recording
+through the real pipeline (file source) with bookmarks.
 """
 
 from __future__ import annotations
@@ -44,25 +45,30 @@ class Device:
     """One mesh member: Syncthing instance + papad + outbox worker + bridge."""
 
     def __init__(self, inst: Instance, legacy: bool = False, docroot_host: str = "",
-                 export_interval: float = 1.0, rescan_interval: float = 600.0) -> None:
+                 export_interval: float = 1.0, rescan_interval: float = 600.0,
+                 papad: Any = None) -> None:
         self.inst = inst
         self.id = inst.recorder_id
         self.legacy = legacy
         self.export_interval = export_interval
         self.rescan_interval = rescan_interval
-        if legacy:
+        self.real = papad  # a real papad server (shared: never stopped here)
+        if papad is not None:
+            self.papad = papad
+            section = papad.papad_section(inst.root, timeout=10.0)
+        elif legacy:
             self.papad: Any = FakeLegacyPapad().start()
-            papad = {"api": "papad-api", "url": self.papad.url, "timeout": 5.0,
-                     "host": docroot_host or "docroot.invalid",
-                     "media_base_url": "http://{host}/{device_id}/"}
+            section = {"api": "papad-api", "url": self.papad.url, "timeout": 5.0,
+                       "host": docroot_host or "docroot.invalid",
+                       "media_base_url": "http://{host}/{device_id}/"}
         else:
             self.papad = FakePapad().start()
             self.papad.add_user("recorder", token=TOKEN, groups=(1,))
             token = write_secret(inst.root / "papad.token", TOKEN)
-            papad = {"api": "papad", "url": self.papad.url, "auth": "token",
-                     "token_file": str(token), "group": 1, "timeout": 5.0}
-        self.cfg = device_config(inst, papad, mesh={"export_interval": export_interval,
-                                                    "rescan_interval": rescan_interval})
+            section = {"api": "papad", "url": self.papad.url, "auth": "token",
+                       "token_file": str(token), "group": 1, "timeout": 5.0}
+        self.cfg = device_config(inst, section, mesh={"export_interval": export_interval,
+                                                      "rescan_interval": rescan_interval})
         self.assembly: app.Assembly | None = None
         self.registration: Any = None
         self.bridge: Bridge | None = None
@@ -86,7 +92,8 @@ class Device:
             self.assembly.close()
             self.assembly = None
         self.bridge = None
-        self.papad.stop()
+        if self.real is None:
+            self.papad.stop()
 
     # -- recording -----------------------------------------------------------------------
 
@@ -118,6 +125,12 @@ class Device:
         from recorder.papad.mapping import recording_id_from_tags
 
         out: dict[str, list[str]] = {}
+        if self.real is not None:  # only this device's recordings: the server is shared
+            for entry in self.registration.outbox.entries():
+                ids = [m["uuid"] for m in self.real.media(entry.recording_id)]
+                if ids:
+                    out[entry.recording_id] = ids
+            return out
         with self.papad.lock:
             if self.legacy:
                 for r in self.papad.recordings:
@@ -125,10 +138,15 @@ class Device:
                     out.setdefault(rid or "?", []).append(r["_id"]["$oid"])
             else:
                 for m in self.papad.media:
+                    if m.get("_deleted"):
+                        continue
                     out.setdefault(_recording_id_of(m) or "?", []).append(m["uuid"])
         return out
 
     def media_id(self, recording_id: str) -> str | None:
+        if self.real is not None:
+            found = self.real.media(recording_id)
+            return found[0]["uuid"] if found else None
         ids = self.media().get(recording_id, [])
         return ids[0] if ids else None
 
@@ -137,6 +155,8 @@ class Device:
         mid = self.media_id(recording_id)
         if mid is None:
             return []
+        if self.real is not None:
+            return sorted(self.real.annotation_set(mid))
         out = []
         with self.papad.lock:
             if self.legacy:
@@ -146,7 +166,7 @@ class Device:
                         out.append((f["target"]["selector"]["value"], f["body"]["value"], tags))
             else:
                 for a in self.papad.annotations:
-                    if a["media_reference_id"] == mid:
+                    if a["media_reference_id"] == mid and not a.get("_deleted"):
                         tags = tuple(sorted(t["name"] for t in a["tags"]))
                         out.append((a["media_target"], a["annotation_text"], tags))
         return sorted(out)

@@ -1,4 +1,4 @@
-"""Helpers shared by the papad tests: secret files, configs pointing at a fake, draining."""
+"""Helpers shared by the papad tests: secret files, configs pointing at papad, draining."""
 
 from __future__ import annotations
 
@@ -38,6 +38,16 @@ def current_config(cfg_factory: Any, tmp_path: Path, url: str, **papad: Any) -> 
     return cfg_factory(papad=values)
 
 
+def real_config(cfg_factory: Any, tmp_path: Path, server: Any, url: str | None = None,
+                **papad: Any) -> Config:
+    """A config for a real papad from the kit (`tests.papad_kit.PapadServer`); `url`
+    overrides its address (a `tests.papad_proxy.FaultProxy` in front of it)."""
+    section = server.papad_section(tmp_path, **papad)
+    if url is not None:
+        section["url"] = url
+    return cfg_factory(papad=section)
+
+
 def legacy_config(cfg_factory: Any, url: str, **papad: Any) -> Config:
     """A config for papad-api with a fixed document-root host."""
     values = {"api": "papad-api", "url": url, "host": "papad.local", "timeout": 5.0,
@@ -62,6 +72,7 @@ def fast_worker(outbox: Outbox, client: Any, concurrency: int = 1, **kw: Any) ->
     """A worker with millisecond backoff, so tests wait for behaviour, not for clocks."""
     kw.setdefault("base_delay", 0.02)
     kw.setdefault("max_delay", 0.2)
+    kw.setdefault("quick_retry_pause", 0.05)
     return OutboxWorker(outbox, client, concurrency, **kw)
 
 

@@ -239,14 +239,15 @@ def test_docker_compose_config_accepts_the_stack(tmp_path):
     assert res.returncode == 0, res.stderr
     resolved = json.loads(res.stdout)
     assert resolved["name"] == "recorderpi"
-    assert set(resolved["services"]) >= {"papad-api", "papad-ui", "recorder", "syncthing"}
+    assert set(resolved["services"]) >= {"papad-api", "papad-minio", "papad-db", "recorder",
+                                         "syncthing"}
 
 
 def test_compose_services_devices_volumes_and_healthchecks():
     doc = _load_compose()
     services = doc["services"]
     assert set(services) >= {"syncthing", "recorder", "docroot", "icecast", "yggdrasil",
-                             "papad-api", "papad-ui"}
+                             "papad-api", "papad-minio", "papad-db"}
     for name, svc in services.items():
         assert "healthcheck" in svc and svc["healthcheck"]["test"], f"{name}: no healthcheck"
         assert svc.get("restart") == "unless-stopped", f"{name}: restart policy"

@@ -1,4 +1,5 @@
-"""Secret files, the outbox CLI and the doctor checks: refusal, and no secret ever shown."""
+"""Secret files, the outbox CLI and the doctor checks (against the real papad): refusal, and no
+secret ever shown."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from recorder.papad.client import make_client
 from recorder.papad.doctor import papad_checks
 from recorder.papad.outbox import Outbox
 from recorder.secrets import read_secret
-from tests.fake_papad import FakePapad
+from tests.papad_proxy import FaultProxy
 from tests.papad_recordings import make_recording
-from tests.papad_setup import TOKEN, current_config, fast_worker, write_secret
+from tests.papad_setup import TOKEN, current_config, fast_worker, real_config, write_secret
 
 
 def test_read_secret_strips_and_accepts_private_file(tmp_path):
@@ -65,23 +66,22 @@ def run_cli(cfg, argv):
 
 
 @pytest.fixture
-def papad():
-    server = FakePapad()
-    server.add_user("rec", token=TOKEN, groups=(1,))
-    with server:
-        yield server
+def papad(papad_upstream):
+    with FaultProxy(papad_upstream.url) as proxy:
+        yield papad_upstream, proxy
 
 
 def test_cli_list_and_retry_show_state_never_secrets(papad, cfg_factory, tmp_path, capsys,
                                                      caplog):
     caplog.set_level(logging.DEBUG)
-    cfg = current_config(cfg_factory, tmp_path, papad.url)
+    server, proxy = papad
+    cfg = real_config(cfg_factory, tmp_path, server, url=proxy.url)
     outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg)
     docs = [make_recording(cfg.device_folder, index=i) for i in range(2)]
     for doc, ogg in docs:
         outbox.enqueue(doc, ogg)
-    papad.force_error(400, {"detail": "Bad upload"})
+    proxy.answer(400, {"detail": "Bad upload"}, method="POST", path="/api/v1/archive/")
     fast_worker(outbox, client).run_once()
 
     assert run_cli(cfg, ["outbox", "list", "--json"]) == 0
@@ -102,37 +102,39 @@ def test_cli_list_and_retry_show_state_never_secrets(papad, cfg_factory, tmp_pat
         run_cli(cfg, ["outbox", "retry", "999"])
     with pytest.raises(RecorderError, match="already delivered"):
         run_cli(cfg, ["outbox", "retry", str(parked["id"])])
-    assert len(papad.media) == 2
+    for doc, _ in docs:
+        server.one_media(doc["recording_id"])
 
     assert run_cli(cfg, ["outbox", "list", "--json"]) == 0
     everything = capsys.readouterr()
-    for secret in (TOKEN,):
-        assert secret not in everything.out and secret not in everything.err
-        assert secret not in caplog.text
+    assert server.token not in everything.out and server.token not in everything.err
+    assert server.token not in caplog.text
     outbox.database.close()
     client.close()
 
 
-def test_doctor_all_good(papad, cfg_factory, tmp_path):
-    cfg = current_config(cfg_factory, tmp_path, papad.url)
+def test_doctor_all_good(papad_real, cfg_factory, tmp_path):
+    cfg = real_config(cfg_factory, tmp_path, papad_real)
     checks = papad_checks(cfg)
-    assert {c["name"] for c in checks} >= {
-        "papad reachable", "papad credentials accepted", "papad group exists",
-        "papad outbox depth"}
+    assert [c["name"] for c in checks] == [
+        "papad reachable", "papad credentials accepted", "papad group", "papad listing",
+        "papad outbox depth"]  # no database yet: no oldest entry
     assert all(c["ok"] for c in checks), checks
-    assert TOKEN not in json.dumps(checks)
+    secret = papad_real.token or papad_real.password
+    assert secret not in json.dumps(checks)
 
 
-def test_doctor_reports_each_failure(papad, cfg_factory, tmp_path):
-    cfg = current_config(cfg_factory, tmp_path, papad.url, group=5)
+def test_doctor_reports_each_failure(papad_upstream, cfg_factory, tmp_path):
+    cfg = real_config(cfg_factory, tmp_path, papad_upstream, group=5)
     by_name = {c["name"]: c for c in papad_checks(cfg)}
     assert by_name["papad credentials accepted"]["ok"]
-    assert not by_name["papad group exists"]["ok"]
-    assert "HTTP 404" in by_name["papad group exists"]["detail"]
+    assert not by_name["papad group"]["ok"]
+    assert "not a member of group 5" in by_name["papad group"]["detail"]
     write_secret(cfg.papad.token_file, "wrong-token")
     by_name = {c["name"]: c for c in papad_checks(cfg)}
     assert by_name["papad reachable"]["ok"]
     assert not by_name["papad credentials accepted"]["ok"]
+    assert "HTTP 401" in by_name["papad credentials accepted"]["detail"]
     assert "wrong-token" not in json.dumps(list(by_name.values()))
     down = current_config(cfg_factory, tmp_path, "http://127.0.0.1:9")
     by_name = {c["name"]: c for c in papad_checks(down)}
@@ -143,12 +145,14 @@ def test_doctor_reports_each_failure(papad, cfg_factory, tmp_path):
     assert "chmod 600" in by_name["papad credentials accepted"]["detail"]
 
 
-def test_doctor_outbox_depth_and_age(papad, cfg_factory, tmp_path):
-    cfg = current_config(cfg_factory, tmp_path, papad.url)
+def test_doctor_outbox_depth_and_age(cfg_factory, tmp_path):
+    from recorder.papad.doctor import outbox_checks
+
+    cfg = current_config(cfg_factory, tmp_path, "http://127.0.0.1:9")
     outbox = Outbox(Database(cfg.db_path), clock=lambda: 1_000_000.0)
     outbox.enqueue(*make_recording(cfg.device_folder))
     outbox.database.close()
-    by_name = {c["name"]: c for c in papad_checks(cfg)}
+    by_name = {c["name"]: c for c in outbox_checks(cfg)}
     assert by_name["papad outbox depth"] == {
         "name": "papad outbox depth", "ok": True, "detail": "1 pending, 0 parked"}
     assert not by_name["papad outbox oldest entry"]["ok"]  # queued long ago

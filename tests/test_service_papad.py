@@ -1,90 +1,125 @@
-"""The service registers what it records with papad: once, with bookmarks, across outages."""
+"""The service registers what it records with the real papad: `recorder run` as a process (file
+source, mock GPIO), driven through `recorder ctl`; the recording reaches papad once, its bookmark
+as a `t=start,end` annotation; papad goes down (the real server stopped), a recording made
+meanwhile waits in the outbox, the service restarts, papad returns: delivered exactly once."""
 
 from __future__ import annotations
 
-import dataclasses
-import threading
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from recorder.config import SourceSpec
-from recorder.daemon import Service
+from recorder.control import send_command
+from recorder.errors import ServiceError
 from tests.clips import RATE, tone
-from tests.conftest import wait_until
-from tests.fake_papad import FakePapad
-from tests.papad_setup import PASSWORD, TOKEN, current_config
+from tests.conftest import run_cli, wait_until
 
 
-def run_service(cfg):
-    from gpiozero.pins.mock import MockFactory
+class Service:
+    """`recorder run` in a subprocess, logging to a file."""
 
-    svc = Service(cfg, pin_factory=MockFactory())
-    thread = threading.Thread(target=svc.run, daemon=True)
-    thread.start()
-    wait_until(lambda: svc.state == "idle", what="service armed")
-    return svc, thread
+    def __init__(self, cfg_path: str, log: Path, data: Path) -> None:
+        self.cfg_path = cfg_path
+        self.log = log
+        self.socket = data / "state" / "control.sock"
+        self._fh = open(log, "a")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "recorder", "--config", cfg_path, "run"],
+            env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
+            stdout=self._fh, stderr=subprocess.STDOUT)
+        wait_until(lambda: self.status().get("state") == "idle", 60, 0.1, "service armed")
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        proc = run_cli("--config", self.cfg_path, "ctl", *args, timeout=30)
+        assert proc.returncode == 0, (args, proc.stderr, self.log.read_text()[-2000:])
+        return proc
+
+    def status(self) -> dict:
+        """The service's status over its control socket (what `recorder ctl status` asks)."""
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        try:
+            return send_command(self.socket, "status", timeout=15)
+        except ServiceError:
+            return {}
+
+    def record(self, seconds: float, mark_after: float | None = None) -> None:
+        self.ctl("start")
+        if mark_after is not None:
+            time.sleep(mark_after)
+            self.ctl("mark")
+            time.sleep(seconds - mark_after)
+        else:
+            time.sleep(seconds)
+        self.ctl("stop")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
 
 
-def record(svc, seconds: float, mark_after: float | None = None):
-    svc.start("test")
-    if mark_after is not None:
-        time.sleep(mark_after)
-        assert svc.mark("test")
-        time.sleep(seconds - mark_after)
-    else:
-        time.sleep(seconds)
-    svc.stop("test")
+def published(data: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(data.rglob("recordings/**/*.json"))]
 
 
-def test_recordings_reach_papad_once_with_bookmarks_across_outage_and_restart(
-        cfg_factory, tmp_path):
+def test_service_registers_once_with_bookmarks_across_papad_outage_and_restart(
+        papad_fresh, config_file, tmp_path):
+    papad = papad_fresh("upstream")  # stopped and started by this test: its own server
     clip = tmp_path / "clip.wav"
-    sf.write(clip, np.tile(tone(1.0, 440), 30), RATE, subtype="PCM_16")
-    server = FakePapad()
-    server.add_user("rec", token=TOKEN, password=PASSWORD, groups=(1,))
-    server.start()
-    cfg = current_config(cfg_factory, tmp_path, server.url, timeout=2.0)
-    cfg = dataclasses.replace(cfg, audio=dataclasses.replace(
-        cfg.audio, source=SourceSpec.parse(f"file:{clip}"), preroll=0.5))
-    svc, thread = run_service(cfg)
+    sf.write(clip, np.tile(tone(1.0, 440), 120), RATE, subtype="PCM_16")
+    cfg_path, data = config_file(
+        audio={"source": f"file:{clip}", "preroll": 0.5},
+        papad=papad.papad_section(tmp_path, timeout=3.0, annotation_span=1.0))
+    svc = Service(cfg_path, tmp_path / "service.log", data)
     try:
-        record(svc, 2.0, mark_after=1.0)
-        wait_until(lambda: len(server.media) == 1 and server.annotations, what="media + annotation")
-        media = server.media[0]
-        published = next(cfg.device_folder.rglob("*.ogg"))
-        assert server.files[media["uuid"]]["data"] == published.read_bytes()
-        assert media["media_type"] == "audio"
-        (note,) = server.annotations
+        svc.record(2.0, mark_after=1.0)
+        wait_until(lambda: len(published(data)) == 1, 30, 0.1, "published")
+        (doc,) = published(data)
+        rid = doc["recording_id"]
+        media = wait_until(lambda: papad.media(rid), 60, 0.2, "registered in papad")
+        assert len(media) == 1
+        notes = wait_until(lambda: papad.annotations(media[0]["uuid"]), 30, 0.2, "annotation")
+        ogg = next(data.rglob(f"recordings/**/*{rid[-8:]}.ogg"))
+        assert papad.download(media[0]["upload"]) == ogg.read_bytes()
+        (note,) = notes
+        (mark,) = doc["bookmarks"]
         start, end = (float(x) for x in note["media_target"].removeprefix("t=").split(","))
-        import json
-
-        preroll = json.loads(published.with_suffix(".json").read_text())["preroll"]
-        assert abs(start - (preroll + 1.0)) < 0.3  # the mark came 1 s after the start
-        assert end > start
-        # papad goes down; a recording made meanwhile waits in the outbox.
-        server.stop()
-        record(svc, 1.0)
-        wait_until(lambda: svc.status()["workers"]["papad"]["depth"] >= 1, what="queued")
+        # t=start,end: the mark's place in the recording (pre-roll included), 1 s long
+        assert doc["preroll"] + 0.9 < mark["at"] < doc["duration"]
+        assert start == round(mark["at"], 3)
+        assert end == round(min(doc["duration"], mark["at"] + 1.0), 3)
+        assert note["annotation_text"] == mark["label"]  # "socket": marked through ctl
+        assert [t["name"] for t in note["tags"]] == ["bookmark"]
+        # papad goes down (its server stopped); a recording made meanwhile waits.
+        papad.stop()
+        svc.record(1.0)
+        wait_until(lambda: len(published(data)) == 2, 30, 0.1, "second published")
+        wait_until(lambda: svc.status()["workers"]["papad"]["pending"] >= 1, 30, 0.2, "queued")
     finally:
-        svc.request_stop()
-        thread.join(30)
+        svc.stop()
+    rid2 = next(d["recording_id"] for d in published(data) if d["recording_id"] != rid)
+    listing = json.loads(run_cli("--config", cfg_path, "outbox", "list", "--json").stdout)
+    waiting = next(e for e in listing["entries"] if e["recording_id"] == rid2)
+    assert waiting["state"] == "pending" and "cannot connect" in waiting["last_error"]
     # papad returns, the service restarts: the queued recording is delivered, exactly once.
-    server2 = FakePapad(port=server.port)
-    server2.add_user("rec", token=TOKEN, password=PASSWORD, groups=(1,))
-    server2.media = server.media
-    server2.files = server.files
-    server2.annotations = server.annotations
-    server2.start()
-    svc, thread = run_service(cfg)
+    papad.start()
+    svc = Service(cfg_path, tmp_path / "service.log", data)
     try:
-        wait_until(lambda: len(server2.media) == 2, what="second media delivered")
-        time.sleep(1.0)
-        assert len(server2.media) == 2
-        names = [m["uuid"] for m in server2.media]
-        assert len(set(names)) == 2
+        wait_until(lambda: svc.status()["workers"]["papad"]["delivered"] == 2, 120, 0.3,
+                   "second recording delivered")
     finally:
-        svc.request_stop()
-        thread.join(30)
-        server2.stop()
+        svc.stop()
+    assert len(papad.media(rid)) == 1 and len(papad.media(rid2)) == 1
+    assert len(papad.all_media()) == 2

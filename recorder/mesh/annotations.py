@@ -23,6 +23,12 @@ papad has no sync of its own, so the bridge carries annotations through Syncthin
   text, no origin tag, on the owner's recording) is adopted and tagged instead of duplicated,
   and it is never exported as this device's.
 - **Tags** are normalised (lowercase, single spaces, no empties, no duplicates).
+- **Failures stay with their entry.** An entry papad refuses or fails (a PATCH refused, a 500)
+  is retried on its own schedule, 2 s doubling to 15 min (`ENTRY_RETRY`, `ENTRY_RETRY_MAX`),
+  logged once per try and listed in `status()["failing"]`; the peer's other entries go on.
+  Only papad being unavailable (down, throttling, credentials) postpones a peer's whole import,
+  and an export whose entries wait for recordings not registered here yet is re-read 2 s
+  doubling to 1 min apart until something changes.
 
 papad deletes: current papad ``DELETE /api/v1/annotate/<uuid>/`` (a soft delete that hides it),
 papad-api ``DELETE /fragments/<id>``.
@@ -73,6 +79,10 @@ MAX_TAG = 100
 DEFAULT_EXPORT_INTERVAL = 300.0
 PENDING_RETRY = 2.0
 ORIGIN_TAG = "origin:"
+ENTRY_RETRY = 2.0  # first retry of an entry papad refused or failed, doubling ...
+ENTRY_RETRY_MAX = 900.0  # ... up to this
+WAITING_RETRY_MAX = 60.0  # a peer's export with waiting entries is re-read at most this far apart
+MAX_REPORTED = 20  # failing entries listed in status()
 
 _RID = r"[0-9a-hjkmnp-tv-z]{26}"
 _ID_RE = re.compile(rf"^({_RID}):[A-Za-z0-9._-]{{1,100}}$")
@@ -145,7 +155,7 @@ def validate_export(doc: Any, peer: str) -> list[dict[str, Any]]:
             raise Quarantine(f"{where} is not an object")
         ident = item.get("id")
         match = _ID_RE.match(ident) if isinstance(ident, str) else None
-        if match is None:
+        if match is None or not isinstance(ident, str):
             raise Quarantine(f"{where} has no valid id")
         if ident in seen:
             raise Quarantine(f"{where}: id {ident} appears twice")
@@ -167,6 +177,92 @@ def validate_export(doc: Any, peer: str) -> list[dict[str, Any]]:
         out.append({"id": ident, "recording_id": match.group(1), "media_target": target,
                     "text": " ".join(text.split()), "tags": clean})
     return out
+
+
+def _again_after_500(call: Callable[..., Any], *args: Any) -> Any:
+    """Call; after a 500, once more at once. For idempotent requests (PATCH, DELETE) only:
+    papadam answers some of them 500 ("Event loop is closed") after doing them, and the
+    second try then passes (a DELETE gets 404, which counts as deleted)."""
+    try:
+        return call(*args)
+    except PapadError as exc:
+        if exc.unavailable or not exc.retryable or (exc.status or 0) < 500:
+            raise
+        log.info("annotations: %s; trying once more", exc)
+        return call(*args)
+
+
+class EntryBackoff:
+    """Import retry state: per entry (papad refused or failed it) and per peer (when its export
+    is worth reading again). In memory: after a restart every entry gets one early try."""
+
+    def __init__(self) -> None:
+        self.failing: dict[tuple[str, str], dict[str, Any]] = {}
+        self.peer_next: dict[str, float] = {}
+        self.peer_streak: dict[str, int] = {}
+        self.peer_waiting: dict[str, int] = {}
+
+    def due(self, peer: str, ident: str, now: float) -> bool:
+        """Whether entry `ident` of `peer` may be tried now."""
+        rec = self.failing.get((peer, ident))
+        return rec is None or now >= rec["next_at"]
+
+    def failed(self, peer: str, ident: str, error: str, now: float) -> dict[str, Any]:
+        """Count a failure of the entry; return its record (attempts, next_at, error)."""
+        rec = self.failing.setdefault((peer, ident), {"attempts": 0, "since": now})
+        rec["attempts"] += 1
+        rec["error"] = error
+        rec["next_at"] = now + min(ENTRY_RETRY_MAX, ENTRY_RETRY * 2 ** min(rec["attempts"] - 1, 20))
+        return rec
+
+    def succeeded(self, peer: str, ident: str) -> None:
+        self.failing.pop((peer, ident), None)
+
+    def keep_only(self, peer: str, idents: set[str]) -> None:
+        """Forget failures of `peer`'s entries other than `idents` (resolved meanwhile)."""
+        for key in [k for k in self.failing if k[0] == peer and k[1] not in idents]:
+            del self.failing[key]
+
+    def next_failing(self, peer: str) -> float | None:
+        times = [r["next_at"] for (p, _), r in self.failing.items() if p == peer]
+        return min(times) if times else None
+
+    def schedule(self, peer: str, now: float, waiting: int, progressed: bool) -> None:
+        """When to read `peer`'s export again: waiting entries back off while nothing changes;
+        failing entries when the first of them is due."""
+        if progressed or waiting < self.peer_waiting.get(peer, waiting + 1):
+            self.peer_streak[peer] = 0
+        else:
+            self.peer_streak[peer] = self.peer_streak.get(peer, -1) + 1
+        self.peer_waiting[peer] = waiting
+        candidates = []
+        if waiting:
+            candidates.append(now + min(WAITING_RETRY_MAX,
+                                        PENDING_RETRY * 2 ** min(self.peer_streak[peer], 10)))
+        failing = self.next_failing(peer)
+        if failing is not None:
+            candidates.append(failing)
+        self.peer_next[peer] = min(candidates) if candidates else now
+
+    def postponed(self, peer: str, now: float) -> int:
+        """The whole import was postponed (papad unavailable); return the streak so far."""
+        streak = self.peer_streak.get(peer, -1) + 1
+        self.peer_streak[peer] = streak
+        self.peer_next[peer] = now + min(WAITING_RETRY_MAX, PENDING_RETRY * 2 ** min(streak, 10))
+        return streak
+
+    def forget_peer(self, peer: str) -> None:
+        for key in [k for k in self.failing if k[0] == peer]:
+            del self.failing[key]
+        for table in (self.peer_next, self.peer_streak, self.peer_waiting):
+            table.pop(peer, None)
+
+    def report(self, now: float) -> list[dict[str, Any]]:
+        """The failing entries, most attempts first (at most `MAX_REPORTED`)."""
+        items = sorted(self.failing.items(), key=lambda kv: (-kv[1]["attempts"], kv[0]))
+        return [{"peer": peer, "id": ident, "attempts": rec["attempts"], "error": rec["error"],
+                 "retry_in_s": round(max(0.0, rec["next_at"] - now), 1)}
+                for (peer, ident), rec in items[:MAX_REPORTED]]
 
 
 class AnnotationExchange:
@@ -210,19 +306,29 @@ class AnnotationExchange:
 
     # -- scheduling ----------------------------------------------------------------------
 
+    @property
+    def backoff(self) -> EntryBackoff:
+        """The import's retry state (made on first use)."""
+        found = self.__dict__.get("_backoff")
+        if found is None:
+            found = self.__dict__["_backoff"] = EntryBackoff()
+        return found
+
     def next_due_in(self) -> float | None:
         """Seconds until `run_due` has work (export interval, or a pending import)."""
-        due = max(0.0, self._next_export - self.clock())
-        if self._pending_peers:
-            due = min(due, PENDING_RETRY)
+        now = self.clock()
+        due = max(0.0, self._next_export - now)
+        for peer in self._pending_peers:
+            due = min(due, max(0.0, self.backoff.peer_next.get(peer, now) - now))
         return due
 
     def run_due(self) -> None:
-        """Export if the interval passed; retry pending imports."""
+        """Export if the interval passed; retry the pending imports that are due."""
         if self.clock() >= self._next_export:
             self.export_now()
         for peer in sorted(self._pending_peers):
-            self.import_peer(peer)
+            if self.clock() >= self.backoff.peer_next.get(peer, 0.0):
+                self.import_peer(peer)
 
     def export_now(self) -> bool:
         """Export now (and restart the interval); False when unchanged or papad failed."""
@@ -252,7 +358,9 @@ class AnnotationExchange:
                 "SELECT origin, state, COUNT(*) AS n FROM annotation_links GROUP BY origin, state"
             ).fetchall()
         return {**self._state, "pending_peers": sorted(self._pending_peers),
-                "imported": {f"{r['origin']}/{r['state']}": r["n"] for r in links}}
+                "imported": {f"{r['origin']}/{r['state']}": r["n"] for r in links},
+                "failing": self.backoff.report(self.clock()),
+                "failing_count": len(self.backoff.failing)}
 
     # -- export --------------------------------------------------------------------------
 
@@ -289,7 +397,7 @@ class AnnotationExchange:
                               "origin": self.own_id, "media_target": ann.media_target,
                               "text": " ".join(ann.text.split())[:MAX_TEXT],
                               "tags": [t[:MAX_TAG] for t in tags]})
-        items.sort(key=lambda i: i["id"])
+        items.sort(key=lambda i: str(i["id"]))
         return items
 
     def export(self) -> bool:
@@ -328,6 +436,7 @@ class AnnotationExchange:
                 st = os.lstat(path)
             except OSError:
                 self._pending_peers.discard(peer)
+                self.backoff.forget_peer(peer)
                 return None
             fst = FileStat(st.st_mtime_ns, st.st_size)
             row = self.store.rows(peer).get(EXPORT_PATH)
@@ -351,21 +460,33 @@ class AnnotationExchange:
                 reason = " ".join(reason.split())[:300]
                 self.store.put(peer, EXPORT_PATH, ANNOTATIONS, fst, QUARANTINED, reason=reason)
                 self._pending_peers.discard(peer)
+                self.backoff.forget_peer(peer)
                 log.warning("annotations: quarantined %s/%s: %s", peer, EXPORT_PATH, reason)
                 return QUARANTINED
             try:
-                waiting = self._merge(peer, entries)
-            except PapadError as exc:
+                waiting, failing, applied = self._merge(peer, entries)
+            except PapadError as exc:  # papad unavailable: the whole import waits
                 self._state["import_errors"] += 1
                 self.store.put(peer, EXPORT_PATH, ANNOTATIONS, fst, PENDING,
                                reason=f"papad: {exc}"[:300])
                 self._pending_peers.add(peer)
-                log.info("annotations: import from %s postponed: %s", peer, exc)
+                streak = self.backoff.postponed(peer, self.clock())
+                (log.info if streak == 0 else log.debug)(
+                    "annotations: import from %s postponed: %s", peer, exc)
                 return PENDING
-            state = PENDING if waiting else IMPORTED
-            reason = f"{waiting} annotation(s) wait for their recording" if waiting else None
-            self.store.put(peer, EXPORT_PATH, ANNOTATIONS, fst, state, reason=reason)
+            # Failures of entries still exported, or still linked here (a delete to retry).
+            self.backoff.keep_only(peer, {item["id"] for item in entries} | set(self._links(peer)))
+            self.backoff.schedule(peer, self.clock(), waiting, applied > 0)
+            state = PENDING if waiting or failing else IMPORTED
+            reasons = []
             if waiting:
+                reasons.append(f"{waiting} annotation(s) wait for their recording")
+            if failing:
+                reasons.append(f"{failing} annotation(s) failing, retried with backoff "
+                               "(see status: failing)")
+            self.store.put(peer, EXPORT_PATH, ANNOTATIONS, fst, state,
+                           reason="; ".join(reasons) or None)
+            if state == PENDING:
                 self._pending_peers.add(peer)
             else:
                 self._pending_peers.discard(peer)
@@ -386,59 +507,105 @@ class AnnotationExchange:
             (peer, origin_id, rid, local_id, content, state, time.time()),
         )
 
-    def _merge(self, peer: str, entries: list[dict[str, Any]]) -> int:
-        """Create, update and delete local annotations to match `peer`'s entries; return how
-        many wait for a recording the local papad does not have yet."""
+    def _merge(self, peer: str, entries: list[dict[str, Any]]) -> tuple[int, int, int]:
+        """Create, update and delete local annotations to match `peer`'s entries.
+
+        Returns (waiting for a recording the local papad does not have yet, failing, applied).
+        A PapadError of one entry is that entry's (backed off, reported); only an unavailable
+        papad is raised, postponing the rest.
+        """
         delivered = self._delivered()
         links = self._links(peer)
         all_linked = {r[0] for r in self._conn.execute("SELECT local_id FROM annotation_links")}
         listed: dict[str, list[Any]] = {}
         tag = origin_tag(peer)
-        waiting = 0
+        waiting = failing = applied = 0
+        now = self.clock()
         for item in entries:
             entry = delivered.get(item["recording_id"])
             if entry is None:
                 waiting += 1
                 continue
-            tags = [*item["tags"], tag]
-            content = content_key(item["media_target"], item["text"], tags)
-            wanted = annotation_for(item["media_target"], item["text"], tags)
-            link = links.get(item["id"])
-            if link is None:
-                if entry.remote_id not in listed:
-                    listed[entry.remote_id] = self.client.list_annotations(
-                        entry.remote_id, entry.sidecar)
-                found = self._adoptable(peer, entry, item, listed[entry.remote_id], all_linked)
-                if found is None:
-                    local_id = self.client.post_annotation(entry.remote_id, entry.sidecar, wanted)
-                else:
-                    local_id = found.id
-                    if content_key(found.media_target, found.text, list(found.tags)) != content:
-                        self.client.update_annotation(local_id, entry.remote_id, entry.sidecar,
-                                                      wanted)
-                self._link(peer, item["id"], item["recording_id"], local_id, content)
-                all_linked.add(local_id)
-            elif link["state"] == "linked" and link["content"] != content:
-                try:
-                    self.client.update_annotation(link["local_id"], entry.remote_id,
-                                                  entry.sidecar, wanted)
-                except PapadError as exc:
-                    if exc.retryable or "HTTP 404" not in str(exc):
-                        raise
-                    # Deleted here by a local user: respected, not re-created.
-                    self._link(peer, item["id"], item["recording_id"], link["local_id"],
-                               content, state="gone")
-                    continue
-                self._link(peer, item["id"], item["recording_id"], link["local_id"], content)
+            if not self.backoff.due(peer, item["id"], now):
+                failing += 1
+                continue
+            try:
+                changed = self._apply(peer, item, entry, links.get(item["id"]), listed,
+                                      all_linked, tag)
+            except PapadError as exc:
+                if exc.unavailable:
+                    raise
+                self._entry_failed(peer, item["id"], exc)
+                failing += 1
+                continue
+            self.backoff.succeeded(peer, item["id"])
+            applied += changed
         present = {item["id"] for item in entries}
         for origin_id, link in links.items():
             if origin_id in present:
                 continue
-            if link["state"] == "linked":
-                self.client.delete_annotation(link["local_id"])
+            if not self.backoff.due(peer, origin_id, now):
+                failing += 1
+                continue
+            try:
+                if link["state"] == "linked":
+                    _again_after_500(self.client.delete_annotation, link["local_id"])
+            except PapadError as exc:
+                if exc.unavailable:
+                    raise
+                # papadam may answer 500 with the delete done: the retry then finds it gone.
+                self._entry_failed(peer, origin_id, exc)
+                failing += 1
+                continue
+            self.backoff.succeeded(peer, origin_id)
             self._conn.execute("DELETE FROM annotation_links WHERE origin = ? AND origin_id = ?",
                                (peer, origin_id))
-        return waiting
+            applied += 1
+        return waiting, failing, applied
+
+    def _entry_failed(self, peer: str, ident: str, exc: PapadError) -> None:
+        reason = " ".join(str(exc).split())[:300]
+        rec = self.backoff.failed(peer, ident, reason, self.clock())
+        log.warning("annotations: %s's annotation %s failed (try %d, next in %.0f s): %s",
+                    peer, ident, rec["attempts"], rec["next_at"] - self.clock(), reason)
+
+    def _apply(self, peer: str, item: dict[str, Any], entry: Any, link: sqlite3.Row | None,
+               listed: dict[str, list[Any]], all_linked: set[str], tag: str) -> int:
+        """Make the local papad hold `item` (create, adopt or PATCH); 1 if papad changed."""
+        tags = [*item["tags"], tag]
+        content = content_key(item["media_target"], item["text"], tags)
+        wanted = annotation_for(item["media_target"], item["text"], tags)
+        if link is None:
+            if entry.remote_id not in listed:
+                listed[entry.remote_id] = self.client.list_annotations(
+                    entry.remote_id, entry.sidecar)
+            found = self._adoptable(peer, entry, item, listed[entry.remote_id], all_linked)
+            if found is None:
+                local_id = self.client.post_annotation(entry.remote_id, entry.sidecar, wanted)
+            else:
+                local_id = found.id
+                if content_key(found.media_target, found.text, list(found.tags)) != content:
+                    self.client.update_annotation(local_id, entry.remote_id, entry.sidecar,
+                                                  wanted)
+            self._link(peer, item["id"], item["recording_id"], local_id, content)
+            all_linked.add(local_id)
+            return 1
+        if link["state"] != "linked" or link["content"] == content:
+            return 0
+        try:
+            # papad's PATCH: text, target, and tags (replacing the whole set).
+            _again_after_500(self.client.update_annotation, link["local_id"], entry.remote_id,
+                             entry.sidecar, wanted)
+        except PapadError as exc:
+            if exc.retryable or exc.status != 404:
+                raise
+            # Deleted here by a local user (papad's soft delete: 404 from then on):
+            # respected, not re-created.
+            self._link(peer, item["id"], item["recording_id"], link["local_id"], content,
+                       state="gone")
+            return 0
+        self._link(peer, item["id"], item["recording_id"], link["local_id"], content)
+        return 1
 
     def _adoptable(self, peer: str, entry: Any, item: dict[str, Any], existing: list[Any],
                    linked: set[str]) -> Any:

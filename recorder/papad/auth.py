@@ -3,12 +3,18 @@
 An :class:`Auth` gives the headers for a request and, after a 401, tries once to obtain
 fresh credentials (`renew`). Secret values live only in these objects: their ``repr`` hides
 them and nothing here logs them.
+
+papadam throttles anonymous requests, logins included, to 100 an hour per address. The JWT
+flow therefore never spends that budget in a loop: a 429 on login or refresh blocks every
+further attempt until its ``Retry-After`` has passed, and a refused password is not tried
+again for `LOGIN_RETRY` seconds unless the password file changes.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import threading
@@ -16,9 +22,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from recorder.papad.errors import PapadError, UnavailableError
+from recorder.papad.errors import PapadError, UnavailableError, scheme_hint
 
 log = logging.getLogger(__name__)
+
+LOGIN_RETRY = 300.0  # seconds before a refused password is tried again (unless it changed)
+THROTTLE_WAIT = 60.0  # a 429 without Retry-After blocks logins this long
 
 # POST a JSON body to a path without credentials; returns the decoded JSON object.
 PostJson = Callable[[str, Mapping[str, Any]], dict[str, Any]]
@@ -102,6 +111,8 @@ class JwtAuth:
         self._refresh: str | None = None
         self._exp: float | None = None
         self._margin = 30.0
+        self._blocked: tuple[float, str] | None = None  # (until, why): throttled
+        self._refused: tuple[str, float, str] | None = None  # (password digest, when, why)
 
     def __repr__(self) -> str:
         return f"JwtAuth(username={self._username!r}, tokens=<hidden>)"
@@ -146,29 +157,61 @@ class JwtAuth:
             # Renew within the last tenth of the lifetime (at most 30 s before expiry).
             self._margin = min(30.0, max(0.0, (self._exp - float(iat)) / 10))
 
+    def _check_blocked(self) -> None:
+        if self._blocked is not None:
+            until, message = self._blocked
+            wait = until - self._clock()
+            if wait > 0:
+                raise UnavailableError(message, retry_after=wait)
+            self._blocked = None
+
     def _login(self) -> None:
+        self._check_blocked()
+        password = self._load_password()
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        if self._refused is not None:
+            was, at, message = self._refused
+            if was == digest and self._clock() < at + LOGIN_RETRY:
+                raise UnavailableError(message, retry_after=at + LOGIN_RETRY - self._clock())
+            self._refused = None
         try:
             body = self._post(
-                "/auth/jwt/create/",
-                {"username": self._username, "password": self._load_password()},
+                "/auth/jwt/create/", {"username": self._username, "password": password}
             )
         except PapadError as exc:
+            if exc.status == 429:
+                self._block(exc)
+                raise
             if exc.retryable:
                 raise
-            # Wrong credentials refuse every request: wait for a fix, do not park entries.
-            raise UnavailableError(
-                f"papad JWT login refused for {self._username!r}: {exc}"
-            ) from None
+            if exc.status in (404, 405):
+                # No JWT endpoint: an upstream papad (DRF tokens only).
+                message = f"{scheme_hint('Token')} ({exc})"
+                log.warning("papad JWT login impossible: %s", message)
+            else:
+                # Wrong credentials refuse every request: wait for a fix, do not park entries.
+                message = f"papad JWT login refused for {self._username!r}: {exc}"
+            self._refused = (digest, self._clock(), message)
+            raise UnavailableError(message, status=exc.status, request=exc.request) from None
         self._store(body)
         log.info("papad JWT login as %s", self._username)
 
+    def _block(self, exc: PapadError) -> None:
+        wait = exc.retry_after if exc.retry_after is not None else THROTTLE_WAIT
+        self._blocked = (self._clock() + wait, f"papad throttles logins: {exc}")
+        log.warning("papad throttled the JWT login; next try in %.0f s", wait)
+
     def _refresh_or_login(self) -> None:
+        self._check_blocked()
         if self._refresh is not None:
             try:
                 self._store(self._post("/auth/jwt/refresh/", {"refresh": self._refresh}))
                 log.debug("papad JWT access token refreshed")
                 return
             except PapadError as exc:
+                if exc.status == 429:
+                    self._block(exc)
+                    raise
                 if exc.unavailable:
                     raise
                 log.info("papad JWT refresh refused (%s); logging in again", exc)

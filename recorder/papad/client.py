@@ -5,6 +5,24 @@
 
 Clients take validated sidecar dicts and map them with :mod:`recorder.papad.mapping`. They
 never deduplicate on their own: the outbox decides when to look up before creating.
+
+What the real current papad servers do (both upstream papad and papadam), which shapes
+:class:`CurrentPapadClient`:
+
+- ``GET /api/v1/archive/`` needs ``searchFrom``: without it upstream answers 500. With
+  ``searchFrom=my_collections`` the list holds every media of every group the user belongs to,
+  oldest first; ``group=N`` is only a permission check (403 if not a member), so the client
+  filters by group id itself. ``page_size`` is honoured without a maximum.
+- ``search=X&searchWhere=description`` filters on the server (case-insensitive substring).
+  ``searchWhere=tags`` does not work (papad tests each *character* of X as a tag name), so
+  the lookup of one recording searches the description, which names the recording id, and
+  checks the description line (or, on media from older versions, the machine tag) of each hit.
+- Every media in an answer nests its group, with the tag counts of the whole group computed
+  for each item: a listing costs papad time per item that grows with the archive (a page of
+  200 took 9 s at 1,000 media, measured), so nothing here lists the whole group.
+- Objects are nested: ``group`` and ``created_by`` are objects, tags ``{"id","name","count"}``;
+  ``upload`` is relative in the create answer and absolute in lists.
+- Media create answers 200; annotation create 200 (upstream) or 201 (papadam).
 """
 
 from __future__ import annotations
@@ -29,6 +47,7 @@ log = logging.getLogger(__name__)
 
 Sidecar = Mapping[str, Any]
 _MAX_PAGES = 1000  # a runaway `next` chain must end
+PAGE_SIZE = 200  # media per listing page: few requests, answers of a few hundred kB
 
 
 @dataclass(frozen=True)
@@ -51,10 +70,6 @@ class PapadClient(Protocol):
 
     api: str
     annotation_span: float
-
-    def media_index(self) -> dict[str, str]:
-        """Recording id → remote id for every media on the server carrying our machine tag."""
-        ...
 
     def find_media(self, sidecar: Sidecar) -> str | None:
         """The remote id of an existing media for this recording, or None."""
@@ -120,6 +135,20 @@ def _tag_names(tags: Any) -> list[str]:
     return names
 
 
+def _group_id(item: Mapping[str, Any]) -> int | None:
+    """The group id of a media: papad nests the group object (``{"id": 1, ...}``)."""
+    group = item.get("group")
+    if isinstance(group, dict):
+        group = group.get("id")
+    if isinstance(group, bool):
+        return None
+    if isinstance(group, int):
+        return group
+    if isinstance(group, str) and group.strip().isdigit():
+        return int(group)
+    return None
+
+
 def _recording_id_of(item: Mapping[str, Any]) -> str | None:
     found = mapping.recording_id_from_tags(_tag_names(item.get("tags")))
     if found:
@@ -146,32 +175,33 @@ class CurrentPapadClient:
     def __repr__(self) -> str:
         return f"CurrentPapadClient({self.transport.base_url!r}, group={self.group})"
 
-    def _media(self) -> Iterator[dict[str, Any]]:
+    def _media(self, **search: str) -> Iterator[dict[str, Any]]:
+        """Media of our group, oldest first, optionally filtered by papad's `search`."""
         page: str | None = "/api/v1/archive/"
-        params: dict[str, Any] | None = {"group": self.group}
+        params: dict[str, Any] | None = {
+            "searchFrom": "my_collections", "group": self.group, "page_size": PAGE_SIZE, **search,
+        }
         for _ in range(_MAX_PAGES):
             if page is None:
                 return
             body = self.transport.get_json(page, params)
             if isinstance(body, list):  # an unpaginated deployment
-                yield from (m for m in body if isinstance(m, dict))
-                return
-            if not isinstance(body, dict):
+                items: list[Any] = body
+                page = None
+            elif isinstance(body, dict):
+                items = body.get("results") or []
+                page, params = body.get("next"), None
+            else:
                 raise RetryableError("papad GET /api/v1/archive/: unexpected response shape")
-            yield from (m for m in body.get("results") or [] if isinstance(m, dict))
-            page, params = body.get("next"), None
-
-    def media_index(self) -> dict[str, str]:
-        index: dict[str, str] = {}
-        for item in self._media():
-            rid, uuid = _recording_id_of(item), item.get("uuid")
-            if rid and isinstance(uuid, str):
-                index.setdefault(rid, uuid)
-        return index
+            for item in items:
+                # `group` is a permission check, not a filter: other groups are listed too.
+                if isinstance(item, dict) and _group_id(item) in (self.group, None):
+                    yield item
 
     def find_media(self, sidecar: Sidecar) -> str | None:
         wanted = sidecar["recording_id"]
-        for item in self._media():
+        # The description names the recording id: papad filters, we check each hit.
+        for item in self._media(search=wanted, searchWhere="description"):
             if _recording_id_of(item) == wanted and isinstance(item.get("uuid"), str):
                 return item["uuid"]
         return None
@@ -181,7 +211,7 @@ class CurrentPapadClient:
             "group": str(self.group),
             "name": mapping.media_name(sidecar),
             "description": mapping.media_description(sidecar),
-            "tags": ",".join(mapping.media_tags(sidecar)),
+            "tags": mapping.wire_tags(mapping.media_tags(sidecar, marker=False)),
         }
         resp = self.transport.request(
             "POST",
@@ -214,7 +244,7 @@ class CurrentPapadClient:
             "media_reference_id": remote_id,
             "annotation_text": annotation.text,
             "media_target": annotation.media_target,
-            "tags": ",".join(annotation.tags),
+            "tags": mapping.wire_tags(annotation.tags),  # upstream needs all four fields
         }
         return self.transport.request(
             "POST", "/api/v1/annotate/", form=lambda: MultipartBody(fields)
@@ -251,7 +281,7 @@ class CurrentPapadClient:
         fields = {
             "annotation_text": annotation.text,
             "media_target": annotation.media_target,
-            "tags": ",".join(annotation.tags),  # sending tags replaces the whole set
+            "tags": mapping.wire_tags(annotation.tags),  # sending tags replaces the whole set
         }
         self.transport.request("PATCH", f"/api/v1/annotate/{quote(annotation_id)}/",
                                form=lambda: MultipartBody(fields))
@@ -260,34 +290,48 @@ class CurrentPapadClient:
         try:
             self.transport.request("DELETE", f"/api/v1/annotate/{quote(annotation_id)}/")
         except PermanentError as exc:
-            if "HTTP 404" not in str(exc):
+            if exc.status != 404:
                 raise
 
     def checks(self) -> list[dict[str, Any]]:
-        out = []
+        """Who am I (reachable, credentials, group membership), then one listing page.
+
+        ``/auth/users/me/`` is answered by both flavours and lists the user's groups; papad's
+        ``/api/v1/group/`` lists only public ones. Costs one authenticated request, two with
+        JWT (the login), three with the listing: little of papadam's hourly budget.
+        """
         try:
-            self.transport.request("GET", "/api/v1/", authenticated=False)
-            out.append(check("papad reachable", True, self.transport.base_url))
+            me = self.transport.get_json("/auth/users/me/")
         except PapadError as exc:
-            if exc.unavailable:
+            if exc.status is None and exc.unavailable:
                 return [check("papad reachable", False, str(exc))]
-            # Any HTTP answer (even a 404 at the API root) means the server is there.
-            out.append(check("papad reachable", True, self.transport.base_url))
+            return [check("papad reachable", True, self.transport.base_url),
+                    check("papad credentials accepted", False, str(exc))]
+        me = me if isinstance(me, dict) else {}
+        user = str(me.get("username") or "?")
+        out = [check("papad reachable", True, self.transport.base_url),
+               check("papad credentials accepted", True, f"logged in as {user}")]
+        groups = {}
+        for group in me.get("groups") or []:
+            if isinstance(group, dict) and isinstance(group.get("id"), int):
+                groups[group["id"]] = str(group.get("name") or "")
+        if self.group in groups:
+            out.append(check("papad group", True,
+                             f"group {self.group} {groups[self.group]}: {user} is a member"))
+        else:
+            member_of = ", ".join(f"{gid} {name}" for gid, name in sorted(groups.items()))
+            out.append(check("papad group", False,
+                             f"{user} is not a member of group {self.group} (papad.group); "
+                             f"member of: {member_of or 'no group'}"))
+            return out
         try:
-            self.transport.request("GET", "/api/v1/archive/", params={"group": self.group})
-            out.append(check("papad credentials accepted", True, "listing the group works"))
+            body = self.transport.get_json("/api/v1/archive/", {
+                "searchFrom": "my_collections", "group": self.group, "page_size": 1})
+            count = body.get("count") if isinstance(body, dict) else None
+            detail = f"{count} media visible to {user}" if isinstance(count, int) else "works"
+            out.append(check("papad listing", True, detail))
         except PapadError as exc:
-            if "HTTP 401" in str(exc) or "login refused" in str(exc):
-                out.append(check("papad credentials accepted", False, str(exc)))
-                return out
-            # Credentials passed; the group itself is the problem (checked next).
-            out.append(check("papad credentials accepted", True, f"accepted ({exc})"))
-        try:
-            group = self.transport.get_json(f"/api/v1/group/{self.group}/")
-            name = group.get("name", "") if isinstance(group, dict) else ""
-            out.append(check("papad group exists", True, f"group {self.group} {name}".strip()))
-        except PapadError as exc:
-            out.append(check("papad group exists", False, str(exc)))
+            out.append(check("papad listing", False, str(exc)))
         return out
 
     def close(self) -> None:
@@ -361,14 +405,6 @@ class LegacyPapadClient:
             log.info("papad-api station %s created", name)
         self._stations.add(name)
 
-    def media_index(self) -> dict[str, str]:
-        index: dict[str, str] = {}
-        for item in self._list("recordings"):
-            rid, oid = mapping.recording_id_from_tags(_tag_names(item.get("tags"))), self.oid(item)
-            if rid and oid:
-                index.setdefault(rid, oid)
-        return index
-
     def find_media(self, sidecar: Sidecar) -> str | None:
         url = self.audio_url(sidecar)
         for item in self._list("recordings", {"audio_url": url}):
@@ -410,7 +446,8 @@ class LegacyPapadClient:
             target, body = item.get("target"), item.get("body")
             if not isinstance(target, dict) or target.get("source") != url:
                 continue
-            selector = target.get("selector") if isinstance(target.get("selector"), dict) else {}
+            found = target.get("selector")
+            selector: dict[str, Any] = found if isinstance(found, dict) else {}
             text = body.get("value", "") if isinstance(body, dict) else ""
             keys.add((str(selector.get("value", "")), str(text)))
         return keys
@@ -449,7 +486,8 @@ class LegacyPapadClient:
             target, body, oid = item.get("target"), item.get("body"), self.oid(item)
             if not isinstance(target, dict) or target.get("source") != url or not oid:
                 continue
-            selector = target.get("selector") if isinstance(target.get("selector"), dict) else {}
+            found = target.get("selector")
+            selector: dict[str, Any] = found if isinstance(found, dict) else {}
             out.append(RemoteAnnotation(
                 id=oid,
                 media_target=str(selector.get("value") or ""),
@@ -480,7 +518,7 @@ class LegacyPapadClient:
         try:
             self.transport.request("DELETE", f"/fragments/{quote(annotation_id)}")
         except PermanentError as exc:
-            if "HTTP 404" not in str(exc):
+            if exc.status != 404:
                 raise
 
     def checks(self) -> list[dict[str, Any]]:

@@ -31,10 +31,13 @@ def outbox_checks(cfg: Config) -> list[dict[str, Any]]:
     with Database(cfg.db_path) as database:
         outbox = Outbox(database)
         counts, age = outbox.counts(), outbox.oldest_age()
+        latest = outbox.entries(PARKED)[-1:] if counts[PARKED] else []
     parked = counts[PARKED]
     detail = f"{counts[PENDING]} pending, {parked} parked"
-    if parked:
-        detail += " (see `recorder outbox list`, then `recorder outbox retry`)"
+    if latest:
+        # The latest parked entry's reason: papad's answer, what to fix.
+        detail += (f"; #{latest[0].id}: {latest[0].last_error} (see `recorder outbox list`, "
+                   "then `recorder outbox retry`)")
     out = [check("papad outbox depth", parked == 0, detail)]
     if age is None:
         out.append(check("papad outbox oldest entry", True, "none waiting"))

@@ -1,17 +1,25 @@
 """HTTP to papad: one timeout on every request, credentials, and error classification.
 
 Every failure becomes a :mod:`recorder.papad.errors` class: connection errors, timeouts,
-502/503/504, 429 and a 401 that survives one credential renewal are `UnavailableError`;
-other 5xx are `RetryableError`; any other 4xx is `PermanentError` carrying the server's reason
-(first 200 characters, one line).
+502/503/504, 429 (with papad's ``Retry-After``) and a 401 that survives one credential renewal
+are `UnavailableError`; other 5xx are `ServerError`; any other 4xx is `PermanentError` carrying
+the server's reason (first 200 characters, one line).
+
+A 401 whose ``WWW-Authenticate`` names another scheme than the one we sent (DRF names the
+scheme its first authentication class expects: upstream papad ``Token``, papadam ``Bearer``)
+says so in the message: "this papad expects Bearer ...". That is the one-line hint `recorder
+doctor` and the log give for a wrong ``[papad] auth``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
+import time
 from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -19,12 +27,33 @@ import requests
 
 from recorder import __version__
 from recorder.papad.auth import Auth
-from recorder.papad.errors import PermanentError, RetryableError, UnavailableError
+from recorder.papad.errors import (
+    PermanentError,
+    RetryableError,
+    ServerError,
+    UnavailableError,
+    scheme_hint,
+)
 from recorder.papad.multipart import MultipartBody
 
 log = logging.getLogger(__name__)
 
 _UNAVAILABLE_STATUS = {429, 502, 503, 504}
+MAX_RETRY_AFTER = 6 * 3600.0  # a Retry-After beyond this is taken as this (a clock gone wrong)
+
+def retry_after(resp: requests.Response) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    value = resp.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
 
 
 def reason_text(resp: requests.Response) -> str:
@@ -43,10 +72,20 @@ def reason_text(resp: requests.Response) -> str:
             text = json.dumps(body, ensure_ascii=False)
     elif body is not None:
         text = json.dumps(body, ensure_ascii=False)
+    elif "html" in resp.headers.get("Content-Type", "") or resp.text.lstrip()[:1] == "<":
+        text = _html_reason(resp.text)
     else:
         text = resp.text
     text = " ".join(text.split()) or resp.reason or "no reason given"
     return text[:200]
+
+
+def _html_reason(page: str) -> str:
+    """Django's error pages: the title, and the first paragraph if it says more."""
+    found = [" ".join(re.sub(r"<[^>]*>", " ", m).split())
+             for m in re.findall(r"<(?:title|p)[^>]*>(.*?)</(?:title|p)>", page, re.S | re.I)]
+    found = [f for f in found if f]
+    return ": ".join(found[:2]) if found else re.sub(r"<[^>]*>", " ", page)
 
 
 class Transport:
@@ -122,12 +161,13 @@ class Transport:
                 )
             except requests.Timeout:
                 raise UnavailableError(
-                    f"papad {what}: no answer within {self.timeout:g} s"
+                    f"papad {what}: no answer within {self.timeout:g} s", request=what
                 ) from None
             except requests.ConnectionError as exc:
-                raise UnavailableError(f"papad {what}: cannot connect ({_short(exc)})") from None
+                raise UnavailableError(f"papad {what}: cannot connect ({_short(exc)})",
+                                       request=what) from None
             except requests.RequestException as exc:
-                raise RetryableError(f"papad {what}: {_short(exc)}") from None
+                raise RetryableError(f"papad {what}: {_short(exc)}", request=what) from None
             finally:
                 if body is not None:
                     body.close()
@@ -136,26 +176,38 @@ class Transport:
                 if self.auth.renew(headers):
                     log.info("papad %s: 401, retrying with renewed credentials", what)
                     continue
-            return self._classify(what, resp, authenticated)
+            return self._classify(what, resp, headers if authenticated else None)
 
     def _classify(
-        self, what: str, resp: requests.Response, authenticated: bool
+        self, what: str, resp: requests.Response, sent: Mapping[str, str] | None
     ) -> requests.Response:
         code = resp.status_code
         if 200 <= code < 300:
             return resp
         reason = reason_text(resp)
         message = f"papad {what}: HTTP {code}: {reason}"
-        if code == 401 and authenticated:
-            raise UnavailableError(message + " (credentials refused)")
+        info: dict[str, Any] = {"status": code, "request": what}
+        if code == 401 and sent is not None:
+            expected = resp.headers.get("WWW-Authenticate", "").split(" ", 1)[0].strip()
+            used = sent.get("Authorization", "").split(" ", 1)[0].strip()
+            if expected and expected.lower() != used.lower():
+                hint = scheme_hint(expected)
+                log.warning("papad %s refused the %s scheme: %s", what, used or "missing", hint)
+                raise UnavailableError(f"{hint} (papad {what}: HTTP 401: {reason})", **info)
+            raise UnavailableError(message + " (credentials refused)", **info)
         if code in _UNAVAILABLE_STATUS:
-            raise UnavailableError(message)
-        if code >= 500 or code == 408:
-            raise RetryableError(message)
+            wait = retry_after(resp) if code in (429, 503) else None
+            if wait is not None:
+                message += f" (retry after {wait:.0f} s)"
+            raise UnavailableError(message, retry_after=wait, **info)
+        if code >= 500:
+            raise ServerError(message, **info)
+        if code == 408:
+            raise RetryableError(message, **info)
         if 300 <= code < 400:
             raise PermanentError(f"papad {what}: unexpected redirect HTTP {code} "
-                                 f"to {resp.headers.get('Location', '?')}"[:300])
-        raise PermanentError(message)
+                                 f"to {resp.headers.get('Location', '?')}"[:300], **info)
+        raise PermanentError(message, **info)
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         """GET and decode JSON (an undecodable body is a retryable failure)."""

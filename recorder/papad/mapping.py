@@ -1,8 +1,11 @@
 """Sidecar fields → papad fields: names, tags, descriptions and bookmark fragments.
 
-Every media this appliance registers carries a machine tag ``recorderpi-<recording id>`` and
-its recording id and sha256 in the description: that is how a later attempt recognises a media
-an earlier attempt created (papad itself never deduplicates).
+Every media this appliance registers carries its recording id and sha256 in the description
+(``Recording id: <id>``): that is how a later attempt recognises a media an earlier attempt
+created (papad itself never deduplicates). The legacy papad-api also gets a machine tag
+``recorderpi-<recording id>``; current papad does not, because it nests the whole tag list of a
+group (every tag of every media, with counts) in each media it returns: one tag per recording
+made every answer grow with the archive (69 KB per media at 1,000 recordings, measured).
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ from typing import Any
 MARKER_PREFIX = "recorderpi-"
 _MARKER_RE = re.compile(r"^recorderpi-([0-9a-hjkmnp-tv-z]{26})$")
 BOOKMARK_TAG = "bookmark"
+FALLBACK_TAG = "recorderpi"  # sent when an annotation has no tag: papad needs a non-empty one
+# papad's column sizes (media name varchar(300), tag name varchar(100)): on PostgreSQL a
+# longer value is a 500, on SQLite it is stored whole. Cut before sending.
+MAX_NAME = 300
+MAX_TAG = 100
 
 
 def marker_tag(recording_id: str) -> str:
@@ -41,17 +49,27 @@ def normalise_tags(tags: Iterable[str]) -> list[str]:
     """Lowercase, stripped, non-empty, first-seen order, no duplicates.
 
     A comma inside a tag splits it: papad's wire format is comma-separated, so the server
-    would split it anyway and the lookup must see the same tags papad stores.
+    would split it anyway and the lookup must see the same tags papad stores. Each tag is cut
+    to `MAX_TAG` characters.
     """
     seen: dict[str, None] = {}
     for tag in tags:
         if not isinstance(tag, str):
             continue
         for part in tag.split(","):
-            part = " ".join(part.split()).lower()
+            part = " ".join(part.split()).lower()[:MAX_TAG].rstrip()
             if part:
                 seen.setdefault(part, None)
     return list(seen)
+
+
+def wire_tags(tags: Iterable[str]) -> str:
+    """papad's ``tags`` form field: normalised tags, comma-separated, never an empty one.
+
+    papad needs the field and turns an empty item into a 500 on PostgreSQL (``""``, ``a,,b``),
+    so an empty list is sent as `FALLBACK_TAG`.
+    """
+    return ",".join(normalise_tags(tags)) or FALLBACK_TAG
 
 
 def started_utc(sidecar: Mapping[str, Any]) -> datetime:
@@ -61,16 +79,18 @@ def started_utc(sidecar: Mapping[str, Any]) -> datetime:
 
 
 def media_name(sidecar: Mapping[str, Any]) -> str:
-    """The title, else ``Recording 2026-11-28 17:01 UTC (device)``."""
-    title = " ".join(str(sidecar.get("title") or "").split())
+    """The title, else ``Recording 2026-11-28 17:01 UTC (device)``; at most `MAX_NAME`
+    characters."""
+    title = " ".join(str(sidecar.get("title") or "").split())[:MAX_NAME].rstrip()
     if title:
         return title
     return f"Recording {started_utc(sidecar):%Y-%m-%d %H:%M} UTC ({sidecar['device_id']})"
 
 
-def media_tags(sidecar: Mapping[str, Any]) -> list[str]:
-    """The sidecar's tags, normalised, plus the machine tag naming the recording."""
-    return normalise_tags([*sidecar.get("tags", []), marker_tag(sidecar["recording_id"])])
+def media_tags(sidecar: Mapping[str, Any], marker: bool = True) -> list[str]:
+    """The sidecar's tags, normalised, plus (`marker`) the machine tag naming the recording."""
+    extra = [marker_tag(sidecar["recording_id"])] if marker else []
+    return normalise_tags([*sidecar.get("tags", []), *extra])
 
 
 def format_duration(seconds: float) -> str:

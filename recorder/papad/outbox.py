@@ -5,10 +5,22 @@ row per bookmark. A row is ``pending`` until papad has the media and every annot
 (``delivered``), or ``parked`` when papad refused it for good; ``retry`` makes it pending again.
 
 Exactly once: the attempt counter is committed *before* each create request, so any later
-attempt knows an earlier one may have reached papad and looks the media up first (by the
-remembered remote id, else by the machine tag / description papad stores). The same goes for
-annotations. A fresh worker also indexes the server's media once, so a lost or rebuilt
-database does not register everything a second time.
+attempt knows an earlier one may have reached papad. Every attempt without a remembered remote
+id looks the media up first (papad's search for the recording id in the description; the
+legacy API by audio URL), the first one too: a lost answer, a restart mid-request and a lost or
+rebuilt database all look the same from here. Annotations already delivered are looked up
+before a retry posts them again. (No full listing of the group: on current papad its cost per
+item grows with the archive, and at a few thousand media a page outlasts the timeout.)
+
+Retries that end. papad being down, slow, overloaded or throttling (connection failures,
+timeouts, 502/503/504, 429) is retried for ever with exponential backoff (429: at least its
+``Retry-After``), holding the whole queue so delivery stays in order. A 500 is different: it
+may be papad's bug tripped by this one entry, and would repeat for ever. An attempt that meets
+a 500 tries again at once, up to `QUICK_RETRIES` more times (papadam's flaky "Event loop is
+closed" passes on the next try; each try looks the media up first, so none duplicates);
+when attempts keep ending in a 500 for the same request, the entry is parked with papad's
+answer after `MAX_SERVER_ERRORS` attempts in a row and at least `SERVER_ERROR_PERIOD` seconds
+after the first of them. `recorder outbox retry` makes it pending again with a fresh count.
 """
 
 from __future__ import annotations
@@ -29,12 +41,23 @@ from recorder import db
 from recorder.errors import RecorderError
 from recorder.papad import mapping
 from recorder.papad.client import PapadClient
-from recorder.papad.errors import PapadError, PermanentError, RetryableError
+from recorder.papad.errors import (
+    PapadError,
+    PermanentError,
+    RetryableError,
+    ServerError,
+    relabel,
+)
 from recorder.sidecar import published_sidecars, validate
 
 log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, PARKED = "pending", "delivered", "parked"
+
+QUICK_RETRIES = 2  # more tries of an attempt that met a 500, `QUICK_RETRY_PAUSE` s apart
+QUICK_RETRY_PAUSE = 1.0
+MAX_SERVER_ERRORS = 6  # attempts in a row ending in a 500 for the same request ...
+SERVER_ERROR_PERIOD = 600.0  # ... and at least this long since the first: parked
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS papad_outbox (
@@ -50,7 +73,10 @@ SCHEMA = (
         enqueued_at REAL NOT NULL,
         delivered_at REAL,
         last_error TEXT,
-        remote_id TEXT
+        remote_id TEXT,
+        server_errors INTEGER NOT NULL DEFAULT 0,
+        server_error_request TEXT,
+        server_error_since REAL
     )""",
     "CREATE INDEX IF NOT EXISTS papad_outbox_due ON papad_outbox (state, next_attempt_at, id)",
     """CREATE TABLE IF NOT EXISTS papad_outbox_annotations (
@@ -62,6 +88,12 @@ SCHEMA = (
         PRIMARY KEY (outbox_id, idx)
     )""",
 )
+# Columns added after the first release: ALTER TABLE for databases made before them.
+_ADDED_COLUMNS = {
+    "server_errors": "INTEGER NOT NULL DEFAULT 0",
+    "server_error_request": "TEXT",
+    "server_error_since": "REAL",
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +114,7 @@ class Entry:
     remote_id: str | None
     annotations: int
     annotations_delivered: int
+    server_errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no sidecar body; nothing secret lives here)."""
@@ -100,6 +133,7 @@ class Entry:
             "remote_id": self.remote_id,
             "annotations": self.annotations,
             "annotations_delivered": self.annotations_delivered,
+            "server_errors": self.server_errors,
         }
 
 
@@ -128,7 +162,11 @@ def _entry(row: sqlite3.Row) -> Entry:
         remote_id=row["remote_id"],
         annotations=row["n_ann"],
         annotations_delivered=row["n_ann_done"],
+        server_errors=row["server_errors"],
     )
+
+
+_FRESH_COUNT = " server_errors = 0, server_error_request = NULL, server_error_since = NULL"
 
 
 class Outbox:
@@ -143,6 +181,11 @@ class Outbox:
         self._lock = threading.RLock()
         self.database = database
         database.ensure_schema(SCHEMA)
+        with db.transaction(self._conn) as conn:
+            have = {r[1] for r in conn.execute("PRAGMA table_info(papad_outbox)")}
+            for name, decl in _ADDED_COLUMNS.items():
+                if name not in have:
+                    conn.execute(f"ALTER TABLE papad_outbox ADD COLUMN {name} {decl}")
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -269,8 +312,8 @@ class Outbox:
         """Make a parked (or waiting) entry due now. Raises RecorderError for an unknown id."""
         with self._lock, db.transaction(self._conn) as conn:
             cur = conn.execute(
-                "UPDATE papad_outbox SET state = 'pending', next_attempt_at = ?"
-                " WHERE id = ? AND state != 'delivered'",
+                "UPDATE papad_outbox SET state = 'pending', next_attempt_at = ?," + _FRESH_COUNT
+                + " WHERE id = ? AND state != 'delivered'",
                 (self._clock(), outbox_id),
             )
             if not cur.rowcount:
@@ -287,8 +330,8 @@ class Outbox:
         """Make every parked or waiting entry due now; return how many."""
         with self._lock, db.transaction(self._conn) as conn:
             cur = conn.execute(
-                "UPDATE papad_outbox SET state = 'pending', next_attempt_at = ?"
-                " WHERE state != 'delivered'",
+                "UPDATE papad_outbox SET state = 'pending', next_attempt_at = ?," + _FRESH_COUNT
+                + " WHERE state != 'delivered'",
                 (self._clock(),),
             )
             return cur.rowcount
@@ -351,10 +394,37 @@ class Outbox:
         """The media and all its annotations are on papad."""
         with self._lock:
             self._conn.execute(
-                "UPDATE papad_outbox SET state = 'delivered', delivered_at = ?, last_error = NULL"
-                " WHERE id = ?",
+                "UPDATE papad_outbox SET state = 'delivered', delivered_at = ?, last_error = NULL,"
+                + _FRESH_COUNT + " WHERE id = ?",
                 (self._clock(), outbox_id),
             )
+
+    def count_server_error(self, outbox_id: int, request: str) -> tuple[int, float]:
+        """Count an attempt that ended in a 500 for `request`; return (attempts in a row for
+        that same request, when the first of them failed). Another request restarts the count.
+        """
+        now = self._clock()
+        with self._lock, db.transaction(self._conn) as conn:
+            conn.execute(
+                "UPDATE papad_outbox SET"
+                " server_errors = CASE WHEN server_error_request IS ? THEN server_errors + 1"
+                " ELSE 1 END,"
+                " server_error_since = CASE WHEN server_error_request IS ?"
+                " THEN COALESCE(server_error_since, ?) ELSE ? END,"
+                " server_error_request = ? WHERE id = ?",
+                (request, request, now, now, request, outbox_id),
+            )
+            row = conn.execute(
+                "SELECT server_errors, server_error_since FROM papad_outbox WHERE id = ?",
+                (outbox_id,),
+            ).fetchone()
+        return int(row[0]), float(row[1])
+
+    def clear_server_errors(self, outbox_id: int) -> None:
+        """The failing request got past its 500s (or failed otherwise): start counting anew."""
+        with self._lock:
+            self._conn.execute("UPDATE papad_outbox SET" + _FRESH_COUNT + " WHERE id = ?",
+                               (outbox_id,))
 
     def mark_failed(self, outbox_id: int, error: str, retry_at: float | None) -> None:
         """Record a failure: retry at `retry_at`, or park the entry when it is None."""
@@ -385,6 +455,10 @@ class Outbox:
             )
 
 
+def _span(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 class OutboxWorker:
     """Delivers due outbox entries to papad with at most `concurrency` requests in flight.
 
@@ -402,8 +476,11 @@ class OutboxWorker:
         base_delay: float = 5.0,
         max_delay: float = 900.0,
         idle_poll: float = 60.0,
-        index_max_age: float = 86400.0,
         on_delivered: Callable[[str, str], None] | None = None,
+        quick_retries: int = QUICK_RETRIES,
+        quick_retry_pause: float = QUICK_RETRY_PAUSE,
+        max_server_errors: int = MAX_SERVER_ERRORS,
+        server_error_period: float = SERVER_ERROR_PERIOD,
     ) -> None:
         self.outbox = outbox
         self.client = client
@@ -411,16 +488,16 @@ class OutboxWorker:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.idle_poll = idle_poll
-        self.index_max_age = index_max_age
         self.on_delivered = on_delivered
+        self.quick_retries = max(0, int(quick_retries))
+        self.quick_retry_pause = quick_retry_pause
+        self.max_server_errors = max(1, int(max_server_errors))
+        self.server_error_period = server_error_period
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="papad-outbox")
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._run_lock = threading.Lock()
-        self._index: dict[str, str] | None = None
-        self._index_at = 0.0
-        self._index_lock = threading.Lock()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -484,39 +561,42 @@ class OutboxWorker:
                 delivered += sum(1 for f in futures if f.result())
         return delivered
 
-    def _media_index(self) -> dict[str, str]:
-        # One listing of the server per worker (and per day), not one per entry.
-        with self._index_lock:
-            if self._index is None or time.monotonic() - self._index_at > self.index_max_age:
-                self._index = self.client.media_index()
-                self._index_at = time.monotonic()
-            return self._index
-
     def _deliver(self, entry: Entry, unavailable: threading.Event) -> bool:
         if unavailable.is_set() or self._stopping.is_set():
             return False  # skipped: stays due, keeps its place in the queue
-        try:
-            self._deliver_entry(entry)
-        except PapadError as exc:
-            self._failed(entry, exc, unavailable)
-            return False
-        except Exception as exc:
-            log.exception("papad outbox: unexpected failure delivering #%d", entry.id)
-            self._failed(entry, RetryableError(f"internal error: {type(exc).__name__}: {exc}"),
-                         unavailable)
-            return False
-        return True
+        current: Entry | None = entry
+        for try_no in range(self.quick_retries + 1):
+            if current is None or current.state != PENDING:
+                return False  # retried, delivered or parked meanwhile (operator action)
+            try:
+                self._deliver_entry(current)
+            except ServerError as exc:
+                if try_no < self.quick_retries and not self._stopping.is_set():
+                    log.info("papad outbox: #%d: %s; trying again", entry.id, exc)
+                    self._stopping.wait(self.quick_retry_pause)
+                    current = self.outbox.get(entry.id)  # attempts counted: look up first
+                    continue
+                self._failed(current, exc, unavailable)
+                return False
+            except PapadError as exc:
+                self._failed(current, exc, unavailable)
+                return False
+            except Exception as exc:
+                log.exception("papad outbox: unexpected failure delivering #%d", entry.id)
+                self._failed(current, RetryableError(
+                    f"internal error: {type(exc).__name__}: {exc}"), unavailable)
+                return False
+            return True
+        return False
 
     def _deliver_entry(self, entry: Entry) -> None:
         sidecar = entry.sidecar
         self.outbox.begin_attempt(entry.id)
         remote = entry.remote_id
         if remote is None:
-            if entry.attempts > 0:
-                # An earlier attempt may have reached papad before its answer was lost.
-                remote = self.client.find_media(sidecar)
-            else:
-                remote = self._media_index().get(entry.recording_id)
+            # papad never de-duplicates: an earlier attempt, or this device before its database
+            # was lost, may have registered it already.
+            remote = self.client.find_media(sidecar)
             if remote is not None:
                 log.info("papad outbox: %s already on papad as %s", entry.recording_id, remote)
         if remote is None:
@@ -554,16 +634,33 @@ class OutboxWorker:
             try:
                 self.client.create_annotation(remote, entry.sidecar, annotation)
             except PapadError as exc:
-                raise type(exc)(f"bookmark {idx + 1}: {exc}") from None
+                raise relabel(exc, f"bookmark {idx + 1}: ") from None
             self.outbox.annotation_delivered(entry.id, idx)
 
     def _failed(self, entry: Entry, exc: PapadError, unavailable: threading.Event) -> None:
         reason = " ".join(str(exc).split())[:300]
+        delay = self.backoff(entry.attempts + 1)
+        if isinstance(exc, ServerError):
+            count, since = self.outbox.count_server_error(entry.id, exc.request or "?")
+            delay = self.backoff(count)  # one step per attempt, not per quick try
+            period = self.outbox.now() - since
+            if count >= self.max_server_errors and period >= self.server_error_period:
+                reason = (f"papad answered HTTP {exc.status} to {exc.request} on {count} attempts"
+                          f" in a row over {_span(period)}; parked (fix the cause, then"
+                          f" `recorder outbox retry {entry.id}`): {reason}")[:500]
+                log.warning("papad outbox: parked #%d (%s): %s", entry.id, entry.recording_id,
+                            reason)
+                self.outbox.mark_failed(entry.id, reason, None)
+                return
+        elif not exc.unavailable:
+            self.outbox.clear_server_errors(entry.id)
         if not exc.retryable:
             log.warning("papad outbox: parked #%d (%s): %s", entry.id, entry.recording_id, reason)
             self.outbox.mark_failed(entry.id, reason, None)
             return
-        retry_at = self.outbox.now() + self.backoff(entry.attempts + 1)
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)  # papad said when: never earlier
+        retry_at = self.outbox.now() + delay
         self.outbox.mark_failed(entry.id, reason, retry_at)
         if exc.unavailable:
             unavailable.set()

@@ -1,18 +1,26 @@
 """papad registration benchmark (not a test): ``python3 tests/bench/bench_papad.py``.
 
-Against the in-process fake of current papad (token auth, real HTTP on 127.0.0.1):
+The same measurements, in one run, against the real upstream papad (the papad kit's server:
+Django + DRF on SQLite, 2 gunicorn workers, at ``$RECORDER_PAPAD_KIT``) and against the
+in-process fake (`tests.fake_papad.FakePapad`, upstream flavour), side by side:
+
 1. registration latency: enqueue (what the publisher does) → the worker's delivery callback,
-   which runs after papad's HTTP 200 and the outbox commit; a background worker, woken by the
+   which runs after papad's answer and the outbox commit; a background worker, woken by the
    publisher as in the service; median, p95 and max over N recordings;
 2. drain of a backlog (default 1,000 entries) queued while papad was down: papad comes back,
    the sleeping worker notices when its backoff ends; entries/s from papad's return to the last
-   delivery, and the most requests the server ever saw at once (must not exceed the configured
-   concurrency of 2).
+   delivery (0 and 1 bookmark annotation per entry);
+3. the existing-media lookup each delivery makes first (`find_media`: papad's server-side search
+   for the recording id in the description), with the thousands of media the drains left on the
+   server, beside one page (200 media) of the full listing the outbox no longer makes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import random
 import shutil
 import statistics
 import sys
@@ -20,12 +28,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from recorder import sidecar as sc
 from recorder.atomic import atomic_write_bytes, atomic_write_text
 from recorder.config import parse_config
+from recorder.db import Database
 from recorder.papad.client import make_client
 from recorder.papad.outbox import Outbox, OutboxWorker
 from tests.fake_papad import FakePapad
@@ -33,13 +43,67 @@ from tests.papad_recordings import make_sidecar, ogg_bytes
 from tests.papad_setup import TOKEN, write_secret
 
 
-def config(root: Path, url: str, concurrency: int):
-    token = write_secret(root / "token", TOKEN)
+class FakeTarget:
+    name = "fake"
+
+    def __init__(self, root: Path) -> None:
+        self.server = FakePapad(flavour="upstream", page_size=100)
+        self.server.add_user("rec", token=TOKEN, groups=(1,))
+        self.token = TOKEN
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def media_count(self) -> int:
+        return len(self.server.media)
+
+
+class RealTarget:
+    name = "real upstream papad"
+
+    def __init__(self, root: Path) -> None:
+        from tests.papad_kit import PapadServer, kit_path
+
+        kit = kit_path()
+        if kit is None:
+            raise SystemExit("the papad kit is needed: set RECORDER_PAPAD_KIT")
+        self.server = PapadServer(kit, "upstream", root / "papad-upstream")
+        self.started = False
+
+    def start(self) -> None:
+        self.server.start()
+        self.started = True
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    @property
+    def token(self) -> str:
+        return self.server.token
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def media_count(self) -> int:
+        return self.server.get_json("/api/v1/archive/", searchFrom="my_collections",
+                                    page_size=1)["count"]
+
+
+def config(root: Path, target: Any, url: str, concurrency: int):
+    token = write_secret(root / "token", target.token)
     return parse_config({
         "device": {"id": "benchdev"},
         "storage": {"data_dir": str(root / "data"), "reserve_mb": 0},
         "papad": {"api": "papad", "url": url, "token_file": str(token), "group": 1,
-                  "concurrency": concurrency, "timeout": 10.0},
+                  "concurrency": concurrency, "timeout": 30.0},
     })
 
 
@@ -55,12 +119,9 @@ def publish(folder: Path, data: bytes, index: int, seconds: float, bookmarks: in
     return doc, ogg
 
 
-def bench_latency(root: Path, data: bytes, seconds: float, n: int) -> list[float]:
-    server = FakePapad(page_size=100)
-    server.add_user("rec", token=TOKEN, groups=(1,))
-    server.start()
-    cfg = config(root / "latency", server.url, 2)
-    outbox, client = Outbox(cfg.db_path), make_client(cfg)
+def bench_latency(root: Path, target: Any, data: bytes, seconds: float, n: int) -> list[float]:
+    cfg = config(root, target, target.url, 2)
+    outbox, client = Outbox(Database(cfg.db_path)), make_client(cfg)
     done = threading.Event()
     worker = OutboxWorker(outbox, client, cfg.papad.concurrency,
                           on_delivered=lambda rid, remote: done.set())
@@ -73,60 +134,85 @@ def bench_latency(root: Path, data: bytes, seconds: float, n: int) -> list[float
             t0 = time.perf_counter()
             outbox.enqueue(doc, ogg)
             worker.wake()
-            if not done.wait(30):
-                raise SystemExit("registration did not complete within 30 s")
+            if not done.wait(60):
+                raise SystemExit("registration did not complete within 60 s")
             latencies.append(time.perf_counter() - t0)
     finally:
         worker.stop()
         outbox.database.close()
         client.close()
-        server.stop()
-    assert len(server.media) == n
     return latencies
 
 
-def bench_drain(root: Path, data: bytes, seconds: float, n: int, concurrency: int,
-                bookmarks: int) -> dict:
-    server = FakePapad(page_size=100)
-    server.add_user("rec", token=TOKEN, groups=(1,))
-    server.start()
-    port = server.port
-    server.stop()  # papad is down while the backlog builds
-    cfg = config(root / f"drain{bookmarks}", f"http://127.0.0.1:{port}", concurrency)
-    outbox, client = Outbox(cfg.db_path), make_client(cfg)
+def bench_drain(root: Path, target: Any, data: bytes, seconds: float, n: int,
+                concurrency: int, bookmarks: int, registered: dict[str, str]) -> dict:
+    before = target.media_count()
+    target.stop()  # papad is down while the backlog builds
+    cfg = config(root, target, target.url, concurrency)
+    outbox, client = Outbox(Database(cfg.db_path)), make_client(cfg)
     t0 = time.perf_counter()
     for i in range(n):
-        outbox.enqueue(*publish(cfg.device_folder, data, i, seconds, bookmarks))
+        outbox.enqueue(*publish(cfg.device_folder, data, 100000 * (bookmarks + 1) + i, seconds,
+                                bookmarks))
     enqueue_rate = n / (time.perf_counter() - t0)
-    delivered = []
-    worker = OutboxWorker(outbox, client, concurrency, base_delay=0.5,
-                          on_delivered=lambda rid, remote: delivered.append(time.perf_counter()))
+    delivered: list[float] = []
+    def done(rid: str, remote: str) -> None:
+        delivered.append(time.perf_counter())
+        registered[rid] = remote
+
+    worker = OutboxWorker(outbox, client, concurrency, base_delay=0.5, max_delay=2.0,
+                          on_delivered=done)
     worker.start()
     time.sleep(1.0)  # the worker fails against the dead server and backs off
-    server.start()  # papad returns on the same port
+    target.start()  # papad returns on the same port
     t_up = time.perf_counter()
-    deadline = t_up + 600
+    deadline = t_up + 1800
     while len(delivered) < n and time.perf_counter() < deadline:
         time.sleep(0.05)
     worker.stop()
     counts = outbox.counts()
     outbox.database.close()
     client.close()
-    server.stop()
     assert counts["delivered"] == n, counts
-    assert len(server.media) == n, len(server.media)
-    assert len(server.annotations) == n * bookmarks
+    assert target.media_count() == before + n
     first, last = delivered[0], max(delivered)
-    return {
-        "entries": n,
-        "enqueue_rate": enqueue_rate,
-        "first_after_up": first - t_up,
-        "total": last - t_up,
-        "rate_from_up": n / (last - t_up),
-        "rate_steady": (n - 1) / (last - first) if n > 1 else float("nan"),
-        "max_in_flight": server.max_in_flight,
-        "requests": len(server.requests),
-    }
+    return {"entries": n, "bookmarks": bookmarks, "enqueue_rate": round(enqueue_rate),
+            "first_after_up_s": round(first - t_up, 2), "total_s": round(last - t_up, 1),
+            "rate_from_up": round(n / (last - t_up), 1),
+            "rate_steady": round((n - 1) / (last - first), 1) if n > 1 else None}
+
+
+def bench_lookup(root: Path, target: Any, runs: int, registered: dict[str, str]) -> dict:
+    """find_media for recordings the drains registered, and one listing page of 200."""
+    import requests
+
+    cfg = config(root, target, target.url, 1)
+    client = make_client(cfg)
+    try:
+        rids = random.Random(1).sample(sorted(registered), min(runs, len(registered)))
+        times = []
+        for rid in rids:
+            t0 = time.perf_counter()
+            found = client.find_media({"recording_id": rid})
+            times.append(time.perf_counter() - t0)
+            assert found == registered[rid], (rid, found)
+    finally:
+        client.close()
+    t0 = time.perf_counter()
+    page = requests.get(f"{target.url}/api/v1/archive/", timeout=600,
+                        params={"searchFrom": "my_collections", "page_size": 200},
+                        headers={"Authorization": f"Token {target.token}"})
+    page_s = time.perf_counter() - t0
+    assert page.status_code == 200
+    return {"media": target.media_count(),
+            "find_median_ms": round(statistics.median(times) * 1000, 1),
+            "find_p95_ms": round(p95(times) * 1000, 1), "listing_page_s": round(page_s, 2),
+            "listing_page_mb": round(len(page.content) / 1e6, 2)}
+
+
+def p95(values: list[float]) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
 
 
 def main() -> int:
@@ -135,28 +221,47 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=60.0, help="recording length")
+    parser.add_argument("--lookups", type=int, default=50)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-papad-"))
+    results: dict[str, Any] = {}
+    targets = [RealTarget(root), FakeTarget(root)]
     try:
         data = ogg_bytes(args.seconds, rate=48000)
         print(f"recording: {args.seconds:g} s OGG/Vorbis 48 kHz mono, {len(data) / 1024:.0f} KiB")
-        lat = sorted(bench_latency(root, data, args.seconds, args.latency_runs))
-        p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
-        print(f"registration latency (enqueue -> papad 200 -> committed), {len(lat)} runs: "
-              f"median {statistics.median(lat) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, "
-              f"max {lat[-1] * 1000:.1f} ms  [target < 1000 ms]")
-        for marks in (0, 1):
-            r = bench_drain(root, data, args.seconds, args.backlog, args.concurrency, marks)
-            print(
-                f"backlog drain, {r['entries']} entries, {marks} bookmark(s) each, "
-                f"concurrency {args.concurrency}: {r['rate_from_up']:.1f} entries/s from papad's "
-                f"return ({r['total']:.1f} s; first delivery {r['first_after_up']:.2f} s after "
-                f"return), {r['rate_steady']:.1f} entries/s steady; max concurrent requests "
-                f"{r['max_in_flight']}; {r['requests']} requests; enqueue "
-                f"{r['enqueue_rate']:.0f} entries/s  [target >= 20 entries/s, <= "
-                f"{args.concurrency} concurrent]"
-            )
+        for target in targets:
+            target.start()
+            out: dict[str, Any] = results.setdefault(target.name, {})
+            lat = bench_latency(root / target.name / "latency", target, data, args.seconds,
+                                args.latency_runs)
+            out["latency_ms"] = {"median": round(statistics.median(lat) * 1000, 1),
+                                 "p95": round(p95(lat) * 1000, 1),
+                                 "max": round(max(lat) * 1000, 1), "runs": len(lat)}
+            print(f"[{target.name}] registration latency (enqueue -> papad -> committed), "
+                  f"{len(lat)} runs: median {out['latency_ms']['median']} ms, "
+                  f"p95 {out['latency_ms']['p95']} ms, max {out['latency_ms']['max']} ms")
+            registered: dict[str, str] = {}
+            for marks in (0, 1):
+                r = bench_drain(root / target.name / f"drain{marks}", target, data,
+                                args.seconds, args.backlog, args.concurrency, marks, registered)
+                out[f"drain_{marks}_bookmark"] = r
+                print(f"[{target.name}] backlog drain, {r['entries']} entries, {marks} "
+                      f"bookmark(s) each, concurrency {args.concurrency}: {r['rate_from_up']} "
+                      f"entries/s from papad's return ({r['total_s']} s; first delivery "
+                      f"{r['first_after_up_s']} s after return), {r['rate_steady']} entries/s "
+                      f"steady")
+            out["lookup"] = look = bench_lookup(root / target.name / "lookup", target,
+                                                args.lookups, registered)
+            print(f"[{target.name}] with {look['media']} media: the lookup before each "
+                  f"delivery (find_media) median {look['find_median_ms']} ms, p95 "
+                  f"{look['find_p95_ms']} ms; one listing page of 200: {look['listing_page_s']} s,"
+                  f" {look['listing_page_mb']} MB")
+            target.stop()
+        print(json.dumps(results, indent=2))
     finally:
+        for target in targets:
+            with contextlib.suppress(Exception):
+                target.stop()
         shutil.rmtree(root, ignore_errors=True)
     return 0
 
