@@ -141,32 +141,16 @@ class RadioWorker:
         from recorder.sinks.radio import RadioSink
 
         self.cfg = cfg
-        self.sink = (RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels)
+        self.sink = (RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels,
+                               title=f"Live: {cfg.device.id}", artist=cfg.device.id)
                      if cfg.radio.password_file is not None else None)
         self._lock = threading.Lock()
 
     def update_playlist(self, _result: Any = None) -> None:
-        from recorder.radio.playlist import write_playlist
+        from recorder.radio.playlist import catalogue_records, write_playlist
 
         with self._lock:  # publisher and bridge threads may both ask
-            write_playlist(self.cfg, self._records())
-
-    def _records(self) -> list[dict[str, Any]] | None:
-        """The catalogue's recordings whose audio is in place, or None (scan the sidecars)
-        without Audio ID. The catalogue is read, not every sidecar re-parsed per publish, and
-        it knows duplicates across devices."""
-        if not self.cfg.audioid.enabled:
-            return None
-        from recorder import db
-        from recorder.audioid.catalogue import Catalogue
-
-        conn = db.connect(self.cfg.db_path)
-        try:
-            root = self.cfg.storage.sync_root
-            return [r for r in Catalogue.from_config(conn, self.cfg.audioid).records()
-                    if (root / r["device_id"] / r["path"]).is_file()]
-        finally:
-            conn.close()
+            write_playlist(self.cfg, catalogue_records(self.cfg))
 
     def write(self, block: Any) -> None:
         if self.sink is not None and block.shape[1] == self.cfg.audio.channels:
@@ -209,6 +193,10 @@ def assemble(cfg: Config, *, service: bool = False) -> Assembly:
         radio = RadioWorker(cfg)
         publisher.listeners.append(radio.update_playlist)
         assembly.workers.append(radio)
+        if cfg.radio.station:  # the station's play log, into playlist.json
+            from recorder.radio.nowplaying import PlayLog
+
+            assembly.workers.append(PlayLog(cfg))
     if service and cfg.syncthing.api_key_file is not None:
         from recorder.mesh.bridge import Bridge
 

@@ -93,6 +93,8 @@ class OggStreamEncoder:
         vorbis_quality: float = 2.0,
         opus_bitrate: int = 32,
         half_rate: bool = False,
+        title: str = "",
+        artist: str = "",
     ) -> None:
         if codec not in _CODECS:
             raise ValueError(f"unknown stream codec {codec!r} (vorbis or opus)")
@@ -122,10 +124,18 @@ class OggStreamEncoder:
         )
         if codec == "opus":
             _set_page_latency(self._file, OPUS_PAGE_LATENCY_MS)
+        # Stream comments (TITLE, ARTIST): what listeners' players and Icecast show. libsndfile
+        # writes them with the headers, so they must be set before the first block.
+        if title:
+            self._file.title = title
+        if artist:
+            self._file.artist = artist
 
     @classmethod
-    def from_config(cls, radio: RadioConfig, samplerate: int, channels: int) -> OggStreamEncoder:
-        """The stream encoder `[radio]` asks for: at half the capture rate from 32 kHz up."""
+    def from_config(cls, radio: RadioConfig, samplerate: int, channels: int, *,
+                    title: str = "", artist: str = "") -> OggStreamEncoder:
+        """The stream encoder `[radio]` asks for: at half the capture rate from 32 kHz up,
+        with `title` and `artist` as its stream comments."""
         return cls(
             samplerate,
             channels,
@@ -133,6 +143,8 @@ class OggStreamEncoder:
             vorbis_quality=radio.vorbis_quality,
             opus_bitrate=radio.opus_bitrate,
             half_rate=samplerate >= HALF_RATE_FROM and samplerate % 2 == 0,
+            title=title,
+            artist=artist,
         )
 
     @property
