@@ -22,6 +22,7 @@ see a new version only when there is something new.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import posixpath
@@ -150,28 +151,33 @@ def render_json(items: Iterable[Entry], played: Iterable[Mapping[str, Any]] = ()
 
 
 def render_station(records: Iterable[Mapping[str, Any]], sync_root: Path) -> str:
-    """The station's M3U: ``annotate:title="...",artist="<device>",...:<absolute path>`` lines.
+    """The station's M3U: ``annotate:<metadata>:<absolute path>`` lines, in order.
 
-    Liquidsoap's annotate parser takes backslash escapes for ``"`` and ``\\``; it chokes on
-    ``#{`` (its interpolation syntax), which is written ``# {``. Control characters are dropped.
+    The metadata are the device (``artist``), ``recording_id``, ``recorderpi_source`` and the
+    title as ``recorderpi_title``, base64 (UTF-8): Liquidsoap's annotate parser is its script
+    lexer, which a ``#{`` in a title breaks; the station script decodes it into ``title``.
     """
     lines = ["#EXTM3U"]
     for record in records:
-        fields = {
-            "title": _title(record),
-            "artist": record["device_id"],
-            "recording_id": record["recording_id"],
-            "recorderpi_source": "playlist",
-        }
-        meta = ",".join(f'{key}="{_annotate_value(value)}"' for key, value in fields.items())
+        meta = annotate({"recorderpi_title": _title(record), "artist": record["device_id"],
+                         "recording_id": record["recording_id"],
+                         "recorderpi_source": "playlist"})
         path = sync_root / record["device_id"] / record["path"]
-        lines.append(f"annotate:{meta}:{_annotate_value(str(path))}")
+        lines.append(f"annotate:{meta}:{path}")
     return "\n".join(lines) + "\n"
 
 
-def _annotate_value(text: str) -> str:
-    text = "".join(c for c in text if c.isprintable())
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("#{", "# {")
+def annotate(fields: Mapping[str, str]) -> str:
+    """``key="value",...`` for a Liquidsoap ``annotate:`` URI; ``recorderpi_title`` is
+    base64-encoded (see `render_station`), other values escaped."""
+    parts = []
+    for key, value in fields.items():
+        if key == "recorderpi_title":
+            value = base64.b64encode(value.encode("utf-8")).decode("ascii")
+        value = "".join(c for c in value if c.isprintable())
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+        parts.append(f'{key}="{value}"')
+    return ",".join(parts)
 
 
 def parse_m3u(text: str) -> list[tuple[int, str, str]]:

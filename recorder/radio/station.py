@@ -40,7 +40,7 @@ from recorder.atomic import atomic_write_text
 from recorder.config import Config, RadioConfig
 from recorder.errors import ConfigError, InputFileError, RemoteError
 from recorder.radio.nowplaying import PLAYS_PATH
-from recorder.radio.playlist import _annotate_value, station_playlist_path
+from recorder.radio.playlist import annotate, station_playlist_path
 from recorder.secrets import read_secret
 
 SCRIPT_NAME = "station.liq"
@@ -327,9 +327,9 @@ def _jingles(cfg: Config) -> str:
     if radio.jingle is None:
         lines += ["programme = recordings", "idle = source.fail(id=\"no_jingle\")"]
         return "\n".join(lines) + "\n"
-    uri = (f'annotate:title="{_annotate_value(radio.name)}",'
-           f'artist="{_annotate_value(cfg.device.id)}",recorderpi_source="jingle":'
-           f"{_annotate_value(str(radio.jingle))}")
+    meta = annotate({"recorderpi_title": radio.name, "artist": cfg.device.id,
+                     "recorderpi_source": "jingle"})
+    uri = f"annotate:{meta}:{radio.jingle}"
     lines.append(f"jingle_uri = {liq(uri)}")
     if radio.jingle_every > 0:
         lines += [
@@ -398,6 +398,14 @@ def _mix(radio: RadioConfig) -> str:
     else:
         lines.append("radio = fallback(id=\"station\", track_sensitive=false, "
                      "[live, programme, idle, silence])")
+    lines += [
+        "# Titles travel base64-encoded through station.m3u (recorder.radio.playlist).",
+        "def readable_title(m) =",
+        "  encoded = m[\"recorderpi_title\"]",
+        "  if encoded != \"\" then [(\"title\", string.base64.decode(encoded))] else [] end",
+        "end",
+        "radio = metadata.map(id=\"titles\", readable_title, radio)",
+    ]
     return "\n".join(lines) + "\n"
 
 
