@@ -446,3 +446,18 @@ def test_station_m3u_carries_sidecar_metadata(cfg_factory):
     assert line == (f'annotate:recorderpi_title="{title}",artist="peer1",recording_id='
                     f'"{record["recording_id"]}",recorderpi_source="playlist":'
                     f'{cfg.storage.sync_root}/peer1/recordings/2026/01/01/a b.ogg')
+
+
+def test_example_config_documents_every_radio_key():
+    import dataclasses
+    import tomllib
+
+    from recorder.config import RadioConfig
+
+    example = Path(__file__).parent.parent / "services" / "recorder.example.toml"
+    radio = tomllib.loads(example.read_text())["radio"]
+    assert set(radio) == {f.name for f in dataclasses.fields(RadioConfig)}
+    text = example.read_text().split("[radio]", 1)[1].split("\n[", 1)[0]
+    for key in radio:  # each key with a comment above it (or above its group)
+        before = text.split(f"\n{key} =", 1)[0].rstrip().splitlines()
+        assert before and (before[-1].startswith("#") or "=" in before[-1]), key
