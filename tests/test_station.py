@@ -207,7 +207,8 @@ def test_live_takes_over_and_gives_back_on_one_connection(radio_station):
     s = radio_station
     listener = s.listen()
     try:
-        first_heard(listener, recording_heard(s))  # the playlist is on the air
+        titles = {d["title"] for d in s.recordings.values()}
+        first_heard(listener, lambda p: p.title in titles)  # the playlist is on the air
         mark = len(listener.data)
         s.ctl("live", "on")
         live = first_heard(listener, lambda p: p.title == LIVE_TITLE

@@ -101,7 +101,10 @@ class IcecastSource:
         With ``radio.station`` the source goes to the station's harbor (``radio.harbor_url``,
         which speaks the same protocol), with ``harbor_password_file`` if one is set.
         """
-        info = StreamInfo(radio.name, radio.description, radio.genre, "audio/ogg", audio_info)
+        # To the station: FLAC (recorder.radio.oggstream says why); the station encodes for
+        # listeners itself.
+        content_type = "audio/flac" if radio.station else "audio/ogg"
+        info = StreamInfo(radio.name, radio.description, radio.genre, content_type, audio_info)
         url = radio.harbor_url if radio.station else radio.url
         if radio.station and radio.harbor_password_file is not None:
             password = read_secret(radio.harbor_password_file, "radio.harbor_password_file")

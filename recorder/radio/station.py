@@ -47,10 +47,10 @@ SCRIPT_NAME = "station.liq"
 # Liquidsoap works at the live stream's rate (half of 48 kHz capture) in mono: speech radio
 # needs no more, and it halves the station's decode, mix and encode work.
 STATION_RATE = 24000
-# Seconds of live audio the harbor holds before it goes on the air. The live stream's Vorbis
-# pages come about once a second (tests/bench/bench_radio.py), so a buffer below that would run
-# dry between pages and flap between live and the playlist.
-HARBOR_BUFFER = 2.0
+# Seconds of live audio the harbor holds before it goes on the air. The live stream to the
+# harbor is FLAC, a frame every 170 ms (recorder.radio.oggstream); a buffer that ran dry between
+# frames would flap between live and the playlist (Vorbis pages, a second apart, needed 2 s).
+HARBOR_BUFFER = 0.5
 HARBOR_MAX = 10.0
 PLAY_MEMORY = 50  # plays Liquidsoap keeps for the recorder's play log to collect
 ICECAST_RETRY = 1.0  # seconds between reconnects to Icecast (a local server: retries are cheap)
@@ -178,6 +178,9 @@ settings.server.telnet.set(false)
 settings.frame.audio.samplerate.set(@RATE@)
 settings.frame.audio.channels.set(1)
 settings.harbor.bind_addrs.set([@BIND@])
+# The live stream comes as FLAC: libFLAC decodes it at once, where ffmpeg (the default) first
+# probes seconds of it.
+settings.decoder.priorities.flac.set(20)
 
 def secret(path) =
   string.trim(file.contents(path))
