@@ -245,8 +245,12 @@ def reload() =
         lines = list.map(string.trim, file.lines(station_playlist))
         new = list.filter(fun (l) -> l != "" and not string.contains(prefix="#", l), lines)
         old = !entries
-        fresh := if !digest == "" then [] else
-                   list.filter(fun (u) -> not list.mem(u, old), new) end
+        # New recordings come first in the file: the lines before the first one known.
+        def rec fresh_prefix(l) =
+          if l == [] or list.mem(list.hd(default="", l), old) then [] else
+            list.cons(list.hd(default="", l), fresh_prefix(list.tl(l))) end
+        end
+        fresh := if !digest == "" then [] else fresh_prefix(new) end
         position := if list.mem(!last_played, new) then
                       list.index(fun (u) -> u == !last_played, new) + 1 else 0 end
         entries := new
