@@ -7,8 +7,10 @@ Cow Radio runs all day on one Icecast mount (``radio.mount``) that Liquidsoap fe
   re-read within a second of a change; new recordings jump the queue, the others keep their
   turn; a file that cannot be decoded is logged and skipped;
 - the **live** stream: the recorder's source client connects to Liquidsoap's harbor
-  (``radio.harbor_url``) instead of Icecast, and a `fallback` (not track-sensitive) puts it on
-  the air at once, with a short crossfade, and gives the air back to the playlist when it ends;
+  (``radio.harbor_url``) instead of Icecast, as FLAC (`recorder.radio.oggstream` says why), and
+  a `fallback` (not track-sensitive) puts it on the air at once, with a short crossfade, and
+  gives the air back to the playlist when it ends (about 2 and 2.5 s at the listener,
+  tests/bench/bench_radio.py --station);
 - a **jingle** (station ID, optional) after every ``jingle_every`` recordings, and every
   ``idle_jingle_minutes`` while there is nothing to play; otherwise silence, so the mount never
   drops and listeners never have to reconnect;
