@@ -14,8 +14,8 @@ demo_packages=(python3 python3-venv libsndfile1 libchromaprint1)
 test_packages=(
   "${demo_packages[@]}"
   libportaudio2 libchromaprint-tools pulseaudio pulseaudio-utils espeak-ng sox
-  vorbis-tools opus-tools ffmpeg icecast2 syncthing shellcheck systemd nginx-light debootstrap
-  yggdrasil socat chrony redis-server
+  vorbis-tools opus-tools ffmpeg icecast2 liquidsoap syncthing shellcheck systemd nginx-light
+  debootstrap yggdrasil socat chrony redis-server
 )
 
 as_root() {

@@ -32,8 +32,13 @@ INSTALL=1
     exit 1
 }
 
+# --- Cow Radio --------------------------------------------------------------------------------
+# Icecast and the station (Liquidsoap, recorder-station.service) are on every card, but set up
+# on the card itself (`sudo /opt/recorderpi/radio-setup.sh`), so no two cards share a password.
+RADIO_INSTALL_ARGS=(--with-icecast --radio-later)
+
 if [ "$INSTALL" -eq 1 ]; then
-    "$SRC/services/install.sh" --root "$ROOTFS"
+    "$SRC/services/install.sh" --root "$ROOTFS" "${RADIO_INSTALL_ARGS[@]}"
 fi
 
 # The recordings partition. nofail: a card whose data partition is damaged still boots, and the

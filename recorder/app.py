@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from recorder.mesh.syncthing import SyncthingClient
     from recorder.papad.client import PapadClient
     from recorder.papad.outbox import Outbox, OutboxWorker
+    from recorder.radio.nowplaying import PlayLog
     from recorder.sinks.radio import RadioSink
 
 log = logging.getLogger(__name__)
@@ -138,24 +139,19 @@ class RadioWorker:
         if cfg.radio.password_file is not None:
             from recorder.sinks.radio import RadioSink
 
-            self.sink = RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels)
+            # Stream metadata while live: "Live: <device>" (the station's playlist carries each
+            # recording's own title and device).
+            self.sink = RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels,
+                                  title=f"Live: {cfg.device.id}", artist=cfg.device.id)
         self._lock = threading.Lock()
 
     def update_playlist(self, _result: Published | None = None) -> None:
-        from recorder.radio.playlist import write_playlist
+        from recorder.radio.playlist import catalogue_records, write_playlist
 
         with self._lock:  # publisher and bridge threads may both ask
-            write_playlist(self.cfg, self._records())
-
-    def _records(self) -> list[dict[str, Any]] | None:
-        """The catalogue's recordings whose audio is in place, or None (scan the sidecars)
-        without Audio ID. The catalogue is read, not every sidecar re-parsed per publish, and
-        it knows duplicates across devices."""
-        if self.catalogue is None or not self.cfg.audioid.enabled:
-            return None
-        root = self.cfg.storage.sync_root
-        return [r for r in self.catalogue.records()
-                if (root / r["device_id"] / r["path"]).is_file()]
+            records = (catalogue_records(self.catalogue, self.cfg.storage.sync_root)
+                       if self.catalogue is not None and self.cfg.audioid.enabled else None)
+            write_playlist(self.cfg, records)
 
     def set_live(self, on: bool) -> None:
         if self.sink is None:
@@ -196,12 +192,14 @@ class Assembly:
     syncthing: SyncthingClient | None = None
     registration: Registration | None = None
     radio: RadioWorker | None = None
+    play_log: PlayLog | None = None
     bridge: Bridge | None = None
 
     @property
     def workers(self) -> list[Worker]:
         """The service's background workers, in start order."""
-        return [w for w in (self.registration, self.radio, self.bridge) if w is not None]
+        return [w for w in (self.registration, self.radio, self.play_log, self.bridge)
+                if w is not None]
 
     @property
     def stream_sinks(self) -> list[AlwaysOnSink]:
@@ -290,6 +288,10 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
     if service and radio:
         parts.radio = RadioWorker(cfg, parts.catalogue)
         publisher.listeners.append(parts.radio.update_playlist)
+        if cfg.radio.station:  # the station's play log, into playlist.json
+            from recorder.radio.nowplaying import PlayLog
+
+            parts.play_log = PlayLog(cfg)
     if bridged and parts.catalogue is not None:
         parts.bridge = _bridge(cfg, parts)
     return parts

@@ -149,6 +149,18 @@ class RadioConfig:
     queue_seconds: float = 5.0
     playlist_length: int = 50
     playlist_max_age_days: int = 30
+    # The station (recorder.radio.station): Liquidsoap plays the playlist on `mount` all day,
+    # and the live stream goes to its harbor instead of straight to Icecast.
+    station: bool = False
+    harbor_url: str = "http://127.0.0.1:8005"  # where the live stream reaches the harbor
+    harbor_bind: str = "127.0.0.1"  # the address Liquidsoap's harbor listens on
+    harbor_password_file: Path | None = None  # None: the Icecast password_file
+    crossfade: float = 0.5  # seconds, between recordings and at every live switch
+    playlist_hours: str = ""  # "HH:MM-HH:MM" local time the playlist is on air; "": all day
+    jingle: Path | None = None  # station ID audio file
+    jingle_every: int = 4  # play the jingle after this many recordings (0: never)
+    idle_jingle_minutes: float = 5.0  # with nothing to play: the jingle this often (0: never)
+    play_log_length: int = 200  # plays kept in playlist.json
 
 
 @dataclass(frozen=True)
@@ -275,6 +287,29 @@ def _url(key: str, value: Any) -> str:
 
 def _source(key: str, value: Any) -> SourceSpec:
     return SourceSpec.parse(_string(key, value), key)
+
+
+def _address(key: str, value: Any) -> str:
+    import ipaddress
+
+    value = _string(key, value)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise _fail(key, "must be an IP address such as 127.0.0.1 or 0.0.0.0", value) from None
+
+
+def _hours(key: str, value: Any) -> str:
+    """ "HH:MM-HH:MM" (the end may be 24:00 and may wrap past midnight), or "" for all day."""
+    import re
+
+    value = _string(key, value).strip()
+    if not value:
+        return ""
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)", value)
+    if not match or (match[3] == "24" and match[4] != "00") or value[:5] == value[6:]:
+        raise _fail(key, "must be HH:MM-HH:MM local time (e.g. 06:00-22:30), or empty", value)
+    return value
 
 
 def _mount(key: str, value: Any) -> str:
@@ -404,6 +439,16 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "queue_seconds": _number(0.5, 60),
         "playlist_length": _number(1, 10000, integer=True),
         "playlist_max_age_days": _number(1, 36500, integer=True),
+        "station": _boolean,
+        "harbor_url": _url,
+        "harbor_bind": _address,
+        "harbor_password_file": _optional_path,
+        "crossfade": _number(0, 10),
+        "playlist_hours": _hours,
+        "jingle": _optional_path,
+        "jingle_every": _number(0, 1000, integer=True),
+        "idle_jingle_minutes": _number(0, 1440),
+        "play_log_length": _number(1, 100000, integer=True),
     },
     "gpio": {
         "record_pin": _pin,

@@ -105,6 +105,8 @@ def extra_checks(cfg: Config) -> list[Check]:
         checks.extend({"severity": "warning", **c} for c in papad_checks(cfg))
     if cfg.syncthing.api_key_file is not None:
         checks.append(_check("syncthing", lambda: _syncthing(cfg), severity="warning"))
+    if cfg.radio.station:
+        checks.append(_check("station", lambda: _station(cfg), severity="warning"))
     return checks
 
 
@@ -113,3 +115,11 @@ def _syncthing(cfg: Config) -> str:
 
     client = SyncthingClient.from_config(cfg.syncthing)
     return f"reachable at {cfg.syncthing.url}, device {client.device_id()}"
+
+
+def _station(cfg: Config) -> str:
+    from recorder.radio.station import on_air
+
+    source = on_air(cfg.radio)
+    return (f"on the air at {cfg.radio.url}{cfg.radio.mount}: {source.get('title') or '?'} "
+            f"({source.get('listeners', '?')} listener(s))")

@@ -8,7 +8,9 @@
 #                                             Syncthing identity; recordings still stay
 #   sudo services/install.sh --root DIR       install into the Debian tree DIR (chroot: image
 #                                             builds and tests); the same options apply inside
-#   options: --no-apt (packages already there), --with-icecast (Cow Radio on this Pi)
+#   options: --no-apt (packages already there), --with-icecast (Cow Radio on this Pi: Icecast,
+#            the Liquidsoap station and its unit), --radio-later (with --with-icecast: install
+#            them, but leave the passwords and enabling to radio-setup.sh on the device; image)
 #
 # Idempotent: every step checks before it acts, so a second run with the same checkout changes
 # nothing. A newer checkout upgrades the package in the venv. Nothing under /srv/recorder is
@@ -44,6 +46,7 @@ UNINSTALL=0
 PURGE=0
 APT=1
 ICECAST=0
+RADIO_LATER=0
 CHANGED=0
 
 log() { echo "install: $*" >&2; }
@@ -57,7 +60,7 @@ changed() {
 }
 
 usage() {
-    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -75,6 +78,7 @@ parse_args() {
             --purge) PURGE=1 ;;
             --no-apt) APT=0 ;;
             --with-icecast) ICECAST=1 ;;
+            --radio-later) RADIO_LATER=1 ;;
             -h | --help) usage 0 ;;
             *)
                 log "unknown option $1"
@@ -168,7 +172,7 @@ install_packages() {
     # Raspberry Pi OS ships gpiozero's preferred pin driver as a Debian package; plain Debian
     # has no GPIO header to drive.
     if apt-cache show python3-lgpio >/dev/null 2>&1; then wanted+=(python3-lgpio); fi
-    [ "$ICECAST" -eq 0 ] || wanted+=(icecast2)
+    [ "$ICECAST" -eq 0 ] || wanted+=(icecast2 liquidsoap)
     for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
             missing+=("$p")
@@ -332,30 +336,29 @@ ensure_docroot() {
     fi
 }
 
-# Cow Radio on this Pi: secrets generated once, placeholders filled from them.
-ensure_icecast() {
+# --- Cow Radio (--with-icecast) ---------------------------------------------------------------
+# Icecast and the station (Liquidsoap, recorder-station.service). The passwords and icecast.xml
+# are radio-setup.sh's job, run here on a live system, or on the device itself after an image
+# build (--radio-later), so that no two cards share a password.
+ensure_radio() {
     [ "$ICECAST" -eq 1 ] || return 0
-    local name file tmp value
-    for name in source relay admin; do
-        file=$ETC/secrets/icecast-$name-password
-        if [ ! -s "$file" ]; then
-            (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=\n' >"$file")
-            changed "created $file"
-        fi
-        chown "$SERVICE_USER:$SERVICE_USER" "$file"
-        chmod 0600 "$file"
-    done
-    tmp=$(mktemp)
-    cp "$SRC/services/icecast/icecast.xml" "$tmp"
-    for name in source relay admin; do
-        value=$(cat "$ETC/secrets/icecast-$name-password")
-        sed -i "s|@ICECAST_${name^^}_PASSWORD@|$value|" "$tmp"
-    done
-    sed -i "s|@ICECAST_HOSTNAME@|$(cat /etc/hostname 2>/dev/null || echo localhost)|" "$tmp"
-    if put_file "$tmp" /etc/icecast2/icecast.xml 0640 root:icecast && systemd_running; then
-        systemctl restart icecast2.service
+    put_file "$SRC/services/icecast/icecast.xml" "$PREFIX/icecast/icecast.xml" 0644 || true
+    put_file "$SRC/services/icecast/radio-setup.sh" "$PREFIX/radio-setup.sh" 0755 || true
+    if put_file "$SRC/services/systemd/recorder-station.service" \
+        "$UNIT_DIR/recorder-station.service" 0644 && systemd_running; then
+        systemctl daemon-reload
     fi
-    rm -f "$tmp"
+    if [ "$RADIO_LATER" -eq 1 ]; then
+        log "Cow Radio installed; on the device run: sudo $PREFIX/radio-setup.sh"
+        return 0
+    fi
+    "$PREFIX/radio-setup.sh"
+}
+
+remove_radio() {
+    if systemd_running; then systemctl stop recorder-station.service 2>/dev/null || true; fi
+    systemctl disable --quiet recorder-station.service 2>/dev/null || true
+    rm -f "$UNIT_DIR/recorder-station.service"
 }
 
 # --- mesh network and time ------------------------------------------------------------------
@@ -422,7 +425,7 @@ install_all() {
     ensure_files
     ensure_units
     ensure_docroot
-    ensure_icecast
+    ensure_radio
     ensure_mesh_network
     ensure_lgpio
     if [ "$CHANGED" -eq 0 ]; then
@@ -434,6 +437,7 @@ install_all() {
 
 uninstall_all() {
     [ "$(id -u)" -eq 0 ] || die "run as root (sudo)"
+    remove_radio
     local unit
     for unit in recorder.service recorder-firstboot.service syncthing@recorder.service; do
         if systemd_running; then systemctl stop "$unit" 2>/dev/null || true; fi

@@ -135,6 +135,32 @@ def test_encoder_starts_with_headers_and_decodes(corpus) -> None:  # noqa: F811
         assert len(decode_ogg(data)) == len(audio), codec
 
 
+def test_flac_stream_for_the_station_frames_often_and_decodes(corpus) -> None:  # noqa: F811
+    """The live hop to the station: a FLAC frame every 4096 samples, decodable as it comes."""
+    audio = read_int16(corpus.speech(21, sentences=5))[: 5 * RATE]
+    enc = OggStreamEncoder(RATE, 1, "flac", half_rate=True, title="Live: dev1")
+    assert enc.content_type == "audio/flac"
+    chunks = [enc.encode(audio[i : i + 2048]) for i in range(0, len(audio), 2048)]
+    assert chunks[0].startswith(b"fLaC")
+    # Something new at least every 4096 stream samples (2 blocks of 2048 at 48 kHz = 85 ms).
+    assert all(any(chunks[i : i + 4]) for i in range(0, len(chunks) - 4))
+    assert enc.close() == b""  # libFLAC's closing header rewrite is not for a stream
+    data = b"".join(chunks)
+    # A stream (no length in its header): ffmpeg decodes it, as a player or Liquidsoap would.
+    ffmpeg = need("ffmpeg")
+    probe = subprocess.run([ffmpeg, "-v", "error", "-f", "flac", "-i", "pipe:", "-f", "ffmetadata",
+                            "-"], input=data, capture_output=True, timeout=60)
+    assert b"title=live: dev1" in probe.stdout.lower(), probe.stdout
+    pcm = subprocess.run([ffmpeg, "-v", "error", "-f", "flac", "-i", "pipe:", "-f", "s16le",
+                          "-ar", str(STREAM_RATE), "-"], input=data, capture_output=True,
+                         timeout=60)
+    assert pcm.returncode == 0, pcm.stderr
+    heard = np.frombuffer(pcm.stdout, np.int16)[:, None]
+    assert len(heard) > 4.5 * STREAM_RATE
+    match = compare(fingerprint(heard, STREAM_RATE), fingerprint(audio))
+    assert match.ber < 0.05, match
+
+
 def test_half_rate_filter_is_block_size_independent_and_stops_aliases() -> None:
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 3000, (RATE, 1)).astype(np.int16)

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "recorder.cli.mesh",
     "recorder.cli.audioid",
     "recorder.cli.outbox",
+    "recorder.cli.radio",
 )
 
 

@@ -96,11 +96,22 @@ class IcecastSource:
         send_timeout: float = SEND_TIMEOUT,
         send_buffer: int | None = SEND_BUFFER,
     ) -> IcecastSource:
-        """A source for `[radio]`; reads the password file now (so a fixed file is picked up)."""
-        info = StreamInfo(radio.name, radio.description, radio.genre, "audio/ogg", audio_info)
-        password = read_secret(radio.password_file, "radio.password_file")
+        """A source for `[radio]`; reads the password file now (so a fixed file is picked up).
+
+        With ``radio.station`` the source goes to the station's harbor (``radio.harbor_url``,
+        which speaks the same protocol), with ``harbor_password_file`` if one is set.
+        """
+        # To the station: FLAC (recorder.radio.oggstream says why); the station encodes for
+        # listeners itself.
+        content_type = "audio/flac" if radio.station else "audio/ogg"
+        info = StreamInfo(radio.name, radio.description, radio.genre, content_type, audio_info)
+        url = radio.harbor_url if radio.station else radio.url
+        if radio.station and radio.harbor_password_file is not None:
+            password = read_secret(radio.harbor_password_file, "radio.harbor_password_file")
+        else:
+            password = read_secret(radio.password_file, "radio.password_file")
         return cls(
-            radio.url,
+            url,
             radio.mount,
             radio.username,
             password,

@@ -33,7 +33,7 @@ MAX_WRITE_FRAMES = 4096
 # to live without measurable overhead. (Vorbis pages follow libvorbis' own ~4 KB page fill.)
 OPUS_PAGE_LATENCY_MS = 250.0
 _SFC_SET_OGG_PAGE_LATENCY_MS = 0x1302  # sndfile.h; soundfile has no public wrapper for it
-_CODECS = {"vorbis": "VORBIS", "opus": "OPUS"}
+_CODECS = {"vorbis": "VORBIS", "opus": "OPUS", "flac": "PCM_16"}
 HALF_RATE_FROM = 32000  # capture rates from here up stream at half rate
 
 
@@ -82,7 +82,14 @@ class _Collector:
 
 
 class OggStreamEncoder:
-    """One Ogg Vorbis or Opus stream, encoded incrementally. Not thread-safe: one thread uses it."""
+    """One Ogg Vorbis or Opus stream, encoded incrementally. Not thread-safe: one thread uses it.
+
+    Codec "flac" makes a native FLAC stream instead (not Ogg): the live hop to the station's
+    harbor (`recorder.radio.station`). FLAC emits a frame every 4096 samples (170 ms at 24 kHz)
+    where Vorbis waits to fill a 4 KB page (about a second of speech), so the harbor can go on
+    the air with a shorter buffer; it costs less CPU than Vorbis, and its bitrate (about
+    300 kbit/s) only crosses the loopback or the compose network.
+    """
 
     def __init__(
         self,
@@ -93,9 +100,11 @@ class OggStreamEncoder:
         vorbis_quality: float = 2.0,
         opus_bitrate: int = 32,
         half_rate: bool = False,
+        title: str = "",
+        artist: str = "",
     ) -> None:
         if codec not in _CODECS:
-            raise ValueError(f"unknown stream codec {codec!r} (vorbis or opus)")
+            raise ValueError(f"unknown stream codec {codec!r} (vorbis, opus or flac)")
         if half_rate and samplerate % 2:
             raise ValueError(f"cannot halve a sample rate of {samplerate} Hz")
         self.samplerate = samplerate
@@ -116,28 +125,38 @@ class OggStreamEncoder:
             "w",
             samplerate=self.stream_rate,
             channels=channels,
-            format="OGG",
+            format="FLAC" if codec == "flac" else "OGG",
             subtype=_CODECS[codec],
             compression_level=level,
         )
         if codec == "opus":
             _set_page_latency(self._file, OPUS_PAGE_LATENCY_MS)
+        # Stream comments (TITLE, ARTIST): what listeners' players and Icecast show. libsndfile
+        # writes them with the headers, so they must be set before the first block.
+        if title:
+            self._file.title = title
+        if artist:
+            self._file.artist = artist
 
     @classmethod
-    def from_config(cls, radio: RadioConfig, samplerate: int, channels: int) -> OggStreamEncoder:
-        """The stream encoder `[radio]` asks for: at half the capture rate from 32 kHz up."""
+    def from_config(cls, radio: RadioConfig, samplerate: int, channels: int, *,
+                    title: str = "", artist: str = "") -> OggStreamEncoder:
+        """The stream encoder `[radio]` asks for: at half the capture rate from 32 kHz up,
+        with `title` and `artist` as its stream comments; FLAC to the station's harbor."""
         return cls(
             samplerate,
             channels,
-            radio.codec,
+            "flac" if radio.station else radio.codec,
             vorbis_quality=radio.vorbis_quality,
             opus_bitrate=radio.opus_bitrate,
             half_rate=samplerate >= HALF_RATE_FROM and samplerate % 2 == 0,
+            title=title,
+            artist=artist,
         )
 
     @property
     def content_type(self) -> str:
-        return "audio/ogg"
+        return "audio/flac" if self.codec == "flac" else "audio/ogg"
 
     def encode(self, block: np.ndarray) -> bytes:
         """Encode int16 `block` (frames, channels); return the Ogg bytes completed so far.
@@ -156,12 +175,18 @@ class OggStreamEncoder:
         return self._take()
 
     def close(self) -> bytes:
-        """End the stream; return its last pages (with the end-of-stream flag)."""
+        """End the stream; return its last pages (with the end-of-stream flag).
+
+        FLAC: nothing. At the end libFLAC rewrites the stream header (lengths, checksum) as
+        for a seekable file, which a stream cannot take back; the last partial frame (under
+        170 ms) goes with it.
+        """
         if self._file is None:
             return b""
         snd, self._file = self._file, None
         snd.close()
-        return self._take()
+        data = self._take()
+        return b"" if self.codec == "flac" else data
 
     def _take(self) -> bytes:
         data = self._sink.take()

@@ -7,26 +7,40 @@ older than ``radio.playlist_max_age_days``, and never a recording Audio ID marke
 duplicate of another (``duplicate_of``). Paths are relative to the playlist's own folder, so the
 file works both on disk and over HTTP; with a ``base_url`` they are absolute URLs instead.
 
+The same selection goes to the station (Liquidsoap, `recorder.radio.station`) as
+``<state_dir>/radio/station.m3u``: absolute paths, each with the sidecar's title, device and
+recording id as ``annotate:`` metadata, which Liquidsoap puts into the stream (what players and
+Icecast show). It stays outside the synced tree: the paths are this device's own.
+
+``playlist.json`` also carries ``played``, the station's play log (newest first, at most
+``radio.play_log_length``): what went on the air when, from the station's own reports
+(`recorder.radio.nowplaying`).
+
 Files are written atomically and only when their content changes: Syncthing and the station
 see a new version only when there is something new.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import posixpath
+import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recorder import sidecar
 from recorder.atomic import atomic_write_text
 from recorder.config import Config
 from recorder.layout import device_folders
+
+if TYPE_CHECKING:
+    from recorder.audioid.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +48,10 @@ PLAYLIST_SCHEMA = "recorderpi.playlist/1"
 PLAYLIST_DIR = "radio"
 M3U_NAME = "playlist.m3u"
 JSON_NAME = "playlist.json"
+STATION_NAME = "station.m3u"
+# The service writes these files from several threads (publisher, bridge, play log): one at a
+# time, so a play logged while the playlist is rebuilt is never lost.
+_files_lock = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -115,8 +133,9 @@ def render_m3u(items: Iterable[Entry]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_json(items: Iterable[Entry]) -> str:
-    """The same list as JSON (``{"schema", "entries": [...]}``), deterministic."""
+def render_json(items: Iterable[Entry], played: Iterable[Mapping[str, Any]] = ()) -> str:
+    """The same list as JSON (``{"schema", "entries": [...], "played": [...]}``),
+    deterministic. `played`: the play log, newest first (see `add_plays`)."""
     doc = {
         "schema": PLAYLIST_SCHEMA,
         "entries": [
@@ -130,8 +149,39 @@ def render_json(items: Iterable[Entry]) -> str:
             }
             for item in items
         ],
+        "played": [dict(play) for play in played],
     }
     return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def render_station(records: Iterable[Mapping[str, Any]], sync_root: Path) -> str:
+    """The station's M3U: ``annotate:<metadata>:<absolute path>`` lines, in order.
+
+    The metadata are the device (``artist``), ``recording_id``, ``recorderpi_source`` and the
+    title as ``recorderpi_title``, base64 (UTF-8): Liquidsoap's annotate parser is its script
+    lexer, which a ``#{`` in a title breaks; the station script decodes it into ``title``.
+    """
+    lines = ["#EXTM3U"]
+    for record in records:
+        meta = annotate({"recorderpi_title": _title(record), "artist": record["device_id"],
+                         "recording_id": record["recording_id"],
+                         "recorderpi_source": "playlist"})
+        path = sync_root / record["device_id"] / record["path"]
+        lines.append(f"annotate:{meta}:{path}")
+    return "\n".join(lines) + "\n"
+
+
+def annotate(fields: Mapping[str, str]) -> str:
+    """``key="value",...`` for a Liquidsoap ``annotate:`` URI; ``recorderpi_title`` is
+    base64-encoded (see `render_station`), other values escaped."""
+    parts = []
+    for key, value in fields.items():
+        if key == "recorderpi_title":
+            value = base64.b64encode(value.encode("utf-8")).decode("ascii")
+        value = "".join(c for c in value if c.isprintable())
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+        parts.append(f'{key}="{value}"')
+    return ",".join(parts)
 
 
 def parse_m3u(text: str) -> list[tuple[int, str, str]]:
@@ -143,11 +193,11 @@ def parse_m3u(text: str) -> list[tuple[int, str, str]]:
         if not line or line == "#EXTM3U":
             continue
         if line.startswith("#EXTINF:"):
-            seconds, _, title = line[len("#EXTINF:") :].partition(",")
-            pending = (int(float(seconds)), title)
+            length, _, title = line[len("#EXTINF:") :].partition(",")
+            pending = (int(float(length)), title)
         elif not line.startswith("#"):
-            seconds, title = pending or (-1, "")
-            out.append((seconds, title, line))
+            seconds, name = pending or (-1, "")
+            out.append((seconds, name, line))
             pending = None
     return out
 
@@ -174,10 +224,11 @@ def write_playlist(
     base_url: str | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """Rebuild this device's playlist files from `records` (default: scan the sidecars).
+    """Rebuild this device's playlist files and the station's from `records` (default: scan
+    the sidecars).
 
     Returns True when a file changed. Each file is replaced atomically, and only if its content
-    differs from what is already there.
+    differs from what is already there; the play log in ``playlist.json`` is kept.
     """
     if records is None:
         records = scan_sidecars(cfg.storage.sync_root)
@@ -189,9 +240,71 @@ def write_playlist(
     )
     items = entries(chosen, cfg.device.id, base_url)
     folder = playlist_dir(cfg)
+    with _files_lock:
+        played = read_played(cfg)
+        return _write_all([
+            (folder / M3U_NAME, render_m3u(items)),
+            (folder / JSON_NAME, render_json(items, played)),
+            (station_playlist_path(cfg), render_station(chosen, cfg.storage.sync_root)),
+        ])
+
+
+def add_plays(cfg: Config, plays: Iterable[Mapping[str, Any]]) -> int:
+    """Add station plays (``at``, ``source``, ``title``, ``device_id``, ``recording_id``) to
+    the play log in ``playlist.json``; return how many were new.
+
+    The log stays newest first, without repeats (a play is its ``at``, ``source`` and
+    ``title``), and at most ``radio.play_log_length`` long. Nothing is written when nothing
+    is new, or before the playlist itself exists.
+    """
+    target = playlist_dir(cfg) / JSON_NAME
+    with _files_lock:
+        try:
+            doc = json.loads(target.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return 0
+        known = [p for p in doc.get("played") or [] if isinstance(p, dict)]
+        seen = {_play_key(p) for p in known}
+        fresh = []
+        for play in plays:
+            key = _play_key(play)
+            if key not in seen:
+                seen.add(key)
+                fresh.append(dict(play))
+        if not fresh:
+            return 0
+        merged = sorted(known + fresh, key=lambda p: str(p.get("at", "")), reverse=True)
+        doc["played"] = merged[: cfg.radio.play_log_length]
+        atomic_write_text(target, json.dumps(doc, indent=2, sort_keys=True,
+                                             ensure_ascii=False) + "\n")
+        return len(fresh)
+
+
+def read_played(cfg: Config) -> list[dict[str, Any]]:
+    """The play log in this device's ``playlist.json``, newest first ([] when there is none)."""
+    try:
+        doc = json.loads((playlist_dir(cfg) / JSON_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    played = doc.get("played") if isinstance(doc, dict) else None
+    return [p for p in played or [] if isinstance(p, dict)][: cfg.radio.play_log_length]
+
+
+def catalogue_records(catalogue: Catalogue, sync_root: Path) -> list[dict[str, Any]]:
+    """The catalogue's recordings whose audio is in place. The catalogue is read, not every
+    sidecar re-parsed per publish, and it knows duplicates across devices."""
+    return [r for r in catalogue.records()
+            if (sync_root / r["device_id"] / r["path"]).is_file()]
+
+
+def station_playlist_path(cfg: Config) -> Path:
+    """``<state_dir>/radio/station.m3u``: the station's playlist (absolute paths, metadata)."""
+    return cfg.storage.state_dir / PLAYLIST_DIR / STATION_NAME
+
+
+def _write_all(files: list[tuple[Path, str]]) -> bool:
     changed = False
-    for name, text in ((M3U_NAME, render_m3u(items)), (JSON_NAME, render_json(items))):
-        target = folder / name
+    for target, text in files:
         try:
             if target.read_text(encoding="utf-8") == text:
                 continue
@@ -200,6 +313,10 @@ def write_playlist(
         atomic_write_text(target, text)
         changed = True
     return changed
+
+
+def _play_key(play: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (str(play.get("at", "")), str(play.get("source", "")), str(play.get("title", "")))
 
 
 def playlist_dir(cfg: Config) -> Path:

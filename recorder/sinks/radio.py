@@ -6,6 +6,9 @@ counted. A sender thread of its own encodes (its own Ogg encoder, separate from 
 and sends. When Icecast restarts, refuses or the link stalls, the sender reconnects with
 exponential backoff, and every new connection starts a fresh Ogg stream, headers first, as new
 listeners need. `status()` tells the service what is going on, in one dict.
+
+With ``radio.station`` the stream goes to the station's harbor (``radio.harbor_url``) rather
+than to Icecast: the station (Liquidsoap) puts it on the air in place of the playlist.
 """
 
 from __future__ import annotations
@@ -56,8 +59,11 @@ class RadioSink:
         source_factory: Callable[[], IcecastSource] | None = None,
         backoff_initial: float = BACKOFF_INITIAL,
         backoff_max: float = BACKOFF_MAX,
+        title: str = "",
+        artist: str = "",
     ) -> None:
         self.radio = radio
+        self.title, self.artist = title, artist
         self.samplerate = samplerate
         self.channels = channels
         self.backoff_initial = backoff_initial
@@ -156,7 +162,7 @@ class RadioSink:
             "error": error,
             "last_error": self._last_error,
             "last_error_at": self._last_error_at,
-            "url": self.radio.url,
+            "url": self.radio.harbor_url if self.radio.station else self.radio.url,
             "mount": self.radio.mount,
             "codec": self.radio.codec,
             "bytes_sent": self._bytes_sent,
@@ -214,7 +220,8 @@ class RadioSink:
 
     def _stream(self, source: IcecastSource) -> None:
         """Encode and send queued audio until switched off; raise when the link fails."""
-        encoder = OggStreamEncoder.from_config(self.radio, self.samplerate, self.channels)
+        encoder = OggStreamEncoder.from_config(self.radio, self.samplerate, self.channels,
+                                               title=self.title, artist=self.artist)
         try:
             with self._lock:
                 self._accepting = True
@@ -259,7 +266,8 @@ class RadioSink:
         self._connects += 1
         self._connected_since = sidecar.utc_iso(time.time())
         self._set_state(LIVE, error=None)
-        log.info("radio live on %s%s", self.radio.url, self.radio.mount)
+        url = self.radio.harbor_url if self.radio.station else self.radio.url
+        log.info("radio live on %s%s", url, self.radio.mount)
 
     def _fail(self, message: str) -> None:
         if message != self._error:

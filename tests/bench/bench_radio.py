@@ -1,4 +1,5 @@
-"""Cow Radio benchmark (not a test): ``python3 tests/bench/bench_radio.py``.
+"""Cow Radio benchmark (not a test): ``python3 tests/bench/bench_radio.py [--sink] [--station]``
+(both by default).
 
 Against a real icecast2 on 127.0.0.1 (started here, as in the tests), prints:
 
@@ -12,11 +13,29 @@ Against a real icecast2 on 127.0.0.1 (started here, as in the tests), prints:
 2. CPU per audio second of the stream sink (write() copies, its own encoder, sending) against
    the recorder's own encoder (soundfile Vorbis q4 into a file, 4096-frame writes) on the same
    speech.
+
+``--station``: the station (a real Liquidsoap on a script from ``recorder radio script``, the
+real ``recorder run`` with a file source, a real icecast2). The playlist holds recordings of noise
+band-limited to 200-1500 Hz, the live input (the service's file source) is noise in 4-8 kHz, both
+at -20 dBFS: as costly to encode as speech (so Ogg pages come as often), continuous (so any
+silence is a gap), and every 20 ms of what a listener receives says who is on the air (or that
+nothing is: below -45 dBFS). A pure tone would not do: Vorbis codes it in so few bits that the
+live stream's pages, and so the takeover, come seconds late. Measured on one listener
+connection, from the moment ``live on``/``off`` reaches the control socket:
+
+3. takeover and give-back latency: until the listener receives audio where the other side
+   dominates (median, max over ``--cycles``);
+4. the gap at each switch: the longest run of silence between the two sides;
+5. station CPU per hour of air time: Liquidsoap's own (playlist only, and live), plus the
+   recorder's stream sink while live (item 2), against ffmpeg doing Liquidsoap's playlist work
+   (decode, resample to 24 kHz mono, Vorbis encode) on the same audio, side by side;
+6. Icecast restarts: from Icecast answering again to the station's source back on the mount.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import statistics
 import sys
@@ -94,7 +113,11 @@ def cpu_per_audio_second_sink(server: IcecastServer, speech: np.ndarray, seconds
     cfg = server.recorder_config(live=True, queue_seconds=30.0)
     sink = RadioSink(cfg.radio, RATE, 1)
     sink.start()
+    deadline = time.monotonic() + 20
     while sink.status()["state"] != "live":
+        if time.monotonic() > deadline:
+            sink.close()
+            raise SystemExit(f"the stream sink never went live: {sink.status()}")
         time.sleep(0.02)
     frames = int(seconds * RATE)
     cpu0 = time.process_time()
@@ -189,5 +212,238 @@ def cpu_per_audio_second_sink_cfg(
         server.recorder_config = original  # type: ignore[method-assign]
 
 
+# --- the station -------------------------------------------------------------------------------
+
+SWITCH_WINDOW = 0.02  # seconds per classified window
+SILENT_DBFS = -45.0
+
+
+def _band_noise(low: float, high: float, seconds: float, seed: int,
+                dbfs: float = -20.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    spectrum = np.fft.rfft(rng.normal(0, 1, int(seconds * RATE)))
+    freqs = np.fft.rfftfreq(int(seconds * RATE), 1 / RATE)
+    spectrum[(freqs < low) | (freqs > high)] = 0
+    x = np.fft.irfft(spectrum, int(seconds * RATE))
+    x *= 32767 * 10 ** (dbfs / 20) / np.sqrt(np.mean(x**2))
+    return np.clip(x, -32767, 32767).astype(np.int16)
+
+
+def _timeline(data: bytes, arrivals: list[tuple[float, int]]):
+    """(audio, rate, arrival time per window) of everything a listener received, in order."""
+    from tests.station_harness import heard, ogg_pages
+
+    pages = ogg_pages(data)
+    chunks, times = [], []
+    rate = 0
+    for part in heard(data):
+        rate = part.rate or rate
+        own = [p for p in pages if part.start <= p.offset < part.end and p.granule >= 0]
+        if not own or not len(part.audio):
+            continue
+        # Granules count samples from the stream's start; align the last page to the end.
+        shift = own[-1].granule - len(part.audio)
+        ends = np.array([p.granule - shift for p in own])
+        arrive = []
+        for p in own:
+            end = p.offset + p.size
+            arrive.append(next(t for t, n in arrivals if n >= end))
+        window = int(SWITCH_WINDOW * rate)
+        for w in range(0, len(part.audio) - window + 1, window):
+            k = min(int(np.searchsorted(ends, w + window)), len(own) - 1)
+            chunks.append(part.audio[w : w + window])
+            times.append(arrive[k])
+    return chunks, rate, times
+
+
+def _classify(chunk: np.ndarray, rate: int) -> str:
+    x = chunk.astype(np.float64)
+    rms = np.sqrt(np.mean(x**2)) or 1e-9
+    if 20 * np.log10(rms / 32768) < SILENT_DBFS:
+        return "silence"
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / rate)
+    live = spectrum[(freqs > 4000) & (freqs < 8000)].sum()
+    playlist = spectrum[(freqs > 200) & (freqs < 1500)].sum()
+    if live > 3 * playlist:
+        return "live"
+    if playlist > 3 * live:
+        return "playlist"
+    return "mixed"
+
+
+def station_run(cycles: int, cpu_seconds_each: float) -> dict:
+    from recorder.config import load_config
+    from recorder.control import send_command
+    from recorder.radio import station as station_mod
+    from tests.bench.bench_service import cpu_seconds
+    from tests.conftest import free_port, toml_config
+    from tests.corpus import sidecar_for
+    from tests.station_harness import Liquidsoap, RecorderService
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-station-") as tmp:
+        base = Path(tmp)
+        server = IcecastServer(base / "icecast")
+        server.start()
+        data = base / "data"
+        now = time.time()
+        for i in range(3):  # three 20 s recordings of the playlist's noise band
+            ogg = base / f"r{i}.ogg"
+            sf.write(str(ogg), _band_noise(200, 1500, 20.0, seed=i), RATE, format="OGG",
+                     subtype="VORBIS")
+            doc = sidecar_for(ogg, device_id="benchdev", started=now - 3600 * (i + 1),
+                              fingerprint={"algorithm": "none"})
+            target = data / "sync/benchdev" / doc["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ogg.replace(target)
+            target.with_suffix(".json").write_text(json.dumps(doc))
+        live = base / "live.wav"
+        sf.write(str(live), _band_noise(4000, 8000, 30.0, seed=9), RATE, subtype="PCM_16")
+        config = toml_config(base / "recorder.toml", {
+            "device": {"id": "benchdev"},
+            "storage": {"data_dir": str(data), "reserve_mb": 0},
+            "audio": {"source": f"file:{live}", "preroll": 0.0},
+            "audioid": {"enabled": False},
+            "radio": {"station": True, "url": server.url, "mount": server.mount,
+                      "password_file": str(server.password_file),
+                      "harbor_url": f"http://127.0.0.1:{free_port()}", "crossfade": 0.5},
+        })
+        cfg = load_config(config)
+        service = RecorderService(config, cfg.service.control_socket, base / "recorder.log")
+        liquidsoap = None
+        try:
+            script, _ = station_mod.write_script(cfg, base / "station.liq")
+            liquidsoap = Liquidsoap(script, base / "liquidsoap.log")
+            liquidsoap.start()
+            deadline = time.monotonic() + 60
+            while not server.source_connected():
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"station never went on the air: {liquidsoap.output()}")
+                time.sleep(0.1)
+            listener = Listener(server.mount_url)
+            pid = liquidsoap.proc.pid
+            # CPU with the playlist only, then live only (the service streams to the harbor).
+            time.sleep(3)
+            c0 = cpu_seconds(pid)
+            time.sleep(cpu_seconds_each)
+            out["liquidsoap_cpu_s_per_hour_playlist"] = round(
+                (cpu_seconds(pid) - c0) / cpu_seconds_each * 3600, 1)
+            switches = []
+            for _ in range(cycles):
+                t_on = time.monotonic()
+                send_command(cfg.service.control_socket, "live", on=True, timeout=15)
+                time.sleep(10)
+                t_off = time.monotonic()
+                send_command(cfg.service.control_socket, "live", on=False, timeout=15)
+                time.sleep(10)
+                switches.append((t_on, t_off))
+            send_command(cfg.service.control_socket, "live", on=True, timeout=15)
+            time.sleep(4)
+            c0 = cpu_seconds(pid)
+            time.sleep(cpu_seconds_each)
+            out["liquidsoap_cpu_s_per_hour_live"] = round(
+                (cpu_seconds(pid) - c0) / cpu_seconds_each * 3600, 1)
+            send_command(cfg.service.control_socket, "live", on=False, timeout=15)
+            time.sleep(4)
+            received = listener.close()
+            chunks, rate, times = _timeline(received, listener.arrivals)
+            kinds = [_classify(c, rate) for c in chunks]
+            takeover, giveback, gaps_on, gaps_off = [], [], [], []
+            for t_on, t_off in switches:
+                for t0, t1, want, lat, gaps in ((t_on, t_off, "live", takeover, gaps_on),
+                                                (t_off, t_off + 10, "playlist", giveback,
+                                                 gaps_off)):
+                    idx = [i for i, t in enumerate(times) if t0 <= t < t1 + 3]
+                    first = next((i for i in idx if kinds[i] == want and i + 5 < len(kinds)
+                                  and all(k == want for k in kinds[i : i + 5])), None)
+                    if first is None:
+                        continue
+                    lat.append(times[first] - t0)
+                    # The longest silence between the switch command and the new side.
+                    run = best = 0
+                    for i in idx:
+                        if i >= first:
+                            break
+                        run = run + 1 if kinds[i] == "silence" else 0
+                        best = max(best, run)
+                    gaps.append(best * SWITCH_WINDOW)
+            out["takeover_s"] = _stats(takeover)
+            out["giveback_s"] = _stats(giveback)
+            out["gap_at_takeover_s"] = _stats(gaps_on)
+            out["gap_at_giveback_s"] = _stats(gaps_off)
+            out["listener_reconnected"] = listener.closed_by_server
+            # Liquidsoap put live on the air once per "live on", never flapping back and forth.
+            out["live_switches_per_live_on"] = round(
+                liquidsoap.output().count("on the air (live)") / (cycles + 1), 2)
+            # The sink on a mount of its own (the station holds the listener mount): FLAC as it
+            # sends to the station's harbor (Icecast takes any content type), and Vorbis q2 as
+            # it sends straight to Icecast without a station.
+            noise = _band_noise(4000, 8000, 10.0, seed=9)[:, None]
+            out["sink_cpu_s_per_hour_live_flac_to_station"] = round(cpu_per_audio_second_sink_cfg(
+                server, noise, 30.0, {"mount": "/sink.flac", "station": True,
+                                      "harbor_url": server.url}) * 3600, 1)
+            out["sink_cpu_s_per_hour_live_vorbis_to_icecast"] = round(
+                cpu_per_audio_second_sink_cfg(server, noise, 30.0, {"mount": "/sink.ogg"})
+                * 3600, 1)
+            out["ffmpeg_same_work_cpu_s_per_hour"] = round(_ffmpeg_cpu(data) * 3600, 1)
+            out["liquidsoap_rss_mb"] = round(int(next(
+                line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("VmRSS:"))) / 1024, 1)
+            back = []
+            for _ in range(3):
+                server.stop()
+                server.start()
+                t0 = time.monotonic()
+                while not server.source_connected():
+                    time.sleep(0.05)
+                back.append(time.monotonic() - t0)
+            out["icecast_restart_to_on_air_s"] = _stats(back)
+        finally:
+            if liquidsoap is not None:
+                liquidsoap.stop()
+            service.stop()
+            server.stop()
+    return out
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0}
+    return {"median": round(statistics.median(values), 2), "max": round(max(values), 2),
+            "n": len(values)}
+
+
+def _ffmpeg_cpu(data: Path) -> float:
+    """CPU seconds per audio second for ffmpeg doing the station's playlist work."""
+    import resource
+    import subprocess
+
+    files = sorted(data.glob("sync/*/recordings/**/*.ogg"))
+    audio = sum(sf.info(str(f)).duration for f in files)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for f in files:
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(f), "-ar", "24000", "-ac", "1",
+                        "-c:a", "libvorbis", "-q:a", "2", "-f", "ogg", "-y", "/dev/null"],
+                       check=True, timeout=300)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / audio
+
+
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--sink", action="store_true", help="the live stream sink only")
+    parser.add_argument("--station", action="store_true", help="the station only")
+    parser.add_argument("--cycles", type=int, default=5, help="live on/off cycles")
+    parser.add_argument("--cpu-seconds", type=float, default=60.0,
+                        help="seconds of air time per CPU measurement")
+    args = parser.parse_args()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what we started, even then
+    if args.sink or not args.station:
+        main()
+    if args.station or not args.sink:
+        print(json.dumps(station_run(args.cycles, args.cpu_seconds), indent=2))
