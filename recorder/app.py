@@ -92,7 +92,11 @@ class Registration:
     def start(self) -> None:
         # Whatever was published while the service was down (or before a crash between publish
         # and enqueue) is queued now.
-        queued = self.outbox.reconcile(self.layout.device_folder)
+        try:
+            queued = self.outbox.reconcile(self.layout.device_folder)
+        except Exception as exc:  # a full disk: deliver what is queued, reconcile next start
+            log.error("papad: recordings on disk not reconciled with the outbox: %s", exc)
+            queued = 0
         if queued:
             log.info("papad: queued %d recording(s) found on disk", queued)
         if self.worker is not None:

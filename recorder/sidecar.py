@@ -28,6 +28,9 @@ from recorder.safefile import UnsafeFile, read_regular
 
 SCHEMA = "recorderpi.sidecar/1"
 MAX_SIDECAR_BYTES = 1024 * 1024  # a 3-hour Audio ID print is about 380 kB
+# The shortest recording kept: below a tenth of a second nothing can be heard (a syllable lasts
+# longer), so a shorter recording or input file holds no audio and is never published.
+MIN_RECORDING_SECONDS = 0.1
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
 _NAME_RE = re.compile(r"^\d{8}T\d{6}Z_[a-z0-9._-]+_[0-9a-z]{8}\.(ogg|opus)$")
