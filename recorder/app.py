@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from recorder.config import AudioConfig, Config, SourceSpec
 from recorder.db import Database
+from recorder.dbrepair import open_database
 from recorder.layout import Layout
 from recorder.publish import Published, Publisher
 from recorder.pump import Pump, PumpEvent, PumpSettings
@@ -257,7 +258,7 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
     publish and queue, durably, for the service to deliver.
     """
     layout = Layout.of(cfg.device.id, cfg.storage)
-    database = Database(cfg.db_path)
+    database = open_database(cfg)
     publisher = Publisher(layout)
     parts = Assembly(
         layout=layout, database=database,

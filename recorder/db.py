@@ -2,14 +2,33 @@
 
 WAL with synchronous=FULL survives power loss without corrupting the database, which is the
 failure the field keeps hitting with SQLite on SD cards.
+
+A database that is corrupt all the same (a dying card, a file overwritten by hand) never stops a
+command: `Database` moves it aside (``recorder.db.corrupt-<UTC time>``, kept for inspection),
+starts an empty one and says so in one warning line; everything in it can be rebuilt from the
+files on disk, and the `rebuild` callback it is given (see `recorder.dbrepair`) does that, at
+once or, if this command has none, in the next one that has. A directory or file that cannot
+be opened at all is a one-line `StorageError` naming the key.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from recorder.storage import DiskFullError, StorageError
+
+log = logging.getLogger(__name__)
+
+# SQLite primary result codes (sqlite3.Error.sqlite_errorcode & 0xff).
+_CORRUPT, _NOTADB = 11, 26
+_FULL, _CANTOPEN, _IOERR, _READONLY, _PERM = 13, 14, 10, 8, 3
+_REPAIR_TABLE = "CREATE TABLE IF NOT EXISTS recorder_repair (moved_to TEXT, at REAL)"
 
 
 def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -57,12 +76,19 @@ class Database:
     (at shutdown, after the threads stopped).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *,
+                 rebuild: Callable[[Database], None] | None = None) -> None:
+        """`rebuild`: fills a database that replaced a corrupt one from the files on disk
+        (the catalogue from the sidecars, the outbox by reconciling); see `recorder.dbrepair`."""
         self.path = Path(path)
+        self.rebuild = rebuild
+        self.moved_aside: Path | None = None  # where a corrupt database went, this process
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._schemas: set[tuple[str, ...]] = set()
+        self._checked = False  # the file was found readable (or replaced) by this process
+        self._repairing = False
 
     def __repr__(self) -> str:
         return f"Database({str(self.path)!r})"
@@ -75,14 +101,96 @@ class Database:
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """This thread's connection."""
+        """This thread's connection. The first one a process opens checks the file and
+        replaces a corrupt database (see the module doc); raises StorageError or DiskFullError
+        (one line) when the database cannot be opened at all."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path, check_same_thread=False)
+            conn = self._open()
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
+            if not self._checked:
+                self._checked = True
+                self._finish_repair(conn)
         return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"storage.state_dir: cannot create {self.path.parent}: "
+                               f"{exc.strerror or exc}") from None
+        try:
+            return self._connect_checked()
+        except sqlite3.DatabaseError as exc:
+            code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+            if code in (_CORRUPT, _NOTADB) and not self._checked:
+                self._move_aside(exc)
+                return self._connect_checked()
+            raise self._open_error(exc, code) from None
+
+    def _connect_checked(self) -> sqlite3.Connection:
+        conn = connect(self.path, check_same_thread=False)
+        if not self._checked:
+            try:
+                # Reading the schema parses its pages: a damaged file fails here, at open,
+                # instead of in the middle of some later command.
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    def _open_error(self, exc: sqlite3.DatabaseError, code: int) -> Exception:
+        detail = " ".join(str(exc).split())
+        if code == _FULL:
+            return DiskFullError(f"disk full: cannot open the database {self.path}")
+        if code in (_CANTOPEN, _IOERR, _READONLY, _PERM):
+            return StorageError(f"storage.state_dir: cannot open the database {self.path}: "
+                                f"{detail}")
+        return exc
+
+    def _move_aside(self, exc: sqlite3.DatabaseError) -> None:
+        """Rename the corrupt database (and its WAL) out of the way, kept for inspection."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, Path(f"{aside}{suffix}"))
+        Path(f"{self.path}-shm").unlink(missing_ok=True)
+        self.moved_aside = aside
+        log.warning("database %s is corrupt (%s): moved aside to %s; starting an empty one "
+                    "and rebuilding it from the recordings on disk", self.path,
+                    " ".join(str(exc).split()), aside.name)
+        conn = connect(self.path, check_same_thread=False)
+        try:
+            # The repair is owed until done: a command that cannot rebuild leaves it to the
+            # next one, even across a crash.
+            with transaction(conn):
+                conn.execute(_REPAIR_TABLE)
+                conn.execute("INSERT INTO recorder_repair VALUES (?, ?)",
+                             (aside.name, time.time()))
+        finally:
+            conn.close()
+
+    def _finish_repair(self, conn: sqlite3.Connection) -> None:
+        """Run `rebuild` if a repair is owed (this process or an earlier one moved a corrupt
+        database aside)."""
+        if self.rebuild is None or self._repairing:
+            return
+        owed = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'recorder_repair'"
+                            ).fetchone()
+        if owed is None or conn.execute("SELECT 1 FROM recorder_repair").fetchone() is None:
+            return
+        self._repairing = True
+        try:
+            self.rebuild(self)
+            with transaction(conn):
+                conn.execute("DELETE FROM recorder_repair")
+        finally:
+            self._repairing = False
 
     def ensure_schema(self, statements: Iterable[str]) -> None:
         """Run a component's idempotent DDL once per process."""
