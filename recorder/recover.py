@@ -19,7 +19,7 @@ through the publisher's enrichers (the catalogue) and listeners (the papad outbo
 
 When the disk has no room for the rebuild, the recording stays in staging ("waiting", with the
 space it needs): the service retries when space returns, and so does the next
-``recorder recover``. Only what holds no audio (under `sidecar.MIN_RECORDING_SECONDS`) goes to
+``recorder recover``. Only what holds no audio (not one frame) goes to
 ``<data_dir>/lost+found/<id>/``, with its ``REASON.txt`` written (atomically) before anything
 is moved: when even that cannot be written, nothing moves. Audio is never deleted.
 
@@ -203,7 +203,7 @@ def _recover_one(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory]
             p.unlink(missing_ok=True)
         return Outcome(rid, CLEANED, "already published", str(target))
     rate, channels = int(meta["samplerate"]), int(meta["channels"])
-    min_frames = AudioFormat(rate, channels).frames(sidecar.MIN_RECORDING_SECONDS)
+    min_frames = 1  # any audio at all is kept (input files are held to MIN_RECORDING_SECONDS)
     journal_frames = _journal_frames(paths["journal"], channels)
     meta.setdefault("bookmarks", [])
     meta.update(stop_reason="recovered", recovered=True)
@@ -231,10 +231,8 @@ def _recover_one(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory]
     ogg_frames = _decodable_frames(paths["ogg"])
     best = max(journal_frames, ogg_frames)
     if best < min_frames:
-        what = "no audio" if best == 0 else f"only {best} frames (under " \
-            f"{sidecar.MIN_RECORDING_SECONDS:g} s): no audio"
         return _move_aside(cfg, rid, _staged_files(staging, rid),
-                           f"{what} could be read from the journal or the OGG")
+                           "no audio could be read from the journal or the OGG")
     need = _needed_bytes(meta, cfg, best, paths)
     free = free_bytes(staging)
     if free < need:

@@ -274,18 +274,15 @@ class Session:
     def finish(self, stop_reason: str) -> StagedRecording:
         """Close every sink and return the staged recording (metadata merged from the sinks).
 
-        The spare is released first. Raises TooShortError for a recording under
-        `sidecar.MIN_RECORDING_SECONDS` (nothing to publish: `discard()` it), and the OSError
+        The spare is released first. Raises TooShortError for a recording without a single
+        frame (nothing to publish: `discard()` it), and the OSError
         of an encoder that cannot write its last bytes (the staged files stay for recovery).
         A journal that cannot be closed cleanly is only logged: the OGG is complete.
         """
         self.release_spare()
-        if self.frames < self.format.frames(sidecar.MIN_RECORDING_SECONDS):
+        if self.frames == 0:
             self.abort()
-            raise TooShortError(
-                f"recording too short to keep ({self.format.seconds(self.frames):.3f} s < "
-                f"{sidecar.MIN_RECORDING_SECONDS:g} s): not published"
-            )
+            raise TooShortError("the recording holds no audio: not published")
         meta = dict(self.meta)
         for index, sink in enumerate(self.sinks):
             try:
