@@ -9,10 +9,16 @@ starts an empty one and says so in one warning line; everything in it can be reb
 files on disk, and the `rebuild` callback it is given (see `recorder.dbrepair`) does that, at
 once or, if this command has none, in the next one that has. A directory or file that cannot
 be opened at all is a one-line `StorageError` naming the key.
+
+Beside the database lies ``recorder.db.spare`` (`SPARE_BYTES`, made once there is room): when a
+full disk keeps SQLite from opening the database (its WAL and shared-memory files need room),
+the spare is given up and the open retried, so a service that starts on a full disk still has
+its catalogue and outbox; it is made again once the disk has room.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -21,7 +27,14 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from recorder.storage import DiskFullError, StorageError
+from recorder.storage import (
+    MIN_FREE_BYTES,
+    SPARE_BYTES,
+    DiskFullError,
+    StorageError,
+    free_bytes,
+    is_disk_full,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +100,7 @@ class Database:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._schemas: set[tuple[str, ...]] = set()
+        self._pending: list[tuple[str, ...]] = []  # DDL waiting for the database to open
         self._checked = False  # the file was found readable (or replaced) by this process
         self._repairing = False
 
@@ -113,6 +127,8 @@ class Database:
             if not self._checked:
                 self._checked = True
                 self._finish_repair(conn)
+        if self._pending:
+            self._apply_pending(conn)
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -122,13 +138,53 @@ class Database:
             raise StorageError(f"storage.state_dir: cannot create {self.path.parent}: "
                                f"{exc.strerror or exc}") from None
         try:
-            return self._connect_checked()
+            conn = self._connect_checked()
         except sqlite3.DatabaseError as exc:
             code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
             if code in (_CORRUPT, _NOTADB) and not self._checked:
                 self._move_aside(exc)
-                return self._connect_checked()
-            raise self._open_error(exc, code) from None
+                conn = self._connect_checked()
+            elif code in (_FULL, _IOERR, _CANTOPEN) and self._release_spare():
+                try:
+                    conn = self._connect_checked()
+                except sqlite3.DatabaseError as again:
+                    code = (getattr(again, "sqlite_errorcode", 0) or 0) & 0xFF
+                    raise self._open_error(again, code) from None
+            else:
+                raise self._open_error(exc, code) from None
+        self._make_spare()
+        return conn
+
+    @property
+    def _spare(self) -> Path:
+        return self.path.with_name(self.path.name + ".spare")
+
+    def _release_spare(self) -> bool:
+        try:
+            self._spare.unlink()
+        except OSError:
+            return False
+        log.warning("disk full: gave up the database's spare room (%s) to open it",
+                    self._spare.name)
+        return True
+
+    def _make_spare(self) -> None:
+        if self._spare.exists():
+            return
+        try:
+            fd = os.open(self._spare, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, SPARE_BYTES)
+        except OSError as exc:
+            if is_disk_full(exc):  # no room now: made by a later open
+                os.close(fd)
+                fd = -1
+                self._spare.unlink(missing_ok=True)
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     def _connect_checked(self) -> sqlite3.Connection:
         conn = connect(self.path, check_same_thread=False)
@@ -144,6 +200,9 @@ class Database:
 
     def _open_error(self, exc: sqlite3.DatabaseError, code: int) -> Exception:
         detail = " ".join(str(exc).split())
+        with contextlib.suppress(OSError):
+            if code in (_IOERR, _CANTOPEN) and free_bytes(self.path.parent) < MIN_FREE_BYTES:
+                code = _FULL  # SQLite could not create its WAL or shared-memory file
         if code == _FULL:
             return DiskFullError(f"disk full: cannot open the database {self.path}")
         if code in (_CANTOPEN, _IOERR, _READONLY, _PERM):
@@ -193,14 +252,31 @@ class Database:
             self._repairing = False
 
     def ensure_schema(self, statements: Iterable[str]) -> None:
-        """Run a component's idempotent DDL once per process."""
+        """Run a component's idempotent DDL once per process: now, or, when the disk is too
+        full to open the database, as soon as it opens (so a service can start on a full
+        disk; what needs the database fails, one line each, until then)."""
         key = tuple(statements)
         with self._lock:
-            if key in self._schemas:
+            if key in self._schemas or key in self._pending:
                 return
-        ensure_schema(self.conn, key)
+            self._pending.append(key)
+        try:
+            _ = self.conn  # opens it and runs the pending DDL
+        except DiskFullError as exc:
+            log.error("%s: the database opens once there is room", exc)
+
+    def _apply_pending(self, conn: sqlite3.Connection) -> None:
         with self._lock:
-            self._schemas.add(key)
+            pending, self._pending = self._pending, []
+        try:
+            for key in pending:
+                ensure_schema(conn, key)
+                with self._lock:
+                    self._schemas.add(key)
+        except BaseException:
+            with self._lock:
+                self._pending = [k for k in pending if k not in self._schemas] + self._pending
+            raise
 
     def close(self) -> None:
         """Close every connection opened so far (the threads using them must be done)."""

@@ -130,6 +130,7 @@ class Session:
         ensure_dir(staging, "storage.staging_dir")
         self.paths = staged_paths(staging, self.recording_id)
         self._lock_fd: int | None = None
+        self._meta_owed = False  # a rewrite of the staged metadata failed (full disk)
         self._claim_staging()
         self.done.add_done_callback(lambda _: self.release())
         enc = settings.encoder
@@ -223,7 +224,10 @@ class Session:
         self.release()
 
     def _write_meta(self) -> None:
+        """Rewrite the staged metadata; on failure it is owed, and retried at `finish`."""
+        self._meta_owed = True
         atomic_write_text(self.paths["meta"], json.dumps(self.meta, sort_keys=True))
+        self._meta_owed = False
 
     def note_overflows(self, input_overflows: int, ring_frames: int) -> None:
         """Record the audio lost so far in the staged metadata (rewritten only when the
@@ -280,6 +284,14 @@ class Session:
         A journal that cannot be closed cleanly is only logged: the OGG is complete.
         """
         self.release_spare()
+        if self._meta_owed:
+            # A bookmark made while the disk was full: the spare's room (and inode) lets its
+            # crash copy be written now, so a publish that fails next still keeps it.
+            try:
+                self._write_meta()
+            except OSError as exc:
+                log.error("staged metadata of %s still not rewritten: %s", self.recording_id,
+                          exc.strerror or exc)
         if self.frames == 0:
             self.abort()
             raise TooShortError("the recording holds no audio: not published")

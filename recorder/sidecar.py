@@ -108,7 +108,7 @@ def loads(data: bytes, *, expect_device: str | None = None) -> dict[str, Any]:
 def _no_constant(name: str) -> Any:
     # json accepts NaN, Infinity and -Infinity, which are not JSON: a NaN bookmark once
     # became "t=0,4" on papad.
-    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+    raise SidecarError(f"sidecar is not valid JSON: {name} is not a number")
 
 
 # What peers' free text may hold once it reaches papad (titles, tags, bookmark labels).

@@ -106,10 +106,12 @@ class Reserve:
 
 def is_disk_full(exc: BaseException) -> bool:
     """True for the write errors that mean "no space left" (ENOSPC, EDQUOT), including
-    SQLite's "database or disk is full"."""
+    SQLite's "database or disk is full" and our own DiskFullError."""
     import errno
     import sqlite3
 
+    if isinstance(exc, DiskFullError):
+        return True
     if isinstance(exc, sqlite3.Error):
         return getattr(exc, "sqlite_errorcode", None) == 13  # SQLITE_FULL
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
