@@ -212,6 +212,52 @@ def test_record_disk_filled_by_another_writer_mid_recording(small_disk, speech_w
     assert not list(staging.glob("*.meta.json"))
 
 
+_FILL_BEFORE_SIDECAR = """
+import os, sys
+import recorder.publish as publish
+real = publish.atomic_write_text
+def fill_then_write(target, *a, **k):
+    if str(target).endswith(".json"):  # the OGG is in place: now another writer fills it all
+        with open(os.environ["FILLER"], "wb", buffering=0) as fh:
+            for size in (1 << 20, 4096, 1):
+                try:
+                    while True:
+                        fh.write(b"x" * size)
+                except OSError:
+                    pass
+    return real(target, *a, **k)
+publish.atomic_write_text = fill_then_write
+from recorder.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_disk_filled_during_publish_keeps_the_ogg_in_staging(small_disk, speech_wav):
+    disk = small_disk()
+    data = disk / "data"
+    cfg = _config(disk, data)
+    filler = disk / "filler.bin"
+    out = subprocess.run([sys.executable, "-c", _FILL_BEFORE_SIDECAR, "--config", cfg,
+                          "record", "--source", f"file:{speech_wav}", "--fast"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "FILLER": str(filler)})
+    _no_traceback(out.stderr)
+    assert out.returncode == 4, out.stderr
+    (error,) = [line for line in out.stderr.splitlines() if line.startswith("recorder: error")]
+    assert "disk full" in error and "kept in staging" in error
+    assert not _oggs(data), "an OGG without its sidecar must not stay in the synced folder"
+    (staged,) = (data / "staging").glob("*.ogg")
+    staged_sha = hashlib.sha256(staged.read_bytes()).hexdigest()
+    filler.unlink()
+    out = run_cli("--config", cfg, "recover", "--json", timeout=60)
+    assert out.returncode == 0, out.stderr
+    (outcome,) = json.loads(out.stdout)
+    assert "complete staged OGG" in outcome["detail"]
+    (doc,) = _assert_pairs_complete(data)
+    assert doc["sha256"] == staged_sha  # the very file, not a re-encode
+    assert not any((data / "staging").iterdir())
+
+
 def _kill_mid_recording(cfg: str, data: Path, wav: Path, seconds: float = 3.5) -> dict:
     """`recorder record` killed (SIGKILL) `seconds` into a recording; its staged metadata."""
     proc = subprocess.Popen([sys.executable, "-m", "recorder", "--config", cfg, "record",
