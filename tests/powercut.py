@@ -10,6 +10,9 @@ about, and kind on metadata.
 
     python -m tests.powercut BACKING MOUNTPOINT     (foreground; SIGKILL it to cut the power)
 
+A failing card, too: while a file named `EIO_SWITCH` exists at the top of the mount, every write
+and fsync fails with EIO (create it to break the card, remove it to mend it).
+
 `PowerCut` starts and cuts it from a test.
 """
 
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+EIO_SWITCH = ".powercut-eio"
 _STAT_KEYS = ("st_atime", "st_ctime", "st_gid", "st_mode", "st_mtime", "st_nlink", "st_size",
               "st_uid", "st_ino")
 
@@ -39,6 +43,7 @@ def _operations() -> Any:
         def __init__(self, root: str) -> None:
             self.root = root
             self._dirty: dict[str, tuple[list[tuple[int, bytes]], int]] = {}
+            self.eio = False
 
         def _p(self, path: str) -> str:
             return self.root + path
@@ -71,6 +76,8 @@ def _operations() -> Any:
         def unlink(self, path: str) -> None:
             os.unlink(self._p(path))
             self._dirty.pop(path, None)
+            if path == "/" + EIO_SWITCH:
+                self.eio = False
 
         def rename(self, old: str, new: str) -> None:
             os.replace(self._p(old), self._p(new))
@@ -102,6 +109,8 @@ def _operations() -> Any:
             fd = os.open(self._p(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             os.close(fd)
             self._dirty.pop(path, None)
+            if path == "/" + EIO_SWITCH:
+                self.eio = True
             return 0
 
         def open(self, path: str, flags: int) -> int:
@@ -128,6 +137,8 @@ def _operations() -> Any:
             return bytes(data)
 
         def write(self, path: str, data: bytes, offset: int, fh: Any) -> int:
+            if self.eio:
+                raise fuse.FuseOSError(errno.EIO)
             writes, size = self._dirty.get(path, ([], self._size(path)))
             writes.append((offset, bytes(data)))
             self._dirty[path] = (writes, max(size, offset + len(data)))
@@ -139,6 +150,8 @@ def _operations() -> Any:
             self._dirty[path] = (kept, length)
 
         def fsync(self, path: str, datasync: int, fh: Any) -> None:
+            if self.eio:
+                raise fuse.FuseOSError(errno.EIO)
             if path not in self._dirty:
                 return
             writes, size = self._dirty.pop(path)

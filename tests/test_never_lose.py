@@ -272,6 +272,42 @@ def _kill_mid_recording(cfg: str, data: Path, wav: Path, seconds: float = 3.5) -
     return meta
 
 
+def test_record_on_a_failing_card_keeps_the_journal_for_recover(tmp_path, speech_wav):
+    """EIO on every write (tests.powercut's failing card): one line, exit 1, the audio stays
+    in staging, and `recover` publishes it once the card works again."""
+    from tests.conftest import need
+    from tests.powercut import EIO_SWITCH, PowerCut
+
+    need("fusermount3", "fuse3")
+    card, mount = tmp_path / "card", tmp_path / "mnt"
+    disk = PowerCut(card, mount)
+    try:
+        cfg = _config(tmp_path, mount, audio={"preroll": 0.0},
+                      storage={"state_dir": str(tmp_path / "state")})
+        proc = subprocess.Popen([sys.executable, "-m", "recorder", "--config", cfg, "record",
+                                 "--source", f"file:{speech_wav}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: any(p.stat().st_size > 3 * RATE
+                               for p in (mount / "staging").glob("*.pcm")),
+                   what="1.5 s in the journal")
+        (mount / EIO_SWITCH).touch()  # the card starts failing every write
+        _, stderr = proc.communicate(timeout=60)
+        _no_traceback(stderr)
+        assert proc.returncode == 1, stderr
+        (error,) = [line for line in stderr.splitlines() if line.startswith("recorder: error")]
+        assert "Input/output error" in error and "kept in staging" in error
+        assert not _oggs(mount)
+        (mount / EIO_SWITCH).unlink()  # mended (or the card moved to a working reader)
+        out = run_cli("--config", cfg, "recover", "--json", timeout=60)
+        assert out.returncode == 0, out.stderr
+        (outcome,) = json.loads(out.stdout)
+        assert outcome["action"] == "published"
+        (doc,) = _assert_pairs_complete(mount)
+        assert doc["duration"] >= 1.5 and doc["recovered"] is True
+    finally:
+        disk.cut()
+
+
 def test_recover_on_a_full_disk_waits_then_publishes_with_audio_id(small_disk, speech_wav):
     disk = small_disk()
     data = disk / "data"
