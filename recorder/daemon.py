@@ -434,6 +434,9 @@ class Service:
         if report.full != self.disk_full:
             log.log(logging.ERROR if report.full else logging.INFO,
                     "disk full: recording refused" if report.full else "disk has room again")
+        if not report.low and self.last_error and self.last_error.startswith(
+                ("disk full", "publishing failed: disk full", "only ")):
+            self.last_error = None  # the disk trouble it reported is over (the LED says so)
         self.disk_full = report.full
         need = self._waiting_need
         retry_hooks = bool(self.parts.publisher.deferred) and not report.full

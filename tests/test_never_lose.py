@@ -492,7 +492,7 @@ def test_service_disk_filled_mid_recording(small_disk, speech_wav, services):
     assert status["led"] == "disk_low" and status["audio"]["failed"] is None
     assert not list((data / "staging").glob("*.meta.json"))
     filler.free()
-    svc.wait_state("idle")
+    assert svc.wait_state("idle")["led"] == "idle"  # the disk trouble is over: no error light
     _no_traceback(svc.stop())
 
 
