@@ -314,6 +314,7 @@ class Service:
         elif kind == "disk_low":
             self.disk_low = True
             self.last_error = detail.get("error")
+            self._next_disk_check = 0.0  # say "disk full" now, not at the next timed check
         elif kind == "bookmark":
             log.info("bookmark at %.2f s", detail["at"])
         elif kind == "device_lost" and current:
