@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from recorder.config import AudioConfig, Config, SourceSpec
 from recorder.db import Database
+from recorder.dbrepair import open_database
 from recorder.layout import Layout
 from recorder.publish import Published, Publisher
 from recorder.pump import Pump, PumpEvent, PumpSettings
@@ -93,7 +94,11 @@ class Registration:
     def start(self) -> None:
         # Whatever was published while the service was down (or before a crash between publish
         # and enqueue) is queued now.
-        queued = self.outbox.reconcile(self.layout.device_folder)
+        try:
+            queued = self.outbox.reconcile(self.layout.device_folder)
+        except Exception as exc:  # a full disk: deliver what is queued, reconcile next start
+            log.error("papad: recordings on disk not reconciled with the outbox: %s", exc)
+            queued = 0
         if queued:
             log.info("papad: queued %d recording(s) found on disk", queued)
         if self.worker is not None:
@@ -251,7 +256,7 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
     publish and queue, durably, for the service to deliver.
     """
     layout = Layout.of(cfg.device.id, cfg.storage)
-    database = Database(cfg.db_path)
+    database = open_database(cfg)
     publisher = Publisher(layout)
     parts = Assembly(
         layout=layout, database=database,

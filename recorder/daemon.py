@@ -18,6 +18,11 @@ systemd sees READY=1 once the first audio block has arrived, and WATCHDOG=1 only
 really moves audio, so a hung capture gets the service restarted. A pump that dies (an
 unexpected exception on its thread) publishes what it had, shows "failed" on the LED and in
 status, and is restarted; if it keeps failing the service exits non-zero for systemd.
+
+A full disk is a state, not a crash: the service starts anyway, shows ``disk_full`` (status,
+LED double blink) and refuses to record until there is room. Recordings left in staging for
+want of space are recovered on a short-lived ``recover`` thread as soon as the disk check sees
+the space they need, and publisher hooks that failed on the full disk are run again then.
 """
 
 from __future__ import annotations
@@ -33,15 +38,15 @@ from enum import StrEnum
 from typing import Any
 
 from recorder import app, clock
-from recorder.atomic import makedirs_durable
 from recorder.config import Config, SourceSpec
 from recorder.control import ControlServer
 from recorder.errors import DeviceError, RecorderError, ServiceError
 from recorder.led import NullLed, StatusLed, open_status_led
 from recorder.pump import Pump, PumpEvent, RecordingStateError
-from recorder.recover import recover
+from recorder.recover import Outcome, recover, waiting_need
 from recorder.sdnotify import Notifier
 from recorder.sinks.levels import LevelMeter
+from recorder.storage import DiskFullError, ensure_dir, is_disk_full
 from recorder.triggers import LIVE_OFF, LIVE_ON, MARK, TOGGLE, Triggers, drive_mock_pin
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,7 @@ class ServiceState(StrEnum):
     RECORDING = "recording"
     NO_DEVICE = "no_device"
     FAILED = "failed"  # the pump died; it is being restarted
+    DISK_FULL = "disk_full"  # armed, but the disk is full: recording refused until space returns
     STOPPING = "stopping"
 
 
@@ -97,7 +103,11 @@ class Service:
         self.last_published: dict[str, Any] | None = None
         self.published_count = 0
         self.disk_low = False
+        self.disk_full = False
         self._free_mb = -1
+        self._free_bytes = -1
+        self._waiting_need: int | None = None  # free bytes the staged recordings wait for
+        self._recovering: threading.Thread | None = None
         self._next_disk_check = 0.0
         self._next_open = 0.0
         self._ready_sent = False
@@ -111,16 +121,23 @@ class Service:
         """Serve until SIGTERM/SIGINT (or `request_stop`); returns the exit code."""
         self._install_signals()
         try:
-            makedirs_durable(self.cfg.device_folder)
-            makedirs_durable(self.cfg.storage.staging_dir)
-            for outcome in recover(self.cfg, self.parts.publisher):
-                log.warning("recovered %s: %s: %s", outcome.recording_id, outcome.action,
-                            outcome.detail)
+            try:
+                ensure_dir(self.cfg.device_folder, "storage.sync_root")
+                ensure_dir(self.cfg.storage.staging_dir, "storage.staging_dir")
+            except DiskFullError as exc:
+                log.error("%s: starting anyway, recording refused until space returns", exc)
+            self._recovered(recover(self.cfg, self.parts.publisher, self.parts.sink_factories))
+            self._check_disk()
             self._open_gpio()
             self.control = ControlServer(self.cfg.service.control_socket, self._from_socket,
                                          group=self.cfg.service.socket_group)
             for worker in self.parts.workers:
-                worker.start()
+                try:
+                    worker.start()
+                except Exception as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    log.error("%s: not started, the disk is full", worker.name)
             if self.triggers is not None and self.triggers.live:  # the switch was already on
                 self._set_live(True)
             self._loop()
@@ -211,6 +228,9 @@ class Service:
                 log.error("signal toggle refused: %s", exc)
         elif event.kind == "pump":
             self._pump_event(event.data["kind"], event.data["detail"], event.data["pump"])
+        elif event.kind == "recovered":
+            self._recovering = None
+            self._recovered(event.data["outcomes"])
 
     # -- the pump --------------------------------------------------------------------------------
     def _open_pump(self) -> None:
@@ -226,7 +246,7 @@ class Service:
             except DeviceError:
                 pump.close()
                 raise
-        except DeviceError as exc:
+        except (DeviceError, RecorderError) as exc:  # a file source: unreadable, empty
             if self.device_error != str(exc):
                 log.error("no audio device: %s; retrying every %.0f s", exc,
                           DEVICE_RETRY_SECONDS)
@@ -289,9 +309,12 @@ class Service:
             self.last_error = None
         elif kind == "publish_failed":
             self.last_error = f"publishing failed: {detail.get('error')}"
+            if self._waiting_need is None:
+                self._waiting_need = 0  # left in staging: recover at the next disk check
         elif kind == "disk_low":
             self.disk_low = True
             self.last_error = detail.get("error")
+            self._next_disk_check = 0.0  # say "disk full" now, not at the next timed check
         elif kind == "bookmark":
             log.info("bookmark at %.2f s", detail["at"])
         elif kind == "device_lost" and current:
@@ -407,13 +430,47 @@ class Service:
             self.storage_error = f"sync root unavailable: {exc}"
             return
         self.storage_error = None
-        self._free_mb = report.free_mb
+        self._free_mb, self._free_bytes = report.free_mb, report.free_bytes
         self.disk_low = report.low
+        if report.full != self.disk_full:
+            log.log(logging.ERROR if report.full else logging.INFO,
+                    "disk full: recording refused" if report.full else "disk has room again")
+        if not report.low and self.last_error and self.last_error.startswith(
+                ("disk full", "publishing failed: disk full", "only ")):
+            self.last_error = None  # the disk trouble it reported is over (the LED says so)
+        self.disk_full = report.full
+        need = self._waiting_need
+        retry_hooks = bool(self.parts.publisher.deferred) and not report.full
+        if self._recovering is None and (retry_hooks or (
+                need is not None and report.free_bytes >= need and not report.full)):
+            self._recovering = threading.Thread(target=self._recover_in_background,
+                                                name="recover", daemon=True)
+            self._recovering.start()
+
+    def _recover_in_background(self) -> None:
+        """`recover` thread: publish what waits in staging (the recordings being made are
+        locked, so they are left alone), rerun deferred hooks, report to the main loop."""
+        outcomes: list[Outcome] = []
+        try:
+            outcomes = recover(self.cfg, self.parts.publisher, self.parts.sink_factories)
+            self.parts.publisher.retry_deferred()
+        except Exception:
+            log.exception("recovering staged recordings failed")
+        self._events.put(_Event("recovered", {"outcomes": outcomes}))
+
+    def _recovered(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            level = logging.INFO if outcome.action in ("published", "cleaned") else logging.WARNING
+            log.log(level, "recover %s: %s: %s", outcome.recording_id, outcome.action,
+                    outcome.detail)
+        self._waiting_need = waiting_need(outcomes)
 
     def _update_led(self) -> None:
         pump = self.pump
-        if pump is not None and self.state in (ServiceState.IDLE, ServiceState.RECORDING):
-            self.state = ServiceState.RECORDING if pump.recording else ServiceState.IDLE
+        if pump is not None and self.state in (ServiceState.IDLE, ServiceState.RECORDING,
+                                               ServiceState.DISK_FULL):
+            self.state = (ServiceState.RECORDING if pump.recording else
+                          ServiceState.DISK_FULL if self.disk_full else ServiceState.IDLE)
         if (self.device_error or self.storage_error or self.state == ServiceState.FAILED
                 or (self.last_error and not self.disk_low)):
             led = "error"
@@ -434,9 +491,15 @@ class Service:
             recent = (self.meter.frames - self.meter.last_clip_frame) / self.meter.samplerate
             if self.meter.last_clip_frame >= 0 and recent < 10:
                 out.append("input clipping: lower the microphone gain")
-        if self.disk_low:
+        if self.disk_full:
+            out.append(f"disk full ({max(0, self._free_bytes) // 1024} KiB free): recording "
+                       "refused until space is freed")
+        elif self.disk_low:
             out.append(f"free space {self._free_mb} MB is below the reserve "
                        f"({self.parts.reserve.reserve_mb} MB)")
+        if self._waiting_need is not None:
+            out.append("recordings wait in staging for free space; they are published as soon "
+                       "as there is room")
         out.extend(e for e in (self.device_error, self.storage_error) if e)
         return out
 
@@ -456,6 +519,8 @@ class Service:
             "published": self.published_count,
             "free_mb": self._free_mb,
             "reserve_mb": self.parts.reserve.reserve_mb,
+            "disk_full": self.disk_full,
+            "waiting_for_space": self._waiting_need is not None,
             "clock_synced": ts.clock_synced,
             "workers": {w.name: w.status() for w in self.parts.workers},
         }

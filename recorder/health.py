@@ -13,7 +13,7 @@ from typing import Any
 from recorder import clock
 from recorder.config import Config
 from recorder.errors import RecorderError
-from recorder.storage import Reserve, same_filesystem
+from recorder.storage import MIN_FREE_BYTES, Reserve, ensure_dir, free_bytes, same_filesystem
 
 Check = dict[str, Any]
 
@@ -47,8 +47,8 @@ def _device(cfg: Config) -> str:
 
 def _writable(cfg: Config) -> str:
     folder = cfg.device_folder
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg.storage.staging_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(folder, "storage.sync_root")
+    ensure_dir(cfg.storage.staging_dir, "storage.staging_dir")
     with tempfile.NamedTemporaryFile(dir=cfg.storage.staging_dir):
         pass
     if not same_filesystem(cfg.storage.staging_dir, cfg.storage.sync_root):
@@ -60,8 +60,8 @@ def _writable(cfg: Config) -> str:
 
 
 def _free(cfg: Config) -> str:
-    cfg.storage.sync_root.mkdir(parents=True, exist_ok=True)
-    # The rule recording itself applies.
+    ensure_dir(cfg.storage.sync_root, "storage.sync_root")
+    # The rule recording itself applies ("disk full" below MIN_FREE_BYTES whatever the reserve).
     free_mb = Reserve(cfg.storage.sync_root, cfg.storage.reserve_mb).check() // (1024 * 1024)
     return f"{free_mb} MB free (reserve {cfg.storage.reserve_mb} MB)"
 
@@ -77,6 +77,10 @@ def _staging(cfg: Config) -> str:
 
     left = pending(cfg)
     if left:
+        if free_bytes(cfg.storage.staging_dir) < MIN_FREE_BYTES:
+            raise RecorderError(f"{len(left)} recording(s) wait in staging for free space: "
+                                "free some, then `recorder recover` (the service retries "
+                                "by itself)")
         raise RecorderError(f"{len(left)} recording(s) wait in staging: run `recorder recover`")
     return "empty"
 

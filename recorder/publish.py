@@ -8,7 +8,9 @@ never a sidecar without its audio. Around the renames two kinds of hooks run:
   ``duplicate_of``);
 - listeners, after both files are in place, learn of the new recording (the papad outbox, the
   Syncthing scan hand-off, the radio playlist). A failing hook is logged and never undoes a
-  publication.
+  publication. A hook that failed because the disk is full (SQLite's "database or disk is
+  full", ENOSPC) is remembered and run again by `retry_deferred()` once there is room (the
+  service does, when space returns): catalogue adds and outbox enqueues are idempotent.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from recorder import sidecar
 from recorder.atomic import atomic_write_text, fsync_dir, publish_file
 from recorder.layout import Layout
 from recorder.session import StagedRecording
+from recorder.storage import is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -51,44 +54,73 @@ class Publisher:
     layout: Layout
     enrichers: list[Enricher] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
+    # Hooks that failed on a full disk, with what they were given (publisher threads append,
+    # `retry_deferred` takes them: guarded by the GIL's atomic list operations).
+    deferred: list[tuple[Any, Any]] = field(default_factory=list)
 
-    def publish(self, staged: StagedRecording) -> Published:
+    def publish(self, staged: StagedRecording, *, ogg_in_place: bool = False) -> Published:
         """Move `staged` into the device folder and notify listeners; returns the result.
 
         Either both files are in place, or (OSError, e.g. a full disk) neither is visible and
         the recording is still in staging, for `recorder recover` to publish later.
+        `ogg_in_place`: the OGG is already at its published path (recovery of a crash between
+        the two renames): only the sidecar is written, and the OGG is left where it is if that
+        fails (moving it away would tell every peer to delete it).
         """
         doc = dict(staged.meta)
         for enrich in self.enrichers:
             try:
                 doc.update(enrich(doc))
-            except Exception:
-                log.exception("sidecar enricher %s failed; publishing without it", enrich)
+            except Exception as exc:
+                self._hook_failed(enrich, dict(doc), exc, "sidecar enricher")
         sidecar.validate(doc)
         ogg_target = self.layout.device_folder / doc["path"]
         json_target = ogg_target.with_suffix(".json")
-        publish_file(staged.ogg, ogg_target)
+        if not ogg_in_place:
+            publish_file(staged.ogg, ogg_target)
         try:
             atomic_write_text(json_target, sidecar.dumps(doc),
                               staging_dir=self.layout.staging_dir)
         except BaseException:
-            # An OGG without its sidecar must not stay visible: Syncthing would carry it and
-            # recovery would re-encode it under a second sha256. Put it back into staging.
-            os.replace(ogg_target, staged.ogg)
-            with contextlib.suppress(OSError):
-                fsync_dir(ogg_target.parent)
+            if not ogg_in_place:
+                # An OGG without its sidecar must not stay visible: Syncthing would carry it
+                # and recovery would re-encode it under a second sha256. Back into staging.
+                os.replace(ogg_target, staged.ogg)
+                with contextlib.suppress(OSError):
+                    fsync_dir(ogg_target.parent)
             raise
         result = Published(doc, ogg_target, json_target, time.monotonic())
         log.info("published %s (%.1f s, %s)", ogg_target, doc["duration"], doc["stop_reason"])
         for listener in self.listeners:
             try:
                 listener(result)
-            except Exception:
-                log.exception("publish listener %s failed", listener)
+            except Exception as exc:
+                self._hook_failed(listener, result, exc, "publish listener")
         # Last: unlinking an hour of journal takes a while, and nobody waits for it.
         for path in staged.staged_files:
             _unlink_quietly(path)
         return result
+
+
+    def _hook_failed(self, hook: Any, arg: Any, exc: Exception, what: str) -> None:
+        if is_disk_full(exc):
+            log.error("%s %s failed: disk full; run again once space returns", what, hook)
+            self.deferred.append((hook, arg))
+        else:
+            log.exception("%s %s failed; published without it", what, hook)
+
+    def retry_deferred(self) -> int:
+        """Run again the hooks that failed on a full disk; returns how many succeeded (the
+        others stay deferred)."""
+        pending, self.deferred = self.deferred, []
+        done = 0
+        for hook, arg in pending:
+            try:
+                hook(arg)
+                done += 1
+            except Exception as exc:
+                self._hook_failed(hook, arg, exc, "deferred hook")
+        return done
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -33,14 +33,14 @@ import numpy as np
 
 from recorder import clock
 from recorder.audioformat import AudioFormat
-from recorder.errors import DeviceError, DiskReserveError, RecorderError
+from recorder.errors import DeviceError, DiskReserveError, RecorderError, TooShortError
 from recorder.publish import Published, Publisher
 from recorder.ring import RingBuffer
 from recorder.session import Session, SessionSettings, SinkFactory, StagedRecording
 from recorder.sidecar import StopReason
 from recorder.sinks import AlwaysOnSink
 from recorder.sources import AudioSource
-from recorder.storage import Reserve, is_disk_full
+from recorder.storage import DiskFullError, Reserve, is_disk_full, write_error
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,8 @@ class Pump:
         """Block until the source delivered audio; raise DeviceError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while self.source.stats.blocks == 0:
+            if self.source.stats.finished and not self.source.stats.error:
+                raise TooShortError(f"{self.source.name!r} holds no audio")
             if self.source.stats.error or time.monotonic() > deadline:
                 raise DeviceError(
                     f"no audio from {self.source.name!r} within {timeout:g} s"
@@ -331,6 +333,9 @@ class Pump:
             # checked as often per second of audio as a microphone.
             self._next_reserve_check = session.frames + self.format.frames(
                 RESERVE_CHECK_SECONDS)
+            inputs, overruns = self._overflows_at_start
+            session.note_overflows(self.source.stats.input_overflows - inputs,
+                                   self.ring.overruns - overruns)
             self._check_reserve()
 
     def _check_reserve(self) -> None:
@@ -339,7 +344,8 @@ class Pump:
         except DiskReserveError as exc:
             log.error("%s: finishing the recording", exc)
             self.on_event("disk_low", {"error": str(exc)})
-            self._finish(StopReason.DISK_RESERVE)
+            self._finish(StopReason.DISK_FULL if isinstance(exc, DiskFullError)
+                         else StopReason.DISK_RESERVE)
         except OSError as exc:
             log.error("free space unknown (%s): finishing the recording", exc)
             self._finish(StopReason.WRITE_ERROR)
@@ -392,9 +398,21 @@ class Pump:
                 "input": self.source.stats.input_overflows - inputs,
                 "ring_frames": self.ring.overruns - overruns,
             }
+        except TooShortError as exc:
+            log.warning("recording %s discarded: %s", session.recording_id, exc)
+            session.discard()
+            with self._lock:
+                self._active = None
+            fut.set_exception(exc)
+            return
         except Exception as exc:
-            log.exception("finishing recording %s failed; left in staging for recovery",
-                          session.recording_id)
+            if isinstance(exc, OSError):  # a full or failing disk: no traceback, one line
+                exc = write_error(exc, f"recording {session.recording_id} kept in staging "
+                                  "for `recorder recover`")
+                log.error("finishing the recording failed: %s", exc)
+            else:
+                log.exception("finishing recording %s failed; left in staging for recovery",
+                              session.recording_id)
             session.abort()
             self.publish_errors += 1
             with self._lock:
@@ -414,6 +432,9 @@ class Pump:
         except Exception as exc:
             log.error("publishing %s failed (%s); left in staging for recovery",
                       staged.meta["recording_id"], _short(exc))
+            if isinstance(exc, OSError):
+                exc = write_error(exc, f"recording {staged.meta['recording_id']} kept in "
+                                  "staging for `recorder recover`")
             self.publish_errors += 1
             self.on_event("publish_failed", {"recording_id": staged.meta["recording_id"],
                                              "error": _short(exc)})

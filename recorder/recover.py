@@ -1,110 +1,322 @@
-"""Salvage recordings left in staging by a crash or power loss.
+"""Salvage recordings left in staging by a crash, a power loss or a full disk.
 
-For each staged recording (its ``<id>.meta.json``):
+For each staged recording (its ``<id>.meta.json``, or a journal or OGG named by a recording
+id), under the recording's lock (`recorder.session.lock_recording`: a recording still being
+made or published by another thread or process is left alone):
 
 - already published (its sidecar is in place): only the leftovers are removed;
-- otherwise the audio is rebuilt from whichever holds more of it, the PCM journal (exact samples,
-  fsynced every flush interval) or the partial OGG (decoded as far as it goes), encoded into a
-  valid OGG and published with a sidecar marked ``recovered``;
-- nothing salvageable: the files are moved to ``<data_dir>/lost+found/<id>/`` with a reason.
+- its OGG is already in the device folder without a sidecar (a kill between the two renames):
+  the sidecar is written for that very file (same sha256: peers may have it already);
+- its staged OGG is complete (closed cleanly, decodes to the end, holds at least what the
+  journal holds: a publish that failed on a full disk): it is published as it is;
+- otherwise the audio is rebuilt from whichever holds more of it, the PCM journal (exact
+  samples, fsynced every flush interval) or the partial OGG (decoded as far as it goes),
+  encoded into a valid OGG and published with a sidecar marked ``recovered``.
 
-Staged files with no metadata are moved aside the same way. Audio is never deleted silently.
+Every way carries the Audio ID (the per-recording sinks, the fingerprinter among them, are fed
+while decoding or re-encoding), the overflow counts saved in the staged metadata, and goes
+through the publisher's enrichers (the catalogue) and listeners (the papad outbox).
+
+When the disk has no room for the rebuild, the recording stays in staging ("waiting", with the
+space it needs): the service retries when space returns, and so does the next
+``recorder recover``. Only what holds no audio (not one frame) goes to
+``<data_dir>/lost+found/<id>/``, with its ``REASON.txt`` written (atomically) before anything
+is moved: when even that cannot be written, nothing moves. Audio is never deleted.
+
+Our own temporary files (``.NAME.xxxxxxxx.partial``, left by a kill between a write and its
+rename) are removed: a recording's under its lock, others once they are old enough that no
+writer can still be using them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 
+from recorder import codec as codecs
+from recorder import sidecar
+from recorder.atomic import atomic_write_text
 from recorder.audioformat import AudioFormat
 from recorder.config import Config
 from recorder.publish import Published, Publisher
-from recorder.session import StagedRecording, staged_paths
+from recorder.session import (
+    RecordingContext,
+    SinkFactory,
+    StagedRecording,
+    lock_recording,
+    staged_paths,
+)
+from recorder.sinks import Sink
 from recorder.sinks.encoder import OggEncoderSink
 from recorder.sinks.levels import LevelMeter
+from recorder.storage import SPARE_BYTES, free_bytes, is_disk_full
 
 log = logging.getLogger(__name__)
 
 BLOCK = 4096
+PUBLISHED, CLEANED, WAITING, BUSY, FAILED, MOVED_ASIDE = (
+    "published", "cleaned", "waiting", "busy", "failed", "moved_aside")
+# A temporary of ours that old has no writer left (a write and its rename take milliseconds).
+STALE_PARTIAL_SECONDS = 120.0
+_PARTIAL_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.partial$")
+_ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+# Upper bounds of the encoded size, kbit/s for a mono stream, by oggenc quality (-1..10):
+# libvorbis's nominal stereo rates, which mono speech stays well under.
+_VORBIS_KBPS = (64, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 500)
 
 
 @dataclass(frozen=True)
 class Outcome:
+    """What recovery did to one recording.
+
+    `action`: ``published``, ``cleaned`` (leftovers of a published recording removed),
+    ``waiting`` (left in staging until the disk has `needed_bytes` free), ``busy`` (being made
+    or published right now), ``failed`` (left in staging: `detail` says why) or
+    ``moved_aside`` (held no audio: in lost+found with the reason).
+    """
+
     recording_id: str
-    action: str  # "published" | "cleaned" | "moved_aside"
+    action: str
     detail: str
     path: str = ""
+    needed_bytes: int = 0
 
 
-def recover(cfg: Config, publisher: Publisher) -> list[Outcome]:
-    """Salvage everything in the staging directory; returns what was done to each recording."""
+class _NoRoom(Exception):
+    """Not enough free space to do this now; `needed` is what the next attempt needs."""
+
+    def __init__(self, detail: str, needed: int) -> None:
+        super().__init__(detail)
+        self.needed = needed
+
+
+def recover(cfg: Config, publisher: Publisher,
+            sinks: Sequence[SinkFactory] = ()) -> list[Outcome]:
+    """Salvage everything in the staging directory; returns what was done to each recording.
+
+    `sinks`: the per-recording sink factories beyond journal, encoder and level meter (the
+    Audio ID fingerprinter), fed with the recovered audio. Never raises for one recording's
+    trouble: each gets its outcome.
+    """
     staging = cfg.storage.staging_dir
     if not staging.is_dir():
         return []
     outcomes = []
-    for meta_path in sorted(staging.glob("*.meta.json")):
-        rid = meta_path.name.removesuffix(".meta.json")
-        try:
-            outcomes.append(_recover_one(cfg, publisher, rid))
-        except Exception as exc:  # one bad recording must not stop the others
-            log.exception("recovering %s failed", rid)
-            outcomes.append(_move_aside(cfg, rid, f"recovery failed: {exc}"))
-    for stray in sorted(staging.iterdir()):
-        if stray.is_file() and stray.suffix in (".ogg", ".pcm") and not (
-            staging / f"{stray.stem}.meta.json"
-        ).exists():
-            outcomes.append(_move_aside(cfg, stray.stem, "staged audio without metadata"))
+    ids: set[str] = set()
+    strays: list[Path] = []
+    for entry in sorted(staging.iterdir()):
+        name = entry.name
+        rid = name.split(".", 1)[0]
+        if name.endswith(".meta.json") or name.endswith((".pcm", ".ogg", ".spare")):
+            if _ID_RE.match(rid):
+                ids.add(rid)
+            elif name.endswith((".pcm", ".ogg")) and entry.is_file():
+                strays.append(entry)
+    for rid in sorted(ids):
+        outcome = _recover_locked(cfg, publisher, sinks, rid)
+        if outcome is not None:
+            outcomes.append(outcome)
+    for stray in strays:
+        outcomes.append(_move_aside(cfg, stray.name.rsplit(".", 1)[0], [stray],
+                                    "staged audio without metadata"))
+    _clean_stale_partials(staging, cfg.device_folder)
     return outcomes
 
 
-def _recover_one(cfg: Config, publisher: Publisher, rid: str) -> Outcome:
+def waiting_need(outcomes: Sequence[Outcome]) -> int | None:
+    """The free space the smallest waiting recording needs, or None when none waits."""
+    needs = [o.needed_bytes for o in outcomes if o.action == WAITING]
+    return min(needs) if needs else None
+
+
+def _recover_locked(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory],
+                    rid: str) -> Outcome | None:
     paths = staged_paths(cfg.storage.staging_dir, rid)
     try:
-        meta = json.loads(paths["meta"].read_text())
-    except (OSError, ValueError) as exc:
-        return _move_aside(cfg, rid, f"unreadable metadata: {exc}")
-    target = cfg.storage.sync_root / meta.get("device_id", "") / meta.get("path", "")
-    if target.with_suffix(".json").is_file():
-        for p in paths.values():
-            p.unlink(missing_ok=True)
-        return Outcome(rid, "cleaned", "already published", str(target))
-    rate, channels = int(meta["samplerate"]), int(meta["channels"])
-    journal_frames = _journal_frames(paths["journal"], channels)
-    ogg_frames = _decodable_frames(paths["ogg"])
-    if max(journal_frames, ogg_frames) == 0:
-        return _move_aside(cfg, rid, "no audio could be read from the journal or the OGG")
+        fd = lock_recording(paths["journal"])
+    except FileNotFoundError:
+        fd = -1  # no journal: nobody is making it (a recording creates its journal first)
+    except OSError as exc:
+        return Outcome(rid, FAILED, f"cannot open the journal: {exc.strerror}; left in staging")
+    if fd is None:
+        return Outcome(rid, BUSY, "being recorded or published right now: left alone")
     rebuilt = cfg.storage.staging_dir / f"{rid}.recovered.ogg"
+    try:
+        return _recover_one(cfg, publisher, sinks, rid, paths, rebuilt)
+    except _NoRoom as exc:
+        rebuilt.unlink(missing_ok=True)
+        return Outcome(rid, WAITING, f"{exc}; left in staging, retried when space returns",
+                       needed_bytes=exc.needed)
+    except Exception as exc:
+        rebuilt.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            need = free_bytes(cfg.storage.staging_dir) + 2 * SPARE_BYTES
+            return Outcome(rid, WAITING, "disk full while recovering; left in staging, "
+                           "retried when space returns", needed_bytes=need)
+        if isinstance(exc, OSError):
+            return Outcome(rid, FAILED, f"recovery failed ({exc.strerror or exc}); left in "
+                           "staging")
+        log.exception("recovering %s failed", rid)
+        return Outcome(rid, FAILED, f"recovery failed ({_one_line(exc)}); left in staging")
+    finally:
+        if fd is not None and fd >= 0:
+            os.close(fd)
+
+
+def _recover_one(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory], rid: str,
+                 paths: dict[str, Path], rebuilt: Path) -> Outcome | None:
+    staging = cfg.storage.staging_dir
+    # Leftovers of an earlier attempt or of the recording itself: never audio.
+    for leftover in (paths["spare"], rebuilt):
+        leftover.unlink(missing_ok=True)
+    _remove_partials(staging, f".{rid}.meta.json.")
+    audio_files = [p for p in (paths["journal"], paths["ogg"]) if p.exists()]
+    if not paths["meta"].exists() and all(p.stat().st_size == 0 for p in audio_files):
+        for p in audio_files:  # a recording killed while it was being created
+            p.unlink(missing_ok=True)
+        return Outcome(rid, CLEANED, "empty staged files of a recording that never started")
+    meta, note = _read_meta(cfg, rid, paths)
+    if meta is None:
+        return _move_aside(cfg, rid, _staged_files(staging, rid), note)
+    name = Path(meta["path"]).stem
+    target = cfg.storage.sync_root / meta["device_id"] / meta["path"]
+    _remove_partials(staging, f".{name}.json.")
+    _remove_partials(target.parent, f".{name}.")
+    if target.with_suffix(".json").is_file():
+        for p in _staged_files(staging, rid):
+            p.unlink(missing_ok=True)
+        return Outcome(rid, CLEANED, "already published", str(target))
+    rate, channels = int(meta["samplerate"]), int(meta["channels"])
+    min_frames = 1  # any audio at all is kept (input files are held to MIN_RECORDING_SECONDS)
+    journal_frames = _journal_frames(paths["journal"], channels)
+    meta.setdefault("bookmarks", [])
+    meta.update(stop_reason="recovered", recovered=True)
+
+    # 1. The OGG is already visible (killed between its rename and the sidecar's).
+    if target.is_file() and _closed_cleanly(target):
+        described = _describe(cfg, sinks, meta, target, min_frames)
+        if described is not None:
+            staged = StagedRecording(meta=described, ogg=target,
+                                     staged_files=_staged_files(staging, rid))
+            result = _publish(publisher, staged, ogg_in_place=True)
+            return Outcome(rid, PUBLISHED, f"{described['duration']:.1f} s: sidecar written "
+                           "for the OGG already in place" + note, str(result.ogg_path))
+    # 2. A complete OGG in staging (its publish failed): published as it is.
+    if paths["ogg"].is_file() and _closed_cleanly(paths["ogg"]):
+        described = _describe(cfg, sinks, meta, paths["ogg"], max(min_frames, journal_frames))
+        if described is not None:
+            staged = StagedRecording(meta=described, ogg=paths["ogg"],
+                                     staged_files=[p for p in _staged_files(staging, rid)
+                                                   if p != paths["ogg"]])
+            result = _publish(publisher, staged)
+            return Outcome(rid, PUBLISHED, f"{described['duration']:.1f} s: the complete "
+                           "staged OGG" + note, str(result.ogg_path))
+    # 3. Rebuild from the journal or the partial OGG.
+    ogg_frames = _decodable_frames(paths["ogg"])
+    best = max(journal_frames, ogg_frames)
+    if best < min_frames:
+        return _move_aside(cfg, rid, _staged_files(staging, rid),
+                           "no audio could be read from the journal or the OGG")
+    need = _needed_bytes(meta, cfg, best, paths)
+    free = free_bytes(staging)
+    if free < need:
+        raise _NoRoom(f"disk full: {free // 1024} KiB free, about {need // 1024} KiB needed "
+                      "to rebuild it", need)
+    codec = meta.get("codec", "vorbis")
+    if codec not in codecs.CODECS or codecs.unsupported_rate(codec, rate):
+        note += f" (re-encoded as Vorbis: {codec} cannot code {rate} Hz)"
+        codec = "vorbis"
+    fmt = AudioFormat(rate, channels)
     encoder = OggEncoderSink(
-        rebuilt, AudioFormat(rate, channels),
-        dataclasses.replace(cfg.encoder, codec=meta.get("codec", "vorbis")),
-        comments={"title": meta.get("title") or Path(meta["path"]).stem,
-                  "date": meta["started_at"], "comment": f"recording_id={rid}"},
+        rebuilt, fmt, dataclasses.replace(cfg.encoder, codec=codec),
+        comments={"title": meta.get("title") or name, "date": meta["started_at"],
+                  "comment": f"recording_id={rid}"},
     )
-    levels = LevelMeter(rate, cfg.service.silence_dbfs)
     source = "journal" if journal_frames >= ogg_frames else "partial OGG"
     blocks = (_journal_blocks(paths["journal"], channels) if source == "journal"
               else _ogg_blocks(paths["ogg"], channels))
-    for block in blocks:
-        encoder.write(block)
-        levels.write(block)
-    meta.update(encoder.finish())
-    meta.update(levels.finish())
-    meta.update(stop_reason="recovered", recovered=True)
-    meta.setdefault("bookmarks", [])
-    staged = StagedRecording(meta=meta, ogg=rebuilt,
-                             staged_files=[paths["journal"], paths["ogg"], paths["meta"]])
-    result: Published = publisher.publish(staged)
-    return Outcome(rid, "published",
-                   f"{meta['duration']:.1f} s rebuilt from the {source}", str(result.ogg_path))
+    feed: list[Sink] = [encoder, *_analysis_sinks(cfg, sinks, rid, meta, fmt)]
+    try:
+        for block in blocks:
+            for sink in feed:
+                sink.write(block)
+        for sink in feed:
+            meta.update(sink.finish())
+    except BaseException:
+        for sink in feed:
+            with contextlib.suppress(Exception):
+                sink.abort()
+        raise
+    staged = StagedRecording(meta=meta, ogg=rebuilt, staged_files=_staged_files(staging, rid))
+    result = _publish(publisher, staged)
+    return Outcome(rid, PUBLISHED, f"{meta['duration']:.1f} s rebuilt from the {source}" + note,
+                   str(result.ogg_path))
+
+
+def _publish(publisher: Publisher, staged: StagedRecording, *,
+             ogg_in_place: bool = False) -> Published:
+    return publisher.publish(staged, ogg_in_place=ogg_in_place)
+
+
+# --- what is in staging ---------------------------------------------------------------------
+
+
+def _staged_files(staging: Path, rid: str) -> list[Path]:
+    """Every staged file of `rid` (journal, OGG, metadata, spare, rebuilt OGG)."""
+    return [p for p in sorted(staging.glob(f"{rid}.*")) if p.is_file()]
+
+
+def _read_meta(cfg: Config, rid: str, paths: dict[str, Path]) -> tuple[dict[str, Any] | None,
+                                                                       str]:
+    """The staged metadata, or one rebuilt from the recording id (its creation time) and the
+    configuration when it is missing or unreadable; (None, reason) when neither works."""
+    problem = ""
+    try:
+        meta = json.loads(paths["meta"].read_text())
+        if isinstance(meta, dict) and all(k in meta for k in (
+                "device_id", "path", "samplerate", "channels", "started_at")):
+            return meta, ""
+        problem = "metadata incomplete"
+    except FileNotFoundError:
+        problem = "metadata missing"
+    except (OSError, ValueError) as exc:
+        problem = f"metadata unreadable ({_one_line(exc)})"
+    # The id is a ULID: its first 10 characters are the creation time in milliseconds.
+    ms = 0
+    for ch in rid[:10]:
+        ms = ms * 32 + _CROCKFORD.index(ch)
+    rate, channels = cfg.audio.samplerate, cfg.audio.channels
+    with contextlib.suppress(Exception), sf.SoundFile(str(paths["ogg"])) as f:
+        rate, channels = int(f.samplerate), min(2, int(f.channels))
+    if not paths["ogg"].exists() and not paths["journal"].exists():
+        return None, problem
+    started = datetime.fromtimestamp(ms / 1000, UTC)
+    name = sidecar.recording_name(started, cfg.device.id, rid)
+    meta = {
+        "schema": sidecar.SCHEMA, "recording_id": rid, "device_id": cfg.device.id,
+        "path": sidecar.relative_path(started, name), "media_type": "audio/ogg",
+        "codec": cfg.encoder.codec, "samplerate": rate, "channels": channels,
+        "started_at": sidecar.utc_iso(ms / 1000), "clock_synced": False, "boot_id": "",
+        "monotonic_start": 0.0, "trigger": "unknown", "preroll": 0.0, "title": "",
+        "tags": [], "bookmarks": [],
+    }
+    return meta, f" ({problem}: rebuilt from the recording id and the configuration)"
 
 
 def _journal_frames(path: Path, channels: int) -> int:
@@ -114,7 +326,7 @@ def _journal_frames(path: Path, channels: int) -> int:
         return 0
 
 
-def _journal_blocks(path: Path, channels: int) -> Any:
+def _journal_blocks(path: Path, channels: int) -> Iterator[np.ndarray]:
     frame_bytes = 2 * channels
     with open(path, "rb") as fh:
         while data := fh.read(BLOCK * frame_bytes):
@@ -127,7 +339,7 @@ def _decodable_frames(path: Path) -> int:
     return sum(len(b) for b in _ogg_blocks(path, None))
 
 
-def _ogg_blocks(path: Path, channels: int | None) -> Any:
+def _ogg_blocks(path: Path, channels: int | None) -> Iterator[np.ndarray]:
     """Decode a possibly truncated OGG block by block, stopping quietly where it breaks."""
     try:
         f = sf.SoundFile(str(path))
@@ -144,15 +356,140 @@ def _ogg_blocks(path: Path, channels: int | None) -> Any:
             yield block if channels is None else block[:, :channels]
 
 
-def _move_aside(cfg: Config, rid: str, reason: str) -> Outcome:
+def _closed_cleanly(path: Path) -> bool:
+    """True if the last Ogg page of `path` ends its stream (EOS flag): the encoder closed it,
+    so it is complete (a killed encoder never writes that page)."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - 65536))
+            tail = fh.read()
+    except OSError:
+        return False
+    at = tail.rfind(b"OggS")
+    return at >= 0 and len(tail) > at + 5 and bool(tail[at + 5] & 0x04)
+
+
+def _describe(cfg: Config, sinks: Sequence[SinkFactory], meta: dict[str, Any], ogg: Path,
+              min_frames: int) -> dict[str, Any] | None:
+    """The sidecar fields of a complete OGG, decoding it once (levels, Audio ID, frames) and
+    hashing it; None if it does not decode to the end or holds fewer than `min_frames`."""
+    try:
+        f = sf.SoundFile(str(ogg))
+    except Exception:
+        return None
+    with f:
+        rate, channels = int(f.samplerate), int(f.channels)
+        codec = "opus" if str(f.subtype).upper() == "OPUS" else "vorbis"
+        if channels not in (1, 2):
+            return None
+        fmt = AudioFormat(rate, channels)
+        analysis = _analysis_sinks(cfg, sinks, meta["recording_id"], meta, fmt)
+        frames = 0
+        try:
+            while len(block := f.read(BLOCK, dtype="int16", always_2d=True)):
+                for sink in analysis:
+                    sink.write(block)
+                frames += len(block)
+        except Exception:
+            for sink in analysis:
+                sink.abort()
+            return None
+    doc = dict(meta)
+    if frames < min_frames:
+        for sink in analysis:
+            sink.abort()
+        return None
+    for sink in analysis:
+        doc.update(sink.finish())
+    digest = hashlib.sha256()
+    with open(ogg, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    doc.update(codec=codec, samplerate=rate, channels=channels, frames=frames,
+               duration=round(fmt.seconds(frames), 3), sha256=digest.hexdigest(),
+               bytes=ogg.stat().st_size)
+    doc.setdefault("encoder", {"vorbis_quality": cfg.encoder.vorbis_quality} if codec ==
+                   "vorbis" else {"opus_bitrate": cfg.encoder.opus_bitrate})
+    return doc
+
+
+def _analysis_sinks(cfg: Config, sinks: Sequence[SinkFactory], rid: str, meta: dict[str, Any],
+                    fmt: AudioFormat) -> list[Sink]:
+    """The level meter and the extra per-recording sinks (Audio ID) for recovered audio."""
+    ctx = RecordingContext(rid, meta["device_id"], fmt, cfg.storage.staging_dir)
+    return [LevelMeter(fmt.samplerate, cfg.service.silence_dbfs),
+            *(factory(ctx) for factory in sinks)]
+
+
+def _needed_bytes(meta: dict[str, Any], cfg: Config, frames: int, paths: dict[str, Path]) -> int:
+    """A safe upper bound of the space a rebuild takes: the new OGG and the sidecar."""
+    rate, channels = int(meta["samplerate"]), int(meta["channels"])
+    seconds = frames / rate
+    if meta.get("codec") == "opus" and not codecs.unsupported_rate("opus", rate):
+        kbps = cfg.encoder.opus_bitrate * channels * 1.25
+    else:
+        q = round(min(10.0, max(-1.0, cfg.encoder.vorbis_quality)))
+        kbps = _VORBIS_KBPS[q + 1] * (1.0 if channels == 1 else 1.5)
+    encoded = int(seconds * kbps * 1000 / 8)
+    return min(encoded, frames * 2 * channels) + SPARE_BYTES
+
+
+# --- lost+found and temporaries -------------------------------------------------------------
+
+
+def _move_aside(cfg: Config, rid: str, files: Sequence[Path], reason: str) -> Outcome:
+    """Move `files` (which hold no audio) to ``lost+found/<rid>/`` after writing its
+    non-empty REASON.txt; when the reason cannot be written, nothing is moved."""
+    reason = reason.strip() or "no audio"
     dest = cfg.storage.data_dir / "lost+found" / rid
-    dest.mkdir(parents=True, exist_ok=True)
-    for p in cfg.storage.staging_dir.glob(f"{rid}.*"):
-        shutil.move(str(p), dest / p.name)
-    (dest / "REASON.txt").write_text(reason + "\n")
-    os.sync()
+    try:
+        atomic_write_text(dest / "REASON.txt", reason + "\n")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            dest.rmdir()
+        return Outcome(rid, WAITING, f"{reason}; cannot write lost+found/{rid}/REASON.txt "
+                       f"({exc.strerror}): left in staging", needed_bytes=2 * SPARE_BYTES)
+    for p in files:
+        shutil.move(str(p), dest / p.name)  # same filesystem: a rename
+    with contextlib.suppress(OSError):
+        os.sync()
     log.warning("moved staged recording %s aside to %s: %s", rid, dest, reason)
-    return Outcome(rid, "moved_aside", reason, str(dest))
+    return Outcome(rid, MOVED_ASIDE, reason, str(dest))
+
+
+def _remove_partials(folder: Path, prefix: str) -> None:
+    """Remove our temporaries ``<prefix>xxxxxxxx.partial`` in `folder` (under the lock of the
+    recording they belong to: nobody else writes them)."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if entry.name.startswith(prefix) and _PARTIAL_RE.match(entry.name):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    log.info("removed temporary %s left by an interrupted write", entry.path)
+
+
+def _clean_stale_partials(staging: Path, device_folder: Path) -> None:
+    """Remove our temporaries in staging and the device folder that no writer can still be
+    using (older than STALE_PARTIAL_SECONDS)."""
+    cutoff = time.time() - STALE_PARTIAL_SECONDS
+    folders = [staging]
+    with contextlib.suppress(OSError):
+        folders += [Path(d) for d, _, _ in os.walk(device_folder)]
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                if not _PARTIAL_RE.match(entry.name):
+                    continue
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False) and \
+                            entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        log.info("removed stale temporary %s", entry.path)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def pending(cfg: Config) -> list[str]:
@@ -161,4 +498,3 @@ def pending(cfg: Config) -> list[str]:
     if not staging.is_dir():
         return []
     return [p.name.removesuffix(".meta.json") for p in sorted(staging.glob("*.meta.json"))]
-

@@ -10,11 +10,13 @@ hostile or broken peer data must pass.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
 import stat
 import time
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +30,9 @@ from recorder.safefile import UnsafeFile, read_regular
 
 SCHEMA = "recorderpi.sidecar/1"
 MAX_SIDECAR_BYTES = 1024 * 1024  # a 3-hour Audio ID print is about 380 kB
+# The shortest recording kept: below a tenth of a second nothing can be heard (a syllable lasts
+# longer), so a shorter recording or input file holds no audio and is never published.
+MIN_RECORDING_SECONDS = 0.1
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
 _NAME_RE = re.compile(r"^\d{8}T\d{6}Z_[a-z0-9._-]+_[0-9a-z]{8}\.(ogg|opus)$")
@@ -90,7 +95,7 @@ def loads(data: bytes, *, expect_device: str | None = None) -> dict[str, Any]:
     if len(data) > MAX_SIDECAR_BYTES:
         raise SidecarError(f"sidecar too large ({len(data)} bytes > {MAX_SIDECAR_BYTES})")
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SidecarError(f"sidecar is not valid JSON: {exc}") from None
     except (ValueError, RecursionError):
@@ -98,6 +103,41 @@ def loads(data: bytes, *, expect_device: str | None = None) -> dict[str, Any]:
         # deeper than the interpreter's recursion limit: hostile, not a bug of ours.
         raise SidecarError("sidecar is not valid JSON: a number or nesting is too large") from None
     return validate(doc, expect_device=expect_device)
+
+
+def _no_constant(name: str) -> Any:
+    # json accepts NaN, Infinity and -Infinity, which are not JSON: a NaN bookmark once
+    # became "t=0,4" on papad.
+    raise SidecarError(f"sidecar is not valid JSON: {name} is not a number")
+
+
+# What peers' free text may hold once it reaches papad (titles, tags, bookmark labels).
+TITLE_MAX = 200
+TAG_MAX = 64
+LABEL_MAX = 500
+# Bidirectional controls reorder what a reader sees ("evil‮gpj.exe"): never shown.
+_BIDI = frozenset("؜‎‏‪‫‬‭‮⁦⁧⁨⁩")
+
+
+def clean_text(value: Any, limit: int = TITLE_MAX) -> str:
+    """Free text from a sidecar, safe to show: one line, no control characters (NUL, escape
+    sequences, C1), no bidirectional overrides or isolates, no lone surrogates, whitespace
+    runs collapsed, cut to `limit` characters (with an ellipsis). Joiners (ZWJ, ZWNJ) stay:
+    Indic scripts and emoji need them. Not a string: "".
+    """
+    if not isinstance(value, str):
+        return ""
+    kept = []
+    for ch in value:
+        cat = unicodedata.category(ch)
+        if cat in ("Zl", "Zp") or ch.isspace():
+            kept.append(" ")
+        elif cat in ("Cc", "Cs", "Co", "Cn") or ch in _BIDI:
+            continue
+        else:
+            kept.append(ch)
+    text = " ".join("".join(kept).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -168,11 +208,18 @@ def validate(doc: Any, *, expect_device: str | None = None) -> dict[str, Any]:
         raise SidecarError("sidecar field 'sha256' is not a sha256 hex digest")
     if doc["samplerate"] <= 0 or doc["channels"] not in (1, 2) or doc["frames"] < 0:
         raise SidecarError("sidecar audio format fields are out of range")
+    for key in ("duration", "monotonic_start", "preroll"):
+        if not math.isfinite(doc[key]):
+            raise SidecarError(f"sidecar field {key!r} is not a finite number")
     if not all(isinstance(t, str) for t in doc["tags"]):
         raise SidecarError("sidecar field 'tags' must be a list of strings")
     for mark in doc["bookmarks"]:
-        if not isinstance(mark, dict) or not isinstance(mark.get("at"), (int, float)):
+        at = mark.get("at") if isinstance(mark, dict) else None
+        if not isinstance(at, (int, float)) or isinstance(at, bool):
             raise SidecarError("sidecar field 'bookmarks' must hold objects with a numeric 'at'")
+        if not math.isfinite(at) or at < 0:
+            raise SidecarError("sidecar field 'bookmarks' has an 'at' that is not a finite, "
+                               "non-negative number of seconds")
     return doc
 
 

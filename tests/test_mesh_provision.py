@@ -366,7 +366,12 @@ def test_cli_exit_code_when_syncthing_is_down(tmp_path, monkeypatch, capsys):
         f'[device]\nid = "dev-z"\n[storage]\ndata_dir = "{tmp_path / "data"}"\n'
         f'[syncthing]\nurl = "http://127.0.0.1:{free_port()}"\napi_key_file = "{key}"\n'
     )
-    assert cli.main(["--config", str(conf), "mesh", "status", "--json"]) == RemoteError.exit_code
-    err = capsys.readouterr().err.strip()
-    assert "cannot connect" in err and len(err.splitlines()) == 1
-    assert capsys.readouterr().out == ""
+    # Syncthing down: the bridge's state (quarantine list) is still shown, exit 0 and one
+    # warning line (issue 12); commands that need Syncthing still exit 7.
+    assert cli.main(["--config", str(conf), "mesh", "status", "--json"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "cannot connect" in err and len(err.splitlines()) == 1 and "warning" in err
+    status = json.loads(captured.out)
+    assert "cannot connect" in status["syncthing_error"] and status["bridge"]["quarantined"] == []
+    assert cli.main(["--config", str(conf), "mesh", "setup"]) == RemoteError.exit_code

@@ -1,4 +1,9 @@
-"""Power loss mid-recording (SIGKILL), then recovery: at most the last 2 s lost, never silently."""
+"""Power loss mid-recording, then recovery: at most the last 2 s lost, never silently.
+
+Two ways to cut the power: SIGKILL of the recorder (the page cache survives, so everything
+written is still there) and a real power cut on `tests.powercut`'s filesystem, where every byte
+not yet fsynced is lost, as on a card whose Pi lost power.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import soundfile as sf
 
 from recorder import sidecar
 from tests.clips import best_lag
-from tests.conftest import run_cli
+from tests.conftest import need, run_cli, toml_config
 
 
 def test_sigkill_then_recover_loses_at_most_two_seconds(config_file, long_speech_wav):
@@ -114,3 +119,47 @@ def test_leftovers_of_a_published_recording_are_cleaned(config_file, long_speech
     assert out[0]["action"] == "cleaned"
     assert target.read_bytes() == b"published audio"
     assert not any((data / "staging").iterdir())
+
+
+def test_power_cut_loses_at_most_two_seconds(tmp_path, long_speech_wav):
+    """Unsynced data really lost (tests.powercut): recovery still holds all but the last
+    flush interval, and the cut did lose some (or this would prove no more than SIGKILL)."""
+    need("fusermount3", "fuse3")
+    from tests.powercut import PowerCut  # mfusepy: the test extra
+
+    backing, mount, state = tmp_path / "card", tmp_path / "mnt", tmp_path / "state"
+    sections = {"device": {"id": "testdev01"}, "audio": {"preroll": 0.0},
+                "storage": {"data_dir": str(mount), "state_dir": str(state), "reserve_mb": 0}}
+    cfg_path = toml_config(tmp_path / "recording.toml", sections)
+    sections["storage"]["data_dir"] = str(backing)  # after the cut: the card as it is
+    after = toml_config(tmp_path / "after.toml", sections)
+    disk = PowerCut(backing, mount)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recorder", "--config", cfg_path, "record", "--source",
+             f"file:{long_speech_wav}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        staging = mount / "staging"
+        deadline = time.monotonic() + 30
+        while not list(staging.glob("*.meta.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(7.3)  # several flush intervals, and not on a flush boundary
+        os.kill(proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        proc.wait(30)
+        written = next(staging.glob("*.pcm")).stat().st_size // 2  # what the kernel was given
+    finally:
+        disk.cut()
+    meta = json.loads(next((backing / "staging").glob("*.meta.json")).read_text())
+    recorded = killed_at - meta["monotonic_start"]
+    kept = next((backing / "staging").glob("*.pcm")).stat().st_size // 2
+    assert kept < written, "the cut must lose what was not fsynced"
+    out = run_cli("--config", after, "recover", "--json")
+    assert out.returncode == 0, out.stderr
+    (outcome,) = json.loads(out.stdout)
+    assert outcome["action"] == "published"
+    audio, _ = sf.read(outcome["path"], dtype="int16")
+    print("recorded", recorded, "written", written / 48000, "recovered", len(audio) / 48000)
+    assert len(audio) / 48000 >= recorded - 2.0 - 0.25, (len(audio) / 48000, recorded)
+    original, _ = sf.read(long_speech_wav, dtype="int16")
+    lag, corr = best_lag(original[: len(audio) + 48000], audio)
+    assert lag == 0 and corr > 0.98

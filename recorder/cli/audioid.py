@@ -17,6 +17,7 @@ from recorder.audioid.chroma import fingerprint_file
 from recorder.audioid.compare import compare
 from recorder.config import Config
 from recorder.db import Database
+from recorder.dbrepair import open_database
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -87,7 +88,7 @@ def cmd_match(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
     fp = fingerprint_file(args.file)
-    with Database(cfg.db_path) as database:
+    with open_database(cfg) as database:
         results = _catalogue(database, cfg).identify(fp.items, limit=args.limit)
     matches = [
         {
@@ -113,7 +114,7 @@ def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_index_rebuild(args: argparse.Namespace, cfg: Config) -> int:
-    with Database(cfg.db_path) as database:
+    with open_database(cfg) as database:
         catalogue = _catalogue(database, cfg)
         report = catalogue.rebuild(cfg.storage.sync_root, own_device=cfg.device.id)
         total = catalogue.count()

@@ -87,17 +87,31 @@ def _add_peer(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _status(args: argparse.Namespace, cfg: Config) -> int:
+    """Exit 0 even when Syncthing is down: the bridge's quarantine list is read from the
+    database, and the warning line says what could not be shown."""
+    import sys
+
+    from recorder.errors import RemoteError
     from recorder.mesh.store import db_status
 
-    result = provision.status(cfg, _client(cfg))
+    try:
+        result = provision.status(cfg, _client(cfg))
+        result["syncthing_error"] = None
+    except RemoteError as exc:
+        result = {"device_id": cfg.device.id, "syncthing_id": None, "peers": [],
+                  "folders": [], "syncthing_error": str(exc)}
+        print(f"recorder: warning: Syncthing unavailable ({exc}): peers and folders unknown, "
+              "showing what the bridge knows", file=sys.stderr)
     result["bridge"] = db_status(cfg.db_path)
     mesh_net.add_status(result, cfg)
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"this device: {result['device_id']} (Syncthing {result['syncthing_id']})")
+    print(f"this device: {result['device_id']} (Syncthing "
+          f"{result['syncthing_id'] or 'unavailable'})")
     mesh_net.print_yggdrasil(result["yggdrasil"])
-    print("peers:" if result["peers"] else "peers: none (recorder mesh add-peer)")
+    print("peers:" if result["peers"] else "peers: unknown (Syncthing unavailable)"
+          if result["syncthing_error"] else "peers: none (recorder mesh add-peer)")
     for p in result["peers"]:
         state = "paused" if p["paused"] else "connected" if p["connected"] else "disconnected"
         has = "" if p["completion"] is None else f", has {p['completion']:.0f}% of ours"

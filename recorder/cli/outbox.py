@@ -13,7 +13,7 @@ import json
 from datetime import UTC, datetime
 
 from recorder.config import Config
-from recorder.db import Database
+from recorder.dbrepair import open_database
 from recorder.errors import RecorderError
 from recorder.papad.outbox import Entry, Outbox
 
@@ -57,7 +57,7 @@ def _line(e: Entry) -> str:
 
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
     """Print the outbox."""
-    with Database(cfg.db_path) as database:
+    with open_database(cfg) as database:
         outbox = Outbox(database)
         entries, counts = outbox.entries(args.state), outbox.counts()
     if args.json:
@@ -77,7 +77,7 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_retry(args: argparse.Namespace, cfg: Config) -> int:
     """Make one or all undelivered entries due now."""
-    with Database(cfg.db_path) as database:
+    with open_database(cfg) as database:
         outbox = Outbox(database)
         if args.all:
             count = outbox.retry_all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import threading
 import time
 from importlib import resources
@@ -92,6 +93,11 @@ def record_once(cfg: Config, *, seconds: float | None, realtime: bool, title: st
     return result
 
 
+# Stop reasons that cut a recording short because of the disk: published, but said so.
+_DISK_STOPS = {"disk_full": "the disk is full", "disk_reserve": "free space reached the reserve",
+               "write_error": "a write to the disk failed"}
+
+
 def cmd_record(args: argparse.Namespace, cfg: Config) -> int:
     result = record_once(cfg, seconds=args.seconds, realtime=not args.fast, title=args.title,
                          tags=args.tag)
@@ -99,15 +105,21 @@ def cmd_record(args: argparse.Namespace, cfg: Config) -> int:
         print(json.dumps(summary(result), indent=2))
     else:
         print(result.ogg_path)
+    why = _DISK_STOPS.get(result.sidecar["stop_reason"])
+    if why:
+        print(f"recorder: warning: recording stopped after {result.sidecar['duration']:.1f} s "
+              f"because {why}; what was recorded is published", file=sys.stderr)
     return 0
 
 
 def cmd_recover(args: argparse.Namespace, cfg: Config) -> int:
-    from recorder.recover import recover
+    """Exit 0 when nothing is left in staging (or only recordings in progress), 4 when some
+    wait for free space, 1 when some could not be recovered for another reason."""
+    from recorder.recover import FAILED, WAITING, recover
 
     parts = app.assemble(cfg)
     try:
-        outcomes = recover(cfg, parts.publisher)
+        outcomes = recover(cfg, parts.publisher, parts.sink_factories)
     finally:
         parts.close()
     if args.json:
@@ -117,7 +129,8 @@ def cmd_recover(args: argparse.Namespace, cfg: Config) -> int:
             print(f"{o.recording_id}: {o.action}: {o.detail} {o.path}".rstrip())
         if not outcomes:
             print("nothing to recover")
-    return 0
+    actions = {o.action for o in outcomes}
+    return 4 if WAITING in actions else 1 if FAILED in actions else 0
 
 
 def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:

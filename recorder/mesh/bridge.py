@@ -20,7 +20,13 @@ reads it (anything it wrote or moved there would show as a local change). Per fi
 - validates the sidecar strictly (`recorder.sidecar.loads` and ``validate(expect_device=peer)``),
   checks it lies where its own ``path`` says, that its recording id is not already another
   device's or another sidecar's, and that the OGG is a regular file inside the folder with the
-  sidecar's sha256.
+  sidecar's sha256;
+- checks the audio itself, since a sha256 only proves the peer sent the file it described: the
+  OGG must decode to the end at the sidecar's rate and channels, hold the sidecar's duration
+  (within `DURATION_TOLERANCE`), and its fingerprint, computed here while decoding, must match
+  the ``audio_id`` it claims (BER within the catalogue's threshold, at offset 0); a recording
+  that claims none is catalogued with the fingerprint computed here. This decodes each new
+  peer recording once, on the bridge thread (tests/bench/bench_robust.py measures it).
 
 Bad files are **quarantined in the database only** (state, reason, shown by `status()` and
 ``recorder mesh status``); a sidecar whose OGG has not arrived yet (Syncthing pulls files in
@@ -47,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from recorder.layout import Layout, device_folders, origin_label
 from recorder.mesh.store import (
     IMPORTED,
@@ -57,7 +65,7 @@ from recorder.mesh.store import (
     FileStat,
     Quarantine,
 )
-from recorder.safefile import UnsafeFile, check_regular, hash_regular
+from recorder.safefile import UnsafeFile, check_regular, open_nofollow
 from recorder.sidecar import SidecarError, candidates, is_sidecar_name, read_sidecar
 
 if TYPE_CHECKING:
@@ -69,6 +77,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_RESCAN = 60.0
+# How far a peer's decoded audio may be from the duration its sidecar states: seconds, and a
+# fraction of the duration (Opus pre-skip and encoder padding are a few milliseconds).
+DURATION_TOLERANCE = (0.25, 0.01)
 EVENT_TYPES = ("ItemFinished", "LocalIndexUpdated")
 EVENT_POLL_S = 30.0
 
@@ -401,9 +412,9 @@ class Bridge:
             known = (row["ogg_sha256"] if row is not None and row["ogg_sha256"]
                      and (row["ogg_mtime_ns"], row["ogg_size"]) == (ogg.mtime_ns, ogg.size)
                      else None)
-            ogg_sha = known or hash_regular(ogg_path)
-            if ogg_sha != doc["sha256"]:
-                raise Quarantine("recording file sha256 does not match the sidecar")
+            ogg_sha, computed = _verify_audio(ogg_path, doc, known, self.catalogue.threshold)
+            if computed is not None:  # it claimed none: ours goes into the catalogue
+                doc = {**doc, "audio_id": {**computed, "sha256": ogg_sha}}
         except FileNotFoundError:
             self.store.put(peer, rel, SIDECAR, fst, PENDING, sha256=sha,
                            reason="recording file not here yet",
@@ -446,6 +457,72 @@ class Bridge:
         self.store.put(peer, rel, SIDECAR, fst, QUARANTINED, reason=reason, sha256=sha, ogg=ogg)
         log.warning("bridge: quarantined %s/%s: %s", peer, rel, reason)
         return QUARANTINED
+
+
+def _verify_audio(path: Path, doc: dict[str, Any], known_sha: str | None,
+                  threshold: float) -> tuple[str, dict[str, Any] | None]:
+    """Check a peer's OGG against its sidecar through one descriptor (never followed if
+    swapped for a symlink): its sha256 (unless `known_sha` was computed for this very file
+    version), that it decodes to the end at the stated format and duration, and that its
+    fingerprint matches the claimed Audio ID. Returns (sha256, the Audio ID computed here when
+    the sidecar claims none and the audio is long enough); raises Quarantine with the reason."""
+    import soundfile as sf
+
+    from recorder.audioid import chroma
+    from recorder.audioid.compare import compare_near
+    from recorder.errors import TooShortError
+
+    with os.fdopen(open_nofollow(path), "rb") as fh:
+        sha = known_sha
+        if sha is None:
+            digest = hashlib.sha256()
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+            sha = digest.hexdigest()
+        if sha != doc["sha256"]:
+            raise Quarantine("recording file sha256 does not match the sidecar")
+        fh.seek(0)
+        try:
+            snd = sf.SoundFile(fh)
+        except Exception:
+            raise Quarantine("recording file does not decode as audio") from None
+        with snd:
+            rate, channels = int(snd.samplerate), int(snd.channels)
+            if (rate, channels) != (doc["samplerate"], doc["channels"]):
+                raise Quarantine(f"recording file is {rate} Hz x {channels}, the sidecar says "
+                                 f"{doc['samplerate']} Hz x {doc['channels']}")
+            printer = chroma.StreamingFingerprinter(rate, min(channels, 2))
+            frames = 0
+            try:
+                for block in snd.blocks(blocksize=chroma.READ_FRAMES, dtype="int16",
+                                        always_2d=True):
+                    printer.feed(np.ascontiguousarray(block[:, :2]))
+                    frames += len(block)
+            except Exception:
+                raise Quarantine(f"recording file stops decoding after {frames / rate:.1f} s"
+                                 ) from None
+    seconds, claimed = frames / rate, float(doc["duration"])
+    if abs(seconds - claimed) > max(DURATION_TOLERANCE[0], DURATION_TOLERANCE[1] * claimed):
+        raise Quarantine(f"recording file holds {seconds:.2f} s of audio, the sidecar says "
+                         f"{claimed:.2f} s")
+    try:
+        ours = printer.finish()
+    except TooShortError:
+        ours = None
+    claim = doc.get("audio_id")
+    if claim is None:
+        return sha, (ours.audio_id() if ours is not None else None)
+    try:
+        items, _ = chroma.decode(claim["fingerprint"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise Quarantine("sidecar field 'audio_id' is not a chromaprint Audio ID") from None
+    if ours is None:
+        raise Quarantine("sidecar claims an Audio ID for audio too short to fingerprint")
+    match = compare_near(ours.items, items, 0, radius=2, threshold=threshold)
+    if not match.is_match:
+        raise Quarantine(f"recording file does not match the Audio ID its sidecar claims "
+                         f"(BER {match.ber:.2f} > {threshold:g})")
+    return sha, None
 
 
 def run_forever(bridge: Bridge, stop: threading.Event) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from recorder.sidecar import LABEL_MAX, clean_text
+
 MARKER_PREFIX = "recorderpi-"
 _MARKER_RE = re.compile(r"^recorderpi-([0-9a-hjkmnp-tv-z]{26})$")
 BOOKMARK_TAG = "bookmark"
@@ -57,7 +59,7 @@ def normalise_tags(tags: Iterable[str]) -> list[str]:
         if not isinstance(tag, str):
             continue
         for part in tag.split(","):
-            part = " ".join(part.split()).lower()[:MAX_TAG].rstrip()
+            part = clean_text(part, MAX_TAG).lower()
             if part:
                 seen.setdefault(part, None)
     return list(seen)
@@ -80,8 +82,8 @@ def started_utc(sidecar: Mapping[str, Any]) -> datetime:
 
 def media_name(sidecar: Mapping[str, Any]) -> str:
     """The title, else ``Recording 2026-11-28 17:01 UTC (device)``; at most `MAX_NAME`
-    characters."""
-    title = " ".join(str(sidecar.get("title") or "").split())[:MAX_NAME].rstrip()
+    characters, control and bidi characters removed (`sidecar.clean_text`)."""
+    title = clean_text(sidecar.get("title"), MAX_NAME)
     if title:
         return title
     return f"Recording {started_utc(sidecar):%Y-%m-%d %H:%M} UTC ({sidecar['device_id']})"
@@ -164,7 +166,7 @@ def bookmark_annotations(sidecar: Mapping[str, Any], span: float) -> list[Annota
         text = ""
         for key in ("label", "note", "text", "title"):
             if isinstance(mark.get(key), str) and mark[key].strip():
-                text = " ".join(mark[key].split())
+                text = clean_text(mark[key], LABEL_MAX)
                 break
         if not text:
             text = f"Bookmark at {format_duration(start)}"

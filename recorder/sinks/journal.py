@@ -39,9 +39,11 @@ class JournalSink:
             self._next_flush = self.frames + self._flush_every
 
     def finish(self) -> dict[str, Any]:
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
+        fd, self._fd = self._fd, -1
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         return {}
 
     def abort(self) -> None:

@@ -3,6 +3,13 @@
 Paced in real time by default (the demo, tests of the service) or as fast as the pipeline takes
 it (`realtime=False`: benchmarks, long tests), in which case the producer waits for the reader
 instead of overwriting unread audio.
+
+The configuration's format wins: a file at another rate is resampled (libsoxr, "HQ" quality,
+streamed block by block in this source's thread) and one with other channels is mixed to the
+configured count (all channels averaged for mono; the first two kept for stereo, a mono file
+doubled), so every stage after the source sees ``audio.samplerate`` x ``audio.channels``. A file
+that holds no audio, or less than `sidecar.MIN_RECORDING_SECONDS`, is refused at open
+(TooShortError, exit 6): nothing would be published from it.
 """
 
 from __future__ import annotations
@@ -10,14 +17,16 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from recorder.audioformat import AudioFormat
-from recorder.errors import InputFileError
+from recorder.errors import InputFileError, TooShortError
 from recorder.ring import RingBuffer
+from recorder.sidecar import MIN_RECORDING_SECONDS
 from recorder.sources import SourceStats
 
 
@@ -30,6 +39,8 @@ def open_sound_file(path: str | Path) -> sf.SoundFile:
         raise InputFileError(f"cannot read {p}: no such file")
     if not os.access(p, os.R_OK):
         raise InputFileError(f"cannot read {p}: permission denied")
+    if p.stat().st_size == 0:
+        raise TooShortError(f"{p}: file is empty: holds no audio")
     try:
         return sf.SoundFile(str(p))
     except (sf.LibsndfileError, RuntimeError) as exc:
@@ -41,12 +52,16 @@ def open_sound_file(path: str | Path) -> sf.SoundFile:
 
 
 def to_channels(block: np.ndarray, channels: int) -> np.ndarray:
-    """Mix down or duplicate an int16 ``(frames, n)`` block to `channels` channels."""
+    """Mix down or duplicate an int16 ``(frames, n)`` block to `channels` channels: mono is
+    the mean of all channels; stereo keeps the first two (front left and right in every
+    standard layout), or doubles a mono block."""
     have = block.shape[1]
     if have == channels:
         return block
     if channels == 1:
         return block.mean(axis=1, dtype=np.float32).astype(np.int16)[:, None]
+    if have >= channels:
+        return np.ascontiguousarray(block[:, :channels])
     return np.repeat(block[:, :1], channels, axis=1)
 
 
@@ -62,12 +77,15 @@ class FileSource:
         with open_sound_file(self.path) as f:
             rate = int(f.samplerate)
             self.file_frames = f.frames
-        if rate != fmt.samplerate:
-            raise InputFileError(
-                f"cannot record {self.path}: it is {rate} Hz, the configuration records at "
-                f"{fmt.samplerate} Hz (audio.samplerate); convert it first, e.g. "
-                f"sox IN -r {fmt.samplerate} OUT.wav"
+            self.file_channels = int(f.channels)
+        if self.file_frames <= 0:
+            raise TooShortError(f"{self.path}: holds no audio")
+        if self.file_frames < rate * MIN_RECORDING_SECONDS:
+            raise TooShortError(
+                f"{self.path}: only {self.file_frames} frames ({self.file_frames / rate:.3f} s), "
+                f"under the {MIN_RECORDING_SECONDS:g} s a recording needs"
             )
+        self.file_rate = rate  # resampled to fmt.samplerate when it differs
         self.format = fmt  # files with another channel count are mixed to it
         # As fast as possible there is no device period to imitate: big blocks cut per-block
         # overhead (decode calls, ring writes) to a small fraction of the encoder's cost.
@@ -95,11 +113,9 @@ class FileSource:
         try:
             while True:
                 with open_sound_file(self.path) as f:
-                    for block in f.blocks(blocksize=self.blocksize, dtype="int16",
-                                          always_2d=True):
+                    for block in self._converted(f):
                         if self._stop.is_set():
                             return
-                        block = to_channels(block, self.format.channels)
                         if self.realtime:
                             delay = started + sent / self.format.samplerate - time.monotonic()
                             if delay > 0 and self._stop.wait(delay):
@@ -118,3 +134,24 @@ class FileSource:
             self.stats.error = f"reading {self.path} failed: {exc}"
         finally:
             self.stats.finished = True
+
+    def _converted(self, f: sf.SoundFile) -> Iterator[np.ndarray]:
+        """The file's blocks in the configured format (channels mixed, rate converted)."""
+        channels, rate = self.format.channels, self.format.samplerate
+        resampler = None
+        if self.file_rate != rate:
+            import soxr
+
+            resampler = soxr.ResampleStream(self.file_rate, rate, channels, dtype="int16",
+                                            quality="HQ")
+        for block in f.blocks(blocksize=self.blocksize, dtype="int16", always_2d=True):
+            block = to_channels(block, channels)
+            if resampler is not None:
+                block = resampler.resample_chunk(block).reshape(-1, channels)
+                if not len(block):
+                    continue
+            yield block
+        if resampler is not None:
+            tail = resampler.resample_chunk(np.zeros((0, channels), np.int16), last=True)
+            if len(tail):
+                yield tail.reshape(-1, channels)
