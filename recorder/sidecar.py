@@ -119,11 +119,12 @@ LABEL_MAX = 500
 _BIDI = frozenset("؜‎‏‪‫‬‭‮⁦⁧⁨⁩")
 
 
-def clean_text(value: Any, limit: int = TITLE_MAX) -> str:
+def clean_text(value: Any, limit: int = TITLE_MAX, *, ellipsis: bool = True) -> str:
     """Free text from a sidecar, safe to show: one line, no control characters (NUL, escape
     sequences, C1), no bidirectional overrides or isolates, no lone surrogates, whitespace
-    runs collapsed, cut to `limit` characters (with an ellipsis). Joiners (ZWJ, ZWNJ) stay:
-    Indic scripts and emoji need them. Not a string: "".
+    runs collapsed, cut to `limit` characters (ending in an ellipsis unless `ellipsis` is
+    false: a tag is a name, not prose). Joiners (ZWJ, ZWNJ) stay: Indic scripts and emoji
+    need them. Not a string: "".
     """
     if not isinstance(value, str):
         return ""
@@ -137,7 +138,9 @@ def clean_text(value: Any, limit: int = TITLE_MAX) -> str:
         else:
             kept.append(ch)
     text = " ".join("".join(kept).split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + "…" if ellipsis else text[:limit].rstrip()
 
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {

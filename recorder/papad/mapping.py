@@ -59,7 +59,7 @@ def normalise_tags(tags: Iterable[str]) -> list[str]:
         if not isinstance(tag, str):
             continue
         for part in tag.split(","):
-            part = clean_text(part, MAX_TAG).lower()
+            part = clean_text(part, MAX_TAG, ellipsis=False).lower()
             if part:
                 seen.setdefault(part, None)
     return list(seen)
@@ -81,9 +81,10 @@ def started_utc(sidecar: Mapping[str, Any]) -> datetime:
 
 
 def media_name(sidecar: Mapping[str, Any]) -> str:
-    """The title, else ``Recording 2026-11-28 17:01 UTC (device)``; at most `MAX_NAME`
-    characters, control and bidi characters removed (`sidecar.clean_text`)."""
-    title = clean_text(sidecar.get("title"), MAX_NAME)
+    """The title, else ``Recording 2026-11-28 17:01 UTC (device)``: control and bidi
+    characters removed and cut to a title's length (`sidecar.clean_text`), well inside papad's
+    `MAX_NAME`."""
+    title = clean_text(sidecar.get("title"))
     if title:
         return title
     return f"Recording {started_utc(sidecar):%Y-%m-%d %H:%M} UTC ({sidecar['device_id']})"
