@@ -25,7 +25,7 @@ from recorder.config import Config
 from recorder.control import ControlServer
 from recorder.errors import DeviceError, RecorderError
 from recorder.led import NullLed, StatusLed, open_status_led
-from recorder.pump import Pump
+from recorder.pump import Pump, RecordingStateError
 from recorder.recover import recover
 from recorder.sdnotify import Notifier
 from recorder.sinks.levels import LevelMeter
@@ -364,12 +364,12 @@ class Service:
         command = request.get("command")
         if command == "start":
             if self.pump is not None and self.pump.recording:
-                raise RecorderError("already recording")
+                raise RecordingStateError("already recording")
             rid = self.start("socket")
             return {"message": f"recording {rid}", "recording_id": rid}
         if command == "stop":
             if self.pump is None or not self.pump.recording:
-                raise RecorderError("not recording")
+                raise RecordingStateError("not recording")
             self.stop("socket")
             return {"message": "stopped; publishing"}
         if command == "mark":
