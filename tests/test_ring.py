@@ -86,6 +86,7 @@ def test_overruns_count_exactly_the_frames_the_reader_lost():
     ring.write(np.arange(600, dtype=np.int16)[:, None])
     start, out = ring.read(0)
     assert (start, len(out), ring.overruns) == (0, 600, 0)
-    ring.write(np.arange(600, 2100, dtype=np.int16)[:, None])  # the reader at 600 is lapped: 600..1100 gone
+    # The reader at 600 is lapped: 600..1100 are gone.
+    ring.write(np.arange(600, 2100, dtype=np.int16)[:, None])
     start, out = ring.read(600)
     assert (start, out[0, 0], len(out), ring.overruns) == (1100, 1100, 1000, 500)
