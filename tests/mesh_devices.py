@@ -1,9 +1,9 @@
 """A recorder "device" for mesh tests: one Syncthing instance, its papad, its service parts.
 
 `Device` wraps a `tests.syncthing_harness.Instance` with a recorder `Config` (papad pointing at
-its own in-process fake papad, current or legacy API), the service workers `recorder run`
-would start for the mesh (the papad outbox worker and the bridge) and a `record()` that makes a
-recording through the real pipeline (file source) with bookmarks.
+its own in-process fake papad, current or legacy API), the service workers `app.assemble`
+builds for `recorder run` (papad outbox worker, radio playlist, bridge) and a `record()` that
+makes a recording through the real pipeline (file source) with bookmarks.
 """
 
 from __future__ import annotations
@@ -68,18 +68,18 @@ class Device:
     # -- service -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start what `recorder run` starts for the mesh: outbox worker, then the bridge."""
+        """Start what `recorder run` starts: every worker `app.assemble` builds for this config
+        (papad outbox worker, radio playlist, bridge), wired as the product wires them. Only
+        the bridge's intervals are shortened (there are no config keys for them)."""
         self.assembly = app.assemble(self.cfg, service=True)
-        # The bridge is built here with test intervals, whether or not assemble() adds one.
-        for worker in self.assembly.workers:
-            if getattr(worker, "name", "") == "bridge" and hasattr(worker, "close"):
-                worker.close()
-        self.assembly.workers = [w for w in self.assembly.workers
-                                 if getattr(w, "name", "") != "bridge"]
         self.registration = next(w for w in self.assembly.workers if w.name == "papad")
-        self.registration.start()
-        self.bridge = self.new_bridge()
-        self.bridge.start()
+        self.bridge = next(w for w in self.assembly.workers if w.name == "bridge")
+        self.bridge.rescan_interval = self.rescan_interval
+        self.bridge.event_timeout = 5.0
+        if self.bridge.exchange is not None:
+            self.bridge.exchange.export_interval = self.export_interval
+        for worker in self.assembly.workers:
+            worker.start()
 
     def new_bridge(self, **kw: Any) -> Bridge:
         kw.setdefault("rescan_interval", self.rescan_interval)
@@ -89,13 +89,13 @@ class Device:
                       on_queued=self.registration.worker.wake, **kw)
 
     def stop(self) -> None:
+        for worker in reversed(self.assembly.workers if self.assembly else []):
+            with contextlib.suppress(Exception):
+                worker.stop()
         if self.bridge is not None:
             with contextlib.suppress(Exception):
                 self.bridge.close()
             self.bridge = None
-        if self.registration is not None:
-            with contextlib.suppress(Exception):
-                self.registration.stop()
         self.papad.stop()
 
     # -- recording -----------------------------------------------------------------------
@@ -124,18 +124,16 @@ class Device:
 
     def media(self) -> dict[str, list[str]]:
         """Recording id → papad ids of the media registered for it (more than one: a dup)."""
-        from recorder.papad.client import _recording_id_of, _tag_names
-        from recorder.papad.mapping import recording_id_from_tags
-
         out: dict[str, list[str]] = {}
         with self.papad.lock:
             if self.legacy:
                 for r in self.papad.recordings:
-                    rid = recording_id_from_tags(_tag_names(r.get("tags")))
+                    rid = tagged_recording_id(r.get("tags"))
                     out.setdefault(rid or "?", []).append(r["_id"]["$oid"])
             else:
                 for m in self.papad.media:
-                    out.setdefault(_recording_id_of(m) or "?", []).append(m["uuid"])
+                    out.setdefault(tagged_recording_id(m.get("tags")) or "?", []).append(
+                        m["uuid"])
         return out
 
     def media_id(self, recording_id: str) -> str | None:
@@ -165,9 +163,21 @@ class Device:
         assert self.legacy
         with self.papad.lock:
             for r in self.papad.recordings:
-                from recorder.papad.client import _tag_names
-                from recorder.papad.mapping import recording_id_from_tags
-
-                if recording_id_from_tags(_tag_names(r.get("tags"))) == recording_id:
+                if tagged_recording_id(r.get("tags")) == recording_id:
                     return r["audio_url"]
         return None
+
+
+MARKER = "recorderpi-"  # README: every registered media carries the tag recorderpi-<id>
+
+
+def tagged_recording_id(tags: Any) -> str | None:
+    """The recording id in a papad item's tags (names, {"name": ...} objects or CSV), read
+    here by README's rule rather than with the product's own parser."""
+    names = tags.split(",") if isinstance(tags, str) else [
+        t.get("name", "") if isinstance(t, dict) else str(t) for t in tags or []]
+    for name in (n.strip().lower() for n in names):
+        rid = name.removeprefix(MARKER)
+        if name.startswith(MARKER) and len(rid) == 26:
+            return rid
+    return None
