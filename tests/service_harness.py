@@ -34,20 +34,22 @@ REC = 17  # the record button's GPIO in every service config here
 
 
 class RunningService:
-    """``recorder --config CFG run`` as a child process, stopped with SIGTERM by :meth:`stop`.
+    """``recorder --config CFG run`` (``-v``: debug logs) as a child process, stopped with
+    SIGTERM by :meth:`stop`.
 
     The constructor returns once `ready(status)` holds (default: armed, state ``idle``)."""
 
     def __init__(self, cfg_path: str, data: Path, env: dict[str, str],
                  ready: Callable[[dict[str, Any]], bool] | None = None,
-                 timeout: float = 60) -> None:
+                 timeout: float = 60, verbose: bool = False) -> None:
         self.cfg_path = cfg_path
         self.data = data
         self.socket = data / "state" / "control.sock"
         self.log = data.parent / "service.log"
         self.log_fh = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recorder", "--config", cfg_path, "run"],
+            [sys.executable, "-m", "recorder", *(["-v"] if verbose else []),
+             "--config", cfg_path, "run"],
             env={**os.environ, **env, "GPIOZERO_PIN_FACTORY": "mock"},
             stdout=self.log_fh, stderr=subprocess.STDOUT)
         ready = ready or (lambda s: s.get("state") == "idle")
