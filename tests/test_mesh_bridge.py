@@ -616,7 +616,7 @@ def test_document_root_serves_the_registered_audio_url(mesh, recording_one, ngin
     assert url is not None and url.startswith(f"http://127.0.0.1:{nginx_port}/dev-a/recordings/")
     conf = nginx_config(c.cfg.storage.sync_root, nginx_port, tmp_path)
     args = [nginx, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)]
-    check = subprocess.run([*args, "-t"], capture_output=True, text=True)
+    check = subprocess.run([*args, "-t"], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

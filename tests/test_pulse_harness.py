@@ -259,7 +259,7 @@ def test_child_process_captures_with_env(pulse: PulseServer, tmp_path: Path) -> 
             feeder.join(5)
         if child.poll() is None:
             child.kill()
-            child.wait()
+            child.wait(30)
     got = np.frombuffer(out.read_bytes(), dtype=np.int16)
     start = locate(got, signal, probe_at=SAMPLERATE // 4)
     assert np.array_equal(got[start + SKIP : start + len(signal)], signal[SKIP:])

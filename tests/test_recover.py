@@ -27,7 +27,7 @@ def test_sigkill_then_recover_loses_at_most_two_seconds(config_file, long_speech
     try:
         wait_until(lambda: list(staging.glob("*.meta.json")) or proc.poll() is not None, 30,
                    what="the recording to begin")
-        assert proc.poll() is None, proc.communicate()
+        assert proc.poll() is None, proc.communicate(timeout=30)
         time.sleep(7.3)  # several flush intervals, and not on a flush boundary
         os.kill(proc.pid, signal.SIGKILL)
         killed_at = time.monotonic()

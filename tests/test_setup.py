@@ -88,7 +88,7 @@ def test_apt_waits_for_the_lock_instead_of_failing(private_apt):
         released.set()
         if waiting.poll() is None:
             waiting.kill()
-            waiting.communicate()
+            waiting.communicate(timeout=30)
     assert waiting.returncode == 0, err
 
 
