@@ -16,7 +16,7 @@ from recorder.errors import DiskReserveError
 from recorder.pump import Pump
 from recorder.sources.file import FileSource
 from tests.clips import RATE, best_lag, tone, write_wav
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_until
 
 
 def published(data_dir: Path) -> list[Path]:
@@ -120,8 +120,8 @@ def test_preroll_includes_audio_before_the_trigger(cfg_factory, tmp_path):
     cfg = cfg_factory(audio={"preroll": 3.0})
     pump = app.build_pump(cfg, source_spec=f"file:{path}", realtime=True)
     pump.start()
-    while pump.ring.write_pos < RATE * 3:  # trigger 3 s in: the marker was 1.5-2 s ago
-        time.sleep(0.01)
+    # Trigger 3 s in: the marker was 1.5-2 s ago.
+    wait_until(lambda: pump.ring.write_pos >= RATE * 3, 30, 0.01, "3 s of audio")
     handle = pump.start_recording("test", max_seconds=4.0)
     result = handle.done.result(timeout=30)
     pump.close()
