@@ -134,7 +134,11 @@ def test_file_added_in_receiveonly_copy_never_leaves(mesh):
     assert _scan(a, "after-rogue.ogg")
     b.wait_for_file("after-rogue.ogg", "dev-a")
     c.wait_for_file("after-rogue.ogg", "dev-a")
-    time.sleep(2)
+    # b announces its files in order: once a counts b complete (b has after-rogue, which came
+    # later), a has heard whatever b says about rogue.ogg, and still needs nothing.
+    wait_until(lambda: a.client.completion("recorderpi-dev-a", b.device_id).get("completion")
+               == 100, 30, 0.1, "a seeing b's announcement of after-rogue.ogg")
+    assert a.client.db_status("recorderpi-dev-a")["needFiles"] == 0
     assert not (a.folder_path("dev-a") / "rogue.ogg").exists()
     assert not (c.folder_path("dev-a") / "rogue.ogg").exists()
     assert rogue.read_bytes() == b"not a's recording"  # nobody overwrote it either
