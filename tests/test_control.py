@@ -18,7 +18,7 @@ import pytest
 from recorder.cli import ctl
 from recorder.control import ControlServer, send_command
 from recorder.errors import DeviceError, ServiceError
-from tests.conftest import run_cli
+from tests.conftest import one_line_error, run_cli
 
 
 class Service:
@@ -181,13 +181,6 @@ def test_overlong_path_is_a_clear_error(tmp_path):
 
 
 # --- recorder ctl against the real service -----------------------------------------------------
-
-
-def one_line_error(proc, code: int) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    err = proc.stderr.strip()
-    assert err.count("\n") == 0 and "Traceback" not in err, err
-    return err
 
 
 def test_ctl_commands_and_exit_codes(file_service):

@@ -15,18 +15,11 @@ import time
 import pytest
 
 from recorder.errors import ServiceError
-from tests.conftest import wait_until
+from tests.conftest import one_line_error, wait_until
 from tests.pulse import PIPE_SOURCE
 from tests.service_harness import RunningService
 
 LIVE = 23
-
-
-def one_line_error(proc, code: int) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    err = proc.stderr.strip()
-    assert err.count("\n") == 0 and "Traceback" not in err, err
-    return err
 
 
 def test_press_storms_long_press_and_quick_presses(service):
