@@ -22,6 +22,32 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# apt-get that waits for another apt/dpkg process (unattended-upgrades on a fresh machine, a
+# second setup run) instead of failing at once. DPkg::Lock::Timeout covers dpkg's own locks
+# during install, but apt 2.6 gives up at once on the lists lock (update) and the archives lock:
+# those are retried here, for up to APT_LOCK_WAIT seconds in all.
+APT_LOCK_WAIT=${APT_LOCK_WAIT:-600}
+apt_get() {
+  local err waited=0 rc
+  err=$(mktemp)
+  while :; do
+    rc=0
+    as_root env DEBIAN_FRONTEND=noninteractive \
+      apt-get -o DPkg::Lock::Timeout="$APT_LOCK_WAIT" "$@" 2>"$err" || rc=$?
+    if [ "$rc" -eq 0 ] || ! grep -q "Could not get lock" "$err" \
+        || [ "$waited" -ge "$APT_LOCK_WAIT" ]; then
+      cat "$err" >&2
+      rm -f "$err"
+      return "$rc"
+    fi
+    if [ "$waited" -eq 0 ]; then
+      echo "waiting for another apt/dpkg process to release its lock ($(head -n1 "$err"))" >&2
+    fi
+    sleep 2
+    waited=$((waited + 2))
+  done
+}
+
 install_packages() {
   local missing=()
   for p in "$@"; do
@@ -29,9 +55,8 @@ install_packages() {
   done
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing system packages: ${missing[*]}"
-    as_root apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      "${missing[@]}"
+    apt_get update -q
+    apt_get install -y -q --no-install-recommends "${missing[@]}"
   fi
 }
 
@@ -43,20 +68,27 @@ make_venv() {
   .venv/bin/python -m pip install -q -e "$1"
 }
 
-case "$mode" in
-  demo)
-    install_packages "${demo_packages[@]}"
-    make_venv .
-    exec .venv/bin/recorder demo "$@"
-    ;;
-  test)
-    install_packages "${test_packages[@]}"
-    make_venv ".[test]"
-    .venv/bin/ruff check recorder tests
-    exec .venv/bin/python -m pytest -q "$@"
-    ;;
-  *)
-    echo "usage: $0 demo|test [args]" >&2
-    exit 2
-    ;;
-esac
+main() {
+  case "$mode" in
+    demo)
+      install_packages "${demo_packages[@]}"
+      make_venv .
+      exec .venv/bin/recorder demo "$@"
+      ;;
+    test)
+      install_packages "${test_packages[@]}"
+      make_venv ".[test]"
+      .venv/bin/ruff check recorder tests
+      exec .venv/bin/python -m pytest -q "$@"
+      ;;
+    *)
+      echo "usage: $0 demo|test [args]" >&2
+      exit 2
+      ;;
+  esac
+}
+
+# Sourcing the script (the tests do) defines the functions without running anything.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi

@@ -2,7 +2,9 @@
 
 Protocol: a unix stream socket; the client sends one JSON object on one line,
 ``{"command": "start", ...arguments}``, and reads one JSON object line back. Every reply has
-``"ok"``: true (plus whatever the handler returned) or false with an ``"error"`` message.
+``"ok"``: true (plus whatever the handler returned) or false with an ``"error"`` message and
+the ``"exit_code"`` of the error the service raised, so ``recorder ctl`` exits with the code
+README documents for it (9: start while recording, 3: no audio device, 4: below the reserve).
 The server is generic: it parses and validates the envelope and hands the dict to the daemon's
 handler; the commands themselves (start, stop, mark, status, live) are the daemon's business.
 
@@ -42,8 +44,9 @@ class ControlServer:
     """Serve `handler` on the unix socket `path` from a background thread until :meth:`close`.
 
     `handler` receives the request dict (with its ``"command"`` key) and returns a reply dict;
-    a :class:`RecorderError` it raises becomes ``{"ok": false, "error": message}``, any other
-    exception is logged and reported as an internal error. The server keeps serving either way.
+    a :class:`RecorderError` it raises becomes ``{"ok": false, "error": message, "exit_code":
+    its exit code}``, any other exception is logged and reported as an internal error. The
+    server keeps serving either way.
     Raises :class:`ServiceError` if another live service already listens on `path`, if `path`
     exists and is not a socket, or if it cannot be set up (name too long, group unknown).
     """
@@ -130,7 +133,7 @@ class ControlServer:
         try:
             reply = self._handler(request)
         except RecorderError as exc:
-            return {"ok": False, "error": str(exc)}
+            return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
         except Exception as exc:
             log.exception("control command %r failed", request["command"])
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
@@ -147,7 +150,8 @@ def send_command(
 
     Raises :class:`ServiceError` with a one-line message when the service is not running (no
     socket, nobody listening), access is denied, it does not answer within `timeout` seconds,
-    the reply is malformed, or the reply says ``"ok": false``.
+    the reply is malformed, or the reply says ``"ok": false``. A refusal carries the exit code
+    of the service's error; a generic one (1) or none at all is the refusal code 8.
     """
     path = Path(path)
     request = {**args, "command": command}
@@ -182,8 +186,16 @@ def send_command(
     if not isinstance(reply, dict):
         raise ServiceError(f"recorder service sent a malformed reply to {command!r}")
     if not reply.get("ok"):
-        raise ServiceError(f"{command}: {reply.get('error') or 'refused by the service'}")
+        raise _refused(command, reply)
     return reply
+
+
+def _refused(command: str, reply: dict[str, Any]) -> ServiceError:
+    error = ServiceError(f"{command}: {reply.get('error') or 'refused by the service'}")
+    code = reply.get("exit_code")
+    if isinstance(code, int) and not isinstance(code, bool) and code > 1:
+        error.exit_code = code  # what the service's own error means (README's exit codes)
+    return error
 
 
 # --- internals -------------------------------------------------------------------------------

@@ -23,8 +23,10 @@ def speech(path: Path, text: str = TEXT, voice: str = "en-us", repeat: int = 1) 
     espeak = need("espeak-ng")
     sox = need("sox")
     raw = path.with_suffix(".espeak.wav")
-    subprocess.run([espeak, "-v", voice, "-s", "160", "-w", str(raw), text * repeat], check=True)
-    subprocess.run([sox, str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(path)], check=True)
+    subprocess.run([espeak, "-v", voice, "-s", "160", "-w", str(raw), text * repeat], check=True,
+                   timeout=120)
+    subprocess.run([sox, str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(path)], check=True,
+                   timeout=120)
     raw.unlink()
     data, rate = sf.read(path, dtype="int16")
     assert rate == RATE

@@ -17,7 +17,7 @@ import pytest
 
 # Fixture modules shared by many test files.
 pytest_plugins = ["tests.clips", "tests.pulse", "tests.icecast", "tests.corpus", "tests.netns",
-                  "tests.papad_kit"]
+                  "tests.papad_kit", "tests.service_harness"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -135,3 +135,12 @@ def run_cli(*args, env=None, timeout=120, **kw):
 
     return subprocess.run([sys.executable, "-m", "recorder", *args], capture_output=True,
                           text=True, env=env, timeout=timeout, **kw)
+
+
+def one_line_error(proc, code: int) -> str:
+    """Assert a finished command failed with exit `code` and one error line, no traceback;
+    return that line."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    err = proc.stderr.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err

@@ -240,12 +240,13 @@ def sidecar_for(
     info = sf.info(str(audio))
     rid = sidecar.new_recording_id(started)
     when = datetime.fromtimestamp(started, UTC)
-    name = sidecar.recording_name(when, device_id, rid)
     doc: dict[str, object] = {
         "schema": sidecar.SCHEMA,
         "recording_id": rid,
         "device_id": device_id,
-        "path": sidecar.relative_path(when, name),
+        # README's layout, spelled out here rather than taken from the product's helpers:
+        # recordings/YYYY/MM/DD/<UTC>_<device-id>_<last 8 of the id>.ogg
+        "path": f"recordings/{when:%Y/%m/%d}/{when:%Y%m%dT%H%M%SZ}_{device_id}_{rid[-8:]}.ogg",
         "media_type": "audio/ogg",
         "codec": "vorbis",
         "samplerate": info.samplerate,

@@ -121,9 +121,6 @@ class Device:
 
     def media(self) -> dict[str, list[str]]:
         """Recording id → papad ids of the media registered for it (more than one: a dup)."""
-        from recorder.papad.client import _recording_id_of, _tag_names
-        from recorder.papad.mapping import recording_id_from_tags
-
         out: dict[str, list[str]] = {}
         if self.real is not None:  # only this device's recordings: the server is shared
             for entry in self.registration.outbox.entries():
@@ -134,13 +131,14 @@ class Device:
         with self.papad.lock:
             if self.legacy:
                 for r in self.papad.recordings:
-                    rid = recording_id_from_tags(_tag_names(r.get("tags")))
+                    rid = tagged_recording_id(r.get("tags"))
                     out.setdefault(rid or "?", []).append(r["_id"]["$oid"])
             else:
                 for m in self.papad.media:
                     if m.get("_deleted"):
                         continue
-                    out.setdefault(_recording_id_of(m) or "?", []).append(m["uuid"])
+                    rid = tagged_recording_id(m.get("tags")) or described_recording_id(m)
+                    out.setdefault(rid or "?", []).append(m["uuid"])
         return out
 
     def media_id(self, recording_id: str) -> str | None:
@@ -175,9 +173,30 @@ class Device:
         assert self.legacy
         with self.papad.lock:
             for r in self.papad.recordings:
-                from recorder.papad.client import _tag_names
-                from recorder.papad.mapping import recording_id_from_tags
-
-                if recording_id_from_tags(_tag_names(r.get("tags"))) == recording_id:
+                if tagged_recording_id(r.get("tags")) == recording_id:
                     return r["audio_url"]
         return None
+
+
+MARKER = "recorderpi-"  # README: every registered media carries the tag recorderpi-<id>
+
+
+def described_recording_id(media: dict[str, Any]) -> str | None:
+    """The recording id a current-papad media's description names (``Recording id: <id>``,
+    README's rule), read here rather than with the product's own parser."""
+    for line in str(media.get("description") or "").splitlines():
+        if line.startswith("Recording id: "):
+            return line.removeprefix("Recording id: ").strip() or None
+    return None
+
+
+def tagged_recording_id(tags: Any) -> str | None:
+    """The recording id in a papad item's tags (names, {"name": ...} objects or CSV), read
+    here by README's rule rather than with the product's own parser."""
+    names = tags.split(",") if isinstance(tags, str) else [
+        t.get("name", "") if isinstance(t, dict) else str(t) for t in tags or []]
+    for name in (n.strip().lower() for n in names):
+        rid = name.removeprefix(MARKER)
+        if name.startswith(MARKER) and len(rid) == 26:
+            return rid
+    return None

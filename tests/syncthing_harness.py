@@ -177,7 +177,20 @@ class Instance:
         self.client.pause(device_id)
 
     def resume(self, device_id: str | None = None) -> None:
+        """Resume, and return once config.xml says so too: Syncthing 1.19 saves the resumed
+        state seconds after answering (measured: about 5 s), so a kill right after a resume
+        would bring the daemon back paused, and whatever test ran next would inherit that."""
         self.client.resume(device_id)
+
+        def saved() -> bool:
+            try:
+                root = ET.parse(self.home / "config.xml").getroot()
+            except ET.ParseError:  # caught mid-write
+                return False
+            return not any(d.findtext("paused") == "true" for d in root.iter("device")
+                           if device_id in (None, d.get("id")) and d.find("paused") is not None)
+
+        wait_until(saved, 30, 0.1, f"syncthing {self.name} saving the resume")
 
     def folder_path(self, recorder_id: str) -> Path:
         """Where this instance keeps the folder owned by `recorder_id`."""

@@ -295,7 +295,11 @@ def test_rebuild_from_sidecars(tmp_path, corpus) -> None:  # noqa: F811
     assert cat.get(peer_copy["recording_id"]).duplicate_of == own[0]["recording_id"]
     assert cat.get(peer_copy["recording_id"]).origin == "peer:dev-b"  # as the bridge names it
     assert cat.get(own[1]["recording_id"]).origin == "own"
-    json.dumps(report.as_dict())
+    # The report as `recorder index rebuild --json` prints it: the same counts and reasons.
+    doc = json.loads(json.dumps(report.as_dict()))
+    assert (doc["added"], doc["duplicates"], doc["removed"]) == (4, 1, 0)
+    assert {i["path"]: i["reason"] for i in doc["invalid"]} == reasons
+    assert doc["skipped"] == [str(conflict)]
 
     # Identify works from the rebuilt index.
     excerpt = corpus.variant(corpus.speech(1, "en-gb-scotland", SENTENCES), start=6.5, length=10,

@@ -28,7 +28,7 @@ def test_portaudio_capture_publishes_the_fed_clip(pulse, config_file, speech_wav
     try:
         deadline = time.monotonic() + 20
         while not list((data / "staging").glob("*.meta.json")):
-            assert proc.poll() is None, proc.communicate()
+            assert proc.poll() is None, proc.communicate(timeout=30)
             assert time.monotonic() < deadline
             time.sleep(0.05)
         time.sleep(0.5)
@@ -42,6 +42,7 @@ def test_portaudio_capture_publishes_the_fed_clip(pulse, config_file, speech_wav
         silence.stop()
         if proc.poll() is None:
             proc.kill()
+            proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     result = json.loads(out)
     audio, got_rate = sf.read(result["path"], dtype="int16")

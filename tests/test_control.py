@@ -1,8 +1,11 @@
-"""The control socket (real unix sockets) and the ``recorder ctl`` commands on top of it."""
+"""The control socket (real unix sockets) and the ``recorder ctl`` commands on top of it.
+
+The first part tests the generic socket server with a handler of its own; `recorder ctl` is
+tested against the real `recorder run` process (tests/service_harness.py).
+"""
 
 from __future__ import annotations
 
-import argparse
 import grp
 import json
 import os
@@ -15,6 +18,7 @@ import pytest
 from recorder.cli import ctl
 from recorder.control import ControlServer, send_command
 from recorder.errors import DeviceError, ServiceError
+from tests.conftest import one_line_error, run_cli
 
 
 class Service:
@@ -130,10 +134,12 @@ def test_garbage_gets_an_error_reply_and_the_server_keeps_serving(server, sock_p
 
 
 def test_handler_errors_become_error_replies(server, sock_path):
-    with pytest.raises(ServiceError, match=r"^mark: not recording: nothing to bookmark$"):
+    with pytest.raises(ServiceError, match=r"^mark: not recording: nothing to bookmark$") as e:
         send_command(sock_path, "mark")
-    with pytest.raises(ServiceError, match="internal error: RuntimeError: daemon bug"):
+    assert e.value.exit_code == DeviceError.exit_code  # the handler's error keeps its code
+    with pytest.raises(ServiceError, match="internal error: RuntimeError: daemon bug") as e:
         send_command(sock_path, "explode")
+    assert e.value.exit_code == ServiceError.exit_code
     with pytest.raises(ServiceError, match="handler returned no dict"):
         send_command(sock_path, "none")
     assert send_command(sock_path, "status")["ok"]
@@ -174,57 +180,50 @@ def test_overlong_path_is_a_clear_error(tmp_path):
         ControlServer(tmp_path / ("x" * 120) / "c.sock", Service())
 
 
-# --- recorder ctl ----------------------------------------------------------------------------
+# --- recorder ctl against the real service -----------------------------------------------------
 
 
-def run_ctl(cfg, *argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command", required=True)
-    ctl.register(sub)
-    args = parser.parse_args(["ctl", *argv])
-    return args.func(args, cfg)
+def test_ctl_commands_and_exit_codes(file_service):
+    svc = file_service()
+    started = svc.ctl("start")
+    assert started.returncode == 0, started.stderr
+    rid = started.stdout.strip().removeprefix("recording ")
+    assert len(rid) == 26
+    # README: 9 = start while recording / stop while idle.
+    assert "already recording" in one_line_error(svc.ctl("start"), 9)
+    mark = svc.ctl("mark", "--json")
+    assert mark.returncode == 0 and json.loads(mark.stdout) == {"ok": True,
+                                                                "message": "bookmarked"}
+    stopped = svc.ctl("stop")
+    assert stopped.returncode == 0 and stopped.stdout.strip() == "stopped; publishing"
+    (doc,) = svc.wait_published(1)
+    assert doc["recording_id"] == rid and doc["trigger"] == "socket"
+    svc.wait_state("idle")
+    assert "not recording" in one_line_error(svc.ctl("stop"), 9)
+    # A refusal without a code of its own: 8.
+    assert "nothing to bookmark" in one_line_error(svc.ctl("mark"), 8)
 
 
-@pytest.fixture
-def ctl_cfg(cfg_factory, sock_path):
-    return cfg_factory(service={"control_socket": str(sock_path)})
+def test_ctl_status_human_and_json(file_service):
+    svc = file_service()
+    reply = svc.ctl("status", "--json")
+    assert reply.returncode == 0, reply.stderr
+    status = json.loads(reply.stdout)
+    assert status["ok"] is True and status["device_id"] == "testdev01"
+    assert status["state"] == "idle" and status["led"] == "idle"
+    assert status["audio"]["samplerate"] == 48000 and status["audio"]["channels"] == 1
+    human = svc.ctl("status")
+    assert human.returncode == 0, human.stderr
+    lines = human.stdout.splitlines()
+    assert "state: idle" in lines and "device_id: testdev01" in lines
+    assert "audio:" in lines and "  samplerate: 48000" in lines
+    assert not any(line.startswith("ok:") for line in lines)
 
 
-def test_ctl_commands(server, ctl_cfg, capsys):
-    assert run_ctl(ctl_cfg, "start") == 0
-    assert capsys.readouterr().out == "start done\n"
-    assert run_ctl(ctl_cfg, "live", "on") == 0
-    assert run_ctl(ctl_cfg, "live", "off", "--json") == 0
-    assert json.loads(capsys.readouterr().out.split("\n", 1)[1]) == {
-        "ok": True, "message": "live done"
-    }
-    assert server.service.requests[1:] == [
-        {"command": "live", "on": True},
-        {"command": "live", "on": False},
-    ]
-
-
-def test_ctl_status_human_and_json(server, ctl_cfg, capsys):
-    assert run_ctl(ctl_cfg, "status") == 0
-    out = capsys.readouterr().out
-    assert out.splitlines() == [
-        "state: recording",
-        "recording:",
-        "  seconds: 12.5",
-        "  bookmarks: 3",
-        "clock_synced: yes",
-    ]
-    assert run_ctl(ctl_cfg, "status", "--json") == 0
-    assert json.loads(capsys.readouterr().out)["recording"]["seconds"] == 12.5
-
-
-def test_ctl_errors(server, ctl_cfg, cfg_factory, tmp_path):
-    with pytest.raises(ServiceError, match="mark: not recording") as info:
-        run_ctl(ctl_cfg, "mark")
-    assert info.value.exit_code == 8
-    elsewhere = cfg_factory(service={"control_socket": str(tmp_path / "nothing.sock")})
-    with pytest.raises(ServiceError, match="recorder service is not running"):
-        run_ctl(elsewhere, "status")
+def test_ctl_without_a_running_service(config_file):
+    cfg_path, _ = config_file()
+    err = one_line_error(run_cli("--config", cfg_path, "ctl", "status"), 8)
+    assert "recorder service is not running" in err
 
 
 def test_render_status_nested_lists():

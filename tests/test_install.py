@@ -113,8 +113,19 @@ def test_install_upgrade_uninstall_in_fresh_debian(tmp_path):
         doctor = _in_root(root, "/opt/recorderpi/venv/bin/recorder", "doctor", "--json")
         assert "Traceback" not in doctor.stderr, doctor.stderr
         assert "invalid choice" not in doctor.stderr, "recorder doctor is not available"
-        report = json.loads(doctor.stdout)  # runs and reports, healthy or not (no sound card)
-        assert report
+        report = json.loads(doctor.stdout)
+        checks = {c["name"]: c for c in report["checks"]}
+        assert {"config", "audio device", "storage", "free space", "staging", "clock"} <= set(
+            checks)
+        # It found the installed config by itself (the /etc step of the lookup order).
+        config = checks["config"]
+        assert config["ok"] and "/etc/recorder/recorder.toml" in config["detail"], config
+        assert checks["storage"]["ok"], checks["storage"]
+        assert "/srv/recorder/sync/" in checks["storage"]["detail"]
+        # No sound card in the chroot: the audio check fails, one clear line, so doctor fails.
+        audio = checks["audio device"]
+        assert not audio["ok"] and audio["detail"] and "\n" not in audio["detail"]
+        assert doctor.returncode == 1 and report["healthy"] is False
 
         # A recording and an edited config must survive everything below.
         rec = root / "srv/recorder/sync/dca632a1b2c3/recordings/2025/01/02/x.ogg"
@@ -138,7 +149,7 @@ def test_install_upgrade_uninstall_in_fresh_debian(tmp_path):
         assert "recorderpi installed" in upgrade.stderr
         installed = subprocess.run(
             ["grep", "-rl", "# upgraded", str(root / "opt/recorderpi/venv/lib")],
-            capture_output=True, text=True,
+            capture_output=True, text=True, timeout=120,
         )
         assert installed.stdout.strip(), "the upgrade did not reach the venv"
         assert 'source = "Blue Yeti"' in cfg.read_text()

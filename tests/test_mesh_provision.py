@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -135,7 +134,11 @@ def test_file_added_in_receiveonly_copy_never_leaves(mesh):
     assert _scan(a, "after-rogue.ogg")
     b.wait_for_file("after-rogue.ogg", "dev-a")
     c.wait_for_file("after-rogue.ogg", "dev-a")
-    time.sleep(2)
+    # b announces its files in order: once a counts b complete (b has after-rogue, which came
+    # later), a has heard whatever b says about rogue.ogg, and still needs nothing.
+    wait_until(lambda: a.client.completion("recorderpi-dev-a", b.device_id).get("completion")
+               == 100, 30, 0.1, "a seeing b's announcement of after-rogue.ogg")
+    assert a.client.db_status("recorderpi-dev-a")["needFiles"] == 0
     assert not (a.folder_path("dev-a") / "rogue.ogg").exists()
     assert not (c.folder_path("dev-a") / "rogue.ogg").exists()
     assert rogue.read_bytes() == b"not a's recording"  # nobody overwrote it either
@@ -157,35 +160,29 @@ def test_rerun_changes_nothing(mesh):
     assert [inst.client.config() for inst in mesh] == before
 
 
-def test_scan_handoff_is_fast(mesh):
+def test_scan_handoff_delivers_before_the_watcher(mesh):
+    """Files arrive through the scan hand-off: the deadline is half the watcher delay, so the
+    watcher cannot have sent them (how fast: tests/bench/bench_mesh.py)."""
     a, b, _ = mesh
-    latencies = []
-    for i in range(5):
+    for i in range(3):
         rel = f"handoff/take{i}.ogg"
-        _publish(a, rel, os.urandom(50_000))
-        start = time.monotonic()
+        data = os.urandom(50_000)
+        _publish(a, rel, data)
         assert _scan(a, rel)
-        b.wait_for_file(rel, "dev-a", timeout=WATCHER_DELAY / 2)
-        latencies.append(time.monotonic() - start)
-    median = statistics.median(latencies)
-    print(f"\nscan hand-off a->b: median {median:.3f}s, max {max(latencies):.3f}s "
-          f"(watcher delay {WATCHER_DELAY}s)")
-    # Generous for a loaded 2-core machine; the watcher alone would take WATCHER_DELAY.
-    assert median < WATCHER_DELAY / 4
+        got = b.wait_for_file(rel, "dev-a", timeout=WATCHER_DELAY / 2)
+        size = len(data)
+        wait_until(lambda got=got, size=size: got.stat().st_size == size, 10, 0.05, "whole")
+        assert got.read_bytes() == data
 
 
 def test_scan_quietly_when_syncthing_is_down(mesh):
     nobody = SyncthingClient(f"http://127.0.0.1:{free_port()}", "key", timeout=2)
-    start = time.monotonic()
-    assert nobody.scan_quietly("recorderpi-dev-a", "x.ogg") is False
-    assert time.monotonic() - start < 2.5
+    assert nobody.scan_quietly("recorderpi-dev-a", "x.ogg") is False  # no exception
 
     a, _, c = mesh
     c.kill()
     try:
-        start = time.monotonic()
         assert c.client.scan_quietly("recorderpi-dev-c") is False
-        assert time.monotonic() - start < 2.5
         with pytest.raises(RemoteError, match="cannot connect"):
             c.client.scan("recorderpi-dev-c")
         # a publishes while c is down; c catches up after its restart.
@@ -321,19 +318,31 @@ def test_bad_peer_arguments_change_nothing(mesh):
     assert a.client.config() == before
 
 
-def test_unsafe_offered_folder_ids_are_refused():
+def test_unsafe_offered_folder_ids_are_refused(tmp_path):
     assert provision.owner_of("recorderpi-dev-a") == "dev-a"
     for hostile in ("recorderpi-../etc", "recorderpi-a/b", "recorderpi-", "other-dev-a",
                     "recorderpi-.hidden", "recorderpi-" + "x" * 70):
         assert provision.owner_of(hostile) is None
-
-    class Offers:  # only the one call _offered_owner makes
-        def pending_folders(self, device_id):
-            return {"recorderpi-../../etc": {"offeredBy": {device_id: {"label": "x"}}}}
-
-    cfg = argparse.Namespace(device=argparse.Namespace(id="dev-a"))
-    with pytest.raises(RemoteError, match="unsafe id"):
-        provision._offered_owner(cfg, Offers(), "PEER")
+    # A real peer offering a folder whose id would name a path outside the sync root.
+    with SyncthingCluster(2, tmp_path) as (x, y):
+        hostile = "recorderpi-../../etc"
+        y.client.add_device({"deviceID": x.device_id, "name": "x", "addresses": [x.address]})
+        y.client.add_folder({"id": hostile, "label": "x", "path": str(y.root / "evil"),
+                             "type": "sendonly", "devices": [{"deviceID": x.device_id}]})
+        try:  # pairs with y; the offer may already be there (refused) or come later
+            first = provision.add_peer(x.cfg, x.client, y.device_id, "y", y.address)
+        except RemoteError as exc:
+            assert "unsafe id" in str(exc)
+        else:
+            assert first["peer_folder"] is None
+        wait_until(lambda: hostile in x.client.pending_folders(y.device_id), 30, 0.1,
+                   "y's offer reaches x")
+        before = x.client.config()
+        with pytest.raises(RemoteError, match="unsafe id"):
+            provision.add_peer(x.cfg, x.client, y.device_id, "y", y.address)
+        assert x.client.config() == before
+        assert hostile not in {f["id"] for f in x.client.folders()}
+        assert not (x.sync_root.parent / "etc").exists()
 
 
 def test_device_id_normalisation():
@@ -353,11 +362,7 @@ def test_harness_cleans_up_on_failure(tmp_path):
     assert cluster[0].proc is None
 
 
-def test_cli_exit_code_when_syncthing_is_down(tmp_path, monkeypatch, capsys):
-    from recorder import cli
-
-    if "recorder.cli.mesh" not in cli.COMMAND_MODULES:  # until the lead wires it in
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "recorder.cli.mesh"))
+def test_cli_exit_code_when_syncthing_is_down(tmp_path):
     key = tmp_path / "st.key"
     key.write_text("k")
     key.chmod(0o600)
@@ -368,10 +373,11 @@ def test_cli_exit_code_when_syncthing_is_down(tmp_path, monkeypatch, capsys):
     )
     # Syncthing down: the bridge's state (quarantine list) is still shown, exit 0 and one
     # warning line (issue 12); commands that need Syncthing still exit 7.
-    assert cli.main(["--config", str(conf), "mesh", "status", "--json"]) == 0
-    captured = capsys.readouterr()
-    err = captured.err.strip()
+    proc = run_cli("--config", str(conf), "mesh", "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.strip()
     assert "cannot connect" in err and len(err.splitlines()) == 1 and "warning" in err
-    status = json.loads(captured.out)
+    status = json.loads(proc.stdout)
     assert "cannot connect" in status["syncthing_error"] and status["bridge"]["quarantined"] == []
-    assert cli.main(["--config", str(conf), "mesh", "setup"]) == RemoteError.exit_code
+    setup = run_cli("--config", str(conf), "mesh", "setup")
+    assert setup.returncode == RemoteError.exit_code == 7, setup.stderr

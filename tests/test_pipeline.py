@@ -17,7 +17,7 @@ from recorder.errors import DiskReserveError
 from recorder.pump import Pump
 from recorder.storage import Reserve
 from tests.clips import RATE, best_lag, tone, write_wav
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_until
 
 
 def published(data_dir: Path) -> list[Path]:
@@ -130,8 +130,8 @@ def test_preroll_includes_audio_before_the_trigger(cfg_factory, tmp_path):
     cfg = cfg_factory(audio={"preroll": 3.0})
     pump = make_pump(cfg, path)
     pump.start()
-    while pump.ring.write_pos < RATE * 3:  # trigger 3 s in: the marker was 1.5-2 s ago
-        time.sleep(0.01)
+    # Trigger 3 s in: the marker was 1.5-2 s ago.
+    wait_until(lambda: pump.ring.write_pos >= RATE * 3, 30, 0.01, "3 s of audio")
     handle = pump.start_recording("test", max_seconds=4.0)
     result = handle.done.result(timeout=30)
     pump.close()
@@ -197,39 +197,3 @@ def test_demo_runs_without_a_sound_card(tmp_path):
     # The appliance demo: a press, a long press (bookmark), a press; with 3 s of pre-roll.
     assert out["duration"] > 10 and Path(out["path"]).is_file()
     assert len(out["bookmarks"]) == 1 and out["stop_reason"] == "stopped"
-
-
-def test_one_hour_fast_recording_memory_stays_flat(config_file, tmp_path):
-    """An hour of audio (16 kHz to keep CI short) through the whole pipeline: RSS stays flat."""
-    import subprocess
-    import sys
-
-    rate = 16000
-    path = tmp_path / "hour.wav"
-    rng = np.random.default_rng(1)
-    with sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16") as f:
-        minute = (tone(60, 300, 0.2)[: rate * 60] // 2
-                  + rng.integers(-800, 800, rate * 60).astype(np.int16))
-        for _ in range(60):
-            f.write(minute)
-    cfg_path, _data = config_file(audio={"preroll": 0.0, "samplerate": rate})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "recorder", "--config", cfg_path, "record", "--source",
-         f"file:{path}", "--fast", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    samples = []
-    while proc.poll() is None:
-        try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            samples.append(int(status.split("VmRSS:")[1].split()[0]) // 1024)
-        except (FileNotFoundError, IndexError):
-            pass
-        time.sleep(0.25)
-    out, err = proc.communicate()
-    assert proc.returncode == 0, err
-    doc = json.loads(out)
-    assert doc["duration"] == pytest.approx(3600, abs=0.01)
-    steady = samples[len(samples) // 10 :]
-    assert len(steady) > 10
-    assert max(steady) - min(steady) < 16, f"RSS grew: {min(steady)} -> {max(steady)} MB"
-    assert max(samples) < 150

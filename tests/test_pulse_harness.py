@@ -189,7 +189,6 @@ def test_monitor_source_delivers_paplay(pulse: PulseServer, tmp_path: Path) -> N
     assert np.corrcoef(seg[SKIP:], signal[SKIP:].astype(np.float64))[0, 1] > 0.95
     rate = frames_after_first / (last - first)
     print(f"monitor: first callback after {startup:.2f} s, {rate:.0f} frames/s")
-    assert 0.8 * SAMPLERATE < rate < 1.2 * SAMPLERATE
 
 
 def test_monitor_starts_promptly_on_a_fresh_server(pulse_fresh: PulseServer) -> None:
@@ -202,22 +201,29 @@ def test_monitor_starts_promptly_on_a_fresh_server(pulse_fresh: PulseServer) -> 
         startup = cap.times[0] - t0
     finally:
         cap.close()
+    # Typically 0.03 s; ~1.85 s without the warmer. A speed, so printed, not asserted here.
     print(f"monitor on a fresh server: first callback after {startup:.3f} s")
-    assert startup < 1.5  # typically 0.03 s; ~1.85 s without the warmer
 
 
 def test_starved_pipe_source_gives_no_callbacks_but_abort_returns(pulse: PulseServer) -> None:
     with pulse.use_source(PIPE_SOURCE):
         cap = Capture()
+    noise = np.random.default_rng(7).integers(-12000, 12000, SAMPLERATE, dtype=np.int16)
+    noise[noise == 0] = 1  # no zero sample: silence delivered while starved would show
+    fed = np.concatenate([noise, silence(0.5)])
     try:
         cap.start()
-        time.sleep(1.5)
-        assert cap.callbacks == 0
+        time.sleep(1.5)  # starved for a while
         # Starved is not dead: PortAudio still reports the stream running.
         assert cap.stream.active
+        feeder = pulse.feed(fed)
+        assert feeder.join(TIMEOUT) and feeder.error is None
+        assert cap.wait_frames(len(noise)), f"only {cap.frames} frames"
     finally:
-        took = cap.close()
-    assert took < 10
+        cap.close()  # returns (it fails the test if abort() blocks)
+    # Nothing was delivered while starved: the very first frames captured are the first fed.
+    got = cap.audio()
+    assert np.array_equal(got[: len(noise)], noise)
 
 
 def test_child_process_captures_with_env(pulse: PulseServer, tmp_path: Path) -> None:
@@ -253,7 +259,7 @@ def test_child_process_captures_with_env(pulse: PulseServer, tmp_path: Path) -> 
             feeder.join(5)
         if child.poll() is None:
             child.kill()
-            child.wait()
+            child.wait(30)
     got = np.frombuffer(out.read_bytes(), dtype=np.int16)
     start = locate(got, signal, probe_at=SAMPLERATE // 4)
     assert np.array_equal(got[start + SKIP : start + len(signal)], signal[SKIP:])

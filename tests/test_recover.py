@@ -20,7 +20,7 @@ import soundfile as sf
 
 from recorder import sidecar
 from tests.clips import best_lag
-from tests.conftest import need, run_cli, toml_config
+from tests.conftest import need, run_cli, toml_config, wait_until
 
 
 def test_sigkill_then_recover_loses_at_most_two_seconds(config_file, long_speech_wav):
@@ -29,13 +29,17 @@ def test_sigkill_then_recover_loses_at_most_two_seconds(config_file, long_speech
         [sys.executable, "-m", "recorder", "--config", cfg_path, "record", "--source",
          f"file:{long_speech_wav}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     staging = data / "staging"
-    deadline = time.monotonic() + 30
-    while not list(staging.glob("*.meta.json")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(7.3)  # several flush intervals, and not on a flush boundary
-    os.kill(proc.pid, signal.SIGKILL)
-    killed_at = time.monotonic()
-    proc.wait()
+    try:
+        wait_until(lambda: list(staging.glob("*.meta.json")) or proc.poll() is not None, 30,
+                   what="the recording to begin")
+        assert proc.poll() is None, proc.communicate(timeout=30)
+        time.sleep(7.3)  # several flush intervals, and not on a flush boundary
+        os.kill(proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
     meta = json.loads(next(staging.glob("*.meta.json")).read_text())
     recorded = killed_at - meta["monotonic_start"]
     assert not list((data / "sync").rglob("*.ogg")), "nothing may be published before recovery"
@@ -56,8 +60,15 @@ def test_sigkill_then_recover_loses_at_most_two_seconds(config_file, long_speech
     assert lag == 0 and corr > 0.98
     assert not any(staging.iterdir()), "staging must be empty after recovery"
     # A second run has nothing left to do.
-    again = run_cli("--config", cfg_path, "recover", "--json")
-    assert json.loads(again.stdout) == []
+    again = recover_json(cfg_path)
+    assert again == []
+
+
+def recover_json(cfg_path: str) -> list[dict]:
+    """`recorder recover --json`, which must succeed."""
+    out = run_cli("--config", cfg_path, "recover", "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
 
 def _stage(data: Path, rid: str, meta: dict, journal: bytes = b"", ogg: bytes = b"") -> None:
@@ -84,7 +95,7 @@ def test_journal_only_recording_is_rebuilt_with_bookmarks(config_file):
     rid = sidecar.new_recording_id()
     pcm = (np.sin(np.arange(48000 * 3) / 10) * 8000).astype("<i2").tobytes()
     _stage(data, rid, _meta(rid), journal=pcm + b"\x01")  # a torn final sample
-    out = json.loads(run_cli("--config", cfg_path, "recover", "--json").stdout)
+    out = recover_json(cfg_path)
     assert out[0]["action"] == "published" and "journal" in out[0]["detail"]
     doc = json.loads(Path(out[0]["path"]).with_suffix(".json").read_text())
     assert doc["frames"] == 48000 * 3 and doc["bookmarks"] == [{"at": 0.5, "label": ""}]
@@ -96,7 +107,7 @@ def test_unsalvageable_recording_is_moved_aside_with_a_reason(config_file):
     _stage(data, rid, _meta(rid), journal=b"", ogg=b"OggS garbage")
     stray = data / "staging" / "orphan.ogg"
     stray.write_bytes(b"some bytes")
-    out = json.loads(run_cli("--config", cfg_path, "recover", "--json").stdout)
+    out = recover_json(cfg_path)
     actions = {o["recording_id"]: o for o in out}
     assert actions[rid]["action"] == "moved_aside"
     aside = data / "lost+found" / rid
@@ -115,7 +126,7 @@ def test_leftovers_of_a_published_recording_are_cleaned(config_file, long_speech
     target.write_bytes(b"published audio")
     target.with_suffix(".json").write_text("{}")
     _stage(data, rid, meta, journal=b"\0\0" * 100)
-    out = json.loads(run_cli("--config", cfg_path, "recover", "--json").stdout)
+    out = recover_json(cfg_path)
     assert out[0]["action"] == "cleaned"
     assert target.read_bytes() == b"published audio"
     assert not any((data / "staging").iterdir())

@@ -66,13 +66,27 @@ def test_concurrent_producer_never_corrupts_what_reader_gets():
 
     t = threading.Thread(target=produce)
     t.start()
-    pos = 0
+    pos = received = 0
     while t.is_alive() or pos < ring.write_pos:
         start, out = ring.read(pos)
         if len(out):
             expected = (np.arange(start, start + len(out)) % 32000).astype(np.int16)
             assert np.array_equal(out[:, 0], expected)
+        received += len(out)
         pos = start + len(out)
     t.join()
     # Whatever was lost to the fast producer was counted, the rest arrived intact.
-    assert pos == ring.write_pos
+    assert pos == ring.write_pos >= total
+    assert received + ring.overruns == ring.write_pos
+    assert ring.dropped == 0
+
+
+def test_overruns_count_exactly_the_frames_the_reader_lost():
+    ring = RingBuffer(1000, 1)
+    ring.write(np.arange(600, dtype=np.int16)[:, None])
+    start, out = ring.read(0)
+    assert (start, len(out), ring.overruns) == (0, 600, 0)
+    # The reader at 600 is lapped: 600..1100 are gone.
+    ring.write(np.arange(600, 2100, dtype=np.int16)[:, None])
+    start, out = ring.read(600)
+    assert (start, out[0, 0], len(out), ring.overruns) == (1100, 1100, 1000, 500)

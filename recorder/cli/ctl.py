@@ -2,7 +2,9 @@
 
 ``recorder ctl start|stop|mark|status [--json]`` and ``recorder ctl live on|off [--json]``.
 Each sends one command (see :mod:`recorder.control`); a service that is not running or that
-refuses the command is a ServiceError (exit code 8) with a one-line message.
+refuses the command is a ServiceError with a one-line message: exit code 8, or the code of the
+service's own error (9: start while recording or stop while idle, 3: no audio device, 4: free
+space below the reserve).
 """
 
 from __future__ import annotations
