@@ -19,7 +19,7 @@ from recorder.cli import mesh as mesh_cli
 from recorder.errors import ConfigError, RecorderError, RemoteError
 from recorder.mesh import provision
 from recorder.mesh.syncthing import SyncthingClient
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, run_cli, wait_until
 from tests.syncthing_harness import Instance, SyncthingCluster
 
 WATCHER_DELAY = 60  # so anything arriving fast came through the scan hand-off
