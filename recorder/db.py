@@ -44,9 +44,18 @@ _FULL, _CANTOPEN, _IOERR, _READONLY, _PERM = 13, 14, 10, 8, 3
 _REPAIR_TABLE = "CREATE TABLE IF NOT EXISTS recorder_repair (moved_to TEXT, at REAL)"
 
 
+def make_state_dir(directory: Path) -> None:
+    """Create the state directory (database, control socket) private to the service's user
+    and group (0750), if it does not exist; an existing one keeps the mode its owner gave it."""
+    if directory.is_dir():
+        return
+    directory.mkdir(parents=True, mode=0o750, exist_ok=True)
+    os.chmod(directory, 0o750)  # mkdir's mode is filtered by the umask
+
+
 def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
     """Open (creating parent directories) a database at `path` with the durable settings."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_state_dir(path.parent)
     conn = sqlite3.connect(
         str(path), timeout=30.0, isolation_level=None, check_same_thread=check_same_thread
     )
@@ -133,7 +142,7 @@ class Database:
 
     def _open(self) -> sqlite3.Connection:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_state_dir(self.path.parent)
         except OSError as exc:
             raise StorageError(f"storage.state_dir: cannot create {self.path.parent}: "
                                f"{exc.strerror or exc}") from None

@@ -190,6 +190,14 @@ class Session:
             spare = os.open(self.paths["spare"], os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 os.posix_fallocate(spare, 0, SPARE_BYTES)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise
+                # No spare where the filesystem cannot preallocate or a file size limit is
+                # lower (EOPNOTSUPP, EFBIG): the recording goes on, it just finishes on the
+                # first failing write instead of after the spare's worth.
+                log.info("no room reserved for finishing the recording: %s", exc.strerror)
+                os.ftruncate(spare, 0)
             finally:
                 os.close(spare)
         except OSError as exc:

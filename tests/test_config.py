@@ -35,7 +35,7 @@ def test_defaults_work_without_a_file(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     cfg = parse_config({})
     assert cfg.audio.samplerate == 48000 and cfg.audio.preroll == 3.0
-    assert cfg.audio.source == "default" and cfg.storage.reserve_mb == 200
+    assert str(cfg.audio.source) == "default" and cfg.storage.reserve_mb == 200
     assert cfg.storage.max_seconds == 10800 and cfg.storage.flush_seconds == 2.0
     assert cfg.storage.data_dir == tmp_path / ".local/share/recorderpi"
     assert cfg.storage.sync_root == cfg.storage.data_dir / "sync"

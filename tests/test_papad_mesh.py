@@ -10,8 +10,6 @@ order and share the mesh.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from recorder.mesh import provision
@@ -58,12 +56,26 @@ def once(dev: Device, rid: str) -> str:
     return found[0]["uuid"]
 
 
-def test_recording_reaches_both_papads_once_and_annotations_travel(mesh, clip):
+def barrier(src: Device, dst: Device, rid: str, text: str) -> None:
+    """A new annotation on `src` that has reached `dst`: everything `src` exported before it
+    has been imported on `dst` too (a causal barrier instead of a fixed sleep)."""
+    src.real.add_annotation(src.media_id(rid), text, "t=0,0.5", ("barrier",))
+    wait_until(lambda: text in texts(dst, rid), 60, 0.2, f"barrier {text!r} on {dst.id}")
+
+
+def registered_on_both(mesh, clip, marks: tuple[str, ...] = ()) -> str:
+    """A recording made on a, registered in both papads; its recording id."""
     a, b = mesh
-    rid = a.record(clip, marks=("chutney",)).sidecar["recording_id"]
+    rid = a.record(clip, marks=marks).sidecar["recording_id"]
     for dev in (a, b):
         wait_until(lambda dev=dev: dev.registration.outbox.remote_id(rid) and dev.media_id(rid),
                    90, 0.2, f"{rid} registered on {dev.id}")
+    return rid
+
+
+def test_recording_reaches_both_papads_once_and_annotations_travel(mesh, clip):
+    a, b = mesh
+    rid = registered_on_both(mesh, clip, marks=("chutney",))
     # b's papad got a's recording (bytes, marker), its bookmark as an annotation.
     media_b = b.real.one_media(rid)
     assert media_b["file_extension"] == "audio/ogg"
@@ -78,20 +90,24 @@ def test_recording_reaches_both_papads_once_and_annotations_travel(mesh, clip):
     b.real.add_annotation(b.media_id(rid), "Sung by the river group", "t=0,1", ("song",))
     wait_until(lambda: texts(a, rid).get("Sung by the river group") == ("origin:dev-b", "song"),
                60, 0.2, f"b's annotation on a: {texts(a, rid)}")
-    # Nothing echoes back, nothing twice.
-    time.sleep(2.5)  # two export intervals: an echo would have happened by now
-    assert set(texts(a, rid)) == {"chutney", "Needs more salt", "Sung by the river group"}
-    assert set(texts(b, rid)) == {"chutney", "Needs more salt", "Sung by the river group"}
+    # Nothing echoes back, nothing twice: full exchange cycles both ways happened since.
+    barrier(a, b, rid, "barrier from a")
+    barrier(b, a, rid, "barrier from b")
+    expected = {"chutney", "Needs more salt", "Sung by the river group", "barrier from a",
+                "barrier from b"}
+    assert set(texts(a, rid)) == expected
+    assert set(texts(b, rid)) == expected
     for dev in (a, b):
         once(dev, rid)
-        assert len(dev.real.annotations(dev.media_id(rid))) == 3
+        assert len(dev.real.annotations(dev.media_id(rid))) == len(expected)
         assert dev.bridge.status()["annotations"]["failing"] == []
-    mesh[0].rid = rid
 
 
-def test_edits_and_deletions_follow_the_owner(mesh):
+def test_edits_and_deletions_follow_the_owner(mesh, clip):
     a, b = mesh
-    rid = a.rid
+    rid = registered_on_both(mesh, clip)
+    a.real.add_annotation(a.media_id(rid), "Needs more salt", "t=1,2.5", ("food",))
+    wait_until(lambda: "Needs more salt" in texts(b, rid), 60, 0.2, "a's annotation on b")
     mine = next(x for x in a.real.annotations(a.media_id(rid))
                 if x["annotation_text"] == "Needs more salt")
     a.real.edit_annotation(mine["uuid"], annotation_text="Needs more salt and lime",
@@ -101,10 +117,10 @@ def test_edits_and_deletions_follow_the_owner(mesh):
     before = {x["annotation_text"]: x["uuid"] for x in b.real.annotations(b.media_id(rid))}
     # b edits its copy of a's annotation: stays local (a owns it).
     b.real.edit_annotation(before["Needs more salt and lime"], annotation_text="b: too salty")
-    time.sleep(2.5)
+    barrier(b, a, rid, "barrier from b")
     assert "b: too salty" not in texts(a, rid)
     # a deletes it: deleted on b too (papad's soft delete: gone from the lists).
     a.real.delete_annotation(mine["uuid"])
     wait_until(lambda: not any("salt" in t for t in texts(b, rid)), 60, 0.2,
                f"deletion on b: {texts(b, rid)}")
-    assert set(texts(a, rid)) == set(texts(b, rid)) == {"chutney", "Sung by the river group"}
+    assert set(texts(a, rid)) == set(texts(b, rid)) == {"barrier from b"}

@@ -83,3 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        # A system failure no specific error covers (a disk, a permission): still one line;
+        # the traceback is in the log with -v.
+        logging.getLogger("recorder").debug("unexpected system error", exc_info=True)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"recorder: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
