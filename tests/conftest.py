@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 # Fixture modules shared by many test files.
-pytest_plugins = ["tests.clips", "tests.pulse", "tests.icecast", "tests.corpus", "tests.netns"]
+pytest_plugins = ["tests.clips", "tests.pulse", "tests.icecast", "tests.corpus", "tests.netns",
+                  "tests.web_site"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
