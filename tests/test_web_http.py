@@ -59,7 +59,7 @@ def test_status_says_what_the_now_page_shows(web_site):
     assert s["device_id"] == "dev-b" and s["led"] == "idle"
     assert s["free_mb"] > 0 and s["hours_left"] > 0
     # Hours left come from this device's own recordings' bytes per second.
-    own = [d for d in web_site.published()]
+    own = web_site.published()
     rate = sum(d["bytes"] for d in own) / sum(d["duration"] for d in own)
     assert s["byte_rate"] == pytest.approx(rate, rel=0.05)
     assert s["hours_left"] == pytest.approx(s["free_mb"] * 2**20 / rate / 3600, rel=0.05)
@@ -67,6 +67,8 @@ def test_status_says_what_the_now_page_shows(web_site):
     assert s["radio"] is None  # no [radio] password_file
     assert s["papad"]["parked"] >= 0 and s["source"].startswith("file:")
     assert s["overflows"] == {"input": 0, "ring_frames": 0}
+    newest = max(own, key=lambda d: d["started_at"])
+    assert s["latest"]["recording_id"] == newest["recording_id"] and s["latest"]["papad"]
 
 
 def test_recordings_newest_first_searched_by_title_and_tag(web_site):

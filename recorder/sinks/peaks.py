@@ -60,11 +60,12 @@ class Peaks:
                 continue
             room = len(self._done) - self._count
             whole = min((frames - at) // self._hop, room)
-            chunk = block[at:at + whole * self._hop].reshape(whole, -1)
+            end = at + whole * self._hop  # before _push: it may widen the buckets
+            chunk = block[at:end].reshape(whole, -1)
             peaks = np.maximum(chunk.max(axis=1).astype(np.int32),
                                -chunk.min(axis=1).astype(np.int32))
             self._push(peaks)
-            at += whole * self._hop
+            at = end
 
     def _push(self, peaks: np.ndarray) -> None:
         self._done[self._count:self._count + peaks.size] = peaks

@@ -120,12 +120,20 @@ class Views:
                 "state": radio.get("state"), "on_air": radio.get("state") == "live"},
             "papad": workers.get("papad"),
             "published": raw.get("published"),
-            "last_published": raw.get("last_published"),
+            "latest": self._latest_own(),
             "last_error": raw.get("last_error"),
             "problems": problems,
             "overflows": {"input": audio.get("input_overflows", 0),
                           "ring_frames": audio.get("ring_overruns", 0)},
         }
+
+    def _latest_own(self) -> dict[str, Any] | None:
+        """This device's newest recording, with its papad state (None before the first)."""
+        if self.listing is None:
+            return None
+        items = self.listing.page(1, origin="own", size=1).items
+        self._papad_states(items)
+        return items[0] if items else None
 
     def byte_rate(self) -> float:
         """Bytes per second of recording: measured on this device's latest recordings, else

@@ -26,8 +26,10 @@ function showStatus(s) {
     $("papad").append(" ", rp.el("button", { id: "retry-all", class: "small", text: "Retry parked",
       onclick: () => control("/api/outbox/retry", { all: true }, "retrying parked registrations") }));
   }
-  const last = s.last_published;
-  $("last").textContent = last ? `${rp.fmtWhen(last.started_at)}, ${rp.fmtDuration(last.duration)}` : "none since start";
+  const last = s.latest;
+  $("last").textContent = !last ? "none yet"
+    : `${last.title || "untitled"}, ${rp.fmtWhen(last.started_at)}, ${rp.fmtDuration(last.duration)}` +
+      (last.papad ? ` · papad: ${last.papad.state}` : "");
   $("source").textContent = s.source || "none";
   const problems = s.problems || [];
   $("problems-card").hidden = problems.length === 0;
