@@ -187,7 +187,9 @@ def web_site(tmp_path_factory):
         a_cfg = Path(toml_config(base / "a.toml", sections(a)))
         b_cfg = Path(toml_config(base / "b.toml", sections(
             b,
-            papad={"api": "papad", "url": papad.url, "token_file": str(token), "timeout": 5.0},
+            # One delivery at a time: the first (Lemon rice) is the one papad refuses.
+            papad={"api": "papad", "url": papad.url, "token_file": str(token), "timeout": 5.0,
+                   "concurrency": 1},
             web={"listen": "127.0.0.1", "port": port, "password_file": str(password)},
             yggdrasil={"admin_endpoint": ygg.endpoint},
             mesh={"rescan_interval": 5.0},
@@ -229,15 +231,21 @@ def web_site(tmp_path_factory):
             wait_until(lambda: len(site.published()) >= 3, 60, 0.1, "the bookmarked recording")
             recs["marked"] = next(d for d in site.published() if d["bookmarks"])
 
+            seen: dict[str, Any] = {}
+
             def settled() -> bool:
                 items = site.json("/api/recordings")["items"]
-                papad_states = {i["title"]: (i["papad"] or {}).get("state") for i in items}
-                quarantined = site.json("/api/mesh")["bridge"]["quarantined"]
-                return (len(items) == 4 and papad_states.get("Lemon rice") == "parked"
-                        and papad_states.get("Chutney from the hills") == "registered"
-                        and bool(quarantined))
+                seen["papad"] = {i["title"]: (i["papad"] or {}).get("state") for i in items}
+                seen["quarantined"] = site.json("/api/mesh")["bridge"]["quarantined"]
+                return (len(items) == 4 and seen["papad"].get("Lemon rice") == "parked"
+                        and seen["papad"].get("Chutney from the hills") == "registered"
+                        and bool(seen["quarantined"]))
 
-            wait_until(settled, 90, 0.2, "peer import, papad deliveries and the quarantine")
+            try:
+                wait_until(settled, 90, 0.2, "peer import, papad deliveries and the quarantine")
+            except BaseException:  # say what was missing
+                raise AssertionError(f"the web site did not settle: {seen}\n"
+                                     f"{log.read_text()[-3000:]}") from None
             yield site
         finally:
             proc.send_signal(signal.SIGTERM)
