@@ -15,7 +15,7 @@ test_packages=(
   "${demo_packages[@]}"
   libportaudio2 libchromaprint-tools pulseaudio pulseaudio-utils espeak-ng sox
   vorbis-tools opus-tools ffmpeg icecast2 syncthing shellcheck systemd nginx-light debootstrap
-  yggdrasil socat chrony
+  yggdrasil socat chrony chromium chromium-driver
 )
 
 as_root() {
