@@ -53,6 +53,7 @@ class Waveforms:
         self._held: OrderedDict[str, Waveform] = OrderedDict()
         self._lock = threading.Lock()
         self._decoding = threading.Lock()  # one decode at a time: a Pi has few cores
+        self._undecodable: dict[str, str] = {}  # recording id -> why (not tried again)
 
     # -- made while recording ------------------------------------------------------------------
     def sink(self, ctx: RecordingContext) -> Sink:
@@ -94,15 +95,21 @@ class Waveforms:
     def compute(self, recording_id: str, audio: IO[bytes]) -> Waveform:
         """The peaks of a recording without them, decoded from `audio` (an open OGG file, read
         to the end, not closed) and stored. Raises RuntimeError (soundfile's) when the file
-        does not decode."""
+        does not decode, then at once for that recording until the process restarts."""
         with self._decoding:
             found = self.get(recording_id)  # decoded by the request that held the lock
             if found is not None:
                 return found
-            with sf.SoundFile(audio) as snd:
-                peaks = Peaks(snd.samplerate)
-                for block in snd.blocks(DECODE_BLOCK, dtype="int16", always_2d=True):
-                    peaks.add(np.ascontiguousarray(block))
+            if recording_id in self._undecodable:  # a broken file costs one decode, not many
+                raise RuntimeError(self._undecodable[recording_id])
+            try:
+                with sf.SoundFile(audio) as snd:
+                    peaks = Peaks(snd.samplerate)
+                    for block in snd.blocks(DECODE_BLOCK, dtype="int16", always_2d=True):
+                        peaks.add(np.ascontiguousarray(block))
+            except RuntimeError as exc:
+                self._undecodable[recording_id] = str(exc)
+                raise
             waveform = peaks.result()
             self.put(recording_id, waveform, "decoded")
             log.info("waveform of %s decoded (%d buckets)", recording_id, len(waveform.peaks))

@@ -120,7 +120,7 @@ def test_a_recording_plays_and_its_waveform_is_drawn(web_site, browser, tmp_path
     marked = web_site.recordings["marked"]["recording_id"]
     peer = web_site.recordings["chutney"]["recording_id"]
     wait_until(lambda: browser.execute_script(
-        "return document.querySelectorAll('article.recording').length") >= 4, 30, 0.1,
+        "return document.querySelectorAll('article.recording').length") >= 5, 30, 0.1,
         "the recordings listed")
     assert "Chutney from the hills" in text(browser, "list")
     assert "papad: parked" in text(browser, "list") or "papad: registered" in text(browser, "list")
@@ -188,7 +188,7 @@ def test_mesh_page_shows_peers_yggdrasil_and_quarantine(web_site, browser, tmp_p
     wait_until(lambda: web_site.ygg_address in text(browser, "ygg"), 30, 0.1, "yggdrasil shown")
     peers = text(browser, "peers")
     assert "connected" in peers and "has 100% of our recordings" in peers
-    assert "1 imported" in peers and "1 quarantined" in peers
+    assert "2 imported" in peers and "1 quarantined" in peers
     quarantine = text(browser, "quarantine")
     assert "badbadba.json" in quarantine and "missing" in quarantine
     shot(browser, tmp_path, "mesh")

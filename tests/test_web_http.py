@@ -75,13 +75,14 @@ def test_recordings_newest_first_searched_by_title_and_tag(web_site):
     data = web_site.json("/api/recordings")
     starts = [i["started_at"] for i in data["items"]]
     assert starts == sorted(starts, reverse=True)
-    assert data["total"] >= 4 and data["page"] == 1
+    assert data["total"] >= 5 and data["page"] == 1
     assert set(items_by_title(web_site, "?q=LEMON")) == {"Lemon rice"}
     assert set(items_by_title(web_site, "?q=song")) == {"Harvest song"}
     assert set(items_by_title(web_site, "?tag=cooking")) == {"Lemon rice",
                                                               "Chutney from the hills"}
     assert items_by_title(web_site, "?tag=cook") == {}  # tags match whole
-    assert set(items_by_title(web_site, "?origin=peers")) == {"Chutney from the hills"}
+    assert set(items_by_title(web_site, "?origin=peers")) == {"Chutney from the hills",
+                                                               "Broken upload"}
     assert "Chutney from the hills" not in items_by_title(web_site, "?origin=own")
     assert items_by_title(web_site, "?q=%25") == {}  # LIKE wildcards are literal
     res = web_site.get("/api/recordings?page=x")
@@ -183,6 +184,13 @@ def test_waveforms_made_at_publish_and_decoded_once_for_peers(web_site):
     marked = web_site.recordings["marked"]
     assert web_site.json(f"/api/recordings/{marked['recording_id']}/waveform")["bookmarks"] \
         == marked["bookmarks"]
+    # A peer's file that is no audio: refused in one line, each time, and nothing stored.
+    broken = web_site.recordings["broken"]["recording_id"]
+    for _ in range(2):
+        res = web_site.get(f"/api/recordings/{broken}/waveform")
+        assert res.status_code == 404 and "does not decode" in res.json()["error"]
+    assert made(broken) is None
+    assert web_site.get(f"/media/{broken}.ogg").content.startswith(b"OggS")  # still playable
 
 
 def test_nothing_outside_the_recordings_is_served(web_site):
@@ -277,14 +285,14 @@ def test_metrics_for_prometheus(web_site):
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     assert samples['recorder_recordings{device="dev-b",origin="own"}'] >= 3
-    assert samples['recorder_recordings{device="dev-a",origin="peer"}'] == 1
+    assert samples['recorder_recordings{device="dev-a",origin="peer"}'] == 2
     assert samples["recorder_peers_connected"] == 1 and samples["recorder_peers"] == 1
     assert samples["recorder_bridge_quarantined"] == 1
     assert samples["recorder_disk_free_bytes"] > 0
     assert samples["recorder_input_overflows_total"] == 0
     assert samples["recorder_ring_overrun_frames_total"] == 0
     assert samples["recorder_outbox_depth"] >= 0
-    assert sum(v for k, v in samples.items() if k.startswith("recorder_outbox_entries")) >= 4
+    assert sum(v for k, v in samples.items() if k.startswith("recorder_outbox_entries")) >= 5
     assert samples['recorder_state{state="idle"}'] == 1
 
 
@@ -298,7 +306,7 @@ def test_mesh_api_peers_yggdrasil_and_quarantine(web_site):
     (bad,) = mesh["bridge"]["quarantined"]
     assert bad["peer"] == "dev-a" and bad["path"].endswith("badbadba.json")
     assert "missing" in bad["reason"]
-    assert mesh["recordings"] == {"own": mesh["recordings"]["own"], "peer:dev-a": 1}
+    assert mesh["recordings"] == {"own": mesh["recordings"]["own"], "peer:dev-a": 2}
 
 
 # --- in-process services: read access behind the password, a port already taken -------------

@@ -11,7 +11,8 @@
 - b's own recordings were made before the service started (``recorder record``): "Lemon rice"
   (tags cooking, rice), whose papad registration was refused (parked with papad's reason), and
   "Harvest song" (music); a's "Chutney from the hills" (cooking) is the same audio as "Lemon
-  rice" (an Audio ID duplicate); and one recording the service made with a bookmark.
+  rice" (an Audio ID duplicate); a's "Broken upload" passes the bridge (valid sidecar, right
+  sha256) but is no audio; and one recording the service made with a bookmark.
 
 Tests may start and stop recordings, but leave the service idle and the files in place.
 """
@@ -19,6 +20,7 @@ Tests may start and stop recordings, but leave the service idle and the files in
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -145,6 +147,23 @@ def _record(cfg: Path, clip: Path, title: str, *tags: str, env: dict[str, str]) 
     return json.loads(sidecar.read_text())
 
 
+def _broken_upload(folder: Path, like: dict[str, Any]) -> dict[str, Any]:
+    """A peer recording whose sidecar is valid and whose bytes match its sha256, but which is
+    no audio at all: the bridge imports it, nothing can decode it."""
+    junk = b"OggS" + bytes(range(256)) * 40
+    rid = like["recording_id"][:-8] + "badc0ded"
+    path = f"recordings/2026/01/02/20260102T000000Z_dev-a_{rid[-8:]}.ogg"
+    doc = {**like, "recording_id": rid, "path": path, "title": "Broken upload", "tags": [],
+           "bytes": len(junk), "sha256": hashlib.sha256(junk).hexdigest(),
+           "started_at": "2026-01-02T00:00:00.000Z", "bookmarks": []}
+    doc.pop("audio_id", None)
+    doc.pop("duplicate_of", None)
+    (folder / path).parent.mkdir(parents=True, exist_ok=True)
+    (folder / path).write_bytes(junk)
+    (folder / path).with_suffix(".json").write_text(json.dumps(doc))
+    return doc
+
+
 @pytest.fixture(scope="session")
 def web_site(tmp_path_factory):
     base = tmp_path_factory.mktemp("web")
@@ -202,6 +221,7 @@ def web_site(tmp_path_factory):
         bad = a.sync_root / "dev-a" / "recordings" / "2026" / "01" / "01"
         bad.mkdir(parents=True, exist_ok=True)
         (bad / "20260101T000000Z_dev-a_badbadba.json").write_text('{"schema": "nope"}\n')
+        recs["broken"] = _broken_upload(a.sync_root / "dev-a", recs["chutney"])
         a.client.scan(provision.folder_id("dev-a"))
         # papad refuses the first registration for good: it is parked with this reason.
         papad.force_error(400, {"title": [PARK_REASON]})
@@ -237,7 +257,7 @@ def web_site(tmp_path_factory):
                 items = site.json("/api/recordings")["items"]
                 seen["papad"] = {i["title"]: (i["papad"] or {}).get("state") for i in items}
                 seen["quarantined"] = site.json("/api/mesh")["bridge"]["quarantined"]
-                return (len(items) == 4 and seen["papad"].get("Lemon rice") == "parked"
+                return (len(items) == 5 and seen["papad"].get("Lemon rice") == "parked"
                         and seen["papad"].get("Chutney from the hills") == "registered"
                         and bool(seen["quarantined"]))
 
