@@ -4,6 +4,7 @@ symlinks, /metrics; and, in-process, `web.open_read = false` and a port already 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import ipaddress
@@ -19,6 +20,7 @@ import pytest
 import requests
 import soundfile as sf
 
+from recorder.config import SourceSpec, WebConfig
 from recorder.errors import ConfigError
 from tests.conftest import free_port, wait_until
 from tests.papad_setup import write_secret
@@ -313,12 +315,15 @@ def test_mesh_api_peers_yggdrasil_and_quarantine(web_site):
 
 
 def _service(cfg_factory, clip: Path, **web):
+    return _run_service(cfg_factory(audio={"source": f"file:{clip}", "preroll": 0.0}, web=web))
+
+
+def _run_service(cfg):
     from gpiozero.pins.mock import MockFactory
 
     from recorder.daemon import Service
 
-    svc = Service(cfg_factory(audio={"source": f"file:{clip}", "preroll": 0.0}, web=web),
-                  pin_factory=MockFactory())
+    svc = Service(cfg, pin_factory=MockFactory())
     thread = threading.Thread(target=svc.run, daemon=True)
     thread.start()
     wait_until(lambda: svc.state == "idle", what="service armed")
@@ -364,6 +369,38 @@ def test_a_taken_port_leaves_the_recorder_running(cfg_factory, tmp_path, speech_
         svc.request_stop()
         thread.join(30)
         blocker.close()
+
+
+def test_live_radio_switched_from_the_page(icecast, speech_wav, tmp_path):
+    cfg = icecast.recorder_config(live=False)
+    port = free_port()
+    cfg = dataclasses.replace(
+        cfg, audio=dataclasses.replace(cfg.audio, source=SourceSpec.parse(f"file:{speech_wav}"),
+                                       preroll=0.0),
+        web=WebConfig(listen="127.0.0.1", port=port,
+                      password_file=write_secret(tmp_path / "pw", "radio-pass")))
+    svc, thread = _run_service(cfg)
+    url = f"http://127.0.0.1:{port}"
+
+    def on_air() -> bool:
+        return requests.get(url + "/api/status", timeout=30).json()["radio"]["on_air"]
+
+    try:
+        assert not on_air()
+        with requests.Session() as s:
+            csrf = s.post(url + "/api/login", json={"password": "radio-pass"},
+                          timeout=30).json()["csrf"]
+            res = s.post(url + "/api/control/live", json={"on": True},
+                         headers={"X-CSRF-Token": csrf}, timeout=30)
+            assert res.status_code == 200 and res.json() == {"live": True}
+            wait_until(on_air, 30, 0.1, "on air")
+            assert "recorder_radio_on_air 1" in requests.get(url + "/metrics", timeout=30).text
+            s.post(url + "/api/control/live", json={"on": False},
+                   headers={"X-CSRF-Token": csrf}, timeout=30)
+            wait_until(lambda: not on_air(), 30, 0.1, "off the air")
+    finally:
+        svc.request_stop()
+        thread.join(30)
 
 
 @pytest.mark.parametrize(("web", "key"), [
