@@ -73,18 +73,19 @@ def test_now_page_follows_ctl_start_and_the_meter_moves(web_site, browser, tmp_p
     try:
         wait_until(lambda: text(browser, "state") == "Recording", 30, 0.1, "recording shown")
         levels: set[str] = set()
+        widths: set[float] = set()
 
         def meter_moved() -> bool:
             levels.add(browser.execute_script(
                 "return document.getElementById('meter').dataset.level"))
-            return len(levels - {""}) >= 5
+            widths.add(browser.execute_script(
+                "return parseFloat(document.getElementById('meter-fill').style.width) || 0"))
+            return len(levels - {""}) >= 5 and max(widths) > 0  # speech has pauses too
 
         wait_until(meter_moved, 30, 0.05, "the level meter moving")
+        assert all(0 <= w <= 100 for w in widths)
         wait_until(lambda: text(browser, "elapsed") not in ("", "0:00"), 30, 0.1,
                    "elapsed time counting")
-        width = browser.execute_script(
-            "return parseFloat(document.getElementById('meter-fill').style.width)")
-        assert 0 < width <= 100
         assert browser.execute_script(
             "return document.getElementById('led').dataset.led") == "recording"
         assert text(browser, "toggle") == "Stop"

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 COOKIE = "recorder_session"
 METER_INTERVAL = 0.125  # seconds between live meter updates: 8 a second
 METER_STREAMS = 4  # at once; each holds one server thread
+# A stream ends after this long and the browser reconnects by itself: a phone that vanished
+# without closing its connection gives its thread back within minutes, not TCP's quarter hour.
+METER_STREAM_SECONDS = 300.0
 LEVELS_TIMEOUT = 3.0
 TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
          ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml",
@@ -250,7 +253,8 @@ class Site:
             self._count_watcher(+1)
             try:
                 yield "retry: 2000\n\n"
-                while not self.stopping.is_set():
+                until = time.monotonic() + METER_STREAM_SECONDS
+                while not self.stopping.is_set() and time.monotonic() < until:
                     yield "data: " + json.dumps(self.feed.get()) + "\n\n"
                     self.stopping.wait(self.feed.interval)
             finally:  # the client left (the next write failed) or the server stops

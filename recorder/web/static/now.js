@@ -74,10 +74,19 @@ function showLevel(level) {
   showLed(level.led);
 }
 
+// The meter streams only while the page is on screen: a hidden tab gives its stream back.
 function meter() {
-  const source = new EventSource("/api/levels/stream");
-  source.onmessage = (event) => showLevel(JSON.parse(event.data));
-  source.onerror = () => { $("meter-text").textContent = "meter reconnecting…"; };
+  let source = null;
+  const open = () => {
+    if (source) return;
+    source = new EventSource("/api/levels/stream");
+    source.onmessage = (event) => showLevel(JSON.parse(event.data));
+    source.onerror = () => { $("meter-text").textContent = "meter reconnecting…"; };
+  };
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden && source) { source.close(); source = null; } else if (!document.hidden) open();
+  });
+  open();
 }
 
 async function control(path, body, done) {
