@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from recorder.papad.outbox import Outbox, OutboxWorker
     from recorder.radio.nowplaying import PlayLog
     from recorder.sinks.radio import RadioSink
+    from recorder.waveform import Waveforms
+    from recorder.web.server import WebWorker
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,10 @@ class Worker(Protocol):
     def stop(self) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
+
+
+# How another thread asks the running service something: `daemon.Service.request`.
+ServiceRequest = Callable[..., dict[str, Any]]
 
 
 class CatalogueHook:
@@ -199,11 +205,13 @@ class Assembly:
     radio: RadioWorker | None = None
     play_log: PlayLog | None = None
     bridge: Bridge | None = None
+    waveforms: Waveforms | None = None
+    web: WebWorker | None = None
 
     @property
     def workers(self) -> list[Worker]:
         """The service's background workers, in start order."""
-        return [w for w in (self.registration, self.radio, self.play_log, self.bridge)
+        return [w for w in (self.registration, self.radio, self.play_log, self.bridge, self.web)
                 if w is not None]
 
     @property
@@ -248,12 +256,13 @@ def sink_factories(cfg: Config) -> list[SinkFactory]:
 
 
 def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
-             bridge: bool | None = None) -> Assembly:
+             bridge: bool | None = None, request: ServiceRequest | None = None) -> Assembly:
     """Build every component `cfg` asks for, once.
 
     `service`: also the service's workers (papad delivery, radio unless `radio` is false,
-    the bridge when Syncthing is configured or `bridge` is true); one-off commands only
-    publish and queue, durably, for the service to deliver.
+    the bridge when Syncthing is configured or `bridge` is true, the web page when
+    ``web.enabled`` and the service passes its `request`); one-off commands only publish and
+    queue, durably, for the service to deliver.
     """
     layout = Layout.of(cfg.device.id, cfg.storage)
     database = open_database(cfg)
@@ -299,7 +308,43 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
             parts.play_log = PlayLog(cfg)
     if bridged and parts.catalogue is not None:
         parts.bridge = _bridge(cfg, parts)
+    if cfg.web.enabled:
+        from recorder.waveform import Waveforms
+
+        parts.waveforms = Waveforms(database)  # peaks made while recording, stored at publish
+        parts.sink_factories.append(parts.waveforms.sink)
+        publisher.enrichers.insert(0, parts.waveforms.enrich)
+        if service and request is not None:
+            parts.web = _web(cfg, parts, request)
     return parts
+
+
+def _web(cfg: Config, parts: Assembly, request: ServiceRequest) -> WebWorker:
+    """The web page, reading the shared components and asking the service through
+    `request`; a bad password file stops start-up here, clearly."""
+    from recorder.mesh.store import BridgeStore
+    from recorder.web.server import Collaborators, WebWorker
+
+    assert parts.waveforms is not None
+    mesh_status: Callable[[], dict[str, Any]] | None = None
+    if parts.syncthing is not None:
+        from recorder.mesh import provision
+
+        client = parts.syncthing
+
+        def mesh_status() -> dict[str, Any]:
+            return provision.status(cfg, client)
+
+    reg = parts.registration
+    return WebWorker(cfg.web, Collaborators(
+        request=request, layout=parts.layout, waveforms=parts.waveforms,
+        catalogue=parts.catalogue, outbox=reg.outbox if reg is not None else None,
+        wake_outbox=reg.wake if reg is not None else None,
+        bridge_store=parts.bridge.store if parts.bridge is not None
+        else BridgeStore(parts.database),
+        mesh_status=mesh_status, syncthing=parts.syncthing,
+        yggdrasil_endpoint=cfg.yggdrasil.admin_endpoint,
+        encoder=cfg.encoder, channels=cfg.audio.channels))
 
 
 def _bridge(cfg: Config, parts: Assembly) -> Bridge:
@@ -342,4 +387,5 @@ def build_pump(parts: Assembly, audio_cfg: AudioConfig, *, source: SourceSpec | 
                 always_on=always_on, extra_sinks=parts.sink_factories, on_event=on_event)
 
 
-__all__ = ["Assembly", "CatalogueHook", "Registration", "Worker", "assemble", "build_pump"]
+__all__ = ["Assembly", "CatalogueHook", "Registration", "ServiceRequest", "Worker", "assemble",
+           "build_pump"]

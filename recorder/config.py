@@ -10,6 +10,7 @@ Unknown sections and keys are errors too: a typo must not silently fall back to 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -185,6 +186,15 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    enabled: bool = True
+    listen: str = ""  # an IP address; empty: every address, IPv4 and IPv6 (yggdrasil too)
+    port: int = 8080
+    password_file: Path | None = None  # controls (start, stop, ...) need it; none: read-only
+    open_read: bool = True  # false: every page needs the password too
+
+
+@dataclass(frozen=True)
 class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -198,6 +208,7 @@ class Config:
     radio: RadioConfig = field(default_factory=RadioConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     source_path: Path | None = None  # the file this came from, if any
 
     @property
@@ -361,6 +372,17 @@ def _ifname(key: str, value: Any) -> str:
     return value
 
 
+def _listen(key: str, value: Any) -> str:
+    value = _string(key, value).strip().strip("[]")
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise _fail(key, "must be an IP address like 0.0.0.0, :: or 127.0.0.1 "
+                        "(empty: every address)", value) from None
+    return value
+
+
 _boolean = _type(bool, "true or false")
 
 SCHEMA: dict[str, dict[str, Check]] = {
@@ -466,6 +488,14 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "silence_seconds": _number(1, 3600),
         "clip_fraction": _number(0, 1),
         "stall_seconds": _number(0.2, 60),
+    },
+    "web": {
+        "enabled": _boolean,
+        "listen": _listen,
+        # Below 1024 the service user would need CAP_NET_BIND_SERVICE: not granted.
+        "port": _number(1024, 65535, integer=True),
+        "password_file": _optional_path,
+        "open_read": _boolean,
     },
 }
 
@@ -586,3 +616,7 @@ def _cross_checks(built: dict[str, Any]) -> None:
         raise ConfigError(
             "papad.media_base_url: must contain {device_id}; got " + repr(papad.media_base_url)
         )
+    web: WebConfig = built["web"]
+    if web.enabled and not web.open_read and web.password_file is None:
+        raise ConfigError("web.password_file: required when web.open_read = false "
+                          "(nobody could open the pages)")

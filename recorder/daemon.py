@@ -45,7 +45,7 @@ from recorder.led import NullLed, StatusLed, open_status_led
 from recorder.pump import Pump, PumpEvent, RecordingStateError
 from recorder.recover import Outcome, recover, waiting_need
 from recorder.sdnotify import Notifier
-from recorder.sinks.levels import LevelMeter
+from recorder.sinks.levels import FULL_SCALE, LevelMeter, dbfs
 from recorder.storage import DiskFullError, ensure_dir, is_disk_full
 from recorder.triggers import LIVE_OFF, LIVE_ON, MARK, TOGGLE, Triggers, drive_mock_pin
 
@@ -87,7 +87,8 @@ class Service:
         self.realtime = realtime
         self.pin_factory = pin_factory
         self.notifier = notifier or Notifier()
-        self.parts = app.assemble(cfg, service=True)
+        # The web page gets `request`, the one way another thread asks the service anything.
+        self.parts = app.assemble(cfg, service=True, request=self.request)
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self.stopping = threading.Event()
         # -- owned by the main thread (the event loop) --
@@ -347,6 +348,7 @@ class Service:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        self._refuse_queued()
         try:
             self._close_pump("shutdown")
         except Exception:
@@ -525,18 +527,58 @@ class Service:
             "workers": {w.name: w.status() for w in self.parts.workers},
         }
 
-    # -- control socket --------------------------------------------------------------------------
+    def levels(self) -> dict[str, Any]:
+        """The live meter (main thread): the always-on meter's latest block and the recording
+        clock. Cheap: the web page polls it several times a second while someone watches."""
+        pump, meter = self.pump, self.meter
+        recording = pump.status()["recording"] if pump is not None else None
+        clipped = meter.last_clip_frame >= 0 and (
+            meter.frames - meter.last_clip_frame) < meter.samplerate  # in the last second
+        return {
+            "state": str(self.state),
+            "rms_dbfs": round(dbfs(meter.block_rms / FULL_SCALE), 1),
+            "clipping": clipped,
+            "frames": meter.frames,
+            "recording_seconds": recording["seconds"] if recording else None,
+            "led": self.led.state,
+        }
+
+    # -- requests from other threads (control socket, web page) ----------------------------------
+    def request(self, command: dict[str, Any],
+                timeout: float = COMMAND_TIMEOUT) -> dict[str, Any]:
+        """Run one command (``{"command": "status"}``, ``levels``, ``start``, ``stop``,
+        ``mark``, ``live`` with ``on``) on the main loop and return its answer.
+
+        For any thread but the main one (it would wait for itself), any number at once: the
+        command is queued and answered in order with everything else the service does. Raises
+        the command's RecorderError, or ServiceError when the service is stopping or does not
+        answer within `timeout` seconds.
+        """
+        if self.stopping.is_set():
+            raise ServiceError("the service is stopping")
+        reply: Future[dict[str, Any]] = Future()
+        self._events.put(_Event("command", dict(command), reply))
+        try:
+            return reply.result(timeout=timeout)
+        except TimeoutError:
+            raise ServiceError("the service did not answer in time (busy publishing?)") \
+                from None
+
+    def _refuse_queued(self) -> None:
+        """At shutdown: answer the commands the loop will never run, so nobody waits."""
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if event.reply is not None:
+                event.reply.set_exception(ServiceError("the service is stopping"))
+
     def _from_socket(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control-socket thread: run the command on the main loop and wait for its answer."""
         if request.get("command") == "pin":
             return self._drive_mock_pin(request)  # drives pins only; the presses queue events
-        reply: Future[dict[str, Any]] = Future()
-        self._events.put(_Event("command", dict(request), reply))
-        try:
-            return reply.result(timeout=COMMAND_TIMEOUT)
-        except TimeoutError:
-            raise ServiceError("the service did not answer in time (busy publishing?)") \
-                from None
+        return self.request(request)
 
     def handle_command(self, request: dict[str, Any]) -> dict[str, Any]:
         """One control command (main thread)."""
@@ -557,6 +599,8 @@ class Service:
             return {"message": "bookmarked"}
         if command == "status":
             return self.status()
+        if command == "levels":
+            return self.levels()
         if command == "live":
             return self._set_live(bool(request.get("on")))
         raise RecorderError(f"unknown command {command!r}")

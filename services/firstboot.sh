@@ -8,7 +8,8 @@
 #   3. configure Syncthing: GUI/REST on 127.0.0.1 only, an API key shared with the recorder
 #      through /etc/recorder/secrets/syncthing-api-key, field-friendly options;
 #   4. set the hostname to recorder-<id>;
-#   5. create this device's Syncthing folder with `recorder mesh setup`.
+#   5. create this device's Syncthing folder with `recorder mesh setup`;
+#   6. create the web page's password (/etc/recorder/secrets/web-password).
 #
 # Every step checks before it acts, so running it again changes nothing. The marker file is
 # written only when all steps succeeded: a failed step is retried at the next boot.
@@ -132,6 +133,18 @@ ensure_api_key() {
     fi
     chown "$SERVICE_USER:$SERVICE_USER" "$API_KEY_FILE"
     chmod 0600 "$API_KEY_FILE"
+}
+
+# The web page's password (its controls: start, stop, bookmark, live, retry): one per card,
+# random; a volunteer reads it with `sudo cat /etc/recorder/secrets/web-password`.
+ensure_web_password() {
+    local file=$SECRETS/web-password
+    if [ ! -s "$file" ]; then
+        (umask 077 && head -c 12 /dev/urandom | base64 | tr -d '/+=\n' >"$file")
+        log "web page password created in $file"
+    fi
+    chown "$SERVICE_USER:$SERVICE_USER" "$file"
+    chmod 0600 "$file"
 }
 
 # Loopback-only GUI with our API key, no browser, no usage reporting, no self-upgrade, fast
@@ -295,6 +308,7 @@ main() {
     ensure_device_id
     ensure_syncthing_keys
     ensure_api_key
+    ensure_web_password
     configure_syncthing
     ensure_hostname
     ensure_stignore

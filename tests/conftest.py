@@ -17,7 +17,7 @@ import pytest
 
 # Fixture modules shared by many test files.
 pytest_plugins = ["tests.clips", "tests.pulse", "tests.icecast", "tests.corpus", "tests.netns",
-                  "tests.papad_kit", "tests.service_harness"]
+                  "tests.papad_kit", "tests.service_harness", "tests.web_site"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -89,6 +89,7 @@ def cfg_factory(tmp_path):
         raw = {
             "device": {"id": "testdev01"},
             "storage": {"data_dir": str(tmp_path / "data"), "reserve_mb": 0},
+            "web": {"listen": "127.0.0.1", "port": free_port()},  # never 8080 on every address
         }
         for name, values in sections.items():
             raw.setdefault(name, {}).update(values)
@@ -120,7 +121,8 @@ def config_file(tmp_path):
 
     def make(**sections):
         data = tmp_path / "data"
-        base = {"device": {"id": "testdev01"}, "storage": {"data_dir": str(data), "reserve_mb": 0}}
+        base = {"device": {"id": "testdev01"}, "storage": {"data_dir": str(data), "reserve_mb": 0},
+                "web": {"listen": "127.0.0.1", "port": free_port()}}
         for name, values in sections.items():
             base.setdefault(name, {}).update(values)
         return toml_config(tmp_path / "recorder.toml", base), data

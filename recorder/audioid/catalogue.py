@@ -52,6 +52,9 @@ VERIFY_RADIUS = 2  # items either side of the voted offset
 REBUILD_BATCH = 200
 CACHE_KIB = 32768
 
+# recorder/web/listing.py keeps its `web_listing` in step through triggers on `recordings`
+# (reading recording_id, device_id, path, origin, started_at, duration, sidecar, duplicate_of):
+# a change to these columns must change those triggers too.
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS recordings (
         recording_id TEXT PRIMARY KEY,

@@ -199,6 +199,7 @@ def _demo_override(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "service": {"control_socket": str(data / "control.sock")},
         "storage": {"data_dir": str(data), "reserve_mb": 50},
         "device": {"id": "demo-device"},
+        "web": {"enabled": False},  # a dozen seconds of demo: no web page on the network
     }
 
 

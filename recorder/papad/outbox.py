@@ -298,6 +298,22 @@ class Outbox:
             ).fetchone()
         return row[0] if row else None
 
+    def states(self, recording_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The registration of each queued recording among `recording_ids`, by recording id:
+        ``{"id", "state", "attempts", "last_error", "remote_id"}`` (one query, no sidecars
+        parsed: for a page listing recordings). Recordings never queued are absent."""
+        if not recording_ids:
+            return {}
+        marks = ",".join("?" * len(recording_ids))
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, recording_id, state, attempts, last_error, remote_id"
+                f" FROM papad_outbox WHERE recording_id IN ({marks})", recording_ids,
+            ).fetchall()
+        return {r["recording_id"]: {"id": r["id"], "state": r["state"],
+                                    "attempts": r["attempts"], "last_error": r["last_error"],
+                                    "remote_id": r["remote_id"]} for r in rows}
+
     def next_due_in(self) -> float | None:
         """Seconds until the next pending entry is due (0 if one is due now); None if none."""
         with self._lock:
