@@ -217,6 +217,10 @@ class AnnotationExchange:
             due = min(due, PENDING_RETRY)
         return due
 
+    def request_export(self) -> None:
+        """Export at the next turn of the bridge (something papad shows changed here)."""
+        self._next_export = 0.0
+
     def run_due(self) -> None:
         """Export if the interval passed; retry pending imports."""
         if self.clock() >= self._next_export:
