@@ -8,7 +8,6 @@ synchronised the wall clock:
 
     true start = started_at + offset, where
     offset = (wall - monotonic)[now] - (started_at - monotonic_start)[then]
-    offset = (wall - monotonic) now - (started_at - monotonic_start) then
 
 The **owner** (only the device that made a recording ever writes its sidecar) rewrites the
 sidecar atomically (staged, fsynced, renamed: `recorder.atomic`) with the corrected

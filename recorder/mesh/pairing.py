@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from recorder.config import Config
+from recorder.deviceid import is_device_id
 from recorder.errors import RecorderError, RemoteError
 from recorder.mesh import provision
 from recorder.mesh import roster as rosters
@@ -211,7 +212,9 @@ def find_peer(cfg: Config, client: SyncthingClient, roster: Roster, who: str) ->
         if d["deviceID"] != my_id and (d["deviceID"] == sid or d.get("name") == who):
             owner = next((o for f in folders if d["deviceID"] in holders(f, my_id)
                           and (o := owner_of(f["id"])) not in (None, cfg.device.id)), None)
-            return Statement(d["deviceID"], owner or who, MEMBER, 0.0)
+            name = str(d.get("name", ""))
+            return Statement(d["deviceID"], owner or (name if is_device_id(name) else "unknown"),
+                             MEMBER, 0.0)
     raise RecorderError(f"no peer {who!r} (give its recorder id, Syncthing device id or name; "
                         "see `recorder mesh status`)")
 
@@ -268,7 +271,7 @@ def reconcile(cfg: Config, client: SyncthingClient, database: Database) -> Recon
 
     Idempotent: a pass over a settled mesh changes nothing. Raises RemoteError when Syncthing
     cannot be reached (the caller retries later)."""
-    report = ReconcileReport()
+    report = ReconcileReport(changes=provision.setup(cfg, client)["changes"])
     roster = Roster(database)
     my_id = client.device_id()
     folders = {f["id"]: f for f in client.folders()}
@@ -345,10 +348,20 @@ def _admit(cfg: Config, client: SyncthingClient, roster: Roster, invites: Invite
         if holder is not None:
             report.conflicts.append(_claim(cfg, rid, holder, sid, my_id))
             continue
-        roster.decide(sid, rid, MEMBER)
+        # Syncthing dials from its listening port: the address it knocked from is where it
+        # listens, so we can dial it back at once instead of waiting for its next attempt.
+        knocked = _dialable(str((info or {}).get("address", "")))
+        roster.decide(sid, rid, MEMBER, (knocked,) if knocked else ())
         invites.use(token, rid)
         report.accepted.append(rid)
         log.info("mesh: %s (%s) joined with an invite", rid, sid)
+
+
+def _dialable(address: str) -> str | None:
+    """``tcp://HOST:PORT`` for a pending device's ``address`` (``1.2.3.4:22000``,
+    ``[200::1]:22000``), or None."""
+    m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[0-9.]+):(\d{1,5})", address)
+    return f"tcp://{m.group(1)}:{m.group(2)}" if m else None
 
 
 def _merge(cfg: Config, roster: Roster, folders: dict[str, dict[str, Any]], my_id: str,
