@@ -74,6 +74,7 @@ class ReconcileReport:
     accepted: list[str] = field(default_factory=list)  # recorder ids admitted by invite
     conflicts: list[str] = field(default_factory=list)  # duplicate ids, one line each
     roster_errors: list[str] = field(default_factory=list)  # peers' unusable roster files
+    added: list[str] = field(default_factory=list)  # Syncthing ids of devices added now
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -419,6 +420,7 @@ def _apply(cfg: Config, client: SyncthingClient, roster: Roster, my_id: str,
                                "addresses": [*stmt.addresses, "dynamic"],
                                "autoAcceptFolders": False, "introducer": False})
             report.changes.append(f"added device {stmt.syncthing_id} ({stmt.device_id})")
+            report.added.append(stmt.syncthing_id)
         else:
             _ensure_addresses(client, stmt.syncthing_id, stmt.addresses, report.changes)
         provision.share_own_folder(cfg, client, own, my_id, stmt.syncthing_id, report.changes)
