@@ -222,8 +222,12 @@ def test_duplicate_device_id_is_refused_on_both_sides(chain, tmp_path):
         doctor = _cli(b, "doctor", "--json")
         mesh = next(ch for ch in json.loads(doctor.stdout)["checks"] if ch["name"] == "mesh")
         assert not mesh["ok"] and "duplicate device id 'dev-a'" in mesh["detail"]
-        status = _cli(b, "mesh", "status")
-        assert "conflict: duplicate device id 'dev-a'" in status.stdout
+        for inst in (b, x):  # both sides, without asking the service
+            status = _cli(inst, "mesh", "status")
+            assert "conflict: duplicate device id 'dev-a'" in status.stdout, status.stdout
+        doctor = _cli(x, "doctor", "--json")
+        mesh = next(ch for ch in json.loads(doctor.stdout)["checks"] if ch["name"] == "mesh")
+        assert not mesh["ok"] and "claims this device's own id" in mesh["detail"], mesh
     finally:
         x.keeper.stop()
         _cli(b, "mesh", "remove-peer", x.device_id)

@@ -385,14 +385,18 @@ def _merge(cfg: Config, roster: Roster, folders: dict[str, dict[str, Any]], my_i
                 f"but the folder is held from {member.syncthing_id[:7]}")
             continue
         roster.set_addresses(member.syncthing_id, peer.addresses)
+        report.conflicts += _own_id_claims(cfg, peer, my_id)
         for stmt in peer.statements:
-            if stmt.syncthing_id == my_id:
-                continue
-            if stmt.device_id == cfg.device.id and stmt.state == MEMBER:
-                report.conflicts.append(_claim(cfg, stmt.device_id, my_id, stmt.syncthing_id,
-                                               my_id) + f" (listed by {member.device_id})")
-                continue
-            roster.merge(stmt)
+            if stmt.syncthing_id != my_id and not (stmt.device_id == cfg.device.id
+                                                   and stmt.state == MEMBER):
+                roster.merge(stmt)
+
+
+def _own_id_claims(cfg: Config, peer: rosters.PeerRoster, my_id: str) -> list[str]:
+    """A peer's roster listing another Syncthing device under this device's own id."""
+    return [_claim(cfg, s.device_id, my_id, s.syncthing_id, my_id)
+            + f" (listed by {peer.device_id})" for s in peer.statements
+            if s.device_id == cfg.device.id and s.state == MEMBER and s.syncthing_id != my_id]
 
 
 def _apply(cfg: Config, client: SyncthingClient, roster: Roster, my_id: str,
@@ -451,10 +455,20 @@ def _offers(cfg: Config, client: SyncthingClient, my_id: str, report: ReconcileR
 
 
 def conflicts(cfg: Config, client: SyncthingClient) -> list[str]:
-    """The duplicate-id conflicts visible without the service's database (``doctor``):
-    folders offered by a second device."""
+    """The duplicate-id conflicts visible without the service (``doctor``, ``mesh status``):
+    folders offered by a second device, and peers' rosters naming another device under this
+    device's id. Reads only."""
     report = ReconcileReport()
-    _offers(cfg, client, client.device_id(), report)
+    my_id = client.device_id()
+    _offers(cfg, client, my_id, report)
+    folders = {f["id"]: f for f in client.folders()}
+    for owner, sid in _peer_folders(cfg, folders, my_id).items():
+        try:
+            peer = rosters.read_peer(cfg.storage.sync_root / owner)
+        except RosterError:
+            continue
+        if peer is not None and peer.syncthing_id == sid:
+            report.conflicts += _own_id_claims(cfg, peer, my_id)
     return sorted(set(report.conflicts))
 
 
