@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 SYNCTHING_PORT = 22000
 JOIN_TIMEOUT = 120.0
+MAX_SKEW = 86400.0
 _LISTEN = re.compile(r"^(tcp[46]?)://(\[[0-9a-fA-F:.]*\]|[^\[\]/:]*):(\d{1,5})$")
 _WILDCARD = {"", "0.0.0.0", "[::]", "::", "[]"}
 
@@ -386,9 +387,13 @@ def _merge(cfg: Config, roster: Roster, folders: dict[str, dict[str, Any]], my_i
             continue
         roster.set_addresses(member.syncthing_id, peer.addresses)
         report.conflicts += _own_id_claims(cfg, peer, my_id)
+        # A device never vouches for itself, and a decision "from the future" (beyond a day of
+        # clock skew) could never be overruled: both are ignored.
+        latest = time.time() + MAX_SKEW
         for stmt in peer.statements:
-            if stmt.syncthing_id != my_id and not (stmt.device_id == cfg.device.id
-                                                   and stmt.state == MEMBER):
+            if stmt.syncthing_id in (my_id, member.syncthing_id) or stmt.since > latest:
+                continue
+            if not (stmt.device_id == cfg.device.id and stmt.state == MEMBER):
                 roster.merge(stmt)
 
 
