@@ -524,7 +524,8 @@ PLACEHOLDER_IDS = frozenset({
     "your-id", "your-device-id", "device-id", "deviceid", "my-device", "placeholder", "todo",
     "tbd", "none", "null", "unset", "default", "id", "xxx", "recorder", "recorderpi",
 })
-_PLACEHOLDER_RE = re.compile(r"^(x+|0+|[._-]+|.*(set-?me|change-?me|placeholder).*)$")
+_PLACEHOLDER_RE = re.compile(
+    r"^(x+|0+|[._-]+|(.*[._-])?(set-?me|change-?me|placeholder)([._-].*)?)$")
 
 
 def _resolve_device(d: DeviceConfig) -> DeviceConfig:

@@ -286,10 +286,12 @@ def cut_link(base: Path, runs: int, syncthing_cap: float) -> None:
         shown = f"> {syncthing_cap:.0f} s" if took is None else f"{took:.1f} s"
         print(f"cut link seen down by Syncthing alone: {shown}", flush=True)
         for probe in (10.0, 2.0):
-            times = [t for _ in range(runs) if (t := seen_down(probe, 120)) is not None]
-            print(f"cut link seen down with the service's probe every {probe:g} s: n={len(times)} "
-                  f"median {statistics.median(times):5.1f} s  max {max(times):5.1f} s",
-                  flush=True)
+            got = [seen_down(probe, 120) for _ in range(runs)]
+            times = [t for t in got if t is not None]
+            print(f"cut link seen down with the service's probe every {probe:g} s: n={runs} "
+                  f"median {statistics.median(times):5.1f} s  max {max(times):5.1f} s; "
+                  f"not seen within 120 s: {runs - len(times)}  "
+                  f"({', '.join('-' if t is None else f'{t:.1f}' for t in got)})", flush=True)
 
 
 def _sections(inst: Instance) -> dict:
@@ -307,6 +309,9 @@ def _ping_in(node: Any, host: str, timeout: float) -> bool:
 
 
 def main() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)  # the keepers' warnings are not the figures
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="recordings with the hand-off")
     parser.add_argument("--watcher-runs", type=int, default=5, help="recordings, watcher only")
