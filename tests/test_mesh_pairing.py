@@ -88,10 +88,13 @@ def _full_mesh(devices: list[Instance]) -> bool:
 
 
 def _stop_keepers(devices: list[Instance]) -> None:
-    for inst in devices:
-        keeper = getattr(inst, "keeper", None)
-        if keeper is not None:
-            keeper.stop()
+    """Stop the keepers side by side (each may be in a long poll of a few seconds)."""
+    keepers = [k for inst in devices if (k := getattr(inst, "keeper", None)) is not None]
+    threads = [threading.Thread(target=k.stop) for k in keepers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
 
 
 @pytest.fixture(scope="module")

@@ -131,15 +131,17 @@ class HealthTracker:
         my_id = client.device_id()
         connections = client.connections().get("connections", {})
         stats = client.device_stats()
-        owners = {d["deviceID"]: owner_of(f["id"]) for f in client.folders()
+        folders = [f for f in client.folders() if f["id"].startswith(FOLDER_PREFIX)]
+        owners = {d["deviceID"]: owner_of(f["id"]) for f in folders
                   if f["id"] != self.own_folder for d in f.get("devices", [])
                   if d["deviceID"] != my_id}
+        mesh = {d["deviceID"] for f in folders for d in f.get("devices", [])}
         out = []
         now = self.wall()
         for dev in client.devices():
             did = dev["deviceID"]
-            if did == my_id:
-                continue
+            if did == my_id or did not in mesh:
+                continue  # a device sharing no mesh folder (a laptop, say) is not a peer
             conn = connections.get(did, {})
             self._forget_dead(did, conn)
             name = owners.get(did) or dev.get("name") or did[:7]
