@@ -9,8 +9,11 @@ that change it (remove, duplicate ids) put it back before they end.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +21,7 @@ import pytest
 from recorder.config import Config, parse_config
 from recorder.db import Database
 from recorder.mesh.keeper import MeshKeeper
-from tests.conftest import need, run_cli, wait_until
+from tests.conftest import fake_net, free_port, need, run_cli, wait_until
 from tests.syncthing_harness import Instance, SyncthingCluster
 
 DEADLINE = 90.0  # generous: other engineers load the same 2-core machine
@@ -287,3 +290,47 @@ def test_add_peer_in_the_old_order_gets_the_folder_later(tmp_path):
                        "p accepting q's folder once q offers it")
         finally:
             _stop_keepers(list(cluster))
+
+
+JOIN_STUB = """#!/bin/bash
+# Stands in for the recorder CLI during first boot: records what it was asked to do.
+set -e
+[ "$1" = --config ] || { echo "unexpected: $*" >&2; exit 9; }
+shift 2
+echo "$*" >> "$CALLS"
+[ "$*" != "mesh join --timeout 0 RPI1-BADCODE" ] || { echo "damaged" >&2; exit 2; }
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="first boot runs as root (chown, install -o)")
+def test_first_boot_joins_with_a_code_left_on_the_boot_partition(tmp_path):
+    need("syncthing")
+    services = Path(__file__).resolve().parent.parent / "services"
+    etc, state, prefix, boot = (tmp_path / d for d in ("etc", "state", "opt", "boot"))
+    for d in (etc, boot):
+        d.mkdir()
+    shutil.copy(services / "recorder.example.toml", etc / "recorder.toml")
+    stub = prefix / "venv/bin/recorder"
+    stub.parent.mkdir(parents=True)
+    stub.write_text(JOIN_STUB)
+    stub.chmod(0o755)
+    join_file = boot / "recorderpi-join.txt"
+    env = {**os.environ, "RECORDER_ETC": str(etc), "RECORDER_STATE_DIR": str(state),
+           "RECORDER_PREFIX": str(prefix), "RECORDER_USER": "root",
+           "RECORDER_SYS_CLASS_NET": str(fake_net(tmp_path / "net", {
+               "eth0": ("b8:27:eb:01:02:03", True, False)})),
+           "RECORDER_HOSTNAME_FILE": str(tmp_path / "hostname"),
+           "RECORDER_HOSTS_FILE": str(tmp_path / "hosts"),
+           "RECORDER_SYNCTHING_GUI": f"127.0.0.1:{free_port()}",
+           "RECORDER_JOIN_FILE": str(join_file), "CALLS": str(tmp_path / "calls")}
+    for code, kept in (("RPI1-GOODC-ODE\n", False), ("RPI1-BADCODE", True)):
+        (state / "firstboot.done").unlink(missing_ok=True)
+        (tmp_path / "calls").unlink(missing_ok=True)
+        join_file.write_text(code)
+        res = subprocess.run([str(services / "firstboot.sh")], env=env, capture_output=True,
+                             text=True, timeout=180)
+        assert res.returncode == 0, res.stderr  # a bad code does not fail the first boot
+        calls = (tmp_path / "calls").read_text().splitlines()
+        assert calls == ["mesh setup", f"mesh join --timeout 0 {code.strip()}"]
+        assert not join_file.exists()  # never left where it was: it is a secret
+        assert Path(f"{join_file}.failed").exists() is kept
