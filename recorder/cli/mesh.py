@@ -198,7 +198,10 @@ def _add_peer(args: argparse.Namespace, cfg: Config) -> int:
                                 peer_recorder_id=args.peer_id)
     if result["peer_id"]:  # an explicit pairing: a member from now on (after any removal)
         with _database(cfg) as database:
-            Roster(database).decide(result["device_id"], result["peer_id"], MEMBER)
+            roster = Roster(database)
+            known = roster.get(result["device_id"])
+            if known is None or (known.state, known.device_id) != (MEMBER, result["peer_id"]):
+                roster.decide(result["device_id"], result["peer_id"], MEMBER)
     _tell_service(cfg)
     if args.json:
         print(json.dumps(result))
