@@ -41,6 +41,7 @@ HEALTH_INTERVAL = 10.0
 # and still not connected after NUDGE_AFTER seconds is paused and resumed once, which makes
 # Syncthing dial it at once.
 NUDGE_AFTER = 3.0
+CONFIRM_AFTER = 1.0  # seconds before a peer that missed a ping is pinged again
 MIN_GAP = 1.0  # events can come in bursts: at most one pass of each kind per second
 POLL_MAX = 5.0  # the long poll's longest wait, so stop() is never kept waiting long
 RECONCILE_EVENTS = {"PendingDevicesChanged", "PendingFoldersChanged", "DeviceRejected",
@@ -129,7 +130,9 @@ class MeshKeeper:
                 next_health = min(next_health, self.clock())
             if self.probe_interval and now >= next_probe:
                 self.tracker.probe(self.client, self.ping)
-                next_probe = self.clock() + self.probe_interval
+                # A missed answer is confirmed (or cleared) at once, not a whole interval later.
+                again = CONFIRM_AFTER if self.tracker.suspects else self.probe_interval
+                next_probe = self.clock() + min(again, self.probe_interval)
                 next_health = min(next_health, self.clock())
             self._nudge()
             if self.clock() >= next_health:
