@@ -30,6 +30,8 @@ from recorder.storage import Reserve
 if TYPE_CHECKING:
     from recorder.audioid.catalogue import Catalogue
     from recorder.mesh.bridge import Bridge
+    from recorder.mesh.clockfix import ClockFixer
+    from recorder.mesh.keeper import MeshKeeper
     from recorder.mesh.syncthing import SyncthingClient
     from recorder.papad.client import PapadClient
     from recorder.papad.outbox import Outbox, OutboxWorker
@@ -207,11 +209,14 @@ class Assembly:
     bridge: Bridge | None = None
     waveforms: Waveforms | None = None
     web: WebWorker | None = None
+    mesh: MeshKeeper | None = None
+    clock: ClockFixer | None = None
 
     @property
     def workers(self) -> list[Worker]:
         """The service's background workers, in start order."""
-        return [w for w in (self.registration, self.radio, self.play_log, self.bridge, self.web)
+        return [w for w in (self.registration, self.radio, self.play_log, self.bridge, self.mesh,
+                            self.clock, self.web)
                 if w is not None]
 
     @property
@@ -308,6 +313,16 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
             parts.play_log = PlayLog(cfg)
     if bridged and parts.catalogue is not None:
         parts.bridge = _bridge(cfg, parts)
+        bridge_ = parts.bridge
+        if parts.registration is not None and parts.registration.worker is not None:
+            # A recording papad now has may carry annotations to export: do it at once.
+            parts.registration.worker.on_delivered = lambda *_: bridge_.export_soon()
+    if service and parts.syncthing is not None:
+        from recorder.mesh.keeper import MeshKeeper
+
+        parts.mesh = MeshKeeper(cfg, parts.syncthing, database)
+    if service:
+        parts.clock = _clock_fixer(parts)
     if cfg.web.enabled:
         from recorder.waveform import Waveforms
 
@@ -345,6 +360,25 @@ def _web(cfg: Config, parts: Assembly, request: ServiceRequest) -> WebWorker:
         mesh_status=mesh_status, syncthing=parts.syncthing,
         yggdrasil_endpoint=cfg.yggdrasil.admin_endpoint,
         encoder=cfg.encoder, channels=cfg.audio.channels))
+
+
+def _clock_fixer(parts: Assembly) -> ClockFixer:
+    """Clock correction of this device's recordings, re-registered in the catalogue and handed
+    to Syncthing at once."""
+    from recorder.mesh.clockfix import ClockFixer
+
+    catalogue, syncthing, layout = parts.catalogue, parts.syncthing, parts.layout
+
+    def corrected(doc: dict[str, Any], path: Any) -> None:
+        if catalogue is not None:
+            catalogue.add(doc)
+        if syncthing is not None:
+            from recorder.mesh.provision import folder_id
+
+            syncthing.scan_quietly(folder_id(layout.device_id),
+                                   sub=str(path.parent.relative_to(layout.device_folder)))
+
+    return ClockFixer(layout.device_folder, layout.staging_dir, on_corrected=corrected)
 
 
 def _bridge(cfg: Config, parts: Assembly) -> Bridge:

@@ -120,6 +120,10 @@ class SyncthingConfig:
 class MeshConfig:
     rescan_interval: float = 60.0  # seconds between the bridge's full scans (a safety net)
     export_interval: float = 300.0  # seconds between annotation exports (papad has no events)
+    # A peer disconnected, or a folder out of sync, for longer than this: the mesh is degraded
+    # (doctor, ctl status, LED).
+    degraded_after: float = 300.0
+    probe_interval: float = 10.0  # seconds between pings of connected peers; 0 = off
 
 
 @dataclass(frozen=True)
@@ -438,6 +442,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "mesh": {
         "rescan_interval": _number(1, 86400),
         "export_interval": _number(1, 86400),
+        "degraded_after": _number(0, 7 * 86400),
+        "probe_interval": _number(0, 3600),
     },
     "yggdrasil": {
         "admin_endpoint": _admin_endpoint,
@@ -586,9 +592,24 @@ def _resolve_service(s: ServiceConfig, storage: StorageConfig) -> ServiceConfig:
     return s
 
 
+# Ids copied from documentation or an unedited template: two devices with one of these would
+# share a folder, so they are refused, never used.
+PLACEHOLDER_IDS = frozenset({
+    "set-me", "setme", "set_me", "change-me", "changeme", "change_me", "example", "example-id",
+    "your-id", "your-device-id", "device-id", "deviceid", "my-device", "placeholder", "todo",
+    "tbd", "none", "null", "unset", "default", "id", "xxx", "recorder", "recorderpi",
+})
+_PLACEHOLDER_RE = re.compile(
+    r"^(x+|0+|[._-]+|(.*[._-])?(set-?me|change-?me|placeholder)([._-].*)?)$")
+
+
 def _resolve_device(d: DeviceConfig) -> DeviceConfig:
     from recorder.deviceid import resolve_device_id
 
+    if d.id and (d.id.strip().lower() in PLACEHOLDER_IDS or _PLACEHOLDER_RE.match(d.id)):
+        raise ConfigError(f"device.id: {d.id!r} is a placeholder: give every device its own id "
+                          "(on the Pi `services/firstboot.sh device-id` prints the one derived "
+                          "from its MAC address)")
     return DeviceConfig(id=resolve_device_id(d.id))
 
 

@@ -6,7 +6,9 @@ Protocol: a unix stream socket; the client sends one JSON object on one line,
 the ``"exit_code"`` of the error the service raised, so ``recorder ctl`` exits with the code
 README documents for it (9: start while recording, 3: no audio device, 4: below the reserve).
 The server is generic: it parses and validates the envelope and hands the dict to the daemon's
-handler; the commands themselves (start, stop, mark, status, live) are the daemon's business.
+handler; the commands themselves (start, stop, mark, status, live; ``queued``: a one-off
+command published a recording, deliver it now; ``mesh``: pairings changed, reconcile now)
+are the daemon's business.
 
 Access control is the file mode: the socket is 0660 and, when a group is configured, owned by
 that group, inside a directory created 0750. The socket is bound under a temporary name,

@@ -480,6 +480,8 @@ class Service:
             led = "recording"
         elif self.disk_low:
             led = "disk_low"
+        elif self.parts.mesh is not None and self.parts.mesh.degraded:
+            led = "mesh_degraded"
         else:
             led = "idle"
         self.led.set_state(led)
@@ -503,6 +505,8 @@ class Service:
             out.append("recordings wait in staging for free space; they are published as soon "
                        "as there is room")
         out.extend(e for e in (self.device_error, self.storage_error) if e)
+        if self.parts.mesh is not None:
+            out.extend(f"mesh: {p}" for p in self.parts.mesh.problems())
         return out
 
     def status(self) -> dict[str, Any]:
@@ -603,6 +607,14 @@ class Service:
             return self.levels()
         if command == "live":
             return self._set_live(bool(request.get("on")))
+        if command == "queued":  # a one-off command published and queued: deliver it now
+            if self.parts.registration is not None:
+                self.parts.registration.wake()
+            return {"message": "delivering"}
+        if command == "mesh":  # the pairings changed from the command line: reconcile now
+            if self.parts.mesh is not None:
+                self.parts.mesh.wake()
+            return {"message": "reconciling"}
         raise RecorderError(f"unknown command {command!r}")
 
     def _drive_mock_pin(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -109,9 +109,20 @@ def extra_checks(cfg: Config) -> list[Check]:
         checks.extend({"severity": "warning", **c} for c in papad_checks(cfg))
     if cfg.syncthing.api_key_file is not None:
         checks.append(_check("syncthing", lambda: _syncthing(cfg), severity="warning"))
+        if checks[-1]["ok"]:
+            checks.append(_check("mesh", lambda: _mesh(cfg), severity="warning"))
     if cfg.radio.station:
         checks.append(_check("station", lambda: _station(cfg), severity="warning"))
     return checks
+
+
+def _mesh(cfg: Config) -> str:
+    from recorder.mesh import health, pairing
+    from recorder.mesh.syncthing import SyncthingClient
+
+    client = SyncthingClient.from_config(cfg.syncthing)
+    return health.doctor_check(client, cfg.device.id, cfg.mesh.degraded_after,
+                               pairing.conflicts(cfg, client))
 
 
 def _syncthing(cfg: Config) -> str:

@@ -25,6 +25,7 @@ IDLE = "idle"
 RECORDING = "recording"
 ERROR = "error"
 DISK_LOW = "disk_low"
+MESH_DEGRADED = "mesh_degraded"
 OFF = "off"
 
 PATTERNS: dict[str, Pattern] = {
@@ -36,6 +37,9 @@ PATTERNS: dict[str, Pattern] = {
     ERROR: [(True, 0.1), (False, 0.1)],
     # Disk nearly full: a double blink, then a pause.
     DISK_LOW: [(True, 0.15), (False, 0.15), (True, 0.15), (False, 1.0)],
+    # The mesh needs a look (a peer away, folders out of sync, a duplicate id), recording
+    # works: a long blink, then a short pause.
+    MESH_DEGRADED: [(True, 1.0), (False, 0.5)],
     OFF: [(False, None)],
 }
 

@@ -10,6 +10,10 @@
 #   4. set the hostname to recorder-<id>;
 #   5. create this device's Syncthing folder with `recorder mesh setup`;
 #   6. create the web page's password (/etc/recorder/secrets/web-password).
+#   7. if a join code was left on the boot partition ($JOIN_FILE, one line: the code printed by
+#      `recorder mesh invite` on a device of the mesh), join the mesh with it
+#      (`recorder mesh join --timeout 0`: the services finish the pairing once they run) and
+#      delete the file (the code is a secret; a failed one is kept as $JOIN_FILE.failed).
 #
 # Every step checks before it acts, so running it again changes nothing. The marker file is
 # written only when all steps succeeded: a failed step is retried at the next boot.
@@ -23,6 +27,7 @@
 #   RECORDER_STATE_DIR      (/var/lib/recorderpi)     RECORDER_PREFIX (/opt/recorderpi)
 #   RECORDER_USER           (recorder)                RECORDER_HOSTNAME_FILE (/etc/hostname)
 #   RECORDER_HOSTS_FILE     (/etc/hosts)              RECORDER_SYNCTHING_GUI (127.0.0.1:8384)
+#   RECORDER_JOIN_FILE      (/boot/firmware/recorderpi-join.txt)
 set -euo pipefail
 umask 022
 
@@ -38,6 +43,7 @@ SECRETS=$ETC/secrets
 API_KEY_FILE=$SECRETS/syncthing-api-key
 ST_HOME=$STATE_DIR/syncthing
 ST_GUI=${RECORDER_SYNCTHING_GUI:-127.0.0.1:8384}
+JOIN_FILE=${RECORDER_JOIN_FILE:-/boot/firmware/recorderpi-join.txt}
 MARKER=$STATE_DIR/firstboot.done
 RECORDER=$PREFIX/venv/bin/recorder
 LOG=$STATE_DIR/firstboot.log
@@ -267,6 +273,7 @@ mesh_setup() {
     fi
     local rc=0
     as_user "$RECORDER" --config "$CONFIG" mesh setup || rc=$?
+    [ "$rc" -ne 0 ] || mesh_join
     if [ -n "$pid" ]; then
         python3 - "$ST_GUI" "$key" <<'PY' || kill "$pid" 2>/dev/null || true
 import sys
@@ -281,6 +288,22 @@ PY
     fi
     [ "$rc" -eq 0 ] || die "recorder mesh setup failed (exit $rc)"
     log "syncthing folder for $DEVICE_ID set up"
+}
+
+# Join the mesh with a code from the boot partition, if one is there. A bad code does not fail
+# the first boot (the device works on its own; `recorder mesh join` can be run later).
+mesh_join() {
+    [ -s "$JOIN_FILE" ] || return 0
+    local code rc=0
+    code=$(tr -d ' \t\r\n' <"$JOIN_FILE")
+    as_user "$RECORDER" --config "$CONFIG" mesh join --timeout 0 "$code" || rc=$?
+    if [ "$rc" -eq 0 ]; then
+        rm -f "$JOIN_FILE"
+        log "joined the mesh with the code from $JOIN_FILE (file removed)"
+    else
+        mv -f "$JOIN_FILE" "$JOIN_FILE.failed" || true
+        log "warning: recorder mesh join failed (exit $rc); the code is in $JOIN_FILE.failed"
+    fi
 }
 
 curl_ping() {

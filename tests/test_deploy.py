@@ -343,8 +343,13 @@ def test_example_config_parses_and_covers_every_key():
 
 def test_compose_config_parses_with_container_paths():
     from recorder.config import load_config
+    from recorder.errors import ConfigError
 
-    cfg = load_config(SERVICES / "recorder.compose.toml")
+    # It ships a placeholder id the recorder refuses: every device must be given its own.
+    with pytest.raises(ConfigError, match=r"^device\.id: 'set-me' is a placeholder"):
+        load_config(SERVICES / "recorder.compose.toml")
+    cfg = load_config(SERVICES / "recorder.compose.toml",
+                      overrides={"device": {"id": "dca632a1b2c3"}})
     assert cfg.syncthing.url == "http://syncthing:8384"
     assert str(cfg.syncthing.api_key_file).startswith("/run/secrets/")
     assert cfg.storage.sync_root == Path("/srv/recorder/sync")

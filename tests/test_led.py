@@ -53,7 +53,14 @@ def assert_follows(history, pattern, cycles_from: int = 1) -> None:
 def test_patterns_are_distinct():
     shapes = {name: tuple(steps) for name, steps in PATTERNS.items()}
     assert len(set(shapes.values())) == len(shapes)
-    assert set(PATTERNS) == {"idle", "recording", "error", "disk_low", "off"}
+    assert set(PATTERNS) == {"idle", "recording", "error", "disk_low", "mesh_degraded", "off"}
+
+
+def test_mesh_degraded_is_a_long_blink(led, factory):
+    pin = start(led, factory, "mesh_degraded")
+    history = wait_states(pin, 4)  # on (1 s), off (0.5 s), on
+    assert_follows(history, PATTERNS["mesh_degraded"])
+    assert led.state == "mesh_degraded"
 
 
 def test_idle_is_a_slow_heartbeat(led, factory):

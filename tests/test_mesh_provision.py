@@ -381,3 +381,26 @@ def test_cli_exit_code_when_syncthing_is_down(tmp_path):
     assert "cannot connect" in status["syncthing_error"] and status["bridge"]["quarantined"] == []
     setup = run_cli("--config", str(conf), "mesh", "setup")
     assert setup.returncode == RemoteError.exit_code == 7, setup.stderr
+
+
+@pytest.mark.parametrize("placeholder", ["set-me", "changeme", "example", "xxxx", "---",
+                                         "please-set-me"])
+def test_placeholder_device_ids_are_refused(tmp_path, placeholder):
+    from tests.conftest import run_cli, toml_config
+
+    cfg = toml_config(tmp_path / "r.toml", {"device": {"id": placeholder},
+                                            "storage": {"data_dir": str(tmp_path / "d")}})
+    res = run_cli("--config", cfg, "doctor", timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.startswith(f"recorder: error: device.id: {placeholder!r} is a placeholder")
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_add_peer_never_re_points_a_folder(mesh):
+    a, _, c = mesh
+    # c claims to own b's id: add-peer refuses, naming both devices, and changes nothing.
+    before = a.client.config()
+    with pytest.raises(provision.DuplicateIdError, match="duplicate device id 'dev-b'") as exc:
+        provision.add_peer(a.cfg, a.client, c.device_id, "c", c.address, peer_recorder_id="dev-b")
+    assert "--peer-id" not in str(exc.value) and "remove-peer dev-b" in str(exc.value)
+    assert a.client.config() == before

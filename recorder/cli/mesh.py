@@ -1,10 +1,12 @@
-"""``recorder mesh setup|add-peer|status``: provision and inspect the Syncthing mesh."""
+"""``recorder mesh setup|invite|join|remove-peer|add-peer|status``: pair devices and inspect
+the Syncthing mesh (`recorder.mesh.pairing`, `recorder.mesh.provision`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -24,7 +26,37 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_setup)
 
-    p = sub.add_parser("add-peer", help="pair with a peer and accept its folder (idempotent)")
+    p = sub.add_parser("invite", help="print a code (and a QR code) a new device joins the "
+                       "mesh with, through this device")
+    p.add_argument("--hours", type=float, default=24.0,
+                   help="how long the code is valid (default 24)")
+    p.add_argument("--uses", type=int, default=1,
+                   help="how many devices may join with it (default 1)")
+    p.add_argument("--address", action="append", default=[], metavar="URI",
+                   help="an address the new device dials this one at (repeatable; default: "
+                        "this device's yggdrasil address and its listen addresses)")
+    qr = p.add_mutually_exclusive_group()
+    qr.add_argument("--qr", action="store_true", default=None,
+                    help="print the QR code (default when the output is a terminal)")
+    qr.add_argument("--no-qr", action="store_false", dest="qr")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_invite)
+
+    p = sub.add_parser("join", help="join the mesh with a code from `recorder mesh invite`")
+    p.add_argument("code", metavar="CODE", help="the invite code (RPI1-...)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for the inviter to accept (0: do not wait)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_join)
+
+    p = sub.add_parser("remove-peer", help="undo a pairing, here and on every other member")
+    p.add_argument("peer", metavar="PEER",
+                   help="the peer's recorder id, Syncthing device id or name")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_remove_peer)
+
+    p = sub.add_parser("add-peer", help="pair with one peer by hand and accept its folder "
+                       "(idempotent; `invite`/`join` pair with the whole mesh)")
     p.add_argument("device_id", metavar="DEVICE_ID", help="the peer's Syncthing device id")
     p.add_argument("--name", required=True, help="a name for the peer")
     p.add_argument("--address", required=True,
@@ -69,9 +101,108 @@ def _setup(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _database(cfg: Config) -> Any:
+    from recorder.db import Database
+
+    return Database(cfg.db_path)
+
+
+def _tell_service(cfg: Config) -> bool:
+    """Ask a running service to reconcile the mesh now; quiet when none runs."""
+    from recorder.control import send_command
+    from recorder.errors import ServiceError
+
+    try:
+        send_command(cfg.service.control_socket, "mesh", timeout=2.0)
+    except ServiceError:
+        return False
+    return True
+
+
+def _invite(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.errors import ConfigError
+    from recorder.mesh import pairing
+
+    if args.hours <= 0 or args.uses < 1:
+        raise ConfigError("--hours must be above 0 and --uses at least 1")
+    with _database(cfg) as database:
+        invite = pairing.make_invite(cfg, _client(cfg), database, ttl=args.hours * 3600,
+                                     uses=args.uses, addresses=tuple(args.address))
+    code = invite.encode()
+    service = _tell_service(cfg)
+    if args.json:
+        print(json.dumps({"code": code, "inviter": invite.recorder_id,
+                          "syncthing_id": invite.syncthing_id,
+                          "addresses": list(invite.addresses), "hours": args.hours,
+                          "uses": args.uses, "service_running": service}))
+        return 0
+    print(f"invite to the mesh through {invite.recorder_id}, valid {args.hours:g} h for "
+          f"{args.uses} device(s):")
+    print(f"  {code}")
+    print(f"on the new device: recorder mesh join {code}")
+    print(f"it will dial: {', '.join(invite.addresses) or 'dynamic (LAN discovery)'}")
+    if not service:
+        print("note: the recorder service is not running here; it accepts the new device "
+              "once it runs")
+    if args.qr or (args.qr is None and sys.stdout.isatty()):
+        import segno
+
+        segno.make(code, error="m").terminal(out=sys.stdout, compact=True, border=2)
+    return 0
+
+
+def _join(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.errors import RemoteError
+    from recorder.mesh import invite as invites
+    from recorder.mesh import pairing
+
+    invite = invites.decode(args.code)
+    with _database(cfg) as database:
+        result = pairing.join(cfg, _client(cfg), database, invite, wait=max(0.0, args.timeout))
+    _tell_service(cfg)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"paired with {result['inviter']} ({result['inviter_syncthing_id']})")
+        _print_changes(result["changes"])
+    if not result["accepted"] and args.timeout > 0:
+        raise RemoteError(
+            f"{result['inviter']} has not accepted this device within {args.timeout:g} s (is "
+            f"its service running and does it reach {', '.join(invite.addresses) or 'us'}?); "
+            "this device keeps knocking: see `recorder mesh status`")
+    if not args.json and result["accepted"]:
+        print(f"accepted by {result['inviter']}: the services pair this device with every "
+              "other member now (`recorder mesh status`)")
+    return 0
+
+
+def _remove_peer(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.mesh import pairing
+
+    with _database(cfg) as database:
+        result = pairing.remove_peer(cfg, _client(cfg), database, args.peer)
+    _tell_service(cfg)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"removed {result['peer_id']} ({result['syncthing_id']}) from the mesh; the other "
+          "members follow through the roster")
+    _print_changes(result["changes"])
+    return 0
+
+
 def _add_peer(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.mesh.roster import MEMBER, Roster
+
     result = provision.add_peer(cfg, _client(cfg), args.device_id, args.name, args.address,
                                 peer_recorder_id=args.peer_id)
+    if result["peer_id"]:  # an explicit pairing: a member from now on (after any removal)
+        with _database(cfg) as database:
+            roster = Roster(database)
+            known = roster.get(result["device_id"])
+            if known is None or (known.state, known.device_id) != (MEMBER, result["peer_id"]):
+                roster.decide(result["device_id"], result["peer_id"], MEMBER)
+    _tell_service(cfg)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -80,8 +211,8 @@ def _add_peer(args: argparse.Namespace, cfg: Config) -> int:
         print(f"its folder {result['peer_folder']} (receiveonly) at "
               f"{cfg.storage.sync_root / result['peer_id']}")
     else:
-        print("its folder is not offered yet: add this device on the peer, then re-run this "
-              "command (or pass --peer-id)")
+        print("its folder is not offered yet: the service accepts it (receive-only) as soon "
+              "as the peer offers it (add this device on the peer)")
     _print_changes(result["changes"])
     return 0
 
@@ -92,14 +223,17 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
     import sys
 
     from recorder.errors import RemoteError
+    from recorder.mesh import pairing
     from recorder.mesh.store import db_status
 
     try:
-        result = provision.status(cfg, _client(cfg))
+        client = _client(cfg)
+        result = provision.status(cfg, client)
+        result["conflicts"] = pairing.conflicts(cfg, client)
         result["syncthing_error"] = None
     except RemoteError as exc:
         result = {"device_id": cfg.device.id, "syncthing_id": None, "peers": [],
-                  "folders": [], "syncthing_error": str(exc)}
+                  "folders": [], "conflicts": [], "syncthing_error": str(exc)}
         print(f"recorder: warning: Syncthing unavailable ({exc}): peers and folders unknown, "
               "showing what the bridge knows", file=sys.stderr)
     result["bridge"] = db_status(cfg.db_path)
@@ -110,8 +244,10 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
     print(f"this device: {result['device_id']} (Syncthing "
           f"{result['syncthing_id'] or 'unavailable'})")
     mesh_net.print_yggdrasil(result["yggdrasil"])
+    for line in result["conflicts"]:
+        print(f"conflict: {line}")
     print("peers:" if result["peers"] else "peers: unknown (Syncthing unavailable)"
-          if result["syncthing_error"] else "peers: none (recorder mesh add-peer)")
+          if result["syncthing_error"] else "peers: none (recorder mesh invite / join)")
     for p in result["peers"]:
         state = "paused" if p["paused"] else "connected" if p["connected"] else "disconnected"
         has = "" if p["completion"] is None else f", has {p['completion']:.0f}% of ours"

@@ -98,9 +98,23 @@ _DISK_STOPS = {"disk_full": "the disk is full", "disk_reserve": "free space reac
                "write_error": "a write to the disk failed"}
 
 
+def hand_over(cfg: Config) -> bool:
+    """Tell a running service that a recording was queued, so it delivers it now instead of
+    at its next poll; quiet and quick when no service runs. True if the service took it."""
+    from recorder.control import send_command
+    from recorder.errors import ServiceError
+
+    try:
+        send_command(cfg.service.control_socket, "queued", timeout=2.0)
+    except ServiceError:
+        return False
+    return True
+
+
 def cmd_record(args: argparse.Namespace, cfg: Config) -> int:
     result = record_once(cfg, seconds=args.seconds, realtime=not args.fast, title=args.title,
                          tags=args.tag)
+    hand_over(cfg)
     if args.json:
         print(json.dumps(summary(result), indent=2))
     else:

@@ -322,6 +322,10 @@ class AnnotationExchange:
             due = min(due, max(0.0, self.backoff.peer_next.get(peer, now) - now))
         return due
 
+    def request_export(self) -> None:
+        """Export at the next turn of the bridge (something papad shows changed here)."""
+        self._next_export = 0.0
+
     def run_due(self) -> None:
         """Export if the interval passed; retry the pending imports that are due."""
         if self.clock() >= self._next_export:

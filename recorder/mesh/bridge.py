@@ -194,6 +194,13 @@ class Bridge:
             self._dirty.add(peer or "*")
         self._wake.set()
 
+    def export_soon(self) -> None:
+        """Export this device's annotations as soon as possible (a recording was delivered to
+        papad, or a bookmark made), without a full scan (any thread)."""
+        if self.exchange is not None:
+            self.exchange.request_export()
+            self._wake.set()
+
     def status(self) -> dict[str, Any]:
         """Counts per peer, quarantined and pending files with reasons, last scan."""
         out = {**self.store.summary(), **self._last, "running": bool(self._threads)}

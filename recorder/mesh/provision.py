@@ -17,8 +17,9 @@ Because the folder id carries the recorder id, a peer's folder can be created be
 offers it (``add_peer(..., peer_recorder_id=...)``), and when the id is not given it is read from
 the folder the peer offers (``/rest/cluster/pending/folders``); it is validated as a single safe
 path component before it becomes a path. Offers are accepted only from devices we already share
-our own folder with, and an offer never takes over a folder held from another device (only an
-explicit ``--peer-id`` re-points one, e.g. after a peer was reinstalled with new keys).
+our own folder with, and nothing ever takes over a folder held from another device: two devices
+claiming one recorder id are refused (`DuplicateIdError`); a peer reinstalled with new keys is
+first removed (``recorder mesh remove-peer``), then paired again.
 
 Field settings: the watcher is on (``fsWatcherDelayS`` = ``syncthing.watcher_delay``; the
 publisher also asks for a scan right away, so the delay is only a fallback), the periodic rescan
@@ -50,6 +51,27 @@ RECONNECT_INTERVAL_S = 5
 log = logging.getLogger(__name__)
 
 _SYNCTHING_ID = re.compile(r"^[A-Z2-7]{56}$")
+
+
+class DuplicateIdError(RecorderError):
+    """Two Syncthing devices claim one recorder id: the second is refused."""
+
+    exit_code = 1
+
+
+def duplicate_message(owner: str, holder: str, claimant: str) -> str:
+    """The one-line refusal shown everywhere (CLI, status, doctor, log) for a duplicate id."""
+    return (f"duplicate device id {owner!r}: Syncthing device {claimant[:7]} claims it, but "
+            f"{folder_id(owner)} is held from {holder[:7]}; refused (give one of them another "
+            f"[device] id; if {owner} was reinstalled with new keys, run `recorder mesh "
+            f"remove-peer {owner}` first)")
+
+
+def holders(folder: dict[str, Any] | None, my_id: str) -> set[str]:
+    """The devices other than this one a folder is shared with."""
+    if folder is None:
+        return set()
+    return {d["deviceID"] for d in folder.get("devices", [])} - {my_id}
 
 
 def folder_id(recorder_id: str) -> str:
@@ -147,6 +169,13 @@ def setup(
             "changes": changes}
 
 
+def share_own_folder(cfg: Config, client: SyncthingClient, own: str, my_id: str,
+                     device_id: str, changes: list[str]) -> None:
+    """Share this device's send-only folder `own` with `device_id` too."""
+    _ensure_folder(client, own, _folder_settings(cfg, "sendonly", cfg.device.id),
+                   [my_id, device_id], exact_devices=False, changes=changes)
+
+
 def _configured_owner(cfg: Config, client: SyncthingClient, device_id: str) -> str | None:
     """The recorder id of the peer folder already accepted from `device_id`, if exactly one."""
     owners = {
@@ -177,26 +206,24 @@ def _offered_owner(cfg: Config, client: SyncthingClient, device_id: str) -> str 
     return owners.pop() if owners else None
 
 
-def _ensure_peer_folder(
+def ensure_peer_folder(
     cfg: Config, client: SyncthingClient, my_id: str, device_id: str, owner: str,
-    changes: list[str], repoint: bool,
+    changes: list[str],
 ) -> bool:
     """Create or correct `owner`'s receiveonly folder, shared with `device_id` and us only.
 
-    A folder already held from another device is re-pointed to `device_id` only if `repoint`
-    (the user named the owner with --peer-id): a peer merely offering a folder id cannot take
-    over another peer's folder. Returns False when it refused to re-point.
+    A folder already held from another device is never taken over (two devices claim one
+    id): returns False then, changing nothing.
     """
     if owner == cfg.device.id:
-        raise RecorderError(f"peer recorder id {owner!r} is this device's own id")
+        raise DuplicateIdError(f"duplicate device id {owner!r}: Syncthing device "
+                               f"{device_id[:7]} claims this device's own id; refused")
     fid = folder_id(owner)
     current = client.get_folder(fid)
-    if current is not None and not repoint:
-        holders = {d["deviceID"] for d in current.get("devices", [])} - {my_id}
-        if holders and device_id not in holders:
-            log.warning("peer %s offers %s, which is held from %s: not taken over",
-                        device_id, fid, ", ".join(sorted(holders)))
-            return False
+    held = holders(current, my_id)
+    if held and device_id not in held:
+        log.warning("%s", duplicate_message(owner, sorted(held)[0], device_id))
+        return False
     # Exactly owner and us: see the module docstring for why third devices are excluded.
     _ensure_folder(client, fid, _folder_settings(cfg, "receiveonly", owner),
                    [my_id, device_id], exact_devices=True, changes=changes)
@@ -221,8 +248,8 @@ def accept_pending(cfg: Config, client: SyncthingClient) -> list[str]:
         except RemoteError as exc:  # one odd peer must not stop the others' setup
             log.warning("not accepting offers: %s", exc)
             continue
-        if owner is not None:
-            _ensure_peer_folder(cfg, client, my_id, device_id, owner, changes, repoint=False)
+        if owner is not None and owner != cfg.device.id:
+            ensure_peer_folder(cfg, client, my_id, device_id, owner, changes)
     return changes
 
 
@@ -239,18 +266,22 @@ def add_peer(
 
     Runs `setup` first. The peer's folder (``<sync_root>/<peer recorder id>/``, receiveonly) is
     created at once when `peer_recorder_id` is given, else when the peer already offers it;
-    otherwise ``peer_folder`` is None and re-running `add_peer` or `setup` after the peer has
-    added this device accepts it. Returns ``{"device_id", "peer_id", "peer_folder", "changes"}``.
+    otherwise ``peer_folder`` is None and the service accepts it when the peer offers it (or
+    re-running `add_peer` or `setup` does). Returns ``{"device_id", "peer_id", "peer_folder",
+    "changes"}``. Raises DuplicateIdError, before changing anything, when the peer's id is
+    held from another device (or is ours).
     """
     device_id = normalize_device_id(device_id)
     address = normalize_address(address)
     if peer_recorder_id is not None:
         peer_recorder_id = validate_device_id(peer_recorder_id, "--peer-id")
-    result = setup(cfg, client, reconnect_interval)
-    changes: list[str] = result["changes"]
-    my_id = result["syncthing_id"]
+    my_id = client.device_id()
     if device_id == my_id:
         raise RecorderError(f"{device_id} is this device's own Syncthing id")
+    if peer_recorder_id is not None:
+        _refuse_duplicate(cfg, client, my_id, device_id, peer_recorder_id)
+    result = setup(cfg, client, reconnect_interval)
+    changes: list[str] = result["changes"]
 
     wanted = {"name": name, "addresses": [address], "autoAcceptFolders": False,
               "introducer": False, "paused": False}
@@ -269,13 +300,23 @@ def add_peer(
 
     owner = (peer_recorder_id or _configured_owner(cfg, client, device_id)
              or _offered_owner(cfg, client, device_id))
-    if owner is not None and not _ensure_peer_folder(
-        cfg, client, my_id, device_id, owner, changes, repoint=peer_recorder_id is not None
-    ):
-        raise RecorderError(f"{folder_id(owner)} is already held from another device; pass "
-                            f"--peer-id {owner} to re-point it to {device_id}")
+    if owner is not None:
+        _refuse_duplicate(cfg, client, my_id, device_id, owner)
+        ensure_peer_folder(cfg, client, my_id, device_id, owner, changes)
     return {"device_id": device_id, "peer_id": owner,
             "peer_folder": folder_id(owner) if owner else None, "changes": changes}
+
+
+def _refuse_duplicate(cfg: Config, client: SyncthingClient, my_id: str, device_id: str,
+                      owner: str) -> None:
+    if owner == cfg.device.id:
+        raise DuplicateIdError(f"duplicate device id {owner!r}: Syncthing device "
+                               f"{device_id[:7]} claims this device's own id; refused")
+    held = holders(client.get_folder(folder_id(owner)), my_id)
+    if held and device_id not in held:
+        message = duplicate_message(owner, sorted(held)[0], device_id)
+        log.error("%s", message)
+        raise DuplicateIdError(message)
 
 
 def status(cfg: Config, client: SyncthingClient) -> dict[str, Any]:

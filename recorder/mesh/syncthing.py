@@ -169,6 +169,10 @@ class SyncthingClient:
     def patch_device(self, device_id: str, changes: dict[str, Any]) -> None:
         self.request("PATCH", f"/rest/config/devices/{device_id}", json=changes)
 
+    def remove_device(self, device_id: str) -> None:
+        """Remove a device from the config (its folders stop being shared with it)."""
+        self.request("DELETE", f"/rest/config/devices/{device_id}")
+
     def folders(self) -> list[dict[str, Any]]:
         return self._get("/rest/config/folders")
 
@@ -183,6 +187,10 @@ class SyncthingClient:
     def patch_folder(self, folder_id: str, changes: dict[str, Any]) -> None:
         self.request("PATCH", f"/rest/config/folders/{folder_id}", json=changes)
 
+    def remove_folder(self, folder_id: str) -> None:
+        """Remove a folder from the config; its files stay on disk."""
+        self.request("DELETE", f"/rest/config/folders/{folder_id}")
+
     def options(self) -> dict[str, Any]:
         return self._get("/rest/config/options")
 
@@ -195,6 +203,16 @@ class SyncthingClient:
         ``{folder_id: {"offeredBy": {device_id: {"time", "label", ...}}}}``.
         """
         return self._get("/rest/cluster/pending/folders", device=device_id)
+
+    def pending_devices(self) -> dict[str, Any]:
+        """Devices that tried to connect and are not configured here
+        (``/rest/cluster/pending/devices``): ``{device_id: {"time", "name", "address"}}``; the
+        name is the one the device gives itself."""
+        return self._get("/rest/cluster/pending/devices") or {}
+
+    def device_stats(self) -> dict[str, Any]:
+        """``/rest/stats/device``: ``{device_id: {"lastSeen", "lastConnectionDurationS"}}``."""
+        return self._get("/rest/stats/device") or {}
 
     # --- database -----------------------------------------------------------------------------
 
@@ -232,6 +250,11 @@ class SyncthingClient:
     def revert(self, folder: str) -> None:
         """Drop local changes in a receive-only folder (``/rest/db/revert``)."""
         self.request("POST", "/rest/db/revert", params={"folder": folder})
+
+    def local_changed(self, folder: str, limit: int = 20) -> list[str]:
+        """Names of up to `limit` locally changed files of a receive-only folder."""
+        body = self._get("/rest/db/localchanged", folder=folder, page=1, perpage=limit)
+        return [str(f.get("name")) for f in (body or {}).get("files", [])]
 
     # --- events -------------------------------------------------------------------------------
 

@@ -1,0 +1,481 @@
+"""Pairing in one step per device: invite, join, remove, and the service's reconcile.
+
+``recorder mesh invite`` (any member) → ``recorder mesh join CODE`` (the new device):
+
+1. The new device pairs with the inviter only, the way ``add-peer`` does (device, own folder
+   shared send-only, the inviter's folder accepted receive-only), and names itself in its own
+   Syncthing config with a proof of holding the code (`recorder.mesh.invite`).
+2. Syncthing on the inviter rejects the unknown device and lists it under
+   ``/rest/cluster/pending/devices`` with that name; the inviter's service (`reconcile`, run by
+   `recorder.mesh.keeper`) checks the proof against its open invites and admits the device to
+   its roster (`recorder.mesh.roster`).
+3. Every device applies its roster to Syncthing: each member is a device, our folder is shared
+   with it, its folder is held receive-only and shared with it alone; and publishes the roster in
+   its folder. The others read the inviter's roster and pair with the new device; the new device
+   reads it and pairs with them. Nothing depends on order: any member can invite, devices may be
+   offline for a while, and folders offered before their owner is known are accepted later
+   (which also ends ``add-peer``'s "not offered yet").
+
+Duplicate recorder ids are refused, never re-pointed: a device offering, joining with or listed
+under a recorder id whose folder is held from another Syncthing device (or that is this device's
+own id) is a conflict, reported by `reconcile` (status, doctor, log) and left unpaired.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from recorder.config import Config
+from recorder.deviceid import is_device_id
+from recorder.errors import RecorderError, RemoteError
+from recorder.mesh import provision
+from recorder.mesh import roster as rosters
+from recorder.mesh.invite import (
+    JOIN_NAME,
+    Invite,
+    InviteError,
+    InviteStore,
+    id_digest,
+    join_name,
+    parse_join_name,
+)
+from recorder.mesh.provision import (
+    FOLDER_PREFIX,
+    DuplicateIdError,
+    duplicate_message,
+    folder_id,
+    holders,
+    owner_of,
+)
+from recorder.mesh.roster import MEMBER, REMOVED, Roster, RosterError, Statement
+
+if TYPE_CHECKING:
+    from recorder.db import Database
+    from recorder.mesh.syncthing import SyncthingClient
+
+log = logging.getLogger(__name__)
+
+SYNCTHING_PORT = 22000
+JOIN_TIMEOUT = 120.0
+MAX_SKEW = 86400.0
+_LISTEN = re.compile(r"^(tcp[46]?)://(\[[0-9a-fA-F:.]*\]|[^\[\]/:]*):(\d{1,5})$")
+_WILDCARD = {"", "0.0.0.0", "[::]", "::", "[]"}
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconcile pass did and found."""
+
+    changes: list[str] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)  # recorder ids admitted by invite
+    conflicts: list[str] = field(default_factory=list)  # duplicate ids, one line each
+    roster_errors: list[str] = field(default_factory=list)  # peers' unusable roster files
+    added: list[str] = field(default_factory=list)  # Syncthing ids of devices added now
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# --- addresses --------------------------------------------------------------------------------
+
+
+def own_addresses(cfg: Config, client: SyncthingClient) -> list[str]:
+    """Where peers can dial this device's Syncthing: its yggdrasil address first (at the
+    listening port), then the concrete (non-wildcard) TCP listen addresses."""
+    from recorder.mesh import yggdrasil
+
+    port, concrete = SYNCTHING_PORT, []
+    for listen in client.options().get("listenAddresses", []):
+        m = _LISTEN.match(str(listen))
+        if not m:
+            continue
+        port = int(m.group(3))
+        if m.group(2) not in _WILDCARD:
+            concrete.append(f"tcp://{m.group(2)}:{m.group(3)}")
+    out = []
+    if cfg.yggdrasil.admin_endpoint:
+        node = yggdrasil.status(cfg.yggdrasil.admin_endpoint)
+        if node["address"]:
+            out.append(yggdrasil.syncthing_address(node["address"], port))
+    out += [a for a in concrete if a not in out]
+    return out
+
+
+# --- invite and join --------------------------------------------------------------------------
+
+
+def make_invite(cfg: Config, client: SyncthingClient, database: Database, *,
+                ttl: float, uses: int = 1, addresses: tuple[str, ...] = ()) -> Invite:
+    """A new invite for this device: a fresh token in the database, this device's Syncthing
+    id and addresses (`addresses` first), and the digests of every recorder id in the mesh."""
+    provision.setup(cfg, client)
+    my_id = client.device_id()
+    roster = Roster(database)
+    ids = {cfg.device.id} | {s.device_id for s in roster.members()}
+    ids |= {o for f in client.folders() if (o := owner_of(f["id"])) is not None}
+    token = InviteStore(database).create(ttl=ttl, uses=uses)
+    listed = [provision.normalize_address(a) for a in addresses]
+    listed += [a for a in own_addresses(cfg, client) if a not in listed]
+    return Invite(token, my_id, cfg.device.id, tuple(listed[:8]),
+                  frozenset(id_digest(i) for i in ids))
+
+
+def join(cfg: Config, client: SyncthingClient, database: Database, invite: Invite, *,
+         wait: float = JOIN_TIMEOUT, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Pair this device with the inviter and wait (up to `wait` s, 0: not at all) until the
+    inviter has accepted it. Refuses, changing nothing, when this device's id is already in
+    the mesh or the code was made here.
+
+    Returns ``{"inviter", "inviter_syncthing_id", "accepted", "changes"}``."""
+    my_id = client.device_id()
+    own = cfg.device.id
+    if invite.syncthing_id == my_id:
+        raise InviteError("invite code: it was made on this device; run `recorder mesh join` "
+                          "on the new device")
+    if invite.recorder_id == own or invite.id_taken(own):
+        raise DuplicateIdError(
+            f"duplicate device id {own!r}: a device of this mesh already uses it; set a unique "
+            "[device] id in recorder.toml, restart, then join again")
+    # Our own name carries the proof: Syncthing sends it in its hello to the inviter.
+    client.patch_device(my_id, {"name": join_name(invite.token, my_id, own)})
+    result = provision.add_peer(cfg, client, invite.syncthing_id, invite.recorder_id,
+                                address=invite.addresses[0] if invite.addresses else "dynamic",
+                                peer_recorder_id=invite.recorder_id)
+    changes: list[str] = result["changes"]
+    _ensure_addresses(client, invite.syncthing_id, invite.addresses, changes)
+    Roster(database).decide(invite.syncthing_id, invite.recorder_id, MEMBER, invite.addresses)
+    accepted = _connected(client, invite.syncthing_id)
+    deadline = time.monotonic() + wait
+    while not accepted and time.monotonic() < deadline:
+        sleep(0.5)
+        accepted = _connected(client, invite.syncthing_id)
+    if accepted:
+        restore_name(cfg, client, my_id)
+    return {"inviter": invite.recorder_id, "inviter_syncthing_id": invite.syncthing_id,
+            "accepted": accepted, "changes": changes}
+
+
+def _connected(client: SyncthingClient, device_id: str) -> bool:
+    conn = client.connections().get("connections", {}).get(device_id, {})
+    return bool(conn.get("connected"))
+
+
+def restore_name(cfg: Config, client: SyncthingClient, my_id: str) -> bool:
+    """Give this device its plain name (``recorder-<id>``) back after a join; True if it did."""
+    me = client.get_device(my_id)
+    if me is None or not str(me.get("name", "")).startswith(JOIN_NAME + " "):
+        return False
+    client.patch_device(my_id, {"name": f"recorder-{cfg.device.id}"})
+    return True
+
+
+def _ensure_addresses(client: SyncthingClient, device_id: str, addresses: tuple[str, ...],
+                      changes: list[str]) -> None:
+    """Add `addresses` (and ``dynamic``) to a configured device's, keeping what it has."""
+    current = client.get_device(device_id)
+    if current is None:
+        return
+    have = list(current.get("addresses") or [])
+    want = have + [a for a in (*addresses, "dynamic") if a not in have]
+    if want != have:
+        client.patch_device(device_id, {"addresses": want})
+        changes.append(f"device {device_id[:7]}: addresses {', '.join(want)}")
+
+
+# --- remove -----------------------------------------------------------------------------------
+
+
+def find_peer(cfg: Config, client: SyncthingClient, roster: Roster, who: str) -> Statement:
+    """The peer `who` names: a recorder id, a Syncthing device id or a configured name."""
+    from recorder.mesh.provision import normalize_device_id
+
+    entries = roster.all()
+    try:
+        sid = normalize_device_id(who)
+    except RecorderError:
+        sid = None
+    for s in entries:
+        if s.syncthing_id == sid or (s.device_id == who and s.state == MEMBER):
+            return s
+    my_id = client.device_id()
+    folders = client.folders()
+    for f in folders:  # a pairing made with add-peer before the roster knew it
+        owner = owner_of(f["id"])
+        held = holders(f, my_id)
+        if owner is not None and owner != cfg.device.id and len(held) == 1 and (
+                owner == who or held == {sid}):
+            return Statement(held.pop(), owner, MEMBER, 0.0)
+    for d in client.devices():
+        if d["deviceID"] != my_id and (d["deviceID"] == sid or d.get("name") == who):
+            owner = next((o for f in folders if d["deviceID"] in holders(f, my_id)
+                          and (o := owner_of(f["id"])) not in (None, cfg.device.id)), None)
+            name = str(d.get("name", ""))
+            return Statement(d["deviceID"], owner or (name if is_device_id(name) else "unknown"),
+                             MEMBER, 0.0)
+    raise RecorderError(f"no peer {who!r} (give its recorder id, Syncthing device id or name; "
+                        "see `recorder mesh status`)")
+
+
+def remove_peer(cfg: Config, client: SyncthingClient, database: Database,
+                who: str) -> dict[str, Any]:
+    """Undo a pairing here at once, and on every other member through the roster.
+
+    The peer's folder leaves the Syncthing config (its files stay on disk), the device is
+    removed, and a "removed" statement is published, so the other members drop it too until a
+    new invite or add-peer admits it again."""
+    roster = Roster(database)
+    peer = find_peer(cfg, client, roster, who)
+    roster.decide(peer.syncthing_id, peer.device_id, REMOVED)
+    my_id = client.device_id()
+    changes = _remove(cfg, client, my_id, peer)
+    publish(cfg, client, roster, my_id)
+    return {"peer_id": peer.device_id, "syncthing_id": peer.syncthing_id, "changes": changes}
+
+
+def _remove(cfg: Config, client: SyncthingClient, my_id: str, peer: Statement) -> list[str]:
+    changes: list[str] = []
+    sid = peer.syncthing_id
+    own = client.get_folder(folder_id(cfg.device.id))
+    if own is not None and sid in holders(own, my_id):
+        client.patch_folder(own["id"], {"devices": [d for d in own["devices"]
+                                                    if d["deviceID"] != sid]})
+        changes.append(f"stopped sharing {own['id']} with {sid[:7]}")
+    for f in client.folders():
+        if f["id"] != folder_id(cfg.device.id) and holders(f, my_id) == {sid}:
+            client.remove_folder(f["id"])
+            changes.append(f"removed folder {f['id']} (files kept at {f.get('path')})")
+    if client.get_device(sid) is not None:
+        client.remove_device(sid)
+        changes.append(f"removed device {sid} ({peer.device_id})")
+    return changes
+
+
+# --- the service's reconcile ------------------------------------------------------------------
+
+
+def publish(cfg: Config, client: SyncthingClient, roster: Roster, my_id: str) -> bool:
+    """Write this device's roster file if it changed and hand it to Syncthing at once."""
+    text = rosters.render(cfg.device.id, my_id, own_addresses(cfg, client), roster.all())
+    if not rosters.write(cfg.device_folder, text, cfg.storage.staging_dir):
+        return False
+    client.scan_quietly(folder_id(cfg.device.id), sub="mesh")
+    return True
+
+
+def reconcile(cfg: Config, client: SyncthingClient, database: Database) -> ReconcileReport:
+    """One pass: admit invited devices, merge the peers' rosters, apply the roster to
+    Syncthing, accept the folders peers offer, find duplicate ids, publish our roster.
+
+    Idempotent: a pass over a settled mesh changes nothing. Raises RemoteError when Syncthing
+    cannot be reached (the caller retries later)."""
+    report = ReconcileReport(changes=provision.setup(cfg, client)["changes"])
+    roster = Roster(database)
+    my_id = client.device_id()
+    folders = {f["id"]: f for f in client.folders()}
+    _seed(cfg, roster, folders, my_id)
+    _admit(cfg, client, roster, InviteStore(database), folders, my_id, report)
+    _merge(cfg, roster, folders, my_id, report)
+    _apply(cfg, client, roster, my_id, report)
+    report.changes += provision.accept_pending(cfg, client)
+    _offers(cfg, client, my_id, report)
+    if any(_connected(client, s.syncthing_id) for s in roster.members()):
+        restore_name(cfg, client, my_id)
+    if publish(cfg, client, roster, my_id):
+        report.changes.append(f"published the roster ({len(roster.members())} member(s))")
+    report.conflicts = sorted(set(report.conflicts))
+    return report
+
+
+def _peer_folders(cfg: Config, folders: dict[str, dict[str, Any]],
+                  my_id: str) -> dict[str, str]:
+    """Recorder id -> the one Syncthing device its (receive-only) folder is held from."""
+    out = {}
+    for fid, f in folders.items():
+        owner = owner_of(fid)
+        held = holders(f, my_id)
+        if owner is not None and owner != cfg.device.id and len(held) == 1:
+            out[owner] = next(iter(held))
+    return out
+
+
+def _seed(cfg: Config, roster: Roster, folders: dict[str, dict[str, Any]], my_id: str) -> None:
+    """Pairings made before the roster (add-peer) become members, older than any decision."""
+    for owner, sid in _peer_folders(cfg, folders, my_id).items():
+        if roster.get(sid) is None:
+            roster.merge(Statement(sid, owner, MEMBER, 0.0))
+
+
+def _holder(cfg: Config, rid: str, sid: str, since: float, folders: dict[str, dict[str, Any]],
+            my_id: str, roster: Roster) -> str | None:
+    """The Syncthing device other than `sid` that has recorder id `rid` first: this device
+    (our own id), the device its folder is held from, or the member admitted earlier."""
+    if rid == cfg.device.id:
+        return my_id
+    held = holders(folders.get(folder_id(rid)), my_id) - {sid}
+    if held:
+        return sorted(held)[0]
+    earlier = [s for s in roster.members() if s.device_id == rid and s.syncthing_id != sid
+               and (s.since, s.syncthing_id) < (since, sid)]
+    return min(earlier, key=lambda s: (s.since, s.syncthing_id)).syncthing_id if earlier \
+        else None
+
+
+def _claim(cfg: Config, rid: str, holder: str, claimant: str, my_id: str) -> str:
+    if holder == my_id:
+        return (f"duplicate device id {rid!r}: Syncthing device {claimant[:7]} claims this "
+                "device's own id; refused (give one of them another [device] id)")
+    return duplicate_message(rid, holder, claimant)
+
+
+def _admit(cfg: Config, client: SyncthingClient, roster: Roster, invites: InviteStore,
+           folders: dict[str, dict[str, Any]], my_id: str, report: ReconcileReport) -> None:
+    """Devices knocking with a valid invite proof become members."""
+    pending = client.pending_devices()
+    if not pending or not invites.open_tokens():
+        return
+    for sid, info in pending.items():
+        parsed = parse_join_name(str((info or {}).get("name", "")))
+        if parsed is None:
+            continue
+        rid, given = parsed
+        token = invites.match(sid, rid, given)
+        if token is None:
+            continue
+        holder = _holder(cfg, rid, sid, time.time(), folders, my_id, roster)
+        if holder is not None:
+            report.conflicts.append(_claim(cfg, rid, holder, sid, my_id))
+            continue
+        # Syncthing dials from its listening port: the address it knocked from is where it
+        # listens, so we can dial it back at once instead of waiting for its next attempt.
+        knocked = _dialable(str((info or {}).get("address", "")))
+        roster.decide(sid, rid, MEMBER, (knocked,) if knocked else ())
+        invites.use(token, rid)
+        report.accepted.append(rid)
+        log.info("mesh: %s (%s) joined with an invite", rid, sid)
+
+
+def _dialable(address: str) -> str | None:
+    """``tcp://HOST:PORT`` for a pending device's ``address`` (``1.2.3.4:22000``,
+    ``[200::1]:22000``), or None."""
+    m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[0-9.]+):(\d{1,5})", address)
+    return f"tcp://{m.group(1)}:{m.group(2)}" if m else None
+
+
+def _merge(cfg: Config, roster: Roster, folders: dict[str, dict[str, Any]], my_id: str,
+           report: ReconcileReport) -> None:
+    """Take the newer statements from every member's roster file."""
+    held = _peer_folders(cfg, folders, my_id)
+    for member in roster.members():
+        if held.get(member.device_id) != member.syncthing_id:
+            continue  # its folder is not (yet) held from it: nothing it says is authenticated
+        try:
+            peer = rosters.read_peer(cfg.storage.sync_root / member.device_id)
+        except RosterError as exc:
+            report.roster_errors.append(f"{member.device_id}: {exc}")
+            continue
+        if peer is None:
+            continue
+        if peer.syncthing_id != member.syncthing_id:
+            report.roster_errors.append(
+                f"{member.device_id}: roster names Syncthing device {peer.syncthing_id[:7]}, "
+                f"but the folder is held from {member.syncthing_id[:7]}")
+            continue
+        roster.set_addresses(member.syncthing_id, peer.addresses)
+        report.conflicts += _own_id_claims(cfg, peer, my_id)
+        # A device never vouches for itself, and a decision "from the future" (beyond a day of
+        # clock skew) could never be overruled: both are ignored.
+        latest = time.time() + MAX_SKEW
+        for stmt in peer.statements:
+            if stmt.syncthing_id in (my_id, member.syncthing_id) or stmt.since > latest:
+                continue
+            if not (stmt.device_id == cfg.device.id and stmt.state == MEMBER):
+                roster.merge(stmt)
+
+
+def _own_id_claims(cfg: Config, peer: rosters.PeerRoster, my_id: str) -> list[str]:
+    """A peer's roster listing another Syncthing device under this device's own id."""
+    return [_claim(cfg, s.device_id, my_id, s.syncthing_id, my_id)
+            + f" (listed by {peer.device_id})" for s in peer.statements
+            if s.device_id == cfg.device.id and s.state == MEMBER and s.syncthing_id != my_id]
+
+
+def _apply(cfg: Config, client: SyncthingClient, roster: Roster, my_id: str,
+           report: ReconcileReport) -> None:
+    """Make Syncthing's config say what the roster says."""
+    own = folder_id(cfg.device.id)
+    for stmt in roster.all():
+        if stmt.syncthing_id == my_id:
+            continue
+        folders = {f["id"]: f for f in client.folders()}
+        if stmt.state == REMOVED:
+            if client.get_device(stmt.syncthing_id) is not None:
+                report.changes += _remove(cfg, client, my_id, stmt)
+                log.info("mesh: %s (%s) removed from the mesh", stmt.device_id,
+                         stmt.syncthing_id)
+            continue
+        holder = _holder(cfg, stmt.device_id, stmt.syncthing_id, stmt.since, folders, my_id,
+                         roster)
+        if holder is not None:
+            report.conflicts.append(_claim(cfg, stmt.device_id, holder, stmt.syncthing_id,
+                                           my_id))
+            continue
+        if client.get_device(stmt.syncthing_id) is None:
+            client.add_device({"deviceID": stmt.syncthing_id, "name": stmt.device_id,
+                               "addresses": [*stmt.addresses, "dynamic"],
+                               "autoAcceptFolders": False, "introducer": False})
+            report.changes.append(f"added device {stmt.syncthing_id} ({stmt.device_id})")
+            report.added.append(stmt.syncthing_id)
+        else:
+            _ensure_addresses(client, stmt.syncthing_id, stmt.addresses, report.changes)
+        provision.share_own_folder(cfg, client, own, my_id, stmt.syncthing_id, report.changes)
+        provision.ensure_peer_folder(cfg, client, my_id, stmt.syncthing_id, stmt.device_id,
+                                     report.changes)
+
+
+def _offers(cfg: Config, client: SyncthingClient, my_id: str, report: ReconcileReport) -> None:
+    """Mesh folders offered by a device other than the one already paired for that id."""
+    try:
+        pending = client.pending_folders() or {}
+    except RemoteError:
+        return
+    folders = {f["id"]: f for f in client.folders()}
+    for fid, info in pending.items():
+        if not fid.startswith(FOLDER_PREFIX):
+            continue
+        owner = owner_of(fid)
+        if owner is None:
+            continue
+        for offerer in (info or {}).get("offeredBy") or {}:
+            if owner == cfg.device.id:
+                report.conflicts.append(_claim(cfg, owner, my_id, offerer, my_id))
+                continue
+            held = holders(folders.get(fid), my_id)
+            if held and offerer not in held:
+                report.conflicts.append(duplicate_message(owner, sorted(held)[0], offerer))
+
+
+def conflicts(cfg: Config, client: SyncthingClient) -> list[str]:
+    """The duplicate-id conflicts visible without the service (``doctor``, ``mesh status``):
+    folders offered by a second device, and peers' rosters naming another device under this
+    device's id. Reads only."""
+    report = ReconcileReport()
+    my_id = client.device_id()
+    _offers(cfg, client, my_id, report)
+    folders = {f["id"]: f for f in client.folders()}
+    for owner, sid in _peer_folders(cfg, folders, my_id).items():
+        try:
+            peer = rosters.read_peer(cfg.storage.sync_root / owner)
+        except RosterError:
+            continue
+        if peer is not None and peer.syncthing_id == sid:
+            report.conflicts += _own_id_claims(cfg, peer, my_id)
+    return sorted(set(report.conflicts))
+
+
+__all__ = ["ReconcileReport", "find_peer", "join", "make_invite", "own_addresses", "publish",
+           "reconcile", "remove_peer"]
