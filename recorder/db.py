@@ -282,9 +282,14 @@ class Database:
                 ensure_schema(conn, key)
                 with self._lock:
                     self._schemas.add(key)
-        except BaseException:
+        except BaseException as exc:
             with self._lock:
                 self._pending = [k for k in pending if k not in self._schemas] + self._pending
+            code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+            if isinstance(exc, sqlite3.DatabaseError) and code == _FULL:
+                # The file opened but a new table does not fit: the same "full" as at open.
+                raise DiskFullError(f"disk full: cannot extend the database {self.path}") \
+                    from None
             raise
 
     def close(self) -> None:

@@ -108,7 +108,8 @@ def test_compose_station_service_reads_only():
 def test_compose_config_puts_the_station_on_the_air():
     from recorder.config import load_config
 
-    cfg = load_config(SERVICES / "recorder.compose.toml")
+    # The template's device id is a placeholder the config refuses: set one, as a user must.
+    cfg = load_config(SERVICES / "recorder.compose.toml", {"device": {"id": "dev-station"}})
     assert cfg.radio.station and cfg.radio.harbor_url == "http://station:8005"
     assert cfg.radio.harbor_bind == "0.0.0.0" and cfg.radio.url == "http://icecast:8001"
 
