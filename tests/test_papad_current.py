@@ -206,6 +206,27 @@ def test_rebuilt_database_does_not_register_twice(setup):
         papad.one_media(doc["recording_id"])
 
 
+def test_lost_database_does_not_post_bookmarks_twice(setup):
+    """The media are found again after the database is lost (above); their bookmark
+    annotations must not be posted a second time either."""
+    cfg, client, outbox, papad, _ = setup
+    marks = [{"at": 1.0, "label": "start"}, {"at": 2.5, "label": "chorus"}]
+    recs = [make_recording(cfg.device_folder, index=i, bookmarks=marks) for i in range(2)]
+    assert outbox.reconcile(cfg.device_folder) == 2
+    deliver(outbox, client, 2)
+    outbox.database.close()
+    cfg.db_path.unlink()  # SD card swapped, database gone
+    fresh = Outbox(Database(cfg.db_path))
+    try:
+        assert fresh.reconcile(cfg.device_folder) == 2
+        deliver(fresh, client, 2)
+    finally:
+        fresh.database.close()
+    for doc, _ in recs:
+        annotations = papad.annotations(papad.one_media(doc["recording_id"])["uuid"])
+        assert sorted(a["annotation_text"] for a in annotations) == ["chorus", "start"]
+
+
 def test_forbidden_group_is_parked_with_reason_and_retry_after_fix_delivers(
         papad_real, proxy, cfg_factory, tmp_path):
     cfg = real_config(cfg_factory, tmp_path, papad_real, url=proxy.url, group=OTHER_GROUP)

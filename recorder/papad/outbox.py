@@ -615,13 +615,14 @@ class OutboxWorker:
             remote = self.client.find_media(sidecar)
             if remote is not None:
                 log.info("papad outbox: %s already on papad as %s", entry.recording_id, remote)
+        created = remote is None
         if remote is None:
             if not entry.ogg_path.is_file():
                 raise PermanentError(f"recording file missing: {entry.ogg_path}")
             remote = self.client.create_media(sidecar, entry.ogg_path)
             log.info("papad outbox: registered %s as %s", entry.recording_id, remote)
         self.outbox.set_remote_id(entry.id, remote)
-        self._deliver_annotations(entry, remote)
+        self._deliver_annotations(entry, remote, fresh=created)
         self.outbox.mark_delivered(entry.id)
         if self.on_delivered is not None:
             try:
@@ -629,7 +630,12 @@ class OutboxWorker:
             except Exception:
                 log.exception("papad outbox: on_delivered callback failed")
 
-    def _deliver_annotations(self, entry: Entry, remote: str) -> None:
+    def _deliver_annotations(self, entry: Entry, remote: str, *, fresh: bool) -> None:
+        """Post the entry's pending bookmarks. A bookmark is the annotation of that media with
+        its target and text: papad is asked which are there already, unless the media was
+        created just now (`fresh`) and it is the bookmark's first try, so neither a retry nor
+        a device whose database was lost (the media found again by the lookup) posts one
+        twice."""
         pending = self.outbox.pending_annotations(entry.id)
         if not pending:
             return
@@ -640,7 +646,7 @@ class OutboxWorker:
                 self.outbox.annotation_delivered(entry.id, idx)
                 continue
             annotation = annotations[idx]
-            if attempts > 0:
+            if attempts > 0 or not fresh:
                 if existing is None:
                     existing = self.client.annotation_keys(remote, entry.sidecar)
                 if annotation.key in existing:
