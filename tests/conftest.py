@@ -33,6 +33,22 @@ def need(binary: str, package: str | None = None) -> str:
     pytest.skip(msg)  # outside CI only: IN_CI fails above
 
 
+def terminate(proc: Any, timeout: float = 30.0) -> int:
+    """Stop a child process as systemd stops a service: SIGTERM, then SIGKILL after
+    `timeout` seconds. Returns its exit code."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

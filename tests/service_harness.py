@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import soundfile as sf
 from recorder.control import send_command
 from recorder.errors import ServiceError
 from tests.clips import RATE, tone
-from tests.conftest import run_cli
+from tests.conftest import run_cli, terminate
 
 REC = 17  # the record button's GPIO in every service config here
 
@@ -110,13 +109,7 @@ class RunningService:
 
     def stop(self) -> int:
         """SIGTERM, as systemd stops it; SIGKILL after 30 s. Returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         self.log_fh.close()
         return self.proc.returncode
 

@@ -30,7 +30,7 @@ from recorder.audioid.chroma import StreamingFingerprinter
 from recorder.audioid.compare import compare
 from recorder.control import send_command
 from recorder.errors import ServiceError
-from tests.conftest import need, wait_until
+from tests.conftest import need, terminate, wait_until
 
 _BOS = 0x02
 
@@ -200,10 +200,4 @@ class RecorderService:
             return {}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        terminate(self.proc)

@@ -32,7 +32,7 @@ import soundfile as sf
 
 from recorder import sidecar as sc
 from tests.clips import RATE, best_lag, speech, write_wav
-from tests.conftest import IN_CI, free_port, run_cli, toml_config, wait_until
+from tests.conftest import IN_CI, free_port, run_cli, terminate, toml_config, wait_until
 
 MiB = 1024 * 1024
 
@@ -424,13 +424,7 @@ class Service:
         return self.status()
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         self.log_fh.close()
         return self.log.read_text()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import soundfile as sf
 from recorder.control import send_command
 from recorder.errors import ServiceError
 from tests.clips import RATE, tone
-from tests.conftest import run_cli, wait_until
+from tests.conftest import run_cli, terminate, wait_until
 
 
 class Service:
@@ -60,13 +59,7 @@ class Service:
         self.ctl("stop")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._fh.close()
 
 
