@@ -71,13 +71,17 @@ def _join(inst: Instance, code: str) -> subprocess.CompletedProcess[str]:
     return _cli(inst, "mesh", "join", code, "--timeout", str(DEADLINE))
 
 
-def _full_mesh(devices: list[Instance]) -> bool:
-    """Every device connected to every other; its own folder sendonly and shared with all;
-    each peer's folder receiveonly and shared with that peer only."""
+def _mesh_gaps(devices: list[Instance]) -> list[str]:
+    """What keeps `devices` from a full mesh (empty when none): every device connected to
+    every other; its own folder sendonly and shared with all; each peer's folder receiveonly
+    and shared with that peer only."""
+    gaps = []
     for inst in devices:
         folders = {f["id"]: f for f in inst.client.folders()}
-        if set(folders) != {f"recorderpi-{d.recorder_id}" for d in devices}:
-            return False
+        wanted = {f"recorderpi-{d.recorder_id}" for d in devices}
+        if set(folders) != wanted:
+            gaps.append(f"{inst.recorder_id} has folders {sorted(folders)}")
+            continue
         for fid, f in folders.items():
             owner = next(d for d in devices if fid == f"recorderpi-{d.recorder_id}")
             shared = {x["deviceID"] for x in f["devices"]}
@@ -86,8 +90,28 @@ def _full_mesh(devices: list[Instance]) -> bool:
             else:
                 ok = f["type"] == "receiveonly" and shared == {inst.device_id, owner.device_id}
             if not ok or f["path"] != str(inst.sync_root / owner.recorder_id):
-                return False
-    return all(x.connected_to(y) for x in devices for y in devices if x is not y)
+                gaps.append(f"{inst.recorder_id}: {fid} is {f['type']} shared with "
+                            f"{len(shared)} at {f['path']}")
+    gaps += [f"{x.recorder_id} not connected to {y.recorder_id}"
+             for x in devices for y in devices if x is not y and not x.connected_to(y)]
+    return gaps
+
+
+def _full_mesh(devices: list[Instance]) -> bool:
+    return not _mesh_gaps(devices)
+
+
+def _wait_full_mesh(devices: list[Instance], what: str) -> None:
+    """Wait for a full mesh; on timeout the failure names what was still missing."""
+    last: list[list[str]] = [[]]
+
+    def done() -> bool:
+        last[0] = _mesh_gaps(devices)
+        return not last[0]
+    try:
+        wait_until(done, DEADLINE, 0.2, what)
+    except pytest.fail.Exception as exc:
+        raise AssertionError(f"{exc}; still missing: {'; '.join(last[0])}") from None
 
 
 def _stop_keepers(devices: list[Instance]) -> None:
@@ -113,7 +137,7 @@ def chain(tmp_path_factory):
             second = _join(c, _invite(b))
             assert second.returncode == 0, second.stderr
             cluster.joins = (first, second)  # type: ignore[attr-defined]
-            wait_until(lambda: _full_mesh(devices), DEADLINE, 0.2, "a full mesh of a, b, c")
+            _wait_full_mesh(devices, "a full mesh of a, b, c")
             yield cluster
         finally:
             _stop_keepers(devices)
@@ -187,7 +211,7 @@ def test_remove_peer_then_join_again(chain):
     # A removed device comes back only through a new invite, and then everywhere.
     again = _join(c, _invite(b))
     assert again.returncode == 0, again.stderr
-    wait_until(lambda: _full_mesh(list(chain)), DEADLINE, 0.2, "c back in the full mesh")
+    _wait_full_mesh(list(chain), "c back in the full mesh")
 
 
 def test_duplicate_device_id_is_refused_on_both_sides(chain, tmp_path):
@@ -238,7 +262,7 @@ def test_duplicate_device_id_is_refused_on_both_sides(chain, tmp_path):
         x.keeper.stop()
         _cli(b, "mesh", "remove-peer", x.device_id)
         x.stop()
-    wait_until(lambda: _full_mesh(list(chain)), DEADLINE, 0.2, "the mesh as it was")
+    _wait_full_mesh(list(chain), "the mesh as it was")
 
 
 def test_joins_at_the_same_time_with_one_code(tmp_path):
@@ -258,7 +282,7 @@ def test_joins_at_the_same_time_with_one_code(tmp_path):
             for t in threads:
                 t.join(DEADLINE + 60)
             assert all(r.returncode == 0 for r in results.values()), results
-            wait_until(lambda: _full_mesh(devices), DEADLINE, 0.2, "a full mesh of three")
+            _wait_full_mesh(devices, "a full mesh of three")
             # The code is used up.
             third = Instance(need("syncthing"), tmp_path, "late", "dev-late")
             third.start()
