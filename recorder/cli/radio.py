@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from recorder.config import Config
+if TYPE_CHECKING:  # the config module is imported once, by recorder.cli.main
+    from recorder.config import Config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

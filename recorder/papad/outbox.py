@@ -35,12 +35,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recorder import db
 from recorder.errors import RecorderError
 from recorder.papad import mapping
-from recorder.papad.client import PapadClient
 from recorder.papad.errors import (
     PapadError,
     PermanentError,
@@ -49,6 +48,9 @@ from recorder.papad.errors import (
     relabel,
 )
 from recorder.sidecar import published_sidecars, validate
+
+if TYPE_CHECKING:  # the client imports requests (~100 ms): `outbox list` needs only SQLite
+    from recorder.papad.client import PapadClient
 
 log = logging.getLogger(__name__)
 
