@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 from recorder import db
 from recorder.errors import RecorderError
-from recorder.papad import mapping
 from recorder.papad.errors import (
     PapadError,
     PermanentError,
@@ -47,9 +46,10 @@ from recorder.papad.errors import (
     ServerError,
     relabel,
 )
-from recorder.sidecar import published_sidecars, validate
 
-if TYPE_CHECKING:  # the client imports requests (~100 ms): `outbox list` needs only SQLite
+# `recorder outbox list` needs only SQLite: the papad client (requests, ~100 ms) is imported for
+# typing only, the sidecar rules and the papad mapping where entries are made and delivered.
+if TYPE_CHECKING:
     from recorder.papad.client import PapadClient
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,8 @@ class Outbox:
 
         Idempotent: a recording already queued (in any state) keeps its row and id.
         """
+        from recorder.sidecar import validate
+
         doc = validate(sidecar)
         now = self._clock()
         with self._lock, db.transaction(self._conn) as conn:
@@ -233,6 +235,8 @@ class Outbox:
         conflict copies, hidden/partial files and sidecars whose recording file is missing
         are skipped. Returns how many entries were added.
         """
+        from recorder.sidecar import published_sidecars
+
         with self._lock:
             known = {r[0] for r in self._conn.execute("SELECT recording_id FROM papad_outbox")}
         added = 0
@@ -616,6 +620,8 @@ class OutboxWorker:
                 log.exception("papad outbox: on_delivered callback failed")
 
     def _deliver_annotations(self, entry: Entry, remote: str) -> None:
+        from recorder.papad import mapping
+
         pending = self.outbox.pending_annotations(entry.id)
         if not pending:
             return
