@@ -297,7 +297,7 @@ class Pump:
             if start > self.pos and self.session is not None:
                 log.warning("ring overrun: %d frames lost", start - self.pos)
             self.pos = start + block.shape[0]
-            self.ring.read_pos = self.pos
+            self.ring.release(self.pos)
             self._feed(block)
             if until is None and not self._commands.empty():
                 # A long catch-up (a file replayed as fast as possible) must not starve a

@@ -24,6 +24,12 @@ from collections.abc import Sequence
 from recorder import __version__
 from recorder.errors import RecorderError
 
+# numpy's OpenBLAS starts a thread per core at import, and they spin after every call: about
+# 50 ms of CPU at each start, and wake-ups while the service idles, for dot products of a few
+# thousand samples that one thread does at once. Set before anything imports numpy; a value
+# from the environment wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 # Which module registers each top-level command, in the order of --help (a test checks it
 # against what the modules register).
 COMMANDS = {
