@@ -32,7 +32,7 @@ class JournalSink:
         # Written straight from the block's buffer (no copy) when it is already C-ordered
         # little-endian int16, as the pump's blocks are.
         data = np.ascontiguousarray(block, dtype="<i2")
-        view = memoryview(data).cast("B")
+        view = data.data.cast("B")
         while view:
             view = view[os.write(self._fd, view) :]
         self.frames += block.shape[0]

@@ -79,8 +79,13 @@ class Appliance:
     """See the module docstring. `sections` override or add config keys."""
 
     def __init__(self, root: Path, *, pulse: bool = True, real_papad: bool = False,
-                 workers: bool = True, **sections: dict[str, Any]) -> None:
+                 workers: bool = True, pcm: np.ndarray | None = None,
+                 **sections: dict[str, Any]) -> None:
+        """`pcm`: mono int16 fed into the pipe source at real-time pace (default: an hour of
+        quiet noise); `fed_at` is the monotonic time its first frame went in."""
         self.root = root
+        self.pcm = pcm
+        self.fed_at = 0.0
         self.pulse_on = pulse
         self.real_papad = real_papad
         self.workers = workers
@@ -129,10 +134,11 @@ class Appliance:
 
             server = PulseServer(self.root / "pulse").start()
             self.started.append(server)
-            rng = np.random.default_rng(3)
-            feed = server.feed_silence_forever() if os.environ.get("BENCH_SILENCE") else \
-                server.feed(rng.normal(0, 30, 48000 * 3600).astype(np.int16))
-            self.started.append(feed)
+            pcm = self.pcm
+            if pcm is None:
+                pcm = np.random.default_rng(3).normal(0, 30, 48000 * 3600).astype(np.int16)
+            self.fed_at = time.monotonic()
+            self.started.append(server.feed(pcm))
             env.update(server.env(source=PIPE_SOURCE))
             return {"source": "pulse"}
         import soundfile as sf
