@@ -65,7 +65,8 @@ def cmd_playlist(args: argparse.Namespace, cfg: Config) -> int:
 
     parts = app.assemble(cfg)
     try:
-        records = (catalogue_records(parts.catalogue, cfg.storage.sync_root)
+        records = (catalogue_records(parts.catalogue, cfg.storage.sync_root,
+                                     cfg.radio.playlist_length)
                    if parts.catalogue is not None else None)
         changed = write_playlist(cfg, records)
     finally:
