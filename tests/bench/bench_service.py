@@ -81,6 +81,8 @@ def main() -> None:
         deadline = time.monotonic() + 30
         while app.cmd("status")["published"] < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
+        time.sleep(2)  # the publisher's listeners (papad, Syncthing scan, index postings)
+        published_rss = rss_mb(pid)
         docs = sorted(app.data.rglob("recordings/**/*.json")) if args.no_workers else \
             sorted(app.sync_root.rglob("recordings/**/*.json"))
         doc = json.loads(docs[-1].read_text())
@@ -97,6 +99,7 @@ def main() -> None:
         "recording_cpu_percent_of_one_core": round(rec_cpu * 100, 2),
         "extra_cpu_while_recording_percent": round((rec_cpu - idle_cpu) * 100, 2),
         "recording_rss_mb": round(rec_rss, 1),
+        "rss_after_publishing_two_mb": round(published_rss, 1),
         "preroll_seconds_in_recording": doc["preroll"],
         "marker_lead_before_press_s": args.lead,
         "marker_in_recording": bool(marker_in_recording),
