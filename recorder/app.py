@@ -71,11 +71,17 @@ class CatalogueHook:
         extra: dict[str, Any] = {}
         if isinstance(doc.get("audio_id"), dict):
             extra["audio_id"] = {**doc["audio_id"], "sha256": doc["sha256"]}
-        duplicate_of = self.catalogue.add({**doc, **extra})
+        # The index postings are written after publishing (`index_pending`, a listener): their
+        # cost grows with the length, stop-to-published must not.
+        duplicate_of = self.catalogue.add({**doc, **extra}, defer_index=True)
         if duplicate_of:
             extra["duplicate_of"] = duplicate_of
             log.info("recording %s duplicates %s", doc["recording_id"], duplicate_of)
         return extra
+
+    def published(self, _result: Published) -> None:
+        """Publisher listener: the postings `__call__` left for after publishing."""
+        self.catalogue.index_pending()
 
 
 class Registration:
@@ -162,7 +168,8 @@ class RadioWorker:
         from recorder.radio.playlist import catalogue_records, write_playlist
 
         with self._lock:  # publisher and bridge threads may both ask
-            records = (catalogue_records(self.catalogue, self.cfg.storage.sync_root)
+            records = (catalogue_records(self.catalogue, self.cfg.storage.sync_root,
+                                         self.cfg.radio.playlist_length)
                        if self.catalogue is not None and self.cfg.audioid.enabled else None)
             write_playlist(self.cfg, records)
 
@@ -331,6 +338,9 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
         publisher.enrichers.insert(0, parts.waveforms.enrich)
         if service and request is not None:
             parts.web = _web(cfg, parts, request)
+    if cfg.audioid.enabled and parts.catalogue is not None:
+        # Last: the papad queue, the Syncthing scan and the playlist do not wait for it.
+        publisher.listeners.append(CatalogueHook(parts.catalogue).published)
     return parts
 
 

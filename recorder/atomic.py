@@ -9,7 +9,6 @@ The temporary names are never Syncthing's own ``.syncthing.*.tmp`` names.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 
@@ -55,6 +54,8 @@ def atomic_write_bytes(target: Path, data: bytes, staging_dir: Path | None = Non
     The temporary file goes into `staging_dir` when given (it must be on the target's
     filesystem, outside any synced folder), else next to the target under a hidden name.
     """
+    import secrets  # here: its OpenSSL load is a cost for commands that never write a file
+
     tmp_dir = staging_dir if staging_dir is not None else target.parent
     makedirs_durable(tmp_dir)
     tmp = tmp_dir / f".{target.name}.{secrets.token_hex(4)}.partial"

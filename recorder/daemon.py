@@ -422,6 +422,8 @@ class Service:
         if self.parts.radio is None:
             raise RecorderError("no radio stream configured ([radio] section)")
         self.parts.radio.set_live(on)
+        if on and self.pump is not None:
+            self.pump.wake()  # it idles at IDLE_WAKE_SECONDS: the stream wants audio now
         return {"live": on}
 
     # -- health ----------------------------------------------------------------------------------

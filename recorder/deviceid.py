@@ -9,7 +9,6 @@ component.
 from __future__ import annotations
 
 import re
-import uuid
 from pathlib import Path
 
 from recorder.errors import ConfigError
@@ -64,4 +63,6 @@ def resolve_device_id(configured: str) -> str:
         return validate_device_id(configured)
     # uuid.getnode() falls back to a random number when no MAC is readable: good enough for a
     # laptop demo, but a real appliance always has an interface with a device link.
+    import uuid  # only here: it imports `platform`, which every command would pay for
+
     return mac_device_id() or f"{uuid.getnode():012x}"

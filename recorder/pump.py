@@ -48,6 +48,11 @@ RING_SLACK_SECONDS = 15.0  # how long the pump may stall (e.g. finishing a recor
 MAX_CHUNK_SECONDS = 0.5  # largest block handed to sinks at once
 RESERVE_CHECK_SECONDS = 1.0  # of audio written: how often a recording re-checks the reserve
 WAKE_SECONDS = 0.05  # longest the pump sleeps with audio pending (commands wake it at once)
+# ... while nothing needs the audio soon: no recording (its journal's flush interval counts in
+# audio the pump has written) and no always-on sink that is `latency_sensitive` (a live
+# stream). Positions are absolute and the ring holds RING_SLACK_SECONDS more than the
+# pre-roll, so a later wake-up changes no recording: it only wakes the service less.
+IDLE_WAKE_SECONDS = 0.5
 
 PumpEvent = Callable[[str, dict[str, Any]], None]
 
@@ -261,8 +266,9 @@ class Pump:
                 stopping = self._stopping.is_set()
                 if self.ring.write_pos <= self.pos and self._commands.empty():
                     # The capture callback never signals (that would take a lock in the
-                    # real-time thread): commands wake us at once, audio within WAKE_SECONDS.
-                    self._wake.wait(WAKE_SECONDS)
+                    # real-time thread): commands wake us at once, audio within WAKE_SECONDS
+                    # (IDLE_WAKE_SECONDS while nothing waits for it).
+                    self._wake.wait(WAKE_SECONDS if self._in_a_hurry() else IDLE_WAKE_SECONDS)
                 self._wake.clear()
                 # Commands first: a start must meet its pre-roll still in the ring.
                 self._run_commands()
@@ -272,6 +278,15 @@ class Pump:
                     break
         except Exception as exc:
             self._fail(exc)
+
+    def _in_a_hurry(self) -> bool:
+        """A recording is being fed, or an always-on sink has a listener waiting."""
+        return self.session is not None or any(
+            getattr(sink, "latency_sensitive", False) for sink in self.always_on)
+
+    def wake(self) -> None:
+        """Any thread: look at the ring now (an always-on sink just became latency-sensitive)."""
+        self._wake.set()
 
     def _fail(self, exc: Exception) -> None:
         """The fault boundary: publish what the recording in hand holds, then report."""
@@ -297,7 +312,7 @@ class Pump:
             if start > self.pos and self.session is not None:
                 log.warning("ring overrun: %d frames lost", start - self.pos)
             self.pos = start + block.shape[0]
-            self.ring.read_pos = self.pos
+            self.ring.release(self.pos)
             self._feed(block)
             if until is None and not self._commands.empty():
                 # A long catch-up (a file replayed as fast as possible) must not starve a

@@ -10,6 +10,7 @@ as an overrun (counted, never hidden) and resumes at the oldest frame still held
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -30,6 +31,10 @@ class RingBuffer:
         # published after the samples are copied, so a reader never sees a position ahead of data.
         self.write_pos = 0
         self.read_pos = 0  # the main reader's position; only non-realtime producers look at it
+        # A non-realtime producer waiting for room sleeps on this until the reader moves on
+        # (`release`): the reader is an ordinary thread, so it may take the Event's lock.
+        self._space = threading.Event()
+        self._space_wanted: tuple[int, int] | None = None  # (frames, keep) it waits for
         self.overruns = 0  # frames the reader lost because the producer lapped it
         self.dropped = 0  # frames the producer refused (block larger than the ring)
 
@@ -92,6 +97,16 @@ class RingBuffer:
             start += lapped
         return start, out
 
+    def release(self, pos: int) -> None:
+        """Reader: everything before `pos` is consumed; wakes a producer waiting for room."""
+        self.read_pos = pos
+        wanted = self._space_wanted
+        if wanted is not None and self._has_space(*wanted):
+            self._space.set()
+
+    def _has_space(self, frames: int, keep: int) -> bool:
+        return self.write_pos + frames - (self.read_pos - keep) <= self.capacity
+
     def _copy(self, start: int, end: int) -> np.ndarray:
         n = end - start
         s = start % self.capacity
@@ -102,10 +117,21 @@ class RingBuffer:
 
     def wait_for_space(self, frames: int, keep: int, timeout: float) -> bool:
         """For non-realtime producers (a file replayed as fast as possible): wait until writing
-        `frames` more leaves the main reader's unread data and `keep` frames behind it intact."""
+        `frames` more leaves the main reader's unread data and `keep` frames behind it intact.
+
+        Sleeps until the reader has `release`d enough (no polling: a file replayed as fast as
+        possible waits for the encoder most of the time, and wakes only when the room is
+        there)."""
         deadline = time.monotonic() + timeout
-        while self.write_pos + frames - (self.read_pos - keep) > self.capacity:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.001)
-        return True
+        self._space_wanted = (frames, keep)
+        try:
+            while True:
+                self._space.clear()
+                # Checked after the clear: a release in between sets the event again.
+                if self._has_space(frames, keep):
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._space.wait(remaining):
+                    return self._has_space(frames, keep)
+        finally:
+            self._space_wanted = None

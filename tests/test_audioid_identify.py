@@ -223,6 +223,28 @@ def test_update_reindexes_without_growing(tmp_path, corpus) -> None:  # noqa: F8
     assert cat.get(doc["recording_id"]) is None
 
 
+def test_deferred_postings_survive_a_crash_and_are_searched(tmp_path, corpus) -> None:  # noqa: F811
+    """Publishing adds with `defer_index` and writes the postings after the files are
+    visible; killed in between, the next catalogue writes them before it searches."""
+    db = tmp_path / "recorder.db"
+    cat = Catalogue(Database(db))
+    src = corpus.speech(0, "en-us", SENTENCES)
+    doc = sidecar_for(src)
+    assert cat.add(doc, defer_index=True) is None
+    assert cat.conn.execute("SELECT COUNT(*) FROM audioid_index").fetchone()[0] == 0
+    cat.conn.close()  # the process dies before `index_pending`
+    after = Catalogue(Database(db))
+    found = after.identify(chroma.fingerprint_file(src).items)
+    assert [r.recording_id for r in found] == [doc["recording_id"]]
+    assert after.conn.execute("SELECT COUNT(*) FROM audioid_pending").fetchone()[0] == 0
+    # A copy added later still finds its original (the duplicate search indexes first too).
+    copy = sidecar_for(corpus.variant(src, codec="opus", quality=24), started=1_790_000_000.0)
+    fresh = sidecar_for(corpus.speech(5, "en-us", SENTENCES), started=1_790_000_100.0)
+    assert after.add(fresh, defer_index=True) is None
+    assert after.add(copy, defer_index=True) == doc["recording_id"]
+    assert after.index_pending() == 1  # `copy`: `fresh` was indexed by the add after it
+
+
 def test_malformed_audio_id_is_refused(tmp_path, corpus) -> None:  # noqa: F811
     cat = _fresh(tmp_path)
     doc = sidecar_for(corpus.speech(0, "en-us", SENTENCES))

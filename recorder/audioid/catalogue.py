@@ -10,6 +10,11 @@ Tables (in the shared database opened by `recorder.db.connect`):
   ``recording_id``.
 - ``audioid_index``: an inverted index, as AcoustID's server does it: every sub-fingerprint of
   every recording, reduced to a 20-bit key, with its recording and position.
+- ``audioid_pending``: recordings whose index postings are not written yet. Publishing adds a
+  recording with ``defer_index`` (its postings, thousands for an hour, would make
+  stop-to-published grow with the length) and calls `Catalogue.index_pending` once the files
+  are visible; every search first indexes what is pending, so a crash in between only delays
+  the postings.
 
 Identification looks up the query's keys, lets each hit vote for (recording, offset), and then
 verifies the best-voted candidates by bit error rate (`recorder.audioid.compare`) around the
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.ma  # np.unique imports it on first use (7 ms): not while publishing
 
 from recorder import sidecar as sidecar_mod
 from recorder.audioid import chroma
@@ -72,12 +78,15 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS recordings_sha256 ON recordings (sha256)",
     "CREATE INDEX IF NOT EXISTS recordings_device ON recordings (device_id, started_at)",
+    # The playlist walks the newest recordings: by this index, without reading every row.
+    "CREATE INDEX IF NOT EXISTS recordings_started ON recordings (started_at)",
     """CREATE TABLE IF NOT EXISTS audioid_index (
         key INTEGER NOT NULL,
         num INTEGER NOT NULL,
         pos INTEGER NOT NULL,
         PRIMARY KEY (key, num, pos)
     ) WITHOUT ROWID""",
+    "CREATE TABLE IF NOT EXISTS audioid_pending (num INTEGER PRIMARY KEY)",
 )
 
 
@@ -187,6 +196,7 @@ class Catalogue:
         self.duplicate_coverage = duplicate_coverage
         self._tuned: set[int] = set()
         database.ensure_schema(SCHEMA)
+        chroma.silence_item()  # cached: computed now, not inside the first publish
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -210,8 +220,10 @@ class Catalogue:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def add(self, sidecar: dict[str, Any], *, origin: str = "own") -> str | None:
-        """Insert or update a recording from its (validated) sidecar; index its Audio ID.
+    def add(self, sidecar: dict[str, Any], *, origin: str = "own",
+            defer_index: bool = False) -> str | None:
+        """Insert or update a recording from its (validated) sidecar; index its Audio ID (with
+        `defer_index`: at the next `index_pending`, or before the next search).
 
         Returns the recording id it duplicates, or None. A recording duplicates an earlier one
         (by ``started_at``, then id, so the relation never forms a cycle) when their prints match
@@ -220,14 +232,40 @@ class Catalogue:
         ``audio_id`` is malformed.
         """
         decoded = audio_id_items(sidecar)
+        self.index_pending()  # the duplicate search below must see every recording
         with transaction(self.conn):
-            return self._add(sidecar, origin, decoded)
+            return self._add(sidecar, origin, decoded, defer_index=defer_index)
+
+    def index_pending(self) -> int:
+        """Write the postings of every recording added with `defer_index`; how many."""
+        done = 0
+        while True:
+            row = self.conn.execute(
+                "SELECT p.num, r.items FROM audioid_pending p LEFT JOIN recordings r "
+                "ON r.num = p.num LIMIT 1").fetchone()
+            if row is None:
+                return done
+            with transaction(self.conn):  # one recording per transaction: writers interleave
+                if row["items"] is not None:
+                    self._index(row["num"], np.frombuffer(row["items"], dtype="<u4"))
+                self.conn.execute("DELETE FROM audioid_pending WHERE num = ?", (row["num"],))
+            done += 1
+
+    def _index(self, num: int, items: np.ndarray) -> None:
+        keys, pos = _indexable(items)
+        # In key order: neighbouring postings share B-tree pages.
+        order = np.argsort(keys, kind="stable")
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO audioid_index (key, num, pos) VALUES (?, ?, ?)",
+            zip(keys[order].tolist(), [num] * keys.size, pos[order].tolist(), strict=True),
+        )
 
     def add_many(
         self, sidecars: Iterable[dict[str, Any]], *, origin: str = "own"
     ) -> list[str | None]:
         """`add` for many sidecars in one transaction (bulk loads)."""
         docs = [(doc, audio_id_items(doc)) for doc in sidecars]
+        self.index_pending()
         with transaction(self.conn):
             return [self._add(doc, origin, decoded) for doc, decoded in docs]
 
@@ -236,6 +274,8 @@ class Catalogue:
         doc: dict[str, Any],
         origin: str,
         decoded: tuple[np.ndarray, str] | None,
+        *,
+        defer_index: bool = False,
     ) -> str | None:
         rid = doc["recording_id"]
         old = self.conn.execute(
@@ -267,12 +307,12 @@ class Catalogue:
                 json.dumps(doc, sort_keys=True, ensure_ascii=False), duplicate_of,
             ),
         )
-        if items is not None:
-            keys, pos = _indexable(items)
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO audioid_index (key, num, pos) VALUES (?, ?, ?)",
-                zip(keys.tolist(), [num] * keys.size, pos.tolist(), strict=True),
-            )
+        if items is not None and defer_index:
+            self.conn.execute("INSERT OR IGNORE INTO audioid_pending (num) VALUES (?)", (num,))
+        else:
+            self.conn.execute("DELETE FROM audioid_pending WHERE num = ?", (num,))
+            if items is not None:
+                self._index(num, items)
         return duplicate_of
 
     def _unindex(self, num: int, blob: bytes | None) -> None:
@@ -320,6 +360,7 @@ class Catalogue:
             if row is None:
                 return False
             self._unindex(row["num"], row["items"])
+            self.conn.execute("DELETE FROM audioid_pending WHERE num = ?", (row["num"],))
             self.conn.execute("DELETE FROM recordings WHERE recording_id = ?", (recording_id,))
             self.conn.execute(
                 "UPDATE recordings SET duplicate_of = NULL WHERE duplicate_of = ?", (recording_id,)
@@ -333,6 +374,23 @@ class Catalogue:
         (which also knows duplicates across devices that no sidecar records)."""
         for row in self.conn.execute("SELECT sidecar, duplicate_of FROM recordings"):
             yield {**json.loads(row["sidecar"]), "duplicate_of": row["duplicate_of"]}
+
+    def newest_originals(self) -> Iterator[dict[str, Any]]:
+        """Recordings not marked a duplicate, newest ``started_at`` first (as text: the
+        sidecar's UTC ISO form sorts in time order), with only ``recording_id``, ``device_id``,
+        ``path``, ``duration``, ``started_at`` and ``title``: what a playlist needs. Rows are
+        read through the ``started_at`` index as the caller iterates, so the newest N cost N
+        rows, not the catalogue (a sidecar with its print is kilobytes)."""
+        rows = self.conn.execute(
+            "SELECT recording_id, device_id, path, duration, started_at, "
+            "json_extract(sidecar, '$.title') AS title FROM recordings "
+            "INDEXED BY recordings_started WHERE duplicate_of IS NULL "
+            "ORDER BY started_at DESC")
+        for row in rows:
+            yield {"recording_id": row["recording_id"], "device_id": row["device_id"],
+                   "path": row["path"], "duration": row["duration"],
+                   "started_at": row["started_at"], "title": row["title"] or "",
+                   "duplicate_of": None}
 
     def count(self) -> int:
         """How many recordings are catalogued."""
@@ -360,6 +418,7 @@ class Catalogue:
 
     def identify(self, fingerprint: np.ndarray | list[int], limit: int = 5) -> list[IdentifyResult]:
         """Recordings the query matches (BER at or below the threshold), most similar first."""
+        self.index_pending()
         results = [
             IdentifyResult(
                 recording_id=row["recording_id"],

@@ -19,6 +19,7 @@ from pathlib import Path
 import chromaprint
 import numpy as np
 import soundfile as sf
+import soxr
 
 from recorder.errors import InputFileError, TooShortError
 from recorder.sources.file import open_sound_file
@@ -31,6 +32,12 @@ MIN_SECONDS = 3.0
 READ_FRAMES = 65536
 # A hostile sidecar must not make us allocate without bound: 24 h of sub-fingerprints.
 MAX_ITEMS = int(24 * 3600 / ITEM_SECONDS)
+# Chromaprint analyses 11025 Hz audio. Its own resampler was 80 % of the fingerprinting cost;
+# libsoxr (HQ, streamed) does the conversion in about a third of the time (7 min of 48 kHz
+# speech: 0.23 s -> 0.09 s of CPU), and the prints agree with Chromaprint's own to BER 0.0003
+# (99 % of sub-fingerprints identical, no offset): far inside any match threshold. Every print
+# here (recording, file, peer check) goes through this same path.
+CHROMA_RATE = 11025
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,13 @@ class StreamingFingerprinter:
         self.samplerate = samplerate
         self.channels = channels
         self.frames = 0
+        # float32 in and out: libsoxr's int16 output is dithered, so it would depend on how the
+        # audio was cut into blocks; in float the print is the same however it is fed.
+        self._resampler = (soxr.ResampleStream(samplerate, CHROMA_RATE, channels,
+                                               dtype="float32", quality="HQ")
+                           if samplerate != CHROMA_RATE else None)
         self._fp: chromaprint.Fingerprinter | None = chromaprint.Fingerprinter(ALGORITHM)
-        self._fp.start(samplerate, channels)
+        self._fp.start(CHROMA_RATE, channels)
 
     def feed(self, block: np.ndarray) -> None:
         """Add `block` (int16, shape (frames, channels) or (frames,) for mono)."""
@@ -78,9 +90,18 @@ class StreamingFingerprinter:
             return
         if block.ndim == 2 and block.shape[1] != self.channels:
             raise ValueError(f"expected {self.channels} channels, got {block.shape[1]}")
+        self.frames += frames
+        if self._resampler is not None:
+            block = self._resampled(block.reshape(frames, self.channels).astype(np.float32))
+            if not len(block):
+                return
         # tobytes() copies into a C-ordered, interleaved buffer: the caller keeps its block.
         self._fp.feed(block.tobytes())
-        self.frames += frames
+
+    def _resampled(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        assert self._resampler is not None
+        out = self._resampler.resample_chunk(block, last=last)
+        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
 
     @property
     def duration(self) -> float:
@@ -91,6 +112,11 @@ class StreamingFingerprinter:
         if self._fp is None:
             raise RuntimeError("fingerprinter already finished")
         fp, self._fp = self._fp, None
+        if self._resampler is not None:
+            tail = self._resampled(np.zeros((0, self.channels), np.float32), last=True)
+            self._resampler = None
+            if len(tail):
+                fp.feed(tail.tobytes())
         if self.duration < MIN_SECONDS:
             raise TooShortError(
                 f"audio too short to fingerprint ({self.duration:.2f} s < {MIN_SECONDS:g} s)"
@@ -104,6 +130,7 @@ class StreamingFingerprinter:
     def abort(self) -> None:
         """Drop the context (its C memory is freed with the object). Never raises."""
         self._fp = None
+        self._resampler = None
 
 
 def decode(encoded: str | bytes) -> tuple[np.ndarray, int]:

@@ -3,6 +3,12 @@
 Each command module has ``register(subparsers)``, which adds its sub-commands and sets
 ``func(args, cfg) -> int`` on them. Errors a user can meet (`RecorderError`) are printed as one
 line on stderr and turned into the error's exit code; nothing else is caught.
+
+A command pays only for what it uses: when the command line names a command, only the module
+that owns it is imported and registered (`COMMANDS`), and command modules import at their top
+only what building their parser needs; the pipeline, numpy, soundfile and requests are imported
+by the handlers that use them. ``--help``, an unknown command or no command register every
+module, so help and argparse's errors list every command.
 """
 
 from __future__ import annotations
@@ -16,20 +22,33 @@ import threading
 from collections.abc import Sequence
 
 from recorder import __version__
-from recorder.config import load_config
 from recorder.errors import RecorderError
 
-# Command modules, in the order their commands appear in --help.
-COMMAND_MODULES = (
-    "recorder.cli.record",
-    "recorder.cli.service",
-    "recorder.cli.ctl",
-    "recorder.cli.mesh",
-    "recorder.cli.audioid",
-    "recorder.cli.outbox",
-    "recorder.cli.radio",
-)
+# numpy's OpenBLAS starts a thread per core at import, and they spin after every call: about
+# 50 ms of CPU at each start, and wake-ups while the service idles, for dot products of a few
+# thousand samples that one thread does at once. Set before anything imports numpy; a value
+# from the environment wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+# Which module registers each top-level command, in the order of --help (a test checks it
+# against what the modules register).
+COMMANDS = {
+    "record": "recorder.cli.record",
+    "recover": "recorder.cli.record",
+    "devices": "recorder.cli.record",
+    "demo": "recorder.cli.record",
+    "run": "recorder.cli.service",
+    "doctor": "recorder.cli.service",
+    "ctl": "recorder.cli.ctl",
+    "mesh": "recorder.cli.mesh",
+    "fingerprint": "recorder.cli.audioid",
+    "match": "recorder.cli.audioid",
+    "identify": "recorder.cli.audioid",
+    "index": "recorder.cli.audioid",
+    "outbox": "recorder.cli.outbox",
+    "radio": "recorder.cli.radio",
+}
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 class OneLineFormatter(logging.Formatter):
     """One event per line: tracebacks are folded so the journal keeps them as one entry."""
@@ -48,7 +67,26 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: Sequence[str]) -> Sequence[str]:
+    """The command modules parsing `argv` needs: none for ``--version``, the named command's
+    module, or every module (help, no command, a word this table does not know)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif word == "--version":
+            return ()
+        elif word in ("-h", "--help"):
+            break
+        elif not word.startswith("-"):
+            if word in COMMANDS:
+                return (COMMANDS[word],)
+            break
+    return COMMAND_MODULES
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv` (see `_modules_for`), or with every command (no `argv`)."""
     parser = argparse.ArgumentParser(
         prog="recorder", description="recorderpi: the community audio recorder appliance"
     )
@@ -58,13 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug events")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if argv is None else _modules_for(argv):
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     # Under systemd the journal adds its own timestamps.
@@ -75,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.captureWarnings(True)  # library warnings become single log events too
     threading.excepthook = _log_thread_exception
     try:
+        from recorder.config import load_config  # after parsing: --help and --version skip it
+
         overrides = args.overrides(args) if hasattr(args, "overrides") else None
         cfg = load_config(args.config, overrides)
         return int(args.func(args, cfg) or 0)

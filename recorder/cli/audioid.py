@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from recorder.audioid.catalogue import Catalogue
-from recorder.audioid.chroma import fingerprint_file
-from recorder.audioid.compare import compare
-from recorder.config import Config
-from recorder.db import Database
-from recorder.dbrepair import open_database
+# numpy, chromaprint and soundfile are imported by the handlers that use them.
+if TYPE_CHECKING:
+    from recorder.audioid.catalogue import Catalogue
+    from recorder.config import Config
+    from recorder.db import Database
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,10 +51,14 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
 
 
 def _catalogue(database: Database, cfg: Config) -> Catalogue:
+    from recorder.audioid.catalogue import Catalogue
+
     return Catalogue.from_config(database, cfg.audioid)
 
 
 def cmd_fingerprint(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.audioid.chroma import fingerprint_file
+
     fp = fingerprint_file(args.file)
     doc = {"file": str(args.file), "items": int(fp.items.size), "audio_id": fp.audio_id()}
     _emit(args, doc, f"FILE={args.file}\nDURATION={fp.duration:.3f}\nFINGERPRINT={fp.encoded}")
@@ -63,6 +66,9 @@ def cmd_fingerprint(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_match(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.audioid.chroma import fingerprint_file
+    from recorder.audioid.compare import compare
+
     a, b = fingerprint_file(args.a), fingerprint_file(args.b)
     m = compare(a.items, b.items, threshold=cfg.audioid.match_threshold)
     doc = {
@@ -87,6 +93,9 @@ def cmd_match(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.audioid.chroma import fingerprint_file
+    from recorder.dbrepair import open_database
+
     fp = fingerprint_file(args.file)
     with open_database(cfg) as database:
         results = _catalogue(database, cfg).identify(fp.items, limit=args.limit)
@@ -114,6 +123,8 @@ def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_index_rebuild(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.dbrepair import open_database
+
     with open_database(cfg) as database:
         catalogue = _catalogue(database, cfg)
         report = catalogue.rebuild(cfg.storage.sync_root, own_device=cfg.device.id)

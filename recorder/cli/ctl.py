@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from recorder.config import Config
-from recorder.control import send_command
+if TYPE_CHECKING:  # the config module is imported once, by recorder.cli.main
+    from recorder.config import Config
 
 _SIMPLE = {
     "start": "start recording (as a short press of the record button)",
@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_ctl(args: argparse.Namespace, cfg: Config) -> int:
     """Send the command, print the reply; errors propagate as ServiceError."""
+    from recorder.control import send_command
+
     command = args.ctl_command
     extra: dict[str, Any] = {"on": args.state == "on"} if command == "live" else {}
     reply = send_command(cfg.service.control_socket, command, **extra)

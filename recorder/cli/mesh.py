@@ -8,12 +8,13 @@ import json
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recorder.cli import mesh_net
-from recorder.config import Config
-from recorder.mesh import provision
-from recorder.mesh.syncthing import SyncthingClient
+
+if TYPE_CHECKING:  # imported where used: requests costs ~100 ms a command does not need
+    from recorder.config import Config
+    from recorder.mesh.syncthing import SyncthingClient
 
 
 def register(subparsers: Any) -> None:
@@ -82,6 +83,8 @@ def register(subparsers: Any) -> None:
 
 
 def _client(cfg: Config) -> SyncthingClient:
+    from recorder.mesh.syncthing import SyncthingClient
+
     return SyncthingClient.from_config(cfg.syncthing)
 
 
@@ -91,6 +94,8 @@ def _print_changes(changes: list[str]) -> None:
 
 
 def _setup(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.mesh import provision
+
     result = provision.setup(cfg, _client(cfg))
     if args.json:
         print(json.dumps(result))
@@ -192,6 +197,7 @@ def _remove_peer(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _add_peer(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.mesh import provision
     from recorder.mesh.roster import MEMBER, Roster
 
     result = provision.add_peer(cfg, _client(cfg), args.device_id, args.name, args.address,
@@ -223,7 +229,7 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
     import sys
 
     from recorder.errors import RemoteError
-    from recorder.mesh import pairing
+    from recorder.mesh import pairing, provision
     from recorder.mesh.store import db_status
 
     try:

@@ -12,11 +12,13 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from recorder.config import Config
-from recorder.mesh import timesync, yggdrasil, yggdrasil_conf
-from recorder.mesh.syncthing import SyncthingClient
+from recorder.mesh import timesync, yggdrasil_conf
+
+if TYPE_CHECKING:  # requests: only the commands that talk to Syncthing import it
+    from recorder.config import Config
+    from recorder.mesh.syncthing import SyncthingClient
 
 
 def register(sub: Any, client: Callable[[Config], SyncthingClient]) -> None:
@@ -39,6 +41,8 @@ def register(sub: Any, client: Callable[[Config], SyncthingClient]) -> None:
 def add_status(result: dict[str, Any], cfg: Config) -> None:
     """Add ``yggdrasil`` (this node, or None when not configured) and each peer's yggdrasil
     addresses (those of its Syncthing addresses inside 200::/7) to a `provision.status`."""
+    from recorder.mesh import yggdrasil
+
     endpoint = cfg.yggdrasil.admin_endpoint
     result["yggdrasil"] = yggdrasil.status(endpoint) if endpoint else None
     for peer in result["peers"]:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from recorder.config import Config
-from recorder.dbrepair import open_database
 from recorder.errors import RecorderError
-from recorder.papad.outbox import Entry, Outbox
+
+# The database and the outbox are imported by the handlers: `--help` needs neither.
+if TYPE_CHECKING:
+    from recorder.config import Config
+    from recorder.papad.outbox import Entry
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +60,9 @@ def _line(e: Entry) -> str:
 
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
     """Print the outbox."""
+    from recorder.dbrepair import open_database
+    from recorder.papad.outbox import Outbox
+
     with open_database(cfg) as database:
         outbox = Outbox(database)
         entries, counts = outbox.entries(args.state), outbox.counts()
@@ -77,6 +83,9 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_retry(args: argparse.Namespace, cfg: Config) -> int:
     """Make one or all undelivered entries due now."""
+    from recorder.dbrepair import open_database
+    from recorder.papad.outbox import Outbox
+
     with open_database(cfg) as database:
         outbox = Outbox(database)
         if args.all:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from recorder.config import Config
+if TYPE_CHECKING:  # the config module is imported once, by recorder.cli.main
+    from recorder.config import Config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,7 +65,8 @@ def cmd_playlist(args: argparse.Namespace, cfg: Config) -> int:
 
     parts = app.assemble(cfg)
     try:
-        records = (catalogue_records(parts.catalogue, cfg.storage.sync_root)
+        records = (catalogue_records(parts.catalogue, cfg.storage.sync_root,
+                                     cfg.radio.playlist_length)
                    if parts.catalogue is not None else None)
         changed = write_playlist(cfg, records)
     finally:

@@ -8,13 +8,14 @@ import signal
 import sys
 import threading
 import time
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from recorder import app
-from recorder.config import Config
-from recorder.publish import Published
+# The pipeline (recorder.app: numpy, soundfile, the sinks) is imported by the handlers that
+# run it, so `--help`, `ctl` and the other light commands do not pay for it.
+if TYPE_CHECKING:
+    from recorder.config import Config
+    from recorder.publish import Published
 
 
 def register(sub: Any) -> None:
@@ -68,6 +69,8 @@ def record_once(cfg: Config, *, seconds: float | None, realtime: bool, title: st
                 tags: list[str] | None = None, trigger: str = "cli") -> Published:
     """Open the source, record one recording until `seconds`, end of input or SIGINT/SIGTERM,
     publish it and return the result."""
+    from recorder import app
+
     parts = app.assemble(cfg)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -129,6 +132,7 @@ def cmd_record(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_recover(args: argparse.Namespace, cfg: Config) -> int:
     """Exit 0 when nothing is left in staging (or only recordings in progress), 4 when some
     wait for free space, 1 when some could not be recovered for another reason."""
+    from recorder import app
     from recorder.recover import FAILED, WAITING, recover
 
     parts = app.assemble(cfg)
@@ -162,6 +166,8 @@ def cmd_devices(args: argparse.Namespace, cfg: Config) -> int:
 
 def demo_clip() -> Path:
     """The speech clip that ships with the package."""
+    from importlib import resources
+
     return Path(str(resources.files("recorder") / "data" / "demo-speech.ogg"))
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recorder.cli.record import source_override
-from recorder.config import Config
-from recorder.health import doctor
+
+if TYPE_CHECKING:  # the config module is imported once, by recorder.cli.main
+    from recorder.config import Config
 
 
 def register(sub: Any) -> None:
@@ -28,6 +29,8 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.health import doctor
+
     checks = doctor(cfg)
     healthy = all(c["ok"] or c.get("severity") == "warning" for c in checks)
     if args.json:

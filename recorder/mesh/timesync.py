@@ -18,9 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from recorder.atomic import atomic_write_text
 from recorder.errors import RecorderError
-from recorder.mesh.yggdrasil import address_of
 
 SOURCES_FILE = Path("/etc/chrony/sources.d/recorderpi-mesh.sources")
 HEADER = ("# Written by `recorder mesh time-sources --write`: the mesh peers' yggdrasil "
@@ -29,6 +27,8 @@ HEADER = ("# Written by `recorder mesh time-sources --write`: the mesh peers' yg
 
 def peer_yggdrasil_addresses(device_addresses: Iterable[Iterable[str]]) -> list[str]:
     """The sorted, distinct yggdrasil addresses among peers' Syncthing addresses."""
+    from recorder.mesh.yggdrasil import address_of  # here: `recorder --help` reads SOURCES_FILE
+
     found = {a for addresses in device_addresses for uri in addresses
              if (a := address_of(uri)) is not None}
     return sorted(found)
@@ -45,6 +45,8 @@ def write_sources(path: Path, addresses: Iterable[str]) -> bool:
 
     Raises RecorderError (one line) when the file cannot be read or written.
     """
+    from recorder.atomic import atomic_write_text
+
     text = sources_text(addresses)
     try:
         try:

@@ -25,14 +25,14 @@ import grp
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from recorder.atomic import atomic_write_text
-from recorder.config import YggdrasilConfig
 from recorder.errors import RecorderError
+
+if TYPE_CHECKING:  # `recorder --help` reads CONFIG_FILE from here: it must stay cheap
+    from recorder.config import YggdrasilConfig
 
 CONFIG_FILE = Path("/etc/yggdrasil/yggdrasil.conf")
 TIMEOUT = 30.0
@@ -43,6 +43,8 @@ class YggdrasilConfigError(RecorderError):
 
 
 def _yggdrasil(*args: str) -> dict[str, Any]:
+    import subprocess
+
     binary = shutil.which("yggdrasil")
     if binary is None:
         raise YggdrasilConfigError("yggdrasil not found (apt-get install yggdrasil)")
@@ -81,6 +83,8 @@ def apply(cfg: YggdrasilConfig, device_id: str, path: Path = CONFIG_FILE) -> lis
 
     Returns what changed (``["generated keys", "Peers", ...]``; empty when nothing did).
     """
+    from recorder.atomic import atomic_write_text
+
     changes: list[str] = []
     if path.is_file() and path.stat().st_size > 0:
         current = _yggdrasil("-useconffile", str(path), "-normaliseconf", "-json")

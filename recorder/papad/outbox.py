@@ -35,12 +35,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recorder import db
 from recorder.errors import RecorderError
-from recorder.papad import mapping
-from recorder.papad.client import PapadClient
 from recorder.papad.errors import (
     PapadError,
     PermanentError,
@@ -48,7 +46,11 @@ from recorder.papad.errors import (
     ServerError,
     relabel,
 )
-from recorder.sidecar import published_sidecars, validate
+
+# `recorder outbox list` needs only SQLite: the papad client (requests, ~100 ms) is imported for
+# typing only, the sidecar rules and the papad mapping where entries are made and delivered.
+if TYPE_CHECKING:
+    from recorder.papad.client import PapadClient
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +204,8 @@ class Outbox:
 
         Idempotent: a recording already queued (in any state) keeps its row and id.
         """
+        from recorder.sidecar import validate
+
         doc = validate(sidecar)
         now = self._clock()
         with self._lock, db.transaction(self._conn) as conn:
@@ -231,6 +235,8 @@ class Outbox:
         conflict copies, hidden/partial files and sidecars whose recording file is missing
         are skipped. Returns how many entries were added.
         """
+        from recorder.sidecar import published_sidecars
+
         with self._lock:
             known = {r[0] for r in self._conn.execute("SELECT recording_id FROM papad_outbox")}
         added = 0
@@ -636,6 +642,8 @@ class OutboxWorker:
         created just now (`fresh`) and it is the bookmark's first try, so neither a retry nor
         a device whose database was lost (the media found again by the lookup) posts one
         twice."""
+        from recorder.papad import mapping
+
         pending = self.outbox.pending_annotations(entry.id)
         if not pending:
             return

@@ -290,11 +290,19 @@ def read_played(cfg: Config) -> list[dict[str, Any]]:
     return [p for p in played or [] if isinstance(p, dict)][: cfg.radio.play_log_length]
 
 
-def catalogue_records(catalogue: Catalogue, sync_root: Path) -> list[dict[str, Any]]:
-    """The catalogue's recordings whose audio is in place. The catalogue is read, not every
-    sidecar re-parsed per publish, and it knows duplicates across devices."""
-    return [r for r in catalogue.records()
-            if (sync_root / r["device_id"] / r["path"]).is_file()]
+def catalogue_records(catalogue: Catalogue, sync_root: Path,
+                      limit: int | None = None) -> list[dict[str, Any]]:
+    """The catalogue's newest recordings that are no duplicate and whose audio is in place,
+    at most `limit` (the playlist's length). The catalogue is read, not every sidecar re-parsed
+    per publish, and it knows duplicates across devices; only the rows the playlist can use are
+    read (reading all 10,000 sidecars of a big catalogue cost the service 34 MB of RSS)."""
+    out: list[dict[str, Any]] = []
+    for record in catalogue.newest_originals():
+        if limit is not None and len(out) >= limit:
+            break
+        if (sync_root / record["device_id"] / record["path"]).is_file():
+            out.append(record)
+    return out
 
 
 def station_playlist_path(cfg: Config) -> Path:

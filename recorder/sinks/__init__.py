@@ -16,7 +16,10 @@ import numpy as np
 class AlwaysOnSink(Protocol):
     """A consumer the pump feeds for as long as the source runs (level meter, radio stream).
 
-    Called on the pump thread; it must not block (hand the audio over and return)."""
+    Called on the pump thread; it must not block (hand the audio over and return). A sink may
+    also have a ``latency_sensitive`` attribute: while it is true (a live stream with a
+    listener), the idle pump wakes every `recorder.pump.WAKE_SECONDS` instead of every
+    `recorder.pump.IDLE_WAKE_SECONDS`."""
 
     def write(self, block: np.ndarray) -> None:
         """Consume int16 frames ``(frames, channels)``. Must not keep a reference to `block`."""

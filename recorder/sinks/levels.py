@@ -40,12 +40,15 @@ class LevelMeter:
     def write(self, block: np.ndarray) -> None:
         if block.size == 0:
             return
-        peak = max(int(block.max()), -int(block.min()))
-        samples = block.astype(np.float32)
-        sq = float(np.dot(samples.ravel(), samples.ravel()))
-        clipped = int(np.count_nonzero(block >= CLIP_LEVEL)) + int(
-            np.count_nonzero(block <= -CLIP_LEVEL)
-        )
+        low, high = int(block.min()), int(block.max())
+        peak = max(high, -low)
+        samples = block.astype(np.float32).ravel()
+        sq = float(np.dot(samples, samples))
+        clipped = 0
+        if peak >= CLIP_LEVEL:  # only then can a sample sit at a rail: count them
+            clipped = int(np.count_nonzero(block >= CLIP_LEVEL)) + int(
+                np.count_nonzero(block <= -CLIP_LEVEL)
+            )
         self.frames += block.shape[0]
         self.samples += block.size
         self.peak = max(self.peak, peak)

@@ -113,6 +113,11 @@ class RadioSink:
             self._queued_frames += frames
         self._data.set()
 
+    @property
+    def latency_sensitive(self) -> bool:
+        """Live wanted (connecting or on the air): the pump then hands audio over at once."""
+        return self._want_live
+
     def finish(self) -> dict[str, Any]:
         """Sink protocol: stop streaming and return the final status."""
         self.close()

@@ -121,7 +121,11 @@ class FileSource:
                             if delay > 0 and self._stop.wait(delay):
                                 return
                         else:
-                            while not ring.wait_for_space(len(block), keep=0, timeout=0.2):
+                            # Waits for a quarter of the ring, then writes blocks until that
+                            # is used: one wake-up per few seconds of audio, not per block.
+                            room = max(len(block), ring.capacity // 4)
+                            while not ring.wait_for_space(len(block), keep=0, timeout=0) and \
+                                    not ring.wait_for_space(room, keep=0, timeout=0.2):
                                 if self._stop.is_set():
                                     return
                         ring.write(block)

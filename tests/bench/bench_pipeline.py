@@ -1,10 +1,15 @@
 """Benchmark of the recording pipeline (issue 2), as ratios against oggenc run side by side.
 
-    python3 -m tests.bench.bench_pipeline [--capture-seconds 60]
+    python3 -m tests.bench.bench_pipeline [--capture-seconds 60] [--real-minutes 7]
 
 Prints, on the same clip in one run:
-- pipeline CPU seconds per audio second (file source, ring, pump, journal, level meter, Vorbis q4
-  encoder) against `oggenc -q4`, and the same with the Audio ID fingerprinter and catalogue;
+- the real command, `recorder record --source file:X.wav --fast` of a `--real-minutes` 48 kHz
+  WAV with the default configuration (Audio ID and catalogue on, a fresh data directory each
+  run), as a child process: its CPU (user + system) net of the interpreter start (the CPU of
+  `recorder --help` subtracted), against `oggenc -q4` on the same WAV, median of 3, interleaved;
+- pipeline CPU seconds per audio second in-process (file source, ring, pump, journal, level
+  meter, Vorbis q4 encoder) against `oggenc -q4`, and the same with the Audio ID fingerprinter
+  and catalogue;
 - peak RSS of `recorder record` on a 10-minute recording;
 - stop-to-published time for a 1-minute and a 10-minute recording;
 - PortAudio input overflows and ring overruns while capturing through PulseAudio with both
@@ -67,6 +72,52 @@ def pipeline_run(clip: Path, root: Path, audioid: bool = True) -> tuple[float, f
     cpu = time.process_time() - cpu0
     pump.close()
     return cpu, pump.last_stop_to_published or float("nan")
+
+
+def child_cpu(argv: list[str]) -> float:
+    """User + system CPU seconds of one run of `argv` (output discarded; must exit 0)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, argv
+    return usage.ru_utime + usage.ru_stime
+
+
+def console_script() -> list[str]:
+    script = Path(sys.executable).parent / "recorder"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "recorder"]
+
+
+def real_command(clip: Path, root: Path, repeats: int) -> dict:
+    """The real `recorder record --fast` against oggenc and `recorder --help` (see the module
+    docstring), interleaved run by run."""
+    import compileall
+
+    import recorder
+
+    # An installed package is byte-compiled (pip does it); a source checkout may not be.
+    compileall.compile_dir(Path(recorder.__file__).parent, quiet=1)
+    record, oggenc, start = [], [], []
+    for i in range(repeats):
+        cfg_path = root / f"real{i}.toml"
+        cfg_path.write_text(f'[device]\nid = "bench"\n[storage]\ndata_dir = "{root / f"real{i}"}"'
+                            '\nreserve_mb = 0\n')
+        start.append(child_cpu([*console_script(), "--help"]))
+        record.append(child_cpu([*console_script(), "--config", str(cfg_path), "record",
+                                 "--source", f"file:{clip}", "--fast"]))
+        oggenc.append(child_cpu(["oggenc", "-Q", "-q4", "-o", str(root / f"real{i}.ogg"),
+                                 str(clip)]))
+    rec, ogg, help_cpu = (statistics.median(x) for x in (record, oggenc, start))
+    seconds = sf.info(str(clip)).duration
+    return {
+        "audio_seconds": round(seconds, 1),
+        "recorder_record_cpu_s": round(rec, 3),
+        "recorder_help_cpu_s": round(help_cpu, 3),
+        "oggenc_q4_cpu_s": round(ogg, 3),
+        "net_cpu_ratio_to_oggenc": round((rec - help_cpu) / ogg, 3),
+        "gross_cpu_ratio_to_oggenc": round(rec / ogg, 3),
+        "runs": {"record": [round(x, 3) for x in record], "oggenc": [round(x, 3) for x in oggenc],
+                 "help": [round(x, 3) for x in start]},
+    }
 
 
 def oggenc_cpu(clip: Path, out: Path) -> float:
@@ -137,9 +188,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--capture-seconds", type=float, default=60.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stop-repeats", type=int, default=5)
+    parser.add_argument("--real-minutes", type=float, default=7.0,
+                        help="length of the WAV the real command records")
+    parser.add_argument("--real-only", action="store_true",
+                        help="only the real command against oggenc")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        real_clip = make_clip(root / "real.wav", int(args.real_minutes * 60))
+        real = real_command(real_clip, root, args.repeats)
+        real_clip.unlink()
+        if args.real_only:
+            print(json.dumps({"real_command": real}, indent=2))
+            return
         one = make_clip(root / "one-minute.wav", 60)
         ten = make_clip(root / "ten-minutes.wav", 600)
         runs, bare, ogg = [], [], []
@@ -150,14 +212,19 @@ def main() -> None:
         pipe_cpu = statistics.median(r[0] for r in runs)
         bare_cpu = statistics.median(r[0] for r in bare)
         ogg_cpu = statistics.median(ogg)
-        stop_1 = statistics.median(r[1] for r in runs)
-        stop_10 = statistics.median(pipeline_run(ten, root / f"t{i}")[1] for i in range(2))
-        bare_stop_1 = statistics.median(r[1] for r in bare)
-        bare_stop_10 = statistics.median(
-            pipeline_run(ten, root / f"bt{i}", audioid=False)[1] for i in range(2))
+        # Stop-to-published, 1 and 10 minutes interleaved (a few ms: noisy, hence 5 each).
+        stops: dict[tuple[int, bool], list[float]] = {}
+        for i in range(args.stop_repeats):
+            for minutes, clip in ((1, one), (10, ten)):
+                for audioid in (False, True):
+                    stops.setdefault((minutes, audioid), []).append(
+                        pipeline_run(clip, root / f"s{minutes}{audioid}{i}", audioid)[1])
+        stop_1, stop_10 = (statistics.median(stops[(m, True)]) for m in (1, 10))
+        bare_stop_1, bare_stop_10 = (statistics.median(stops[(m, False)]) for m in (1, 10))
         rss = peak_rss_mb(ten, root)
         cap = capture_overflows(args.capture_seconds, root)
     report = {
+        "real_command": real,
         "oggenc_q4_cpu_s_per_audio_s": round(ogg_cpu / 60, 5),
         "recorder_cpu_s_per_audio_s": round(bare_cpu / 60, 5),
         "recorder_cpu_ratio_to_oggenc": round(bare_cpu / ogg_cpu, 3),
