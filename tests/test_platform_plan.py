@@ -39,7 +39,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from tests.clips import speech
 from tests.conftest import free_port, need, run_cli, toml_config, wait_until
 from tests.docroot import http_session, serve_docroot
 from tests.fake_papad import FakeLegacyPapad
-from tests.mesh_devices import tagged_recording_id
+from tests.mesh_devices import described_recording_id, tagged_recording_id
 from tests.netns import YGG_NET, Lan, NetLab, Node
 from tests.papad_kit import OTHER_GROUP, PapadServer, require_kit
 from tests.service_harness import RunningService
@@ -125,7 +125,6 @@ class Member:
         self.node = node
         self.inst: Instance = node.syncthing
         self.papad = papad
-        self.clip = clip
         self.id = self.inst.recorder_id
         self.cfg_path = Path(toml_config(self.inst.root / "recorder.toml", {
             "device": {"id": self.id},
@@ -250,14 +249,6 @@ class Member:
         return last["results"][-1]
 
 
-def described(media: dict) -> str | None:
-    """The recording id a media's description names (``Recording id: <id>``: README)."""
-    for line in str(media.get("description") or "").splitlines():
-        if line.startswith("Recording id: "):
-            return line.removeprefix("Recording id: ").strip()
-    return None
-
-
 def tag_names(media: dict) -> set[str]:
     return {t["name"] if isinstance(t, dict) else str(t) for t in media.get("tags") or []}
 
@@ -317,10 +308,11 @@ class Mesh:
     """The module's mesh: the lab, its sites, devices a, b (north) and c (south)."""
 
     def __init__(self, lab: NetLab, north: Lan, south: Lan, router: Any,
-                 members: list[Member], clips: dict[str, Path]) -> None:
+                 members: list[Member], clips: dict[str, Path], spare_papad: Future) -> None:
         self.lab, self.north, self.south, self.router = lab, north, south, router
         self.a, self.b, self.c = members
         self.clips = clips
+        self.spare_papad = spare_papad  # the papad of the device case 10 adds, started early
 
     @property
     def members(self) -> list[Member]:
@@ -354,10 +346,12 @@ def mesh(tmp_path_factory, papad_servers, record_testsuite_property) -> Iterator
     clips_dir = base / "clips"
     clips_dir.mkdir()
     own_papad = PapadServer(require_kit(), "upstream", base / "papad-c", account="other")
+    spare_papad = PapadServer(require_kit(), "upstream", base / "papad-e")
     members: list[Member] = []
     stopped: list[Any] = []
     with NetLab(base / "lab") as lab, ThreadPoolExecutor(6) as pool:
         started_papad = pool.submit(own_papad.start)
+        started_spare = pool.submit(spare_papad.start)  # awaited by case 10 only
         try:
             clip_jobs = {k: pool.submit(speech, clips_dir / f"{k}.wav", text)
                          for k, text in SENTENCES.items()}
@@ -399,7 +393,7 @@ def mesh(tmp_path_factory, papad_servers, record_testsuite_property) -> Iterator
                                       f"{joins[1]:.1f} s")
             record_testsuite_property("plan mesh: full mesh after the second join",
                                       f"{time.monotonic() - t1:.1f} s")
-            yield Mesh(lab, north, south, router, members, clips)
+            yield Mesh(lab, north, south, router, members, clips, started_spare)
         finally:
             stopped += [pool.submit(m.stop) for m in members]  # side by side
             for job in stopped:
@@ -407,6 +401,8 @@ def mesh(tmp_path_factory, papad_servers, record_testsuite_property) -> Iterator
             for job in [pool.submit(i.stop) for i in lab.instances]:
                 job.result()
             own_papad.stop()
+            started_spare.exception()
+            spare_papad.stop()
     errors = [job.exception() for job in stopped if job.exception() is not None]
     assert not errors, f"a service did not stop cleanly: {errors}"
 
@@ -619,7 +615,7 @@ def test_case_05_papad_sync_annos_to_device(mesh, figures):
         figures(f"c's recording in {name}'s papad, after publishing", s)
     for m in mesh.members:
         latest = m.latest_media()
-        assert described(latest) == rid, (m.id, latest.get("description"))
+        assert described_recording_id(latest) == rid, (m.id, latest.get("description"))
         assert {"harvest", "song"} <= tag_names(latest), (m.id, latest.get("tags"))
     notes = {a: ("Drums come in here", ("Drums",)), b: ("Sung by the north choir", ("choir",))}
     t0 = time.monotonic()
@@ -790,26 +786,25 @@ def test_case_09_papad_remote_to_local(mesh, figures, tmp_path):
 # --- integration: two sites ----------------------------------------------------------------
 
 
-def test_case_10_with_internet_files_annotations_sync_and_device_joins(mesh, figures,
-                                                                       papad_fresh):
+def test_case_10_with_internet_files_annotations_sync_and_device_joins(mesh, figures):
     """With internet: files and annotations sync; adding a device to the mesh.
 
     The sites are joined by the router (the "internet"). b records and a person annotates the
-    recording in b's papad. Then a new device e is set up on the south site with a papad of its
-    own and added to the mesh with one command (``recorder mesh join`` with a code from
-    ``recorder mesh invite`` on a, on the north site): every member pairs with it; e receives
-    b's recording (files, papad entry, b's annotation); e records, and its recording reaches
-    a, b and c (files and papads); an annotation made in e's papad reaches a's. e leaves the
-    mesh at the end (``recorder mesh remove-peer``)."""
+    recording in b's papad. Then a new device e is set up on the south site, with a papad of
+    its own (an upstream papad the module started beforehand), and added to the mesh with one
+    command: ``recorder mesh join`` with a code from ``recorder mesh invite`` on a, on the north
+    site. Every member pairs with it; e receives b's recording (files, papad entry, b's
+    annotation); e records, and its recording reaches a, b and c (files and papads); an
+    annotation made in e's papad reaches a's. e leaves the mesh at the end (``recorder mesh
+    remove-peer``)."""
     a, b = mesh.a, mesh.b
-    with ThreadPoolExecutor(2) as pool:
-        papad_job = pool.submit(papad_fresh, "upstream")
+    with ThreadPoolExecutor(1) as pool:
         node_job = pool.submit(mesh.add_node, "e", mesh.south)
         before = b.record()
         rid_b = before["recording_id"]
         wait_until(lambda: b.media(rid_b), DEADLINE, 0.2, "b's recording in b's papad")
         b.tag(rid_b, "Ferry times", ("river",))
-        papad_e, node = papad_job.result(), node_job.result()
+        papad_e, node = mesh.spare_papad.result(), node_job.result()
     e = Member(node, papad_e, mesh.clips["e"], papad_e.papad_section(node.syncthing.root))
     e.start()
     try:
