@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import need, wait_until
-from tests.netns import Node
+from tests.netns import Node, _stop
 
 REPO = Path(__file__).resolve().parent.parent
 MESH_CHRONY_CONF = REPO / "services/chrony/recorderpi-mesh.conf"
@@ -61,13 +61,7 @@ class Chrony:
         return re.match(rf"{LOCAL_REFERENCE}\b", ref) is not None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        _stop(self.proc)
 
 
 def start_chronyd(node: Node, sources: Path | None) -> Chrony:

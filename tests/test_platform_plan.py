@@ -100,14 +100,16 @@ def figures(record_property) -> Callable[..., float]:
 def arrivals(checks: dict[str, Callable[[], Any]], t0: float | dict[str, float], what: str,
              timeout: float = DEADLINE) -> dict[str, float]:
     """Poll every check until each has held once; return the seconds from `t0` (one for all,
-    or one per check) at which each first held."""
+    or one per check) to the start of the poll at which each first held (a check may take a
+    while: a command line, a papad request)."""
     seen: dict[str, float] = {}
     starts = t0 if isinstance(t0, dict) else dict.fromkeys(checks, t0)
 
     def all_seen() -> bool:
         for name, check in checks.items():
+            polled = time.monotonic()
             if name not in seen and check():
-                seen[name] = time.monotonic() - starts[name]
+                seen[name] = polled - starts[name]
         return len(seen) == len(checks)
 
     wait_until(all_seen, timeout, 0.05, f"{what} (so far: {sorted(seen)})")
@@ -227,6 +229,23 @@ class Member:
         """The media this device's papad holds for recording `rid` (its account's group)."""
         return self.papad.media(rid)
 
+    def delivered(self) -> dict[str, str]:
+        """Recording id -> papad's id, of what this device's outbox has delivered (``recorder
+        outbox list --json``)."""
+        res = self.cli("outbox", "list", "--json", "--state", "delivered")
+        assert res.returncode == 0, res.stderr
+        return {e["recording_id"]: e["remote_id"] for e in json.loads(res.stdout)["entries"]}
+
+    def registered(self, *rids: str) -> bool:
+        """The recordings are in this device's papad for good: papad lists just the media the
+        outbox delivered for each. (A media papad lists may still vanish: papadam rolls an
+        upload back when it answers 500, and the outbox then uploads again.)"""
+        found = {rid: self.media(rid) for rid in rids}
+        if not all(found.values()):
+            return False
+        delivered = self.delivered()
+        return all({m["uuid"] for m in found[rid]} == {delivered.get(rid)} for rid in rids)
+
     def notes(self, rid: str) -> dict[str, tuple[str, ...]]:
         """Annotation text -> sorted tags, on this device's papad's media for `rid`."""
         found = self.media(rid)
@@ -255,11 +274,9 @@ def tag_names(media: dict) -> set[str]:
 
 def registered_once_everywhere(members: list[Member], docs: list[dict]) -> None:
     """Wait until every device's papad has each recording, then check: exactly once each."""
-    for doc in docs:
-        rid = doc["recording_id"]
-        for m in members:
-            wait_until(lambda m=m, rid=rid: m.media(rid), DEADLINE, 0.2,
-                       f"{rid} in {m.id}'s papad")
+    rids = [doc["recording_id"] for doc in docs]
+    for m in members:
+        wait_until(lambda m=m: m.registered(*rids), DEADLINE, 0.2, f"{rids} in {m.id}'s papad")
     for doc in docs:
         for m in members:
             assert len(m.media(doc["recording_id"])) == 1, (m.id, doc["recording_id"])
@@ -296,12 +313,15 @@ def join(member: Member, inviter: Member) -> float:
     return time.monotonic() - t0
 
 
-def remove(member: Member, mesh: Mesh) -> None:
-    """Take `member` out of the mesh again (``recorder mesh remove-peer`` on a) and stop it."""
+def remove(member: Member, mesh: Mesh) -> Any:
+    """Take `member` out of the mesh again (``recorder mesh remove-peer`` on a) and stop it;
+    returns the command's result (checked by the caller once nothing else failed)."""
     res = mesh.a.cli("mesh", "remove-peer", member.id)
-    assert res.returncode == 0, res.stderr
-    member.stop()
-    member.inst.stop()
+    try:
+        member.stop()
+    finally:
+        member.inst.stop()
+    return res
 
 
 class Mesh:
@@ -451,6 +471,19 @@ def _appears(paths: dict[Member, Path], name: str, data: bytes, t0: float, what:
                     t0, what)
 
 
+def _written_and_seen(paths: dict[Member, Path], writer: Member, readers: list[Member],
+                      label: str, figures: Callable[..., float], size: int = 2000) -> None:
+    """A person writes a new file of `size` bytes into `writer`'s copy of a folder; it appears,
+    byte for byte, in every reader's copy (each one's latency recorded)."""
+    name, data = f"from-{writer.id}.ogg", secrets.token_bytes(size)
+    t0 = time.monotonic()
+    (paths[writer] / name).write_bytes(data)
+    got = _appears({m: paths[m] for m in readers}, name, data, t0,
+                   f"{writer.id}'s file in the readers' copies")
+    for reader, seconds in got.items():
+        figures(f"{label}: {writer.id}'s file on {reader}", seconds)
+
+
 def test_case_01_file_created_in_shared_folder_appears_on_all_devices(mesh, figures):
     """A file created on one device in a receive-only / send-receive shared folder appears on
     all devices.
@@ -465,20 +498,8 @@ def test_case_01_file_created_in_shared_folder_appears_on_all_devices(mesh, figu
                                            c: "sendreceive"}) as everywhere, \
             plan_folder(mesh, "receiveonly", {a: "sendreceive", b: "receiveonly",
                                               c: "receiveonly"}) as to_readers:
-        data = b"made on b, " + secrets.token_bytes(2000)
-        t0 = time.monotonic()
-        (everywhere[b] / "from-b.txt").write_bytes(data)
-        got = _appears({a: everywhere[a], c: everywhere[c]}, "from-b.txt", data, t0,
-                       "b's file on a and c")
-        for name, s in got.items():
-            figures(f"send-receive folder: b's file on {name}", s)
-        data = b"made on a, " + secrets.token_bytes(2000)
-        t0 = time.monotonic()
-        (to_readers[a] / "from-a.txt").write_bytes(data)
-        got = _appears({b: to_readers[b], c: to_readers[c]}, "from-a.txt", data, t0,
-                       "a's file on the receive-only copies")
-        for name, s in got.items():
-            figures(f"receive-only copies: a's file on {name}", s)
+        _written_and_seen(everywhere, b, [a, c], "send-receive folder", figures)
+        _written_and_seen(to_readers, a, [b, c], "receive-only copies", figures)
 
 
 def test_case_02_file_added_to_sendonly_folder_appears_on_all_devices(mesh, figures):
@@ -494,12 +515,8 @@ def test_case_02_file_added_to_sendonly_folder_appears_on_all_devices(mesh, figu
             assert m.inst.client.get_folder(f"recorderpi-{owner.id}")["type"] == want
     with plan_folder(mesh, "sendonly", {a: "sendonly", b: "receiveonly",
                                         c: "receiveonly"}) as paths:
-        data = secrets.token_bytes(200_000)
-        t0 = time.monotonic()
-        (paths[a] / "new.ogg").write_bytes(data)
-        got = _appears({b: paths[b], c: paths[c]}, "new.ogg", data, t0, "a's new file")
-        for name, s in got.items():
-            figures(f"a's new file (200 kB) on {name}", s)
+        _written_and_seen(paths, a, [b, c], "send-only folder, a new 200 kB file", figures,
+                          size=200_000)
 
 
 def _announced_clean(owner: Member, other: Member, fid: str) -> bool:
@@ -572,7 +589,7 @@ def test_case_04_papad_export_annos_to_folder(mesh, figures):
     b = mesh.b
     doc = b.record()
     rid = doc["recording_id"]
-    wait_until(lambda: b.media(rid), DEADLINE, 0.2, "b's recording in b's papad")
+    wait_until(lambda: b.registered(rid), DEADLINE, 0.2, "b's recording in b's papad")
     copies = {m.id: m for m in mesh.members}
 
     def everywhere(pred: Callable[[dict | None], bool], what: str) -> None:
@@ -609,7 +626,8 @@ def test_case_05_papad_sync_annos_to_device(mesh, figures):
     a, b, c = mesh.members
     doc = c.record(title="Harvest song", tags=("harvest", "song"))
     rid = doc["recording_id"]
-    got = arrivals({m.id: (lambda m=m: m.media(rid)) for m in mesh.members}, c.published(doc),
+    got = arrivals({m.id: (lambda m=m: m.registered(rid)) for m in mesh.members},
+                   c.published(doc),
                    "c's recording in every papad")
     for name, s in got.items():
         figures(f"c's recording in {name}'s papad, after publishing", s)
@@ -669,9 +687,9 @@ def test_case_07_recorderPi_Papad_local(mesh, figures):
     a = mesh.a
     doc = a.record_on_service()
     rid = doc["recording_id"]
-    t0 = a.published(doc)
-    wait_until(lambda: a.media(rid), DEADLINE, 0.05, "the recording in a's papad")
-    figures("in a's papad, after publishing", time.monotonic() - t0)
+    got = arrivals({"in a's papad": lambda: a.registered(rid)}, a.published(doc),
+                   "the recording in a's papad")
+    figures("in a's papad, after publishing", got["in a's papad"])
     [media] = a.media(rid)
     ogg = (a.folder(a.id) / doc["path"]).read_bytes()
     assert a.papad.download(media["upload"]) == ogg
@@ -699,7 +717,8 @@ def test_case_08_recorderPi_Papad_syncthing_to_remote(mesh, figures):
     rid = doc["recording_id"]
     t0 = a.published(doc)
     got = arrivals({f"files on {m.id}": (lambda m=m: m.holds(doc)) for m in (b, c)}
-                   | {f"entry in {m.id}'s papad": (lambda m=m: m.media(rid)) for m in (b, c)},
+                   | {f"entry in {m.id}'s papad": (lambda m=m: m.registered(rid))
+                      for m in (b, c)},
                    t0, "a's recording on b and c")
     for name, s in got.items():
         figures(f"{name}, after publishing on a", s)
@@ -749,7 +768,7 @@ def test_case_09_papad_remote_to_local(mesh, figures, tmp_path):
             got = arrivals({"files on l": lambda: l_dev.holds(doc),
                             "entry in l's papad-api": lambda: _legacy_record(fake, rid),
                             "files on c": lambda: c.holds(doc),
-                            "entry in c's papad": lambda: c.media(rid)}, t0,
+                            "entry in c's papad": lambda: c.registered(rid)}, t0,
                            "a's recording on l and c")
             for name, s in got.items():
                 figures(f"{name}, after publishing on a", s)
@@ -777,9 +796,10 @@ def test_case_09_papad_remote_to_local(mesh, figures, tmp_path):
             assert c.notes(rid)["Market day"] == ("market",)
     finally:
         try:
-            remove(l_dev, mesh)
+            removed = remove(l_dev, mesh)
         finally:
             fake.stop()
+    assert removed.returncode == 0, removed.stderr
     registered_once_everywhere(mesh.members, [doc])
 
 
@@ -802,7 +822,7 @@ def test_case_10_with_internet_files_annotations_sync_and_device_joins(mesh, fig
         node_job = pool.submit(mesh.add_node, "e", mesh.south)
         before = b.record()
         rid_b = before["recording_id"]
-        wait_until(lambda: b.media(rid_b), DEADLINE, 0.2, "b's recording in b's papad")
+        wait_until(lambda: b.registered(rid_b), DEADLINE, 0.2, "b's recording in b's papad")
         b.tag(rid_b, "Ferry times", ("river",))
         papad_e, node = mesh.spare_papad.result(), node_job.result()
     e = Member(node, papad_e, mesh.clips["e"], papad_e.papad_section(node.syncthing.root))
@@ -815,7 +835,7 @@ def test_case_10_with_internet_files_annotations_sync_and_device_joins(mesh, fig
                    "a full mesh of a, b, c and e")
         figures("every member paired with e", time.monotonic() - t0)
         got = arrivals({"b's recording (files) on e": lambda: e.holds(before),
-                        "b's recording in e's papad": lambda: e.media(rid_b),
+                        "b's recording in e's papad": lambda: e.registered(rid_b),
                         "b's annotation in e's papad": lambda: e.notes(rid_b).get(
                             "Ferry times") == ("origin:dev-b", "river")}, t0,
                        "what the mesh had before e joined")
@@ -824,7 +844,7 @@ def test_case_10_with_internet_files_annotations_sync_and_device_joins(mesh, fig
         doc = e.record()
         rid = doc["recording_id"]
         t0 = e.published(doc)
-        got = arrivals({f"on {m.id}": (lambda m=m: m.holds(doc) and m.media(rid))
+        got = arrivals({f"on {m.id}": (lambda m=m: m.holds(doc) and m.registered(rid))
                         for m in mesh.members}, t0, "e's recording on a, b and c")
         for name, s in got.items():
             figures(f"e's recording (files and papad) {name}, after publishing", s)
@@ -836,7 +856,8 @@ def test_case_10_with_internet_files_annotations_sync_and_device_joins(mesh, fig
         figures("e's annotation in a's papad", time.monotonic() - t0)
         registered_once_everywhere(members, [before, doc])
     finally:
-        remove(e, mesh)
+        removed = remove(e, mesh)
+    assert removed.returncode == 0, removed.stderr
     assert a.inst.client.get_device(e.inst.device_id) is None
 
 
@@ -860,7 +881,8 @@ def test_case_11_interrupted_internet_converges_nothing_lost_or_doubled(mesh, fi
         ra, rc = (d["recording_id"] for d in docs)
         for m, rid, text in ((a, ra, "Made in the north while cut off"),
                              (c, rc, "Made in the south while cut off")):
-            wait_until(lambda m=m, rid=rid: m.media(rid), DEADLINE, 0.2, f"{rid} on {m.id}")
+            wait_until(lambda m=m, rid=rid: m.registered(rid), DEADLINE, 0.2,
+                       f"{rid} on {m.id}")
             m.tag(rid, text, ("outage",))
         wait_until(lambda: c.node.ygg_key not in a.node.ygg.peer_keys(), DEADLINE, 0.2,
                    "a's yggdrasil losing c")
@@ -884,7 +906,7 @@ def test_case_11_interrupted_internet_converges_nothing_lost_or_doubled(mesh, fi
     checks: dict[str, Callable[[], Any]] = {}
     for m in mesh.members:
         checks[f"files on {m.id}"] = lambda m=m: all(m.holds(d) for d in docs)
-        checks[f"entries in {m.id}'s papad"] = lambda m=m: all(m.media(r) for r in (ra, rc))
+        checks[f"entries in {m.id}'s papad"] = lambda m=m: m.registered(ra, rc)
         checks[f"annotations in {m.id}'s papad"] = lambda m=m: all(
             m.notes(d["recording_id"]) == expected(m, d) for d in docs)
     got = arrivals(checks, t_back, "the mesh converging after the link came back")
@@ -947,7 +969,7 @@ def test_case_12_without_internet_mesh_on_yggdrasil_times_stay_right(mesh, figur
     started = datetime.fromisoformat(doc["started_at"].replace("Z", "+00:00")).timestamp()
     assert began.timestamp() - doc["preroll"] - 0.001 <= started <= ended.timestamp(), doc
     t0 = c.published(doc)
-    got = arrivals({m.id: (lambda m=m: m.holds(doc) and m.media(doc["recording_id"]))
+    got = arrivals({m.id: (lambda m=m: m.holds(doc) and m.registered(doc["recording_id"]))
                     for m in (a, b)}, t0, "c's recording on a and b over yggdrasil")
     for name, s in got.items():
         figures(f"c's recording (files and papad) on {name}, after publishing", s)
