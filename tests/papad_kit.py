@@ -80,19 +80,24 @@ def venv_dir(flavour: str) -> Path:
 
 
 class PapadServer:
-    """One real papad started by the kit, plus a test-side API client (the ``recorder`` user).
+    """One real papad started by the kit, plus a test-side API client (the ``recorder`` user, or
+    the ``other`` one with `account`).
 
     The test side talks to papad directly (its own requests session and credentials) so tests
     check what papad holds independently of the recorder's client.
     """
 
     def __init__(self, kit: Path, flavour: str, data: Path, *, throttle: bool = False,
-                 port: int | None = None) -> None:
+                 port: int | None = None, account: str = "recorder") -> None:
+        """`account`: the seeded user this object (and a device configured from it) acts as:
+        ``recorder`` (group 1, "Radio") or ``other`` (group 2, "Closed")."""
         self.kit = kit
         self.flavour = flavour
         self.data = data
         self.throttle = throttle
         self.port = port or free_port()
+        self.account = account
+        self.group = GROUP if account == "recorder" else OTHER_GROUP
         self.info: dict[str, Any] = {}
         self._session = requests.Session()
         self._session.trust_env = False
@@ -145,22 +150,27 @@ class PapadServer:
         return "token" if self.flavour == "upstream" else "jwt"
 
     @property
+    def _credentials(self) -> dict[str, Any]:
+        return self.info if self.account == "recorder" else self.info[self.account]
+
+    @property
     def username(self) -> str:
-        return self.info["username"]
+        return self._credentials["username"]
 
     @property
     def password(self) -> str:
-        return self.info["password"]
+        return self._credentials["password"]
 
     @property
     def token(self) -> str | None:
-        return self.info.get("token")
+        return self._credentials.get("token")
 
     def papad_section(self, secrets_dir: Path, **overrides: Any) -> dict[str, Any]:
-        """A ``[papad]`` config section for this server (secret files written, mode 600)."""
+        """A ``[papad]`` config section for this server and account (secret files written,
+        mode 600)."""
         from tests.papad_setup import write_secret
 
-        section: dict[str, Any] = {"api": "papad", "url": self.url, "group": GROUP,
+        section: dict[str, Any] = {"api": "papad", "url": self.url, "group": self.group,
                                    "timeout": 10.0}
         if self.auth == "token":
             token = write_secret(secrets_dir / f"papad-token-{self.flavour}", self.token or "")
@@ -186,7 +196,7 @@ class PapadServer:
             return {"Authorization": f"Bearer {self._access}"}
 
     def request(self, method: str, path: str, **kw: Any) -> requests.Response:
-        """An authenticated request as the ``recorder`` user (JWT renewed after a 401)."""
+        """An authenticated request as this object's account (JWT renewed after a 401)."""
         kw.setdefault("timeout", 30)
         url = path if path.startswith("http") else self.url + path
         resp = self._session.request(method, url, headers=self._headers(), **kw)
@@ -201,24 +211,25 @@ class PapadServer:
         return resp.json()
 
     def all_media(self) -> list[dict[str, Any]]:
-        """Every media of group 1 (papad lists all the user's groups: filtered here)."""
+        """Every media of this account's group (papad lists all the user's groups: filtered
+        here)."""
         out: list[dict[str, Any]] = []
         page: str | None = "/api/v1/archive/"
         params: dict[str, Any] = {"searchFrom": "my_collections", "page_size": 1000}
         while page:
             body = self.get_json(page, **params)
-            out += [m for m in body["results"] if m["group"]["id"] == GROUP]
+            out += [m for m in body["results"] if m["group"]["id"] == self.group]
             page, params = body["next"], {}
         return out
 
     def media(self, recording_id: str) -> list[dict[str, Any]]:
-        """The media of group 1 whose description names `recording_id` (on its own line, as the
-        recorder writes it); more than one would be duplicates."""
+        """The media of this account's group whose description names `recording_id` (on its
+        own line, as the recorder writes it); more than one would be duplicates."""
         body = self.get_json("/api/v1/archive/", searchFrom="my_collections",
                              search=recording_id, page_size=1000)
         line = f"Recording id: {recording_id}"
         return [m for m in body["results"]
-                if line in m["description"].splitlines() and m["group"]["id"] == GROUP]
+                if line in m["description"].splitlines() and m["group"]["id"] == self.group]
 
     def one_media(self, recording_id: str) -> dict[str, Any]:
         found = self.media(recording_id)

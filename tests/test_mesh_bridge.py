@@ -20,12 +20,10 @@ import http.client
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,7 +39,8 @@ from recorder.papad.client import make_client
 from recorder.papad.outbox import Outbox
 from recorder.sidecar import ignored_name, is_sidecar_name
 from tests.clips import speech
-from tests.conftest import free_port, need, wait_until
+from tests.conftest import free_port, wait_until
+from tests.docroot import http_session, serve_docroot
 from tests.fake_papad import FakePapad
 from tests.mesh_devices import Device
 from tests.papad_recordings import make_recording, ogg_bytes
@@ -566,43 +565,6 @@ def test_bridge_status_and_cli_section(mesh, recording_one):
 
 # --- part 3: the document root --------------------------------------------------------------
 
-SHIPPED_CONF = Path(__file__).resolve().parent.parent / "services/nginx/recorder-docroot.conf"
-
-
-def nginx_config(root: Path, port: int, workdir: Path) -> Path:
-    """The shipped server block with only its root and listen lines changed, in a minimal
-    main config (no daemon, pid and logs in `workdir`)."""
-    server = []
-    for line in SHIPPED_CONF.read_text().splitlines():
-        stripped = line.strip()
-        if stripped.startswith("listen "):
-            if "[::]" in stripped:
-                continue
-            line = f"    listen 127.0.0.1:{port};"
-        elif stripped.startswith("root "):
-            line = f"    root {root};"
-        server.append(line)
-    text = f"""daemon off;
-user root;
-worker_processes 1;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log {workdir}/access.log;
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
-{chr(10).join(server)}
-}}
-"""
-    path = workdir / "nginx.conf"
-    path.write_text(text)
-    return path
-
-
 def _raw_get(port: int, path: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
@@ -615,28 +577,12 @@ def _raw_get(port: int, path: str) -> tuple[int, bytes]:
 
 def test_document_root_serves_the_registered_audio_url(mesh, recording_one, nginx_port,
                                                        tmp_path):
-    nginx = need("nginx", "nginx-light")
     _a, _b, c = mesh
     rid = recording_one["recording_id"]
     url = c.audio_url(rid)
     assert url is not None and url.startswith(f"http://127.0.0.1:{nginx_port}/dev-a/recordings/")
-    conf = nginx_config(c.cfg.storage.sync_root, nginx_port, tmp_path)
-    args = [nginx, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)]
-    check = subprocess.run([*args, "-t"], capture_output=True, text=True, timeout=30)
-    assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        base = f"http://127.0.0.1:{nginx_port}"
-        http = requests.Session()
-        http.trust_env = False  # never through a proxy from the environment
-
-        def up():
-            try:
-                return http.get(base + "/_health", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_until(up, 20, 0.05, "nginx")
+    with serve_docroot(c.cfg.storage.sync_root, nginx_port, tmp_path):
+        http = http_session()
         got = http.get(url, timeout=10)
         ogg = c.cfg.storage.sync_root / "dev-a" / c.catalogue().get(rid).path
         assert got.status_code == 200
@@ -674,6 +620,3 @@ def test_document_root_serves_the_registered_audio_url(mesh, recording_one, ngin
         finally:
             conflict.unlink()
             link.unlink()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

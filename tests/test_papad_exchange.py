@@ -12,7 +12,14 @@ import pytest
 
 from recorder.atomic import atomic_write_text
 from recorder.layout import Layout
-from recorder.mesh.annotations import ENTRY_RETRY, EXPORT_PATH, SCHEMA_ID, AnnotationExchange
+from recorder.mesh.annotations import (
+    ENTRY_RETRY,
+    EXPORT_PATH,
+    PENDING_RETRY,
+    SCHEMA_ID,
+    AnnotationExchange,
+    EntryBackoff,
+)
 from recorder.mesh.store import BridgeStore
 from recorder.papad.client import make_client
 from tests.papad_proxy import FaultProxy
@@ -186,3 +193,18 @@ def test_entries_waiting_for_their_recording_are_reread_with_backoff(local):
         parts.clock.now += due
         parts.exchange.run_due()
     assert waits[:3] == [2.0, 4.0, 8.0] and waits[-1] == 60.0
+
+
+def test_reads_brought_forward_by_events_do_not_lengthen_the_wait():
+    """A burst of Syncthing events re-reads a peer's export many times within a second; only
+    a re-read at or after the wait it set counts as a step of the backoff (else one burst
+    pushed the next try a minute out, long after the recording was registered)."""
+    backoff = EntryBackoff()
+    for _ in range(5):  # the first read, then reads brought forward by events
+        backoff.schedule(PEER, 1000.0, waiting=1, progressed=False)
+    assert backoff.peer_next[PEER] == 1000.0 + PENDING_RETRY
+    backoff.schedule(PEER, 1000.0 + PENDING_RETRY, waiting=1, progressed=False)  # when due
+    assert backoff.peer_next[PEER] == 1000.0 + 3 * PENDING_RETRY
+    for _ in range(3):  # papad unavailable, read again and again by events: no steps either
+        backoff.postponed("dev-q", 2000.0)
+    assert backoff.peer_next["dev-q"] == 2000.0 + PENDING_RETRY

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from recorder.mesh.yggdrasil import is_yggdrasil_address
+from tests.chrony import one_clock, start_chronyd
 from tests.conftest import need, run_cli, toml_config, wait_until
 from tests.netns import NetLab, Node
 
@@ -223,52 +223,6 @@ def test_mesh_status_when_yggdrasil_is_down_or_misconfigured(lab, tmp_path):
 
 # --- time without internet ------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parent.parent
-MESH_CHRONY_CONF = REPO / "services/chrony/recorderpi-mesh.conf"
-
-
-def _chronyd(node: Node, sources: Path | None) -> Path:
-    """chronyd in `node` with the appliance's mesh config, not touching the host clock (-x)."""
-    chronyd = need("chronyd", "chrony")
-    run = node.dir / "chrony"
-    run.mkdir(mode=0o700, exist_ok=True)  # chronyd refuses a socket directory others can open
-    lines = [f"include {MESH_CHRONY_CONF}", f"pidfile {run}/chronyd.pid",
-             f"bindcmdaddress {run}/chronyd.sock", "cmdport 0", f"driftfile {run}/drift"]
-    if sources is not None:
-        lines.append(f"sourcedir {sources}")
-    conf = run / "chrony.conf"
-    conf.write_text("\n".join(lines) + "\n")
-    proc = node.popen([chronyd, "-d", "-x", "-u", "root", "-f", str(conf)], run / "chronyd.log")
-    sock = run / "chronyd.sock"
-
-    def ready() -> bool:
-        assert proc.poll() is None, (run / "chronyd.log").read_text()
-        return sock.exists()
-
-    wait_until(ready, DEADLINE, 0.05, f"chronyd on {node.short}")
-    return sock
-
-
-def _sources(node: Node, sock: Path) -> str:
-    chronyc = need("chronyc", "chrony")
-    return node.exec(chronyc, "-h", str(sock), "-n", "sources", check=False).stdout
-
-
-def _synced_to(node: Node, sock: Path, peers: set[str]) -> str | None:
-    """The mesh peer `node`'s chrony has selected as its reference, if any."""
-    for line in _sources(node, sock).splitlines():
-        fields = line.split()
-        if len(fields) > 1 and fields[0] == "^*" and fields[1] in peers:
-            return fields[1]
-    return None
-
-
-def _runs_on_local_reference(node: Node, sock: Path) -> bool:
-    chronyc = need("chronyc", "chrony")
-    out = node.exec(chronyc, "-h", str(sock), "-n", "tracking", check=False).stdout
-    return re.search(r"^Reference ID\s*:\s*7F7F0101\b", out, re.M) is not None
-
-
 def test_mesh_time_sources_and_chrony_over_yggdrasil(lab, tmp_path):
     """Offline, the mesh agrees on one clock: chrony on a, b and d, each with all its Syncthing
     peers' yggdrasil addresses as sources (``recorder mesh time-sources --write``) and the
@@ -279,7 +233,7 @@ def test_mesh_time_sources_and_chrony_over_yggdrasil(lab, tmp_path):
     a, b, d = (lab.nodes[n] for n in "abd")
     peers = {a: {b.ygg_address, d.ygg_address}, b: {a.ygg_address, d.ygg_address},
              d: {a.ygg_address, b.ygg_address}}
-    socks = {}
+    chronys = {}
     for node, expected in peers.items():
         sources_dir = tmp_path / f"sources-{node.short}"
         sources_dir.mkdir()
@@ -293,18 +247,14 @@ def test_mesh_time_sources_and_chrony_over_yggdrasil(lab, tmp_path):
         again = _cli(node, "mesh", "time-sources", "--write", str(target))
         assert again.stdout.startswith("unchanged"), again.stdout
         assert [p.name for p in sources_dir.iterdir()] == [target.name]  # no temp file left
-        socks[node] = _chronyd(node, sources_dir)
-
-    def agreed() -> bool:
-        synced = [n for n in peers if _synced_to(n, socks[n], peers[n])]
-        roots = [n for n in peers if n not in synced and _runs_on_local_reference(n, socks[n])]
-        return len(synced) == 2 and len(roots) == 1
+        chronys[start_chronyd(node, sources_dir)] = expected
 
     def state() -> str:
-        return "\n".join(f"{n.short}: {_sources(n, socks[n])}" for n in peers)
+        return "\n".join(f"{c.node.short}: {c.sources()}" for c in chronys)
 
     try:
-        wait_until(agreed, DEADLINE, 0.5, "one chrony root on its local reference, two synced")
+        wait_until(lambda: one_clock(chronys), DEADLINE, 0.5,
+                   "one chrony root on its local reference, two synced")
     except BaseException:
         print(state())
         raise

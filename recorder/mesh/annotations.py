@@ -227,13 +227,22 @@ class EntryBackoff:
         times = [r["next_at"] for (p, _), r in self.failing.items() if p == peer]
         return min(times) if times else None
 
+    def _step(self, peer: str, now: float) -> int:
+        """The backoff streak for a read of `peer`'s export now. It grows only once the wait
+        it set has passed: reads that Syncthing's events bring forward (a burst of them as a
+        folder catches up) are not steps, or one burst would push the next try a minute out."""
+        streak = self.peer_streak.get(peer, -1)
+        if streak < 0 or now >= self.peer_next.get(peer, now):
+            streak += 1
+        return streak
+
     def schedule(self, peer: str, now: float, waiting: int, progressed: bool) -> None:
         """When to read `peer`'s export again: waiting entries back off while nothing changes;
         failing entries when the first of them is due."""
         if progressed or waiting < self.peer_waiting.get(peer, waiting + 1):
             self.peer_streak[peer] = 0
         else:
-            self.peer_streak[peer] = self.peer_streak.get(peer, -1) + 1
+            self.peer_streak[peer] = self._step(peer, now)
         self.peer_waiting[peer] = waiting
         candidates = []
         if waiting:
@@ -246,7 +255,7 @@ class EntryBackoff:
 
     def postponed(self, peer: str, now: float) -> int:
         """The whole import was postponed (papad unavailable); return the streak so far."""
-        streak = self.peer_streak.get(peer, -1) + 1
+        streak = self._step(peer, now)
         self.peer_streak[peer] = streak
         self.peer_next[peer] = now + min(WAITING_RETRY_MAX, PENDING_RETRY * 2 ** min(streak, 10))
         return streak
