@@ -63,6 +63,12 @@ log = logging.getLogger(__name__)
 SYNCTHING_PORT = 22000
 JOIN_TIMEOUT = 120.0
 MAX_SKEW = 86400.0
+# The service gives up the join name once a member's roster admits this device by a decision
+# made no earlier than this many seconds before this device's own decision to pair with it
+# (`join` records that): an older admission is a copy left from before a removal. Beyond this
+# clock difference the name stays until `join` sees the admission itself (harmless: the
+# proof's code is used up).
+ADMISSION_SLACK = 600.0
 _LISTEN = re.compile(r"^(tcp[46]?)://(\[[0-9a-fA-F:.]*\]|[^\[\]/:]*):(\d{1,5})$")
 _WILDCARD = {"", "0.0.0.0", "[::]", "::", "[]"}
 
@@ -149,11 +155,13 @@ def join(cfg: Config, client: SyncthingClient, database: Database, invite: Invit
     changes: list[str] = result["changes"]
     _ensure_addresses(client, invite.syncthing_id, invite.addresses, changes)
     Roster(database).decide(invite.syncthing_id, invite.recorder_id, MEMBER, invite.addresses)
-    accepted = _connected(client, invite.syncthing_id)
+    # A copy of the inviter's roster from before a removal must not count as acceptance.
+    stale = _admission(cfg, invite.syncthing_id, invite.recorder_id, my_id)
+    accepted = _accepted(cfg, client, invite.syncthing_id, invite.recorder_id, my_id, stale)
     deadline = time.monotonic() + wait
     while not accepted and time.monotonic() < deadline:
         sleep(0.5)
-        accepted = _connected(client, invite.syncthing_id)
+        accepted = _accepted(cfg, client, invite.syncthing_id, invite.recorder_id, my_id, stale)
     if accepted:
         restore_name(cfg, client, my_id)
     return {"inviter": invite.recorder_id, "inviter_syncthing_id": invite.syncthing_id,
@@ -163,6 +171,50 @@ def join(cfg: Config, client: SyncthingClient, database: Database, invite: Invit
 def _connected(client: SyncthingClient, device_id: str) -> bool:
     conn = client.connections().get("connections", {}).get(device_id, {})
     return bool(conn.get("connected"))
+
+
+def _admission(cfg: Config, sid: str, rid: str, my_id: str) -> float | None:
+    """When the member `rid` (Syncthing `sid`) admitted this device, by the roster of it that
+    Syncthing brought into our copy of its folder; None when it lists us as no member (or
+    there is no readable roster)."""
+    try:
+        peer = rosters.read_peer(cfg.storage.sync_root / rid)
+    except RosterError:
+        return None
+    if peer is None or peer.syncthing_id != sid:
+        return None
+    return next((s.since for s in peer.statements
+                 if s.syncthing_id == my_id and s.state == MEMBER), None)
+
+
+def _accepted(cfg: Config, client: SyncthingClient, sid: str, rid: str, my_id: str,
+              stale: float | None) -> bool:
+    """The inviter has admitted this device: connected, and its roster (which reaches us only
+    over a folder it shares with us) lists us as a member by a decision other than `stale`.
+
+    Being connected alone proves nothing: Syncthing on the joining side reports the inviter
+    connected for a moment before the inviter drops the unknown device, and giving up the
+    join name then would leave the inviter without the proof when it next looks."""
+    if not _connected(client, sid):
+        return False
+    since = _admission(cfg, sid, rid, my_id)
+    return since is not None and since != stale
+
+
+def _joining(client: SyncthingClient, my_id: str) -> bool:
+    """This device still carries a join name (the proof of an invite)."""
+    me = client.get_device(my_id)
+    return me is not None and str(me.get("name", "")).startswith(JOIN_NAME + " ")
+
+
+def _admitted_since(cfg: Config, client: SyncthingClient, member: Statement,
+                    my_id: str) -> bool:
+    """`member` has admitted this device since we decided to pair with it (give or take
+    `ADMISSION_SLACK` of clock difference)."""
+    if not _accepted(cfg, client, member.syncthing_id, member.device_id, my_id, None):
+        return False
+    since = _admission(cfg, member.syncthing_id, member.device_id, my_id)
+    return since is not None and since >= member.since - ADMISSION_SLACK
 
 
 def restore_name(cfg: Config, client: SyncthingClient, my_id: str) -> bool:
@@ -283,7 +335,8 @@ def reconcile(cfg: Config, client: SyncthingClient, database: Database) -> Recon
     _apply(cfg, client, roster, my_id, report)
     report.changes += provision.accept_pending(cfg, client)
     _offers(cfg, client, my_id, report)
-    if any(_connected(client, s.syncthing_id) for s in roster.members()):
+    if _joining(client, my_id) and any(_admitted_since(cfg, client, s, my_id)
+                                       for s in roster.members()):
         restore_name(cfg, client, my_id)
     if publish(cfg, client, roster, my_id):
         report.changes.append(f"published the roster ({len(roster.members())} member(s))")
