@@ -33,6 +33,16 @@ def need(binary: str, package: str | None = None) -> str:
     pytest.skip(msg)  # outside CI only: IN_CI fails above
 
 
+def need_root(why: str) -> None:
+    """Fail (CI, which runs as root) or skip (elsewhere) unless the tests run as root."""
+    if os.geteuid() == 0:
+        return
+    msg = f"{why}: run the tests as root"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)  # outside CI only: IN_CI fails above
+
+
 def terminate(proc: Any, timeout: float = 30.0) -> int:
     """Stop a child process as systemd stops a service: SIGTERM, then SIGKILL after
     `timeout` seconds. Returns its exit code."""

@@ -48,7 +48,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import need, wait_until
+from tests.conftest import need, need_root, wait_until
 from tests.syncthing_harness import Instance
 
 CMD_TIMEOUT = 30.0
@@ -321,8 +321,7 @@ class NetLab:
     def __init__(self, base: Path) -> None:
         for tool in ("ip", "sysctl"):
             need(tool, "iproute2" if tool == "ip" else "procps")
-        if os.geteuid() != 0:
-            pytest.fail("network namespaces need root")
+        need_root("network namespaces need root")
         reap_stale_namespaces()
         self.tag = f"rpt{os.getpid()}x{secrets.token_hex(2)}"
         self.base = base

@@ -19,11 +19,15 @@ from pathlib import Path
 import pytest
 
 from tests.clips import tone, write_wav
-from tests.conftest import need, run_cli, wait_until
+from tests.conftest import need, need_root, run_cli, wait_until
 from tests.netns import NetLab, Node
 
 DEADLINE = 90.0
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    need_root("network namespaces need root")
 
 
 def _toml(node: Node, path: Path, **extra: dict) -> Path:

@@ -21,7 +21,7 @@ import pytest
 from recorder.config import Config, parse_config
 from recorder.db import Database
 from recorder.mesh.keeper import MeshKeeper
-from tests.conftest import fake_net, free_port, need, run_cli, wait_until
+from tests.conftest import fake_net, free_port, need, need_root, run_cli, wait_until
 from tests.syncthing_harness import Instance, SyncthingCluster
 
 DEADLINE = 90.0  # generous: other engineers load the same 2-core machine
@@ -326,8 +326,8 @@ echo "$*" >> "$CALLS"
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="first boot runs as root (chown, install -o)")
 def test_first_boot_joins_with_a_code_left_on_the_boot_partition(tmp_path):
+    need_root("first boot runs as root (chown, install -o)")
     need("syncthing")
     services = Path(__file__).resolve().parent.parent / "services"
     etc, state, prefix, boot = (tmp_path / d for d in ("etc", "state", "opt", "boot"))

@@ -9,9 +9,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import need
+from tests.conftest import need, need_root
 from tests.test_deploy import REPO, SERVICES, UNITS, _directives, _load_compose, _unit_root
 
 UNIT = "recorder-station.service"
@@ -62,8 +60,8 @@ def test_station_unit_is_hardened_read_only_and_restarts(tmp_path):
     assert float(match.group(1)) <= 2.0, res.stdout[-2000:]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="radio-setup.sh chowns its secrets (root)")
 def test_radio_setup_makes_secrets_once_and_renders_icecast_xml(tmp_path):
+    need_root("radio-setup.sh chowns its secrets (root)")
     calls = tmp_path / "calls"
     systemctl = tmp_path / "systemctl"
     systemctl.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
