@@ -1,5 +1,5 @@
-"""The light commands stay light: what `recorder --version`, `--help`, `ctl status` and `outbox
-list` import, and every command still reachable when only its own module is loaded.
+"""The light commands stay light: what `recorder --version`, `--help`, `ctl status`, `outbox
+list` and `mesh status` import, and every command still reachable when only its own module is loaded.
 
 A command that only talks to the service or reads the database must not pay for the pipeline:
 numpy, soundfile and requests are imported by the handlers that use them (README: CLI start).
@@ -55,6 +55,21 @@ def test_light_commands_import_no_pipeline(argv, cfg_path):
     result = probe("--config", cfg_path, *argv)
     assert result["code"] in (0, 8), result
     assert result["loaded"] == [], f"`recorder {' '.join(argv)}` imported {result['loaded']}"
+
+
+def test_mesh_status_imports_no_http_library(tmp_path):
+    # Syncthing configured but not running: the warning line and exit 0, after every import
+    # the command makes when Syncthing answers.
+    key = tmp_path / "st.key"
+    key.write_text("k" * 32)
+    key.chmod(0o600)
+    path = tmp_path / "recorder.toml"
+    path.write_text(f'[device]\nid = "light"\n[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+                    f'reserve_mb = 0\n[syncthing]\nurl = "http://127.0.0.1:9"\n'
+                    f'api_key_file = "{key}"\n')
+    result = probe("--config", str(path), "mesh", "status")
+    assert result["code"] == 0, result
+    assert result["loaded"] == [], f"`recorder mesh status` imported {result['loaded']}"
 
 
 def test_a_pipeline_command_still_loads_the_pipeline(cfg_path):
