@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from recorder.config import AudioConfig, Config, SourceSpec
 from recorder.db import Database
@@ -26,6 +26,7 @@ from recorder.session import RecordingContext, SessionSettings, SinkFactory
 from recorder.sinks import AlwaysOnSink, Sink
 from recorder.sources import AudioSource, open_source
 from recorder.storage import Reserve
+from recorder.worker import ServiceRequest, Worker
 
 if TYPE_CHECKING:
     from recorder.audioid.catalogue import Catalogue
@@ -41,23 +42,6 @@ if TYPE_CHECKING:
     from recorder.web.server import WebWorker
 
 log = logging.getLogger(__name__)
-
-
-class Worker(Protocol):
-    """A background part of the service: started after recovery, stopped at shutdown, and
-    asked for its status by `recorder ctl status` (from the service's main thread)."""
-
-    name: str
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-
-# How another thread asks the running service something: `daemon.Service.request`.
-ServiceRequest = Callable[..., dict[str, Any]]
 
 
 class CatalogueHook:

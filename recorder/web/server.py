@@ -34,7 +34,7 @@ LOOP_TIMEOUT = 30  # seconds Waitress' loop sleeps when nothing happens (its def
 
 
 class WebWorker:
-    """The web page (a `recorder.app.Worker`). A port already taken does not stop the
+    """The web page (a `recorder.worker.Worker`). A port already taken does not stop the
     recorder: the error is logged and shown in ``recorder ctl status``."""
 
     name = "web"

@@ -22,12 +22,12 @@ from recorder.mesh.store import BridgeStore
 from recorder.storage import MB
 
 if TYPE_CHECKING:
-    from recorder.app import ServiceRequest
     from recorder.audioid.catalogue import Catalogue
     from recorder.mesh.syncthing import SyncthingClient
     from recorder.papad.outbox import Outbox
     from recorder.waveform import Waveforms
     from recorder.web.listing import Listing
+    from recorder.worker import ServiceRequest
 
 log = logging.getLogger(__name__)
 
