@@ -1,5 +1,6 @@
 """The light commands stay light: what `recorder --version`, `--help`, `ctl status`, `outbox
-list` and `mesh status` import, and every command still reachable when only its own module is loaded.
+list` and `mesh status` import, and every command still reachable when only its own module is
+loaded.
 
 A command that only talks to the service or reads the database must not pay for the pipeline:
 numpy, soundfile and requests are imported by the handlers that use them (README: CLI start).
