@@ -140,8 +140,15 @@ class RadioWorker:
         self.catalogue = catalogue
         self.sink: RadioSink | None = None
         if cfg.radio.password_file is not None:
+            from recorder.secrets import read_secret
             from recorder.sinks.radio import RadioSink
 
+            # A loose or missing secret stops the service at start, as papad's and Syncthing's
+            # do; the stream itself reads the file again at each connection (a fixed file is
+            # picked up without a restart).
+            read_secret(cfg.radio.password_file, "radio.password_file")
+            if cfg.radio.station and cfg.radio.harbor_password_file is not None:
+                read_secret(cfg.radio.harbor_password_file, "radio.harbor_password_file")
             # Stream metadata while live: "Live: <device>" (the station's playlist carries each
             # recording's own title and device).
             self.sink = RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels,

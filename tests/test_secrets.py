@@ -50,9 +50,7 @@ def sections(tmp_path: Path, loose: str = "") -> dict:
 
 @pytest.mark.parametrize("key", [
     "papad.token_file", "syncthing.api_key_file",
-    pytest.param("radio.password_file", marks=pytest.mark.xfail(strict=True, reason=(
-        "the Icecast password is read when the stream connects, not at start: the service "
-        "runs and only the radio status shows the error (README: refuses to start)"))),
+    "radio.password_file",
 ])
 def test_a_loose_secret_file_stops_the_service(config_file, loop_wav, tmp_path, key):
     cfg_path, data = config_file(audio={"source": f"file:{loop_wav}"}, **sections(tmp_path, key))
