@@ -296,9 +296,14 @@ def test_metrics_for_prometheus(web_site):
 
 
 def test_mesh_api_peers_yggdrasil_and_quarantine(web_site):
-    mesh = web_site.json("/api/mesh")
+    def settled() -> dict | None:
+        # Other tests of the module record on this device: the peer may be catching up.
+        got = web_site.json("/api/mesh")
+        return got if [p["completion"] for p in got["peers"]] == [100] else None
+
+    mesh = wait_until(settled, 90, 0.5, "the peer at 100 % of our folder")
     (peer,) = mesh["peers"]
-    assert peer["peer_id"] == "dev-a" and peer["connected"] and peer["completion"] == 100
+    assert peer["peer_id"] == "dev-a" and peer["connected"]
     assert peer["last_seen"]
     assert mesh["yggdrasil"]["address"] == web_site.ygg_address
     assert ipaddress.ip_address(mesh["yggdrasil"]["address"]) in ipaddress.ip_network("200::/7")

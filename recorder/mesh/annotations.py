@@ -404,8 +404,11 @@ class AnnotationExchange:
                     continue  # the owner's bookmark, posted here from its sidecar
                 if not _TARGET_RE.match(ann.media_target) or not _ID_RE.match(f"{rid}:{ann.id}"):
                     continue
-                tags = [t for t in mapping.normalise_tags(ann.tags)
-                        if not t.startswith(ORIGIN_TAG)][:MAX_TAGS]
+                # Sorted: papad lists a media's tags in the order the tags were first made
+                # anywhere on the server, so the same annotation would read differently from
+                # one papad to the next (and a reorder would rewrite the export for nothing).
+                tags = sorted(t for t in mapping.normalise_tags(ann.tags)
+                              if not t.startswith(ORIGIN_TAG))[:MAX_TAGS]
                 items.append({"id": f"{rid}:{ann.id}", "recording_id": rid,
                               "origin": self.own_id, "media_target": ann.media_target,
                               "text": " ".join(ann.text.split())[:MAX_TEXT],

@@ -23,8 +23,10 @@ unprivileged datagram socket: ``net.ipv4.ping_group_range`` must include the ser
 as systemd sets it) the address of every connected peer every ``[mesh] probe_interval``
 seconds, checking a missed answer again a second later; after `PROBE_FAILURES` missed answers
 in a row, while no byte arrived from the peer either, it reports the peer down and makes
-Syncthing drop the connection (pause, then resume the device), so Syncthing redials and
-reconnects as soon as the link is back.
+Syncthing drop the connection (pause, then resume the device). It then pings that address
+every `REDIAL_CHECK` seconds and, once it answers, has Syncthing dial the peer at once (pause
+and resume again): Syncthing's own redial waits a minute or more after failed dials, so the mesh
+is whole again seconds after the link is back.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ log = logging.getLogger(__name__)
 
 PROBE_FAILURES = 2
 PROBE_TIMEOUT = 2.0
+# A peer dropped as unreachable is pinged at its last address this often; once it answers,
+# Syncthing is asked to dial it at once (pause, resume), since its own redial waits a minute
+# or more after failed dials.
+REDIAL_CHECK = 5.0
 _EPOCH_YEAR = 1971  # lastSeen "1970-01-01T00:00:00Z" means never connected
 
 
@@ -93,6 +99,8 @@ class HealthTracker:
         self._first_seen: dict[str, float] = {}  # problem key -> monotonic time first seen
         self._misses: dict[str, int] = {}  # device -> probe misses in a row
         self._dead: dict[str, float] = {}  # device -> wall time it was found unreachable
+        self._dead_hosts: dict[str, str] = {}  # device found unreachable -> its last address
+        self._redial_at: dict[str, float] = {}  # device -> monotonic time of its next check
         self._bytes: dict[str, Any] = {}  # device -> inBytesTotal at its first missed ping
         self._recovered: set[str] = set()  # dropped as dead, then reconnected
         self._unpingable: set[str] = set()  # ICMP filtered: never pinged again
@@ -275,6 +283,8 @@ class HealthTracker:
                          "pinged any more", did[:7], host)
             elif misses >= PROBE_FAILURES:
                 self._dead[did] = self.wall()
+                self._dead_hosts[did] = host
+                self._redial_at[did] = self.clock() + REDIAL_CHECK
                 self._misses.pop(did, None)
                 found.append(did)
                 log.warning("mesh: peer %s at %s stopped answering while Syncthing still calls "
@@ -283,7 +293,31 @@ class HealthTracker:
                 with contextlib.suppress(RemoteError):
                     client.pause(did)
                     client.resume(did)
+        self._redial(client, connections, ping, timeout)
         return found
+
+    def _redial(self, client: SyncthingClient, connections: dict[str, Any],
+                ping: Callable[[str, float], bool], timeout: float) -> None:
+        """Ask Syncthing to dial a peer dropped as unreachable as soon as it answers again."""
+        for did, host in list(self._dead_hosts.items()):
+            if did not in self._dead:
+                self._dead_hosts.pop(did, None)
+                self._redial_at.pop(did, None)
+                continue
+            if connections.get(did, {}).get("connected") or \
+                    self.clock() < self._redial_at.get(did, 0.0):
+                continue
+            self._redial_at[did] = self.clock() + REDIAL_CHECK
+            try:
+                answered = ping(host, timeout)
+            except OSError:
+                return
+            if answered:
+                log.info("mesh: peer %s at %s answers again: asking Syncthing to dial it now",
+                         did[:7], host)
+                with contextlib.suppress(RemoteError):
+                    client.pause(did)
+                    client.resume(did)
 
     def _forget_dead(self, did: str, conn: dict[str, Any]) -> None:
         """A device dropped as dead that has a new connection is alive again."""

@@ -10,9 +10,11 @@ when Syncthing is down (the watcher or the periodic rescan picks the file up lat
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json as jsonlib
 import logging
+import socket
 import threading
 import urllib.parse
 from collections.abc import Iterable
@@ -92,10 +94,14 @@ class SyncthingClient:
         return cls(cfg.url, read_secret(cfg.api_key_file, "syncthing.api_key_file"))
 
     def close(self) -> None:
-        """Close every thread's connection."""
+        """Close every thread's connection; a thread waiting on one (the event long poll)
+        gets RemoteError at once."""
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:
+            if conn.sock is not None:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read with EOF
             conn.close()
         self._local = threading.local()
 
@@ -142,6 +148,11 @@ class SyncthingClient:
             except http.client.HTTPException as exc:
                 self._drop_connection()
                 raise RemoteError(f"{where}: {type(exc).__name__}") from None
+            except (AttributeError, ValueError):
+                # close() from another thread took the connection away mid-request
+                # (http.client then reads from a file object that is None or closed).
+                self._drop_connection()
+                raise RemoteError(f"{where}: the client was closed") from None
             break
         if resp.will_close:
             self._drop_connection()
