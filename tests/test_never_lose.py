@@ -531,7 +531,9 @@ def test_enospc_in_the_pump_thread_while_a_bookmark_rewrites_metadata(
     assert status["state"] == "recording" and status["audio"]["failed"] is None
     assert svc.ctl("stop").returncode == 0
     wait_until(lambda: len(_sidecars(data)) == 2, 30, what="the recording published")
-    doc = _assert_pairs_complete(data)[-1]
+    # The second recording: ids sort by time (two recordings in one second share the file
+    # names' timestamp, so the names do not say which came last).
+    doc = max(_assert_pairs_complete(data), key=lambda d: d["recording_id"])
     assert len(doc["bookmarks"]) == 1 and doc["stop_reason"] == "stopped"
     filler.free()
     _no_traceback(svc.stop())
