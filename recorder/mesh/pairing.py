@@ -211,7 +211,7 @@ def _admitted_since(cfg: Config, client: SyncthingClient, member: Statement,
                     my_id: str) -> bool:
     """`member` has admitted this device since we decided to pair with it (give or take
     `ADMISSION_SLACK` of clock difference)."""
-    if not _accepted(cfg, client, member.syncthing_id, member.device_id, my_id, None):
+    if not _connected(client, member.syncthing_id):
         return False
     since = _admission(cfg, member.syncthing_id, member.device_id, my_id)
     return since is not None and since >= member.since - ADMISSION_SLACK
@@ -219,8 +219,7 @@ def _admitted_since(cfg: Config, client: SyncthingClient, member: Statement,
 
 def restore_name(cfg: Config, client: SyncthingClient, my_id: str) -> bool:
     """Give this device its plain name (``recorder-<id>``) back after a join; True if it did."""
-    me = client.get_device(my_id)
-    if me is None or not str(me.get("name", "")).startswith(JOIN_NAME + " "):
+    if not _joining(client, my_id):
         return False
     client.patch_device(my_id, {"name": f"recorder-{cfg.device.id}"})
     return True
