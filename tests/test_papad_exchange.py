@@ -208,3 +208,22 @@ def test_reads_brought_forward_by_events_do_not_lengthen_the_wait():
     for _ in range(3):  # papad unavailable, read again and again by events: no steps either
         backoff.postponed("dev-q", 2000.0)
     assert backoff.peer_next["dev-q"] == 2000.0 + PENDING_RETRY
+
+
+def test_the_export_lists_tags_sorted_whatever_order_papad_lists_them(local):
+    # papad lists a media's tags in the order the tags were first made on the server, so the
+    # same annotation reads differently from one papad to the next. Two tags no other test
+    # makes: the one that sorts last is made first.
+    parts = local
+    first, late = f"aa{parts.rid[-6:]}", f"zz{parts.rid[-6:]}"
+    parts.papad.add_annotation(parts.media, "makes the tag", "t=0,1", (late,))
+    parts.papad.add_annotation(parts.media, "two tags", "t=1,2", (first, late))
+    listed = next(a for a in parts.papad.annotations(parts.media)
+                  if a["annotation_text"] == "two tags")
+    assert [t["name"] for t in listed["tags"]] != sorted(t["name"] for t in listed["tags"]), \
+        "papad listed the tags sorted: this test would prove nothing"
+    assert parts.exchange.export_now()
+    doc = json.loads((parts.cfg.storage.sync_root / parts.cfg.device.id / EXPORT_PATH)
+                     .read_text())
+    entry = next(e for e in doc["annotations"] if e["text"] == "two tags")
+    assert entry["tags"] == [first, late]
