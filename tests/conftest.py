@@ -67,16 +67,19 @@ def free_port() -> int:
 
 
 def wait_until(
-    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = ""
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "",
+    detail: Callable[[], str] | None = None,
 ) -> Any:
-    """Poll `predicate` until it returns a truthy value (returned) or fail the test at `timeout`."""
+    """Poll `predicate` until it returns a truthy value (returned) or fail the test at `timeout`,
+    the failure ending with what `detail` says then (a log's tail, what was still missing)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what or predicate}")
+            extra = f"\n{detail()}" if detail is not None else ""
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what or predicate}{extra}")
         time.sleep(interval)
 
 

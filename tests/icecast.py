@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import threading
@@ -28,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from recorder.config import Config, parse_config
-from tests.conftest import free_port, need, wait_until
+from tests.conftest import free_port, need, terminate, wait_until
 
 START_TIMEOUT = 20.0
 MOUNT = "/cowradio.ogg"
@@ -173,14 +172,8 @@ class IcecastServer:
     def stop(self) -> None:
         """Stop icecast2 (SIGTERM, then SIGKILL); sources and listeners are cut off."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        if proc is not None:
+            terminate(proc, 10)
 
     def restart(self) -> None:
         self.stop()

@@ -48,7 +48,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import need, need_root, wait_until
+from tests.conftest import need, need_root, terminate, wait_until
 from tests.syncthing_harness import Instance
 
 CMD_TIMEOUT = 30.0
@@ -70,13 +70,7 @@ def _run(args: Sequence[str], timeout: float = CMD_TIMEOUT, check: bool = True,
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    terminate(proc, 10)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import soundfile as sf
 from recorder.control import send_command
 from recorder.errors import ServiceError
 from tests.clips import RATE, tone
-from tests.conftest import run_cli, terminate
+from tests.conftest import run_cli, terminate, wait_until
 
 REC = 17  # the record button's GPIO in every service config here
 
@@ -84,15 +83,9 @@ class RunningService:
         return (audio.get("recording") or {}).get("seconds", 0.0)
 
     def wait(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = pred()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n"
-                                     f"{self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
+        """`wait_until`, the failure ending with the service log's tail."""
+        return wait_until(pred, timeout, 0.05, what,
+                          detail=lambda: self.log.read_text()[-3000:])
 
     def wait_state(self, state: str, timeout: float = 30) -> dict[str, Any]:
         return self.wait(lambda: (s := self.status()).get("state") == state and s, timeout,

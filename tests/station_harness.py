@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -163,14 +162,8 @@ class Liquidsoap:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
+        if proc is not None:
+            terminate(proc, 15)
 
     def output(self) -> str:
         try:

@@ -240,6 +240,18 @@ class SyncthingCluster:
             with contextlib.suppress(Exception):
                 inst.stop()
 
+    def pair_all(self) -> None:
+        """Pair every instance with every other the old way (`provision.add_peer`, as ``recorder
+        mesh add-peer`` does), then wait until all are connected."""
+        from recorder.mesh import provision
+
+        for me in self.instances:
+            for peer in self.instances:
+                if peer is not me:
+                    provision.add_peer(me.cfg, me.client, peer.device_id, peer.name,
+                                       peer.address, peer_recorder_id=peer.recorder_id)
+        self.wait_connected()
+
     def wait_connected(self, timeout: float = 30.0) -> None:
         """Wait until every pair of instances is connected (after provisioning a full mesh)."""
         for a in self.instances:

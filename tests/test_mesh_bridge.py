@@ -31,7 +31,6 @@ from recorder import app
 from recorder import sidecar as sc
 from recorder.audioid.catalogue import Catalogue
 from recorder.db import Database
-from recorder.mesh import provision
 from recorder.mesh.annotations import EXPORT_PATH, SCHEMA_ID, AnnotationExchange
 from recorder.mesh.bridge import Bridge
 from recorder.mesh.store import db_status
@@ -371,12 +370,7 @@ def nginx_port():
 def mesh(tmp_path_factory, nginx_port):
     with SyncthingCluster(3, tmp_path_factory.mktemp("bridge")) as cluster:
         a, b, c = cluster
-        for me in cluster:
-            for peer in cluster:
-                if peer is not me:
-                    provision.add_peer(me.cfg, me.client, peer.device_id, peer.name,
-                                       peer.address, peer_recorder_id=peer.recorder_id)
-        cluster.wait_connected()
+        cluster.pair_all()
         devices = [Device(a), Device(b),
                    Device(c, legacy=True, docroot_host=f"127.0.0.1:{nginx_port}")]
         try:

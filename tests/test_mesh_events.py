@@ -18,7 +18,6 @@ from gpiozero.pins.mock import MockFactory
 
 from recorder.config import load_config
 from recorder.daemon import Service
-from recorder.mesh import provision
 from tests.clips import tone, write_wav
 from tests.conftest import run_cli, wait_until
 from tests.fake_papad import FakePapad
@@ -35,10 +34,7 @@ def test_peer_annotation_is_exported_on_delivery_and_imported_on_event(tmp_path)
              for name, freq in (("one", 440.0), ("two", 660.0))}
     with SyncthingCluster(2, tmp_path / "st") as cluster:
         a_inst, b_inst = cluster
-        for me, peer in ((a_inst, b_inst), (b_inst, a_inst)):
-            provision.add_peer(me.cfg, me.client, peer.device_id, peer.name, peer.address,
-                               peer_recorder_id=peer.recorder_id)
-        cluster.wait_connected()
+        cluster.pair_all()
         a = Device(a_inst, export_interval=HOUR, rescan_interval=HOUR)
         b = Device(b_inst, export_interval=HOUR, rescan_interval=HOUR)
         try:

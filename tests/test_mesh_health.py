@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.clips import tone, write_wav
-from tests.conftest import need, need_root, run_cli, wait_until
+from tests.conftest import need, need_root, run_cli, terminate, wait_until
 from tests.netns import NetLab, Node
 
 DEADLINE = 90.0
@@ -132,10 +131,5 @@ def test_cut_link_shows_in_status_doctor_and_led(pair, tmp_path):
         wait_until(lambda: state("idle"), DEADLINE, 0.2, "the LED back to idle after healing")
         wait_until(lambda: a.syncthing.connected_to(b.syncthing), DEADLINE, 0.2, "reconnected")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]

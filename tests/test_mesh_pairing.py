@@ -103,15 +103,8 @@ def _full_mesh(devices: list[Instance]) -> bool:
 
 def _wait_full_mesh(devices: list[Instance], what: str) -> None:
     """Wait for a full mesh; on timeout the failure names what was still missing."""
-    last: list[list[str]] = [[]]
-
-    def done() -> bool:
-        last[0] = _mesh_gaps(devices)
-        return not last[0]
-    try:
-        wait_until(done, DEADLINE, 0.2, what)
-    except pytest.fail.Exception as exc:
-        raise AssertionError(f"{exc}; still missing: {'; '.join(last[0])}") from None
+    wait_until(lambda: _full_mesh(devices), DEADLINE, 0.2, what,
+               detail=lambda: "still missing: " + "; ".join(_mesh_gaps(devices)))
 
 
 def _stop_keepers(devices: list[Instance]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 
-from recorder.mesh import provision
 from tests.clips import speech
 from tests.conftest import wait_until
 from tests.mesh_devices import Device
@@ -30,10 +29,7 @@ def clip(tmp_path_factory):
 def mesh(tmp_path_factory, papad_servers):
     with SyncthingCluster(2, tmp_path_factory.mktemp("papad-mesh")) as cluster:
         a, b = cluster
-        for me, peer in ((a, b), (b, a)):
-            provision.add_peer(me.cfg, me.client, peer.device_id, peer.name, peer.address,
-                               peer_recorder_id=peer.recorder_id)
-        cluster.wait_connected()
+        cluster.pair_all()
         devices = [Device(a, papad=papad_servers["upstream"]),
                    Device(b, papad=papad_servers["papadam"])]
         try:

@@ -252,12 +252,8 @@ def test_mesh_time_sources_and_chrony_over_yggdrasil(lab, tmp_path):
     def state() -> str:
         return "\n".join(f"{c.node.short}: {c.sources()}" for c in chronys)
 
-    try:
-        wait_until(lambda: one_clock(chronys), DEADLINE, 0.5,
-                   "one chrony root on its local reference, two synced")
-    except BaseException:
-        print(state())
-        raise
+    wait_until(lambda: one_clock(chronys), DEADLINE, 0.5,
+               "one chrony root on its local reference, two synced", detail=state)
 
 
 def test_mesh_time_sources_write_failure_is_one_line(lab, tmp_path):

@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ import requests
 from recorder.mesh import provision
 from recorder.mesh.yggdrasil import AdminClient, YggdrasilError
 from tests.clips import speech
-from tests.conftest import free_port, need, run_cli, toml_config, wait_until
+from tests.conftest import free_port, need, run_cli, terminate, toml_config, wait_until
 from tests.fake_papad import FakePapad
 from tests.papad_setup import TOKEN, write_secret
 from tests.syncthing_harness import SyncthingCluster
@@ -184,10 +183,7 @@ def web_site(tmp_path_factory):
         stack.callback(ygg.stop)
         cluster = stack.enter_context(SyncthingCluster(2, base / "st"))
         a, b = cluster
-        for me, peer in ((a, b), (b, a)):
-            provision.add_peer(me.cfg, me.client, peer.device_id, peer.name, peer.address,
-                               peer_recorder_id=peer.recorder_id)
-        cluster.wait_connected()
+        cluster.pair_all()
         token = write_secret(base / "papad.token", TOKEN)
         password = write_secret(base / "web-password", PASSWORD)
         port = free_port()
@@ -263,17 +259,10 @@ def web_site(tmp_path_factory):
                         and seen["papad"].get("Chutney from the hills") == "registered"
                         and "missing" in reasons and "does not decode" in reasons)
 
-            try:
-                wait_until(settled, 90, 0.2, "peer import, papad deliveries and the quarantine")
-            except BaseException:  # say what was missing
-                raise AssertionError(f"the web site did not settle: {seen}\n"
-                                     f"{log.read_text()[-3000:]}") from None
+            wait_until(settled, 90, 0.2, "peer import, papad deliveries and the quarantine",
+                       detail=lambda: f"the web site did not settle: {seen}\n"
+                                      f"{log.read_text()[-3000:]}")
             yield site
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc)
             log_fh.close()

@@ -291,8 +291,7 @@ class HealthTracker:
                             "it connected: dropping the connection so Syncthing redials",
                             did[:7], host)
                 with contextlib.suppress(RemoteError):
-                    client.pause(did)
-                    client.resume(did)
+                    client.redial(did)
         self._redial(client, connections, ping, timeout)
         return found
 
@@ -300,10 +299,6 @@ class HealthTracker:
                 ping: Callable[[str, float], bool], timeout: float) -> None:
         """Ask Syncthing to dial a peer dropped as unreachable as soon as it answers again."""
         for did, host in list(self._dead_hosts.items()):
-            if did not in self._dead:
-                self._dead_hosts.pop(did, None)
-                self._redial_at.pop(did, None)
-                continue
             if connections.get(did, {}).get("connected") or \
                     self.clock() < self._redial_at.get(did, 0.0):
                 continue
@@ -316,8 +311,7 @@ class HealthTracker:
                 log.info("mesh: peer %s at %s answers again: asking Syncthing to dial it now",
                          did[:7], host)
                 with contextlib.suppress(RemoteError):
-                    client.pause(did)
-                    client.resume(did)
+                    client.redial(did)
 
     def _forget_dead(self, did: str, conn: dict[str, Any]) -> None:
         """A device dropped as dead that has a new connection is alive again."""
@@ -326,6 +320,8 @@ class HealthTracker:
         if dead_at is not None and conn.get("connected") and started is not None \
                 and started >= dead_at - 1.0:
             del self._dead[did]
+            self._dead_hosts.pop(did, None)
+            self._redial_at.pop(did, None)
             self._recovered.add(did)
 
 

@@ -211,8 +211,7 @@ class MeshKeeper:
             try:
                 conn = self.client.connections().get("connections", {}).get(did, {})
                 if not conn.get("connected"):
-                    self.client.pause(did)
-                    self.client.resume(did)
+                    self.client.redial(did)
                     log.info("mesh: asked Syncthing to dial %s now", did[:7])
             except RemoteError:
                 pass

@@ -204,6 +204,13 @@ class SyncthingClient:
         self.request("POST", "/rest/system/resume",
                      params={"device": device_id} if device_id else None)
 
+    def redial(self, device_id: str) -> None:
+        """Drop any connection to the device and dial it now: pause, then resume (Syncthing
+        1.19 has no call of its own for this, and its own redial waits a minute or more after
+        failed dials)."""
+        self.pause(device_id)
+        self.resume(device_id)
+
     def shutdown(self) -> None:
         self.request("POST", "/rest/system/shutdown")
 

@@ -17,7 +17,6 @@ process, `sock` its control socket, `cfg_path` the config a CLI call can use.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from recorder.control import send_command
+from tests.conftest import terminate
 
 TICKS = os.sysconf("SC_CLK_TCK")
 TOKEN = "bench-token-0123456789abcdef"
@@ -210,13 +210,8 @@ class Appliance:
         return send_command(self.sock, command, timeout=15, **args)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            terminate(self.proc)
         if self.proc is not None:
             self.log.close()
         for part in reversed(self.started):

@@ -186,12 +186,7 @@ def annotations(base: Path, runs: int, export_interval: float = 5.0) -> None:
     wav = base / "clip.wav"
     speech(wav, "The water tank on the hill is full again. ")
     with SyncthingCluster(2, base / "st") as cluster:
-        for me in cluster:
-            for peer in cluster:
-                if peer is not me:
-                    provision.add_peer(me.cfg, me.client, peer.device_id, peer.name,
-                                       peer.address, peer_recorder_id=peer.recorder_id)
-        cluster.wait_connected()
+        cluster.pair_all()
         a, b = (Device(i, export_interval=export_interval, rescan_interval=3600)
                 for i in cluster)
         try:

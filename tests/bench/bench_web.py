@@ -35,31 +35,16 @@ import numpy as np
 import soundfile as sf
 
 from recorder.control import send_command
+from tests.bench.appliance import cpu_seconds, rss_mb
+from tests.bench.appliance import wakeups as thread_wakeups
 from tests.conftest import free_port, toml_config
 
-TICKS = os.sysconf("SC_CLK_TCK")
 RATE = 48000
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
-
-
 def wakeups(pid: int) -> int:
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            text = (task / "status").read_text()
-        except OSError:
-            continue
-        total += int(text.split("\nvoluntary_ctxt_switches:")[1].split()[0])
-    return total
+    """Voluntary context switches of the whole process so far."""
+    return sum(thread_wakeups(pid).values())
 
 
 class Service:
