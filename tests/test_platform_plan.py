@@ -308,9 +308,23 @@ def join(member: Member, inviter: Member) -> float:
     code = invite(inviter)
     t0 = time.monotonic()
     res = member.cli("mesh", "join", code, "--timeout", str(DEADLINE), timeout=DEADLINE + 60)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 0, res.stderr + join_evidence(member, inviter)
     assert f"accepted by {inviter.id}" in res.stdout, res.stdout
     return time.monotonic() - t0
+
+
+def join_evidence(member: Member, inviter: Member) -> str:
+    """What both sides of a failed join saw: ``mesh status`` and the end of their logs."""
+    parts = []
+    for m in (inviter, member):
+        status = m.cli("mesh", "status", timeout=60)
+        log = m.svc.log.read_text(errors="replace")[-4000:] if m.svc is not None else ""
+        st_log = m.inst.root / "syncthing.log"
+        st = st_log.read_text(errors="replace")[-3000:] if st_log.exists() else ""
+        parts.append(f"\n--- {m.id}: mesh status ---\n{status.stdout}{status.stderr}"
+                     f"\n--- {m.id}: service log (end) ---\n{log}"
+                     f"\n--- {m.id}: Syncthing log (end) ---\n{st}")
+    return "".join(parts)
 
 
 def remove(member: Member, mesh: Mesh) -> Any:
