@@ -351,3 +351,50 @@ def test_first_boot_joins_with_a_code_left_on_the_boot_partition(tmp_path):
         assert calls == ["mesh setup", f"mesh join --timeout 0 {code.strip()}"]
         assert not join_file.exists()  # never left where it was: it is a secret
         assert Path(f"{join_file}.failed").exists() is kept
+
+
+def test_a_roster_written_but_never_handed_to_syncthing_is_scanned_at_the_next_pass(tmp_path):
+    """Power lost between the roster file's rename and Syncthing's scan of it (or a scan that
+    failed while Syncthing restarted the folder): the next reconcile pass finds the file on
+    disk newer than Syncthing's index and scans it, although its content did not change. The
+    watcher and the rescan are an hour away here, so only that check can index the file."""
+    with SyncthingCluster(1, tmp_path / "one") as cluster:
+        _roster_handed_over_again(cluster[0])
+
+
+def _roster_handed_over_again(inst: Instance) -> None:
+    from recorder.mesh import pairing
+    from recorder.mesh import roster as rosters
+    from recorder.mesh.provision import folder_id
+    from recorder.mesh.roster import REMOVED, Roster
+
+    sections = _sections(inst)
+    sections["syncthing"].update(watcher_delay=3600, rescan_interval=3600)
+    cfg = parse_config(sections)
+    database = Database(cfg.db_path)
+    client = inst.client
+    fid = folder_id(cfg.device.id)
+    path = cfg.device_folder / rosters.ROSTER_PATH
+
+    def indexed_size() -> int | None:
+        try:
+            return client.file_info(fid, rosters.ROSTER_PATH)["local"]["size"]
+        except Exception:
+            return None
+
+    pairing.reconcile(cfg, client, database)
+    wait_until(lambda: indexed_size() == path.stat().st_size, DEADLINE, 0.1,
+               "the first roster in Syncthing's index")
+    before = path.stat().st_size
+    roster = Roster(database)
+    roster.decide("AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA", "dev-gone",
+                  REMOVED)
+    text = rosters.render(cfg.device.id, client.device_id(),
+                          pairing.own_addresses(cfg, client), roster.all())
+    assert rosters.write(cfg.device_folder, text, cfg.storage.staging_dir)  # ...power lost
+    assert path.stat().st_size != before and indexed_size() == before
+
+    pairing.reconcile(cfg, client, database)  # the restarted service's first pass
+    wait_until(lambda: indexed_size() == path.stat().st_size, DEADLINE, 0.1,
+               "the rewritten roster in Syncthing's index",
+               detail=lambda: f"index {indexed_size()} bytes, disk {path.stat().st_size}")

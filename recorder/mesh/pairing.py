@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 SYNCTHING_PORT = 22000
 JOIN_TIMEOUT = 120.0
+KNOCK_AGAIN = 10.0  # seconds between join's own dials while the inviter is not connected
 MAX_SKEW = 86400.0
 # The service gives up the join name once a member's roster admits this device by a decision
 # made no earlier than this many seconds before this device's own decision to pair with it
@@ -159,13 +160,28 @@ def join(cfg: Config, client: SyncthingClient, database: Database, invite: Invit
     stale = _admission(cfg, invite.syncthing_id, invite.recorder_id, my_id)
     accepted = _accepted(cfg, client, invite.syncthing_id, invite.recorder_id, my_id, stale)
     deadline = time.monotonic() + wait
+    knock_at = time.monotonic() + KNOCK_AGAIN
     while not accepted and time.monotonic() < deadline:
         sleep(0.5)
         accepted = _accepted(cfg, client, invite.syncthing_id, invite.recorder_id, my_id, stale)
+        if not accepted and time.monotonic() >= knock_at:
+            knock_at = time.monotonic() + KNOCK_AGAIN
+            _knock(client, invite.syncthing_id)
     if accepted:
         restore_name(cfg, client, my_id)
     return {"inviter": invite.recorder_id, "inviter_syncthing_id": invite.syncthing_id,
             "accepted": accepted, "changes": changes}
+
+
+def _knock(client: SyncthingClient, device_id: str) -> None:
+    """Have Syncthing dial the inviter now unless connected: after the inviter refused our
+    first dial, Syncthing 1.19 waits half a minute or more before the next one, and the
+    inviter's own dial back may not reach us (an address it cannot route to)."""
+    try:
+        if not _connected(client, device_id):
+            client.redial(device_id)
+    except RemoteError as exc:
+        log.info("mesh: could not knock again: %s", exc)
 
 
 def _connected(client: SyncthingClient, device_id: str) -> bool:
@@ -310,12 +326,50 @@ def _remove(cfg: Config, client: SyncthingClient, my_id: str, peer: Statement) -
 
 
 def publish(cfg: Config, client: SyncthingClient, roster: Roster, my_id: str) -> bool:
-    """Write this device's roster file if it changed and hand it to Syncthing at once."""
+    """Write this device's roster file if it changed and hand it to Syncthing at once; True
+    if written.
+
+    The hand-off is checked on every pass, not trusted: a scan asked while Syncthing restarts
+    the folder (it does when a device is added to it) can fail, and the file would then wait
+    for the watcher or the next full rescan while the joining device waits for it."""
     text = rosters.render(cfg.device.id, my_id, own_addresses(cfg, client), roster.all())
-    if not rosters.write(cfg.device_folder, text, cfg.storage.staging_dir):
+    written = rosters.write(cfg.device_folder, text, cfg.storage.staging_dir)
+    if written or not _roster_indexed(cfg, client):
+        client.scan_quietly(folder_id(cfg.device.id), sub="mesh")
+    return written
+
+
+def _roster_indexed(cfg: Config, client: SyncthingClient) -> bool:
+    """Syncthing's index holds this device's roster file as it lies on disk (same size and
+    modification time)."""
+    try:
+        st = (cfg.device_folder / rosters.ROSTER_PATH).stat()
+        local = client.file_info(folder_id(cfg.device.id), rosters.ROSTER_PATH).get("local")
+    except (OSError, RemoteError, AttributeError):
         return False
-    client.scan_quietly(folder_id(cfg.device.id), sub="mesh")
-    return True
+    if not isinstance(local, dict) or local.get("deleted") or local.get("size") != st.st_size:
+        return False
+    indexed = _parse_mtime(str(local.get("modified", "")))
+    return indexed is not None and abs(indexed - st.st_mtime_ns) < 1000
+
+
+_MTIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+def _parse_mtime(text: str) -> int | None:
+    """Nanoseconds since the epoch of a Syncthing ``modified`` time
+    (``2026-12-02T12:00:39.9658021Z``, or with a UTC offset); None if it is not one."""
+    from datetime import datetime
+
+    m = _MTIME.match(text)
+    if not m:
+        return None
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    try:
+        whole = datetime.fromisoformat(m.group(1) + zone)
+    except ValueError:
+        return None
+    return int(whole.timestamp()) * 1_000_000_000 + int((m.group(2) or "").ljust(9, "0"))
 
 
 def reconcile(cfg: Config, client: SyncthingClient, database: Database) -> ReconcileReport:

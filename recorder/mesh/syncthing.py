@@ -209,7 +209,10 @@ class SyncthingClient:
         1.19 has no call of its own for this, and its own redial waits a minute or more after
         failed dials)."""
         self.pause(device_id)
-        self.resume(device_id)
+        try:
+            self.resume(device_id)
+        except RemoteError:  # never leave the device paused by a dropped answer
+            self.resume(device_id)
 
     def shutdown(self) -> None:
         self.request("POST", "/rest/system/shutdown")
@@ -303,6 +306,11 @@ class SyncthingClient:
             log.warning("scan hand-off skipped: %s: %s", type(exc).__name__, exc)
             return False
         return True
+
+    def file_info(self, folder: str, name: str) -> dict[str, Any]:
+        """``/rest/db/file``: what the index holds of one file (``local``, ``global``...);
+        RemoteError when the index has no such file."""
+        return self._get("/rest/db/file", folder=folder, file=name)
 
     def db_status(self, folder: str) -> dict[str, Any]:
         """``/rest/db/status``: state, file counts, ``receiveOnlyChangedFiles``, errors..."""
