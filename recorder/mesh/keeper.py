@@ -209,9 +209,7 @@ class MeshKeeper:
                 continue
             del self._nudges[did]
             try:
-                conn = self.client.connections().get("connections", {}).get(did, {})
-                if not conn.get("connected"):
-                    self.client.redial(did)
+                if self.client.dial_unless_connected(did):
                     log.info("mesh: asked Syncthing to dial %s now", did[:7])
             except RemoteError:
                 pass

@@ -28,6 +28,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from recorder.config import Config
@@ -178,15 +179,9 @@ def _knock(client: SyncthingClient, device_id: str) -> None:
     first dial, Syncthing 1.19 waits half a minute or more before the next one, and the
     inviter's own dial back may not reach us (an address it cannot route to)."""
     try:
-        if not _connected(client, device_id):
-            client.redial(device_id)
+        client.dial_unless_connected(device_id)
     except RemoteError as exc:
         log.info("mesh: could not knock again: %s", exc)
-
-
-def _connected(client: SyncthingClient, device_id: str) -> bool:
-    conn = client.connections().get("connections", {}).get(device_id, {})
-    return bool(conn.get("connected"))
 
 
 def _admission(cfg: Config, sid: str, rid: str, my_id: str) -> float | None:
@@ -211,7 +206,7 @@ def _accepted(cfg: Config, client: SyncthingClient, sid: str, rid: str, my_id: s
     Being connected alone proves nothing: Syncthing on the joining side reports the inviter
     connected for a moment before the inviter drops the unknown device, and giving up the
     join name then would leave the inviter without the proof when it next looks."""
-    if not _connected(client, sid):
+    if not client.is_connected(sid):
         return False
     since = _admission(cfg, sid, rid, my_id)
     return since is not None and since != stale
@@ -227,7 +222,7 @@ def _admitted_since(cfg: Config, client: SyncthingClient, member: Statement,
                     my_id: str) -> bool:
     """`member` has admitted this device since we decided to pair with it (give or take
     `ADMISSION_SLACK` of clock difference)."""
-    if not _connected(client, member.syncthing_id):
+    if not client.is_connected(member.syncthing_id):
         return False
     since = _admission(cfg, member.syncthing_id, member.device_id, my_id)
     return since is not None and since >= member.since - ADMISSION_SLACK
@@ -349,27 +344,11 @@ def _roster_indexed(cfg: Config, client: SyncthingClient) -> bool:
         return False
     if not isinstance(local, dict) or local.get("deleted") or local.get("size") != st.st_size:
         return False
-    indexed = _parse_mtime(str(local.get("modified", "")))
-    return indexed is not None and abs(indexed - st.st_mtime_ns) < 1000
-
-
-_MTIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
-
-
-def _parse_mtime(text: str) -> int | None:
-    """Nanoseconds since the epoch of a Syncthing ``modified`` time
-    (``2026-12-02T12:00:39.9658021Z``, or with a UTC offset); None if it is not one."""
-    from datetime import datetime
-
-    m = _MTIME.match(text)
-    if not m:
-        return None
-    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
-    try:
-        whole = datetime.fromisoformat(m.group(1) + zone)
+    try:  # Syncthing's ``modified``: RFC 3339, up to nanoseconds (Python keeps microseconds)
+        indexed = datetime.fromisoformat(str(local.get("modified", ""))).timestamp()
     except ValueError:
-        return None
-    return int(whole.timestamp()) * 1_000_000_000 + int((m.group(2) or "").ljust(9, "0"))
+        return False
+    return abs(indexed - st.st_mtime) < 0.001
 
 
 def reconcile(cfg: Config, client: SyncthingClient, database: Database) -> ReconcileReport:

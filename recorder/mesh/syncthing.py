@@ -214,6 +214,18 @@ class SyncthingClient:
         except RemoteError:  # never leave the device paused by a dropped answer
             self.resume(device_id)
 
+    def is_connected(self, device_id: str) -> bool:
+        """Syncthing has a connection to the device now."""
+        conn = self.connections().get("connections", {}).get(device_id, {})
+        return bool(conn.get("connected"))
+
+    def dial_unless_connected(self, device_id: str) -> bool:
+        """`redial` the device unless it is connected; True if it was asked to dial."""
+        if self.is_connected(device_id):
+            return False
+        self.redial(device_id)
+        return True
+
     def shutdown(self) -> None:
         self.request("POST", "/rest/system/shutdown")
 
