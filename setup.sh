@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # recorderpi developer set-up on Debian 12 / Raspberry Pi OS (bookworm):
 #   ./setup.sh demo   install what the demo needs, then run it (no Pi, microphone or network use)
-#   ./setup.sh test   install everything the test suite needs, then run ruff and the tests
+#   ./setup.sh test   install everything the test suite needs, then run ruff, mypy and the tests
 # System packages are installed with apt (as root, or through sudo); Python packages go into
 # ./.venv. Extra arguments after `test` are passed to pytest.
 set -euo pipefail
@@ -79,6 +79,8 @@ main() {
       install_packages "${test_packages[@]}"
       make_venv ".[test]"
       .venv/bin/ruff check recorder tests
+      # mypy (settings in pyproject.toml) before the tests, so a type error fails CI.
+      .venv/bin/mypy
       exec .venv/bin/python -m pytest -q "$@"
       ;;
     *)
