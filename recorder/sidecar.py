@@ -1,114 +1,46 @@
-"""The sidecar: the JSON document published next to every recording.
+"""Sidecars on disk: which files of a device folder are sidecars and how one is read safely,
+and the cleaning of their free text before it is shown or sent.
 
-It names the recording (id, device, path), says what it is (codec, rate, frames, sha256),
-when and how it was made (UTC start, clock-synchronised flag, boot id, monotonic start, trigger,
-pre-roll, stop reason), how it sounded (levels) and what people said about it (title, tags,
-bookmarks). Peers read it to import the recording, so `validate()` is strict: it is the gate
-hostile or broken peer data must pass.
+The sidecar is the JSON document published next to every recording: its fields, the typed
+`recorder.recording.Recording` and the strict validator (the gate hostile or broken peer data
+must pass) live in `recorder.recording`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
-import secrets
 import stat
-import time
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from recorder.deviceid import validate_device_id
-from recorder.errors import RecorderError
+# The document's rules live in recorder.recording; these names stay importable from here.
+from recorder.recording import (
+    MAX_SIDECAR_BYTES,
+    MIN_RECORDING_SECONDS,
+    SCHEMA,
+    SidecarError,
+    StopReason,
+    dumps,
+    loads,
+    new_recording_id,
+    recording_name,
+    relative_path,
+    utc_iso,
+    validate,
+)
 from recorder.safefile import UnsafeFile, read_regular
 
-SCHEMA = "recorderpi.sidecar/1"
-MAX_SIDECAR_BYTES = 1024 * 1024  # a 3-hour Audio ID print is about 380 kB
-# The shortest recording kept: below a tenth of a second nothing can be heard (a syllable lasts
-# longer), so a shorter recording or input file holds no audio and is never published.
-MIN_RECORDING_SECONDS = 0.1
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
-_ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
-_NAME_RE = re.compile(r"^\d{8}T\d{6}Z_[a-z0-9._-]+_[0-9a-z]{8}\.(ogg|opus)$")
+__all__ = [
+    "MAX_SIDECAR_BYTES", "MIN_RECORDING_SECONDS", "SCHEMA", "SidecarError", "StopReason",
+    "dumps", "loads", "new_recording_id", "recording_name", "relative_path", "utc_iso",
+    "validate",
+]
+
 _SIDECAR_NAME_RE = re.compile(r"^\d{8}T\d{6}Z_[a-z0-9._-]+_[0-9a-z]{8}\.json$")
-
-
-class StopReason(StrEnum):
-    """Why a recording ended (the sidecar's ``stop_reason``)."""
-
-    STOPPED = "stopped"  # button, `ctl stop`, signal, end of --seconds
-    MAX_LENGTH = "max_length"  # storage.max_seconds reached
-    DISK_RESERVE = "disk_reserve"  # free space reached the reserve
-    DISK_FULL = "disk_full"  # a write failed with ENOSPC: finished with what is on disk
-    DEVICE_LOST = "device_lost"
-    END_OF_INPUT = "end_of_input"  # a file source ended
-    SHUTDOWN = "shutdown"  # the service stopped
-    WRITE_ERROR = "write_error"  # any other write failure
-    INTERNAL_ERROR = "internal_error"  # a bug stopped the pump: what was recorded is kept
-    RECOVERED = "recovered"  # rebuilt by `recorder recover` after a crash
-
-
-class SidecarError(RecorderError):
-    """A sidecar is malformed; the message says which field and why."""
-
-    exit_code = 5
-
-
-def new_recording_id(now: float | None = None) -> str:
-    """A ULID-style id (26 Crockford base32 chars, lowercase): sortable by creation time."""
-    ms = int((time.time() if now is None else now) * 1000)
-    value = (ms << 80) | secrets.randbits(80)
-    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
-
-
-def recording_name(started_utc: datetime, device_id: str, recording_id: str) -> str:
-    """``<UTC timestamp>_<device-id>_<short id>`` (sortable; no extension)."""
-    return f"{started_utc:%Y%m%dT%H%M%SZ}_{device_id}_{recording_id[-8:]}"
-
-
-def relative_path(started_utc: datetime, name: str, ext: str = "ogg") -> str:
-    """The path of a recording inside its device folder: ``recordings/YYYY/MM/DD/NAME.ext``."""
-    return f"recordings/{started_utc:%Y/%m/%d}/{name}.{ext}"
-
-
-def utc_iso(ts: float) -> str:
-    """A UTC timestamp with milliseconds, ``2026-11-28T17:01:02.123Z``."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
-
-
-def dumps(doc: Mapping[str, Any]) -> str:
-    """Serialise a sidecar deterministically (sorted keys, UTF-8, trailing newline)."""
-    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def loads(data: bytes, *, expect_device: str | None = None) -> dict[str, Any]:
-    """Parse and validate sidecar bytes (see `validate`); raise SidecarError with a one-line
-    reason."""
-    if len(data) > MAX_SIDECAR_BYTES:
-        raise SidecarError(f"sidecar too large ({len(data)} bytes > {MAX_SIDECAR_BYTES})")
-    try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SidecarError(f"sidecar is not valid JSON: {exc}") from None
-    except (ValueError, RecursionError):
-        # json raises these for numbers over Python's 4300-digit limit and for nesting
-        # deeper than the interpreter's recursion limit: hostile, not a bug of ours.
-        raise SidecarError("sidecar is not valid JSON: a number or nesting is too large") from None
-    return validate(doc, expect_device=expect_device)
-
-
-def _no_constant(name: str) -> Any:
-    # json accepts NaN, Infinity and -Infinity, which are not JSON: a NaN bookmark once
-    # became "t=0,4" on papad.
-    raise SidecarError(f"sidecar is not valid JSON: {name} is not a number")
 
 
 # What peers' free text may hold once it reaches papad (titles, tags, bookmark labels).
@@ -141,89 +73,6 @@ def clean_text(value: Any, limit: int = TITLE_MAX, *, ellipsis: bool = True) -> 
     if len(text) <= limit:
         return text
     return text[: limit - 1].rstrip() + "…" if ellipsis else text[:limit].rstrip()
-
-
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "schema": str,
-    "recording_id": str,
-    "device_id": str,
-    "path": str,
-    "media_type": str,
-    "codec": str,
-    "samplerate": int,
-    "channels": int,
-    "frames": int,
-    "duration": (int, float),
-    "bytes": int,
-    "sha256": str,
-    "started_at": str,
-    "clock_synced": bool,
-    "boot_id": str,
-    "monotonic_start": (int, float),
-    "trigger": str,
-    "preroll": (int, float),
-    "stop_reason": str,
-    "levels": dict,
-    "title": str,
-    "tags": list,
-    "bookmarks": list,
-    "recovered": bool,
-}
-
-
-def validate(doc: Any, *, expect_device: str | None = None) -> dict[str, Any]:
-    """Check a sidecar document; return it, or raise SidecarError naming the bad field.
-
-    `expect_device`: the folder the sidecar was found in; a sidecar naming another device is
-    rejected (a peer must not speak for someone else).
-    """
-    if not isinstance(doc, dict):
-        raise SidecarError("sidecar must be a JSON object")
-    for key, kind in _REQUIRED.items():
-        if key not in doc:
-            raise SidecarError(f"sidecar field {key!r} is missing")
-        value = doc[key]
-        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-            raise SidecarError(f"sidecar field {key!r} has the wrong type")
-    if doc["schema"] != SCHEMA:
-        raise SidecarError(f"unsupported sidecar schema {doc['schema']!r}")
-    if not _ID_RE.match(doc["recording_id"]):
-        raise SidecarError("sidecar field 'recording_id' is not a recording id")
-    try:
-        validate_device_id(doc["device_id"], key="sidecar field 'device_id'")
-    except RecorderError as exc:
-        raise SidecarError(str(exc)) from None
-    if expect_device is not None and doc["device_id"] != expect_device:
-        raise SidecarError(
-            f"sidecar names device {doc['device_id']!r} but lies in {expect_device!r}'s folder"
-        )
-    path = PurePosixPath(doc["path"])
-    if (
-        path.is_absolute()
-        or ".." in path.parts
-        or len(path.parts) != 5
-        or path.parts[0] != "recordings"
-        or not _NAME_RE.match(path.name)
-        or "\\" in doc["path"]
-    ):
-        raise SidecarError(f"sidecar field 'path' is not a recording path: {doc['path']!r}")
-    if not re.fullmatch(r"[0-9a-f]{64}", doc["sha256"]):
-        raise SidecarError("sidecar field 'sha256' is not a sha256 hex digest")
-    if doc["samplerate"] <= 0 or doc["channels"] not in (1, 2) or doc["frames"] < 0:
-        raise SidecarError("sidecar audio format fields are out of range")
-    for key in ("duration", "monotonic_start", "preroll"):
-        if not math.isfinite(doc[key]):
-            raise SidecarError(f"sidecar field {key!r} is not a finite number")
-    if not all(isinstance(t, str) for t in doc["tags"]):
-        raise SidecarError("sidecar field 'tags' must be a list of strings")
-    for mark in doc["bookmarks"]:
-        at = mark.get("at") if isinstance(mark, dict) else None
-        if not isinstance(at, (int, float)) or isinstance(at, bool):
-            raise SidecarError("sidecar field 'bookmarks' must hold objects with a numeric 'at'")
-        if not math.isfinite(at) or at < 0:
-            raise SidecarError("sidecar field 'bookmarks' has an 'at' that is not a finite, "
-                               "non-negative number of seconds")
-    return doc
 
 
 # --- sidecars on disk ---------------------------------------------------------------------------
