@@ -22,6 +22,7 @@ from recorder.dbrepair import open_database
 from recorder.layout import Layout
 from recorder.publish import Published, Publisher
 from recorder.pump import Pump, PumpEvent, PumpSettings
+from recorder.recording import Recording
 from recorder.session import RecordingContext, SessionSettings, SinkFactory
 from recorder.sinks import AlwaysOnSink, Sink
 from recorder.sources import AudioSource, open_source
@@ -51,16 +52,16 @@ class CatalogueHook:
     def __init__(self, catalogue: Catalogue) -> None:
         self.catalogue = catalogue
 
-    def __call__(self, doc: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, rec: Recording) -> dict[str, Any]:
         extra: dict[str, Any] = {}
-        if isinstance(doc.get("audio_id"), dict):
-            extra["audio_id"] = {**doc["audio_id"], "sha256": doc["sha256"]}
+        if rec.audio_id is not None:
+            extra["audio_id"] = {**rec.audio_id, "sha256": rec.sha256}
         # The index postings are written after publishing (`index_pending`, a listener): their
         # cost grows with the length, stop-to-published must not.
-        duplicate_of = self.catalogue.add({**doc, **extra}, defer_index=True)
+        duplicate_of = self.catalogue.add({**rec.to_doc(), **extra}, defer_index=True)
         if duplicate_of:
             extra["duplicate_of"] = duplicate_of
-            log.info("recording %s duplicates %s", doc["recording_id"], duplicate_of)
+            log.info("recording %s duplicates %s", rec.recording_id, duplicate_of)
         return extra
 
     def published(self, _result: Published) -> None:

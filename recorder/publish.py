@@ -19,12 +19,12 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorder import sidecar
+from recorder import recording
 from recorder.atomic import atomic_write_text, fsync_dir, publish_file
 from recorder.layout import Layout
 from recorder.session import StagedRecording
@@ -32,7 +32,8 @@ from recorder.storage import is_disk_full
 
 log = logging.getLogger(__name__)
 
-Enricher = Callable[[dict[str, Any]], dict[str, Any]]
+# An enricher returns the fields it adds to the recording (``{"duplicate_of": ...}``).
+Enricher = Callable[[recording.Recording], Mapping[str, Any]]
 Listener = Callable[["Published"], None]
 
 
@@ -40,10 +41,15 @@ Listener = Callable[["Published"], None]
 class Published:
     """A recording in place in the device folder."""
 
-    sidecar: dict[str, Any]
+    recording: recording.Recording
     ogg_path: Path
     sidecar_path: Path
     visible_at: float = 0.0  # time.monotonic() when both files were in place
+
+    @property
+    def sidecar(self) -> dict[str, Any]:
+        """The sidecar document as written."""
+        return self.recording.to_doc()
 
 
 @dataclass
@@ -67,19 +73,19 @@ class Publisher:
         the two renames): only the sidecar is written, and the OGG is left where it is if that
         fails (moving it away would tell every peer to delete it).
         """
-        doc = dict(staged.meta)
+        rec = staged.recording
         for enrich in self.enrichers:
             try:
-                doc.update(enrich(doc))
+                rec = rec.with_extra(enrich(rec))
             except Exception as exc:
-                self._hook_failed(enrich, dict(doc), exc, "sidecar enricher")
-        sidecar.validate(doc)
-        ogg_target = self.layout.device_folder / doc["path"]
+                self._hook_failed(enrich, rec, exc, "sidecar enricher")
+        doc = recording.validate(rec.to_doc())
+        ogg_target = self.layout.device_folder / rec.path
         json_target = ogg_target.with_suffix(".json")
         if not ogg_in_place:
             publish_file(staged.ogg, ogg_target)
         try:
-            atomic_write_text(json_target, sidecar.dumps(doc),
+            atomic_write_text(json_target, recording.dumps(doc),
                               staging_dir=self.layout.staging_dir)
         except BaseException:
             if not ogg_in_place:
@@ -89,8 +95,8 @@ class Publisher:
                 with contextlib.suppress(OSError):
                     fsync_dir(ogg_target.parent)
             raise
-        result = Published(doc, ogg_target, json_target, time.monotonic())
-        log.info("published %s (%.1f s, %s)", ogg_target, doc["duration"], doc["stop_reason"])
+        result = Published(rec, ogg_target, json_target, time.monotonic())
+        log.info("published %s (%.1f s, %s)", ogg_target, rec.duration, rec.stop_reason)
         for listener in self.listeners:
             try:
                 listener(result)

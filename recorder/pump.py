@@ -35,9 +35,9 @@ from recorder import clock
 from recorder.audioformat import AudioFormat
 from recorder.errors import DeviceError, DiskReserveError, RecorderError, TooShortError
 from recorder.publish import Published, Publisher
+from recorder.recording import Overflows, StopReason
 from recorder.ring import RingBuffer
 from recorder.session import Session, SessionSettings, SinkFactory, StagedRecording
-from recorder.sidecar import StopReason
 from recorder.sinks import AlwaysOnSink
 from recorder.sources import AudioSource
 from recorder.storage import DiskFullError, Reserve, is_disk_full, write_error
@@ -243,7 +243,7 @@ class Pump:
             rec = {
                 "recording_id": session.recording_id,
                 "seconds": round(self.format.seconds(session.frames), 3),
-                "bookmarks": len(session.meta["bookmarks"]),
+                "bookmarks": len(session.start.bookmarks),
             }
         return {
             "source": self.source.name,
@@ -396,7 +396,7 @@ class Pump:
                     # The bookmark is kept in memory and reaches the sidecar; only its crash
                     # copy in staging could not be rewritten.
                     log.error("bookmark kept, but staging metadata not rewritten: %s", exc)
-                    at = self.session.meta["bookmarks"][-1]["at"]
+                    at = self.session.start.bookmarks[-1].at
                 self.on_event("bookmark", {"at": at})
 
     def _finish(self, reason: str) -> None:
@@ -409,10 +409,10 @@ class Pump:
             staged = session.finish(reason)
             inputs, overruns = self._overflows_at_start
             # Audio lost while this recording ran is recorded with it, never hidden.
-            staged.meta["overflows"] = {
-                "input": self.source.stats.input_overflows - inputs,
-                "ring_frames": self.ring.overruns - overruns,
-            }
+            staged.recording = staged.recording.with_start(overflows=Overflows(
+                input=self.source.stats.input_overflows - inputs,
+                ring_frames=self.ring.overruns - overruns,
+            ))
         except TooShortError as exc:
             log.warning("recording %s discarded: %s", session.recording_id, exc)
             session.discard()
@@ -446,20 +446,20 @@ class Pump:
             result = self.publisher.publish(staged)
         except Exception as exc:
             log.error("publishing %s failed (%s); left in staging for recovery",
-                      staged.meta["recording_id"], _short(exc))
+                      staged.recording.recording_id, _short(exc))
             if isinstance(exc, OSError):
-                exc = write_error(exc, f"recording {staged.meta['recording_id']} kept in "
+                exc = write_error(exc, f"recording {staged.recording.recording_id} kept in "
                                   "staging for `recorder recover`")
             self.publish_errors += 1
-            self.on_event("publish_failed", {"recording_id": staged.meta["recording_id"],
+            self.on_event("publish_failed", {"recording_id": staged.recording.recording_id,
                                              "error": _short(exc)})
             fut.set_exception(exc)
             return
         self.last_published = result
         self.last_stop_to_published = result.visible_at - stop_started
         self.on_event("published", {"path": str(result.ogg_path),
-                                    "recording_id": result.sidecar["recording_id"],
-                                    "stop_reason": result.sidecar["stop_reason"]})
+                                    "recording_id": result.recording.recording_id,
+                                    "stop_reason": result.recording.stop_reason})
         fut.set_result(result)
 
     def _check_health(self) -> None:

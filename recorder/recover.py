@@ -41,7 +41,6 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +48,25 @@ import numpy as np
 import soundfile as sf
 
 from recorder import codec as codecs
-from recorder import sidecar
 from recorder.atomic import atomic_write_text
 from recorder.audioformat import AudioFormat
 from recorder.config import Config
 from recorder.publish import Published, Publisher
+from recorder.recording import (
+    AudioFacts,
+    Recording,
+    Start,
+    StopReason,
+    finished,
+    is_recording_id,
+    new_start,
+    recording_id_time,
+)
 from recorder.session import (
     RecordingContext,
     SinkFactory,
     StagedRecording,
+    collect_facts,
     lock_recording,
     staged_paths,
 )
@@ -74,8 +83,6 @@ PUBLISHED, CLEANED, WAITING, BUSY, FAILED, MOVED_ASIDE = (
 # A temporary of ours that old has no writer left (a write and its rename take milliseconds).
 STALE_PARTIAL_SECONDS = 120.0
 _PARTIAL_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.partial$")
-_ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 # Upper bounds of the encoded size, kbit/s for a mono stream, by oggenc quality (-1..10):
 # libvorbis's nominal stereo rates, which mono speech stays well under.
 _VORBIS_KBPS = (64, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 500)
@@ -124,7 +131,7 @@ def recover(cfg: Config, publisher: Publisher,
         name = entry.name
         rid = name.split(".", 1)[0]
         if name.endswith(".meta.json") or name.endswith((".pcm", ".ogg", ".spare")):
-            if _ID_RE.match(rid):
+            if is_recording_id(rid):
                 ids.add(rid)
             elif name.endswith((".pcm", ".ogg")) and entry.is_file():
                 strays.append(entry)
@@ -191,41 +198,39 @@ def _recover_one(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory]
         for p in audio_files:  # a recording killed while it was being created
             p.unlink(missing_ok=True)
         return Outcome(rid, CLEANED, "empty staged files of a recording that never started")
-    meta, note = _read_meta(cfg, rid, paths)
-    if meta is None:
+    start, note = _read_meta(cfg, rid, paths)
+    if start is None:
         return _move_aside(cfg, rid, _staged_files(staging, rid), note)
-    name = Path(meta["path"]).stem
-    target = cfg.storage.sync_root / meta["device_id"] / meta["path"]
+    name = start.name
+    target = cfg.storage.sync_root / start.device_id / start.path
     _remove_partials(staging, f".{name}.json.")
     _remove_partials(target.parent, f".{name}.")
     if target.with_suffix(".json").is_file():
         for p in _staged_files(staging, rid):
             p.unlink(missing_ok=True)
         return Outcome(rid, CLEANED, "already published", str(target))
-    rate, channels = int(meta["samplerate"]), int(meta["channels"])
+    rate, channels = start.samplerate, start.channels
     min_frames = 1  # any audio at all is kept (input files are held to MIN_RECORDING_SECONDS)
     journal_frames = _journal_frames(paths["journal"], channels)
-    meta.setdefault("bookmarks", [])
-    meta.update(stop_reason="recovered", recovered=True)
 
     # 1. The OGG is already visible (killed between its rename and the sidecar's).
     if target.is_file() and _closed_cleanly(target):
-        described = _describe(cfg, sinks, meta, target, min_frames)
+        described = _describe(cfg, sinks, start, target, min_frames)
         if described is not None:
-            staged = StagedRecording(meta=described, ogg=target,
+            staged = StagedRecording(recording=described, ogg=target,
                                      staged_files=_staged_files(staging, rid))
             result = _publish(publisher, staged, ogg_in_place=True)
-            return Outcome(rid, PUBLISHED, f"{described['duration']:.1f} s: sidecar written "
+            return Outcome(rid, PUBLISHED, f"{described.duration:.1f} s: sidecar written "
                            "for the OGG already in place" + note, str(result.ogg_path))
     # 2. A complete OGG in staging (its publish failed): published as it is.
     if paths["ogg"].is_file() and _closed_cleanly(paths["ogg"]):
-        described = _describe(cfg, sinks, meta, paths["ogg"], max(min_frames, journal_frames))
+        described = _describe(cfg, sinks, start, paths["ogg"], max(min_frames, journal_frames))
         if described is not None:
-            staged = StagedRecording(meta=described, ogg=paths["ogg"],
+            staged = StagedRecording(recording=described, ogg=paths["ogg"],
                                      staged_files=[p for p in _staged_files(staging, rid)
                                                    if p != paths["ogg"]])
             result = _publish(publisher, staged)
-            return Outcome(rid, PUBLISHED, f"{described['duration']:.1f} s: the complete "
+            return Outcome(rid, PUBLISHED, f"{described.duration:.1f} s: the complete "
                            "staged OGG" + note, str(result.ogg_path))
     # 3. Rebuild from the journal or the partial OGG.
     ogg_frames = _decodable_frames(paths["ogg"])
@@ -233,40 +238,48 @@ def _recover_one(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory]
     if best < min_frames:
         return _move_aside(cfg, rid, _staged_files(staging, rid),
                            "no audio could be read from the journal or the OGG")
-    need = _needed_bytes(meta, cfg, best, paths)
+    need = _needed_bytes(start, cfg, best, paths)
     free = free_bytes(staging)
     if free < need:
         raise _NoRoom(f"disk full: {free // 1024} KiB free, about {need // 1024} KiB needed "
                       "to rebuild it", need)
-    codec = meta.get("codec", "vorbis")
+    codec = start.codec
     if codec not in codecs.CODECS or codecs.unsupported_rate(codec, rate):
         note += f" (re-encoded as Vorbis: {codec} cannot code {rate} Hz)"
         codec = "vorbis"
     fmt = AudioFormat(rate, channels)
     encoder = OggEncoderSink(
         rebuilt, fmt, dataclasses.replace(cfg.encoder, codec=codec),
-        comments={"title": meta.get("title") or name, "date": meta["started_at"],
+        comments={"title": start.title or name, "date": start.started_at,
                   "comment": f"recording_id={rid}"},
     )
     source = "journal" if journal_frames >= ogg_frames else "partial OGG"
     blocks = (_journal_blocks(paths["journal"], channels) if source == "journal"
               else _ogg_blocks(paths["ogg"], channels))
-    feed: list[Sink] = [encoder, *_analysis_sinks(cfg, sinks, rid, meta, fmt)]
+    feed: list[Sink] = [encoder, *_analysis_sinks(cfg, sinks, rid, start, fmt)]
     try:
         for block in blocks:
             for sink in feed:
                 sink.write(block)
-        for sink in feed:
-            meta.update(sink.finish())
+        audio, levels, extra = collect_facts([sink.finish() for sink in feed])
     except BaseException:
         for sink in feed:
             with contextlib.suppress(Exception):
                 sink.abort()
         raise
-    staged = StagedRecording(meta=meta, ogg=rebuilt, staged_files=_staged_files(staging, rid))
+    assert audio is not None  # the encoder is the first sink
+    rec = _recovered(start, audio, levels, extra)
+    staged = StagedRecording(recording=rec, ogg=rebuilt,
+                             staged_files=_staged_files(staging, rid))
     result = _publish(publisher, staged)
-    return Outcome(rid, PUBLISHED, f"{meta['duration']:.1f} s rebuilt from the {source}" + note,
+    return Outcome(rid, PUBLISHED, f"{rec.duration:.1f} s rebuilt from the {source}" + note,
                    str(result.ogg_path))
+
+
+def _recovered(start: Start, audio: AudioFacts, levels: dict[str, Any],
+               extra: dict[str, Any]) -> Recording:
+    return finished(start, audio, stop_reason=StopReason.RECOVERED, levels=levels,
+                    recovered=True, extra=extra)
 
 
 def _publish(publisher: Publisher, staged: StagedRecording, *,
@@ -282,41 +295,31 @@ def _staged_files(staging: Path, rid: str) -> list[Path]:
     return [p for p in sorted(staging.glob(f"{rid}.*")) if p.is_file()]
 
 
-def _read_meta(cfg: Config, rid: str, paths: dict[str, Path]) -> tuple[dict[str, Any] | None,
-                                                                       str]:
+def _read_meta(cfg: Config, rid: str, paths: dict[str, Path]) -> tuple[Start | None, str]:
     """The staged metadata, or one rebuilt from the recording id (its creation time) and the
     configuration when it is missing or unreadable; (None, reason) when neither works."""
     problem = ""
     try:
         meta = json.loads(paths["meta"].read_text())
-        if isinstance(meta, dict) and all(k in meta for k in (
-                "device_id", "path", "samplerate", "channels", "started_at")):
-            return meta, ""
+        if isinstance(meta, dict) and all(k in meta for k in Start.STAGED_REQUIRED):
+            return Start.from_doc({"recording_id": rid, **meta}), ""
         problem = "metadata incomplete"
     except FileNotFoundError:
         problem = "metadata missing"
     except (OSError, ValueError) as exc:
         problem = f"metadata unreadable ({_one_line(exc)})"
-    # The id is a ULID: its first 10 characters are the creation time in milliseconds.
-    ms = 0
-    for ch in rid[:10]:
-        ms = ms * 32 + _CROCKFORD.index(ch)
+    # The id is a ULID: it carries its creation time.
+    created = recording_id_time(rid)
     rate, channels = cfg.audio.samplerate, cfg.audio.channels
     with contextlib.suppress(Exception), sf.SoundFile(str(paths["ogg"])) as f:
         rate, channels = int(f.samplerate), min(2, int(f.channels))
     if not paths["ogg"].exists() and not paths["journal"].exists():
         return None, problem
-    started = datetime.fromtimestamp(ms / 1000, UTC)
-    name = sidecar.recording_name(started, cfg.device.id, rid)
-    meta = {
-        "schema": sidecar.SCHEMA, "recording_id": rid, "device_id": cfg.device.id,
-        "path": sidecar.relative_path(started, name), "media_type": "audio/ogg",
-        "codec": cfg.encoder.codec, "samplerate": rate, "channels": channels,
-        "started_at": sidecar.utc_iso(ms / 1000), "clock_synced": False, "boot_id": "",
-        "monotonic_start": 0.0, "trigger": "unknown", "preroll": 0.0, "title": "",
-        "tags": [], "bookmarks": [],
-    }
-    return meta, f" ({problem}: rebuilt from the recording id and the configuration)"
+    start = new_start(
+        recording_id=rid, device_id=cfg.device.id, codec=cfg.encoder.codec, samplerate=rate,
+        channels=channels, started_utc=created, monotonic_start=0.0, clock_synced=False,
+        boot_id="", trigger="unknown", preroll=0.0)
+    return start, f" ({problem}: rebuilt from the recording id and the configuration)"
 
 
 def _journal_frames(path: Path, channels: int) -> int:
@@ -370,8 +373,8 @@ def _closed_cleanly(path: Path) -> bool:
     return at >= 0 and len(tail) > at + 5 and bool(tail[at + 5] & 0x04)
 
 
-def _describe(cfg: Config, sinks: Sequence[SinkFactory], meta: dict[str, Any], ogg: Path,
-              min_frames: int) -> dict[str, Any] | None:
+def _describe(cfg: Config, sinks: Sequence[SinkFactory], start: Start, ogg: Path,
+              min_frames: int) -> Recording | None:
     """The sidecar fields of a complete OGG, decoding it once (levels, Audio ID, frames) and
     hashing it; None if it does not decode to the end or holds fewer than `min_frames`."""
     try:
@@ -384,7 +387,7 @@ def _describe(cfg: Config, sinks: Sequence[SinkFactory], meta: dict[str, Any], o
         if channels not in (1, 2):
             return None
         fmt = AudioFormat(rate, channels)
-        analysis = _analysis_sinks(cfg, sinks, meta["recording_id"], meta, fmt)
+        analysis = _analysis_sinks(cfg, sinks, start.recording_id, start, fmt)
         frames = 0
         try:
             while len(block := f.read(BLOCK, dtype="int16", always_2d=True)):
@@ -395,38 +398,37 @@ def _describe(cfg: Config, sinks: Sequence[SinkFactory], meta: dict[str, Any], o
             for sink in analysis:
                 sink.abort()
             return None
-    doc = dict(meta)
     if frames < min_frames:
         for sink in analysis:
             sink.abort()
         return None
-    for sink in analysis:
-        doc.update(sink.finish())
+    _, levels, extra = collect_facts([sink.finish() for sink in analysis])
     digest = hashlib.sha256()
     with open(ogg, "rb") as fh:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
-    doc.update(codec=codec, samplerate=rate, channels=channels, frames=frames,
-               duration=round(fmt.seconds(frames), 3), sha256=digest.hexdigest(),
-               bytes=ogg.stat().st_size)
-    doc.setdefault("encoder", {"vorbis_quality": cfg.encoder.vorbis_quality} if codec ==
-                   "vorbis" else {"opus_bitrate": cfg.encoder.opus_bitrate})
-    return doc
+    audio = AudioFacts(
+        codec=codec, samplerate=rate, channels=channels, frames=frames,
+        duration=round(fmt.seconds(frames), 3), sha256=digest.hexdigest(),
+        bytes=ogg.stat().st_size,
+        encoder=({"vorbis_quality": cfg.encoder.vorbis_quality} if codec == "vorbis"
+                 else {"opus_bitrate": cfg.encoder.opus_bitrate}))
+    return _recovered(start, audio, levels, extra)
 
 
-def _analysis_sinks(cfg: Config, sinks: Sequence[SinkFactory], rid: str, meta: dict[str, Any],
+def _analysis_sinks(cfg: Config, sinks: Sequence[SinkFactory], rid: str, start: Start,
                     fmt: AudioFormat) -> list[Sink]:
     """The level meter and the extra per-recording sinks (Audio ID) for recovered audio."""
-    ctx = RecordingContext(rid, meta["device_id"], fmt, cfg.storage.staging_dir)
+    ctx = RecordingContext(rid, start.device_id, fmt, cfg.storage.staging_dir)
     return [LevelMeter(fmt.samplerate, cfg.service.silence_dbfs),
             *(factory(ctx) for factory in sinks)]
 
 
-def _needed_bytes(meta: dict[str, Any], cfg: Config, frames: int, paths: dict[str, Path]) -> int:
+def _needed_bytes(start: Start, cfg: Config, frames: int, paths: dict[str, Path]) -> int:
     """A safe upper bound of the space a rebuild takes: the new OGG and the sidecar."""
-    rate, channels = int(meta["samplerate"]), int(meta["channels"])
+    rate, channels = start.samplerate, start.channels
     seconds = frames / rate
-    if meta.get("codec") == "opus" and not codecs.unsupported_rate("opus", rate):
+    if start.codec == "opus" and not codecs.unsupported_rate("opus", rate):
         kbps = cfg.encoder.opus_bitrate * channels * 1.25
     else:
         q = round(min(10.0, max(-1.0, cfg.encoder.vorbis_quality)))

@@ -27,19 +27,29 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recorder import __version__, sidecar
+from recorder import __version__
 from recorder.atomic import atomic_write_text
 from recorder.audioformat import AudioFormat
 from recorder.clock import Timestamp
 from recorder.config import EncoderConfig
 from recorder.errors import TooShortError
+from recorder.recording import (
+    AudioFacts,
+    Bookmark,
+    Levels,
+    Overflows,
+    Recording,
+    Start,
+    finished,
+    new_recording_id,
+    new_start,
+)
 from recorder.sinks import Sink
 from recorder.sinks.encoder import OggEncoderSink
 from recorder.sinks.journal import JournalSink
@@ -77,7 +87,7 @@ SinkFactory = Callable[[RecordingContext], Sink]
 class StagedRecording:
     """A finished recording still in staging: the publisher's input."""
 
-    meta: dict[str, Any]
+    recording: Recording
     ogg: Path
     staged_files: list[Path] = field(default_factory=list)  # removed once published
 
@@ -116,16 +126,12 @@ class Session:
     def __init__(self, settings: SessionSettings, fmt: AudioFormat, *, started: Timestamp,
                  preroll: float, trigger: str, title: str = "", tags: Sequence[str] = (),
                  max_frames: int | None = None, extra_sinks: Sequence[SinkFactory] = ()) -> None:
-        self.recording_id = sidecar.new_recording_id(started.utc)
+        self.recording_id = new_recording_id(started.utc)
         self.done: Future[Any] = Future()  # completes with the Published result
         self.format = fmt
         self.frames = 0
         self.max_frames = max_frames
-        start_utc = started.utc - preroll
         device_id = settings.device_id
-        name = sidecar.recording_name(
-            datetime.fromtimestamp(start_utc, UTC), device_id, self.recording_id
-        )
         staging = settings.staging_dir
         ensure_dir(staging, "storage.staging_dir")
         self.paths = staged_paths(staging, self.recording_id)
@@ -134,27 +140,14 @@ class Session:
         self._claim_staging()
         self.done.add_done_callback(lambda _: self.release())
         enc = settings.encoder
-        self.meta: dict[str, Any] = {
-            "schema": sidecar.SCHEMA,
-            "recording_id": self.recording_id,
-            "device_id": device_id,
-            "path": sidecar.relative_path(datetime.fromtimestamp(start_utc, UTC), name),
-            "media_type": "audio/ogg",
-            "codec": enc.codec,
-            "samplerate": fmt.samplerate,
-            "channels": fmt.channels,
-            "started_at": sidecar.utc_iso(start_utc),
-            "clock_synced": started.clock_synced,
-            "boot_id": started.boot_id,
-            "monotonic_start": round(started.monotonic - preroll, 6),
-            "trigger": trigger,
-            "preroll": round(preroll, 3),
-            "title": title,
-            "tags": list(tags),
-            "bookmarks": [],
-            "overflows": {"input": 0, "ring_frames": 0},
-            "software": f"recorderpi {__version__}",
-        }
+        self.start: Start = new_start(
+            recording_id=self.recording_id, device_id=device_id, codec=enc.codec,
+            samplerate=fmt.samplerate, channels=fmt.channels,
+            started_utc=started.utc - preroll, monotonic_start=started.monotonic - preroll,
+            clock_synced=started.clock_synced, boot_id=started.boot_id, trigger=trigger,
+            preroll=preroll, title=title, tags=tags, overflows=Overflows(0, 0),
+            software=f"recorderpi {__version__}",
+        )
         try:
             self._write_meta()
         except OSError as exc:
@@ -170,9 +163,9 @@ class Session:
                                           flush_seconds=settings.flush_seconds))
             self.sinks.append(OggEncoderSink(
                 self.paths["ogg"], fmt, enc, flush_seconds=settings.flush_seconds,
-                comments={"title": title or name, "date": self.meta["started_at"],
+                comments={"title": title or self.start.name, "date": self.start.started_at,
                           "comment": f"recording_id={self.recording_id}",
-                          "software": self.meta["software"]},
+                          "software": self.start.software or ""},
             ))
             self.sinks.append(self.levels)
             self.sinks.extend(factory(ctx) for factory in extra_sinks)
@@ -234,17 +227,17 @@ class Session:
     def _write_meta(self) -> None:
         """Rewrite the staged metadata; on failure it is owed, and retried at `finish`."""
         self._meta_owed = True
-        atomic_write_text(self.paths["meta"], json.dumps(self.meta, sort_keys=True))
+        atomic_write_text(self.paths["meta"], json.dumps(self.start.to_doc(), sort_keys=True))
         self._meta_owed = False
 
     def note_overflows(self, input_overflows: int, ring_frames: int) -> None:
         """Record the audio lost so far in the staged metadata (rewritten only when the
         counts changed), so a recording rebuilt after a crash reports it too. A failed
         rewrite is logged: the counts still reach the sidecar of a finished recording."""
-        counts = {"input": int(input_overflows), "ring_frames": int(ring_frames)}
-        if self.meta.get("overflows") == counts:
+        counts = Overflows(int(input_overflows), int(ring_frames))
+        if self.start.overflows == counts:
             return
-        self.meta["overflows"] = counts
+        self.start = replace(self.start, overflows=counts)
         try:
             self._write_meta()
         except OSError as exc:
@@ -279,12 +272,15 @@ class Session:
     def mark(self, at_frame: int, label: str = "") -> float:
         """Add a bookmark `at_frame` frames into the recording; returns its time in seconds."""
         at = round(self.format.seconds(max(0, at_frame)), 3)
-        self.meta["bookmarks"].append({"at": at, "label": label})
+        self.start = self.start.with_bookmark(Bookmark(at, label))
         self._write_meta()  # so a bookmark survives a crash too
         return at
 
-    def finish(self, stop_reason: str) -> StagedRecording:
-        """Close every sink and return the staged recording (metadata merged from the sinks).
+    def finish(self, stop_reason: str, *,
+               overflows: Overflows | None = None) -> StagedRecording:
+        """Close every sink and return the staged recording (its start, and the facts the
+        sinks report: `collect_facts`). `overflows`: the audio lost while it ran, when the
+        caller counted it (else what `note_overflows` last saved).
 
         The spare is released first. Raises TooShortError for a recording without a single
         frame (nothing to publish: `discard()` it), and the OSError
@@ -303,10 +299,10 @@ class Session:
         if self.frames == 0:
             self.abort()
             raise TooShortError("the recording holds no audio: not published")
-        meta = dict(self.meta)
+        results: list[Any] = []
         for index, sink in enumerate(self.sinks):
             try:
-                meta.update(sink.finish())
+                results.append(sink.finish())
             except OSError as exc:
                 if isinstance(sink, JournalSink):
                     log.warning("crash journal of %s not closed cleanly (%s); the OGG is "
@@ -316,10 +312,14 @@ class Session:
                     with contextlib.suppress(Exception):
                         rest.abort()
                 raise
-        meta["stop_reason"] = stop_reason
-        meta["recovered"] = False
+        start = self.start if overflows is None else replace(self.start, overflows=overflows)
+        audio, levels, extra = collect_facts(results)
+        if audio is None:
+            raise RuntimeError("no encoder among the sinks")  # a bug: Session adds one
         return StagedRecording(
-            meta=meta, ogg=self.paths["ogg"],
+            recording=finished(start, audio, stop_reason=stop_reason, levels=levels,
+                               extra=extra),
+            ogg=self.paths["ogg"],
             staged_files=[self.paths["journal"], self.paths["meta"]],
         )
 
@@ -330,3 +330,21 @@ class Session:
                 sink.abort()
             except Exception:
                 log.exception("sink abort failed")
+
+
+def collect_facts(results: Sequence[Any]) -> tuple[AudioFacts | None, dict[str, Any],
+                                                    dict[str, Any]]:
+    """Sort what per-recording sinks returned from `finish()`: the encoder's `AudioFacts`,
+    the level meter's `Levels` (as the sidecar's ``levels`` object) and every other sink's
+    fields for the sidecar (the Audio ID's ``audio_id``), later ones winning."""
+    audio: AudioFacts | None = None
+    levels: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for facts in results:
+        if isinstance(facts, AudioFacts):
+            audio = facts
+        elif isinstance(facts, Levels):
+            levels = facts.to_doc()
+        else:
+            extra.update(facts)
+    return audio, levels, extra

@@ -22,6 +22,7 @@ import numpy as np
 import soundfile as sf
 
 from recorder.db import Database
+from recorder.recording import Recording
 from recorder.session import RecordingContext
 from recorder.sinks import Sink
 from recorder.sinks.peaks import Peaks, PeaksSink, Waveform
@@ -67,10 +68,10 @@ class Waveforms:
 
         return PeaksSink(ctx.format.samplerate, hold)
 
-    def enrich(self, doc: dict[str, Any]) -> dict[str, Any]:
+    def enrich(self, rec: Recording) -> dict[str, Any]:
         """Publisher enricher: store the held peaks of the recording being published (before
         it becomes visible); adds nothing to the sidecar."""
-        rid = doc["recording_id"]
+        rid = rec.recording_id
         with self._lock:
             waveform = self._held.pop(rid, None)
         if waveform is not None:

@@ -8,9 +8,16 @@ meter, the radio stream) are attached to the pump for as long as the source runs
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
+
+from recorder.recording import AudioFacts, Levels
+
+# What a per-recording sink reports at its end: the encoder its `AudioFacts`, the level meter
+# its `Levels`, any other sink the sidecar fields it adds (``{"audio_id": ...}``, or nothing).
+SinkFacts = AudioFacts | Levels | Mapping[str, Any]
 
 
 class AlwaysOnSink(Protocol):
@@ -31,8 +38,8 @@ class Sink(Protocol):
     def write(self, block: np.ndarray) -> None:
         """Consume int16 frames ``(frames, channels)``. Must not keep a reference to `block`."""
 
-    def finish(self) -> dict[str, Any]:
-        """End of recording: flush, close and return fields for the sidecar."""
+    def finish(self) -> SinkFacts:
+        """End of recording: flush, close and return what it learnt (see `SinkFacts`)."""
 
     def abort(self) -> None:
         """Give up (the recording failed or is discarded). Never raises."""

@@ -22,6 +22,7 @@ import soundfile as sf
 from recorder import codec as codecs
 from recorder.audioformat import AudioFormat
 from recorder.config import EncoderConfig
+from recorder.recording import AudioFacts
 
 # libvorbis allocates on the stack in proportion to the block: one write of about 45 s of
 # 48 kHz mono crashes the process (libsndfile issue 1095). Every write is cut to this size,
@@ -194,24 +195,20 @@ class OggEncoderSink:
         self._sf.flush()
         self._file.sync()
 
-    def finish(self) -> dict[str, Any]:
-        """Close the stream and fsync; raises OSError if the disk still refuses the last
-        bytes (the sink can then only be aborted)."""
+    def finish(self) -> AudioFacts:
+        """Close the stream and fsync; the file's facts. Raises OSError if the disk still
+        refuses the last bytes (the sink can then only be aborted)."""
         if not self._sf.closed:
             self._sf.close()
         self._file.sync()
         sha256, size = self._file.digest()
         self._file.close()
-        return {
-            "codec": self.codec,
-            "encoder": self._settings,
-            "samplerate": self.format.samplerate,
-            "channels": self.format.channels,
-            "frames": self.frames,
-            "duration": round(self.format.seconds(self.frames), 3),
-            "sha256": sha256,
-            "bytes": size,
-        }
+        return AudioFacts(
+            codec=self.codec, samplerate=self.format.samplerate,
+            channels=self.format.channels, frames=self.frames,
+            duration=round(self.format.seconds(self.frames), 3), sha256=sha256, bytes=size,
+            encoder=self._settings,
+        )
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from recorder.recording import Levels
+
 FULL_SCALE = 32768.0
 CLIP_LEVEL = 32767  # int16 samples at either rail
 
@@ -76,8 +78,13 @@ class LevelMeter:
         last = max(self.last_loud_frame, 0)
         return (self.frames - last) / self.samplerate
 
-    def finish(self) -> dict[str, Any]:
-        return {"levels": self.summary()}
+    def levels(self) -> Levels:
+        """The typed summary (the sidecar's ``levels``)."""
+        s = self.summary()
+        return Levels(s["peak_dbfs"], s["rms_dbfs"], s["clipped_fraction"], s["silent"])
+
+    def finish(self) -> Levels:
+        return self.levels()
 
     def abort(self) -> None:
         pass
