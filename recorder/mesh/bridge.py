@@ -65,6 +65,7 @@ from recorder.mesh.store import (
     FileStat,
     Quarantine,
 )
+from recorder.recording import parse_utc
 from recorder.safefile import UnsafeFile, check_regular, open_nofollow
 from recorder.sidecar import SidecarError, candidates, is_sidecar_name, read_sidecar
 
@@ -86,10 +87,8 @@ EVENT_POLL_S = 30.0
 
 def _check_fields(doc: dict[str, Any]) -> None:
     """What the schema leaves loose but registering in papad relies on."""
-    from recorder.papad.mapping import started_utc
-
     try:
-        started_utc(doc)
+        parse_utc(doc["started_at"])
     except (ValueError, TypeError, OverflowError):
         raise Quarantine("sidecar field 'started_at' is not a timestamp") from None
     if not 0 <= float(doc["duration"]) < 1e7 or doc["bytes"] < 0:

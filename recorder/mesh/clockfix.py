@@ -36,8 +36,8 @@ from typing import Any
 
 from recorder import clock as sysclock
 from recorder.atomic import atomic_write_text
-from recorder.papad.mapping import started_utc
-from recorder.sidecar import dumps, published_sidecars, utc_iso
+from recorder.recording import dumps, parse_utc, utc_iso
+from recorder.sidecar import published_sidecars
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def correction(doc: dict[str, Any], now: Clocks) -> float | None:
     if not now.synced or not now.boot_id or doc.get("boot_id") != now.boot_id:
         return None
     try:
-        then_wall = started_utc(doc).timestamp()
+        then_wall = parse_utc(doc["started_at"]).timestamp()
         then_mono = float(doc["monotonic_start"])
     except (KeyError, TypeError, ValueError, OverflowError):
         return None
@@ -91,7 +91,7 @@ def correct_folder(device_folder: Path, staging_dir: Path, now: Clocks, *,
         if offset is None:
             continue
         fixed = dict(doc)
-        fixed["started_at"] = utc_iso(started_utc(doc).timestamp() + offset)
+        fixed["started_at"] = utc_iso(parse_utc(doc["started_at"]).timestamp() + offset)
         fixed["clock_corrected"] = {"original_started_at": doc["started_at"],
                                     "offset_s": round(offset, 3), "method": METHOD,
                                     "corrected_at": utc_iso(now.wall)}

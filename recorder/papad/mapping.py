@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from recorder.recording import parse_utc
 from recorder.sidecar import LABEL_MAX, clean_text
 
 MARKER_PREFIX = "recorderpi-"
@@ -76,8 +77,7 @@ def wire_tags(tags: Iterable[str]) -> str:
 
 def started_utc(sidecar: Mapping[str, Any]) -> datetime:
     """The recording's UTC start time (sidecar ``started_at``)."""
-    value = datetime.fromisoformat(sidecar["started_at"].replace("Z", "+00:00"))
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return parse_utc(sidecar["started_at"])
 
 
 def media_name(sidecar: Mapping[str, Any]) -> str:
