@@ -21,7 +21,7 @@ from recorder.db import Database
 from recorder.dbrepair import open_database
 from recorder.layout import Layout
 from recorder.publish import Published, Publisher
-from recorder.pump import Pump, PumpEvent, PumpSettings
+from recorder.pump import Pump, PumpListener, PumpSettings
 from recorder.recording import Recording
 from recorder.session import RecordingContext, SessionSettings, SinkFactory
 from recorder.sinks import AlwaysOnSink, Sink
@@ -414,7 +414,7 @@ def _bridge(cfg: Config, parts: Assembly) -> Bridge:
 def build_pump(parts: Assembly, audio_cfg: AudioConfig, *, source: SourceSpec | None = None,
                realtime: bool = True, loop: bool = False,
                always_on: Sequence[AlwaysOnSink] = (),
-               on_event: PumpEvent | None = None) -> Pump:
+               on_event: PumpListener | None = None) -> Pump:
     """Open the source (`source`, else ``audio.source``) and build a pump around it, not
     started. Raises DeviceError / InputFileError when the source cannot be opened."""
     opened: AudioSource = open_source(source or audio_cfg.source, audio_cfg, realtime=realtime,

@@ -32,6 +32,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -40,14 +41,25 @@ from typing import Any
 from recorder import app, clock
 from recorder.config import Config, SourceSpec
 from recorder.control import ControlServer
-from recorder.errors import DeviceError, RecorderError, ServiceError
+from recorder.errors import DeviceError, DiskReserveError, RecorderError, ServiceError
 from recorder.led import NullLed, StatusLed, open_status_led
-from recorder.pump import Pump, PumpEvent, RecordingStateError
+from recorder.pump import (
+    Bookmarked,
+    DeviceLost,
+    DiskLow,
+    PublishFailed,
+    Pump,
+    PumpEvent,
+    PumpFailed,
+    PumpListener,
+    RecordingPublished,
+    RecordingStateError,
+)
 from recorder.recover import Outcome, recover, waiting_need
 from recorder.sdnotify import Notifier
 from recorder.sinks.levels import FULL_SCALE, LevelMeter, dbfs
 from recorder.storage import DiskFullError, ensure_dir, is_disk_full
-from recorder.triggers import LIVE_OFF, LIVE_ON, MARK, TOGGLE, Triggers, drive_mock_pin
+from recorder.triggers import LIVE_OFF, LIVE_ON, MARK, TOGGLE, Triggers, mock_pin_driver
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +80,38 @@ class ServiceState(StrEnum):
     FAILED = "failed"  # the pump died; it is being restarted
     DISK_FULL = "disk_full"  # armed, but the disk is full: recording refused until space returns
     STOPPING = "stopping"
+
+
+class ProblemKind(StrEnum):
+    """What kind of trouble `last_error` reports: what clears it depends on the kind, never on
+    the wording of its message."""
+
+    DISK = "disk"  # full or below the reserve: over once the disk check sees room
+    PUBLISH = "publish"  # a recording could not be published (left in staging)
+    DEVICE = "device"  # the audio device went away
+    PUMP = "pump"  # the audio pump failed
+    REFUSED = "refused"  # a button's action was refused
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: ProblemKind
+    message: str
+
+
+def _refused(exc: RecorderError) -> Problem:
+    return Problem(ProblemKind.DISK if isinstance(exc, DiskReserveError) else ProblemKind.REFUSED,
+                   str(exc))
+
+
+# The LED, from the service's condition, first match wins (see docs/ARCHITECTURE.md).
+LED_TABLE: tuple[tuple[str, str], ...] = (
+    ("error", "a device, storage or pump error, or an unresolved problem other than the disk"),
+    ("recording", "recording"),
+    ("disk_low", "disk full or below the reserve"),
+    ("mesh_degraded", "the mesh keeper reports a degraded mesh"),
+    ("idle", "armed, or anything else"),
+)
 
 
 @dataclass
@@ -100,7 +144,7 @@ class Service:
         self.state = ServiceState.STARTING
         self.device_error: str | None = None
         self.storage_error: str | None = None
-        self.last_error: str | None = None
+        self.problem: Problem | None = None
         self.last_published: dict[str, Any] | None = None
         self.published_count = 0
         self.disk_low = False
@@ -115,6 +159,8 @@ class Service:
         self._last_ping = 0.0
         self._last_ping_pos = 0
         self._pump_failures: list[float] = []
+        # Simulated presses (mock pins only: tests, demo): see `_open_gpio`.
+        self._pin_driver: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.exit_code = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -159,10 +205,17 @@ class Service:
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         signal.signal(signal.SIGUSR1, lambda *_: self._events.put(_Event("toggle")))
 
+    @property
+    def last_error(self) -> str | None:
+        """The message of the current problem (status ``last_error``)."""
+        return self.problem.message if self.problem is not None else None
+
     def _open_gpio(self) -> None:
         try:
             self.triggers = Triggers(self.cfg.gpio, self._on_trigger, pin_factory=self.pin_factory)
             self.led = open_status_led(self.cfg.gpio, pin_factory=self.pin_factory)
+            # Simulated presses over the control socket exist only on gpiozero's mock pins.
+            self._pin_driver = mock_pin_driver(self.pin_factory, self.cfg.gpio.active_low)
         except Exception as exc:  # gpiozero raises several kinds when there is no GPIO at all
             log.warning("GPIO unavailable (%s): buttons and LED disabled; use `recorder ctl`", exc)
             self.triggers = None
@@ -228,7 +281,7 @@ class Service:
             except RecorderError as exc:
                 log.error("signal toggle refused: %s", exc)
         elif event.kind == "pump":
-            self._pump_event(event.data["kind"], event.data["detail"], event.data["pump"])
+            self._pump_event(event.data["event"], event.data["pump"])
         elif event.kind == "recovered":
             self._recovering = None
             self._recovered(event.data["outcomes"])
@@ -273,11 +326,11 @@ class Service:
                  self.cfg.audio.preroll)
         self._update_led()
 
-    def _pump_listener(self, pump: Pump) -> PumpEvent:
+    def _pump_listener(self, pump: Pump) -> PumpListener:
         """The pump's event callback (pump and publisher threads): queue the event."""
 
-        def listener(kind: str, detail: dict[str, Any]) -> None:
-            self._events.put(_Event("pump", {"kind": kind, "detail": detail, "pump": pump}))
+        def listener(event: PumpEvent) -> None:
+            self._events.put(_Event("pump", {"event": event, "pump": pump}))
 
         return listener
 
@@ -302,41 +355,42 @@ class Service:
                 log.error("publishing the interrupted recording failed: %s", exc)
         log.info("audio source closed: %s", why)
 
-    def _pump_event(self, kind: str, detail: dict[str, Any], source: Pump) -> None:
+    def _pump_event(self, event: PumpEvent, source: Pump) -> None:
         current = source is self.pump  # a closed pump's late events change no device state
-        if kind == "published":
+        if isinstance(event, RecordingPublished):
             self.published_count += 1
-            self.last_published = detail
-            self.last_error = None
-        elif kind == "publish_failed":
-            self.last_error = f"publishing failed: {detail.get('error')}"
+            self.last_published = event.as_dict()
+            self.problem = None
+        elif isinstance(event, PublishFailed):
+            self.problem = Problem(ProblemKind.DISK if event.disk_full else ProblemKind.PUBLISH,
+                                   f"publishing failed: {event.error}")
             if self._waiting_need is None:
                 self._waiting_need = 0  # left in staging: recover at the next disk check
-        elif kind == "disk_low":
+        elif isinstance(event, DiskLow):
             self.disk_low = True
-            self.last_error = detail.get("error")
+            self.problem = Problem(ProblemKind.DISK, event.error)
             self._next_disk_check = 0.0  # say "disk full" now, not at the next timed check
-        elif kind == "bookmark":
-            log.info("bookmark at %.2f s", detail["at"])
-        elif kind == "device_lost" and current:
-            self.last_error = f"audio device lost: {detail.get('source')}"
+        elif isinstance(event, Bookmarked):
+            log.info("bookmark at %.2f s", event.at)
+        elif isinstance(event, DeviceLost) and current:
+            self.problem = Problem(ProblemKind.DEVICE, f"audio device lost: {event.source}")
             name = source.source.name
             self._close_pump("device lost")
             self.device_error = f"audio from {name!r} stopped"
             self.state = ServiceState.NO_DEVICE
             self.notifier.status(f"audio device lost: {name}")
             self._next_open = time.monotonic() + DEVICE_RETRY_SECONDS
-        elif kind == "pump_failed" and current:
-            self._pump_failed(str(detail.get("error")))
+        elif isinstance(event, PumpFailed) and current:
+            self._pump_failed(event.error)
 
     def _pump_failed(self, error: str) -> None:
         now = time.monotonic()
         self._pump_failures = [t for t in self._pump_failures if now - t < PUMP_RESTART_WINDOW]
         self._pump_failures.append(now)
-        self.last_error = f"audio pump failed: {error}"
+        self.problem = Problem(ProblemKind.PUMP, f"audio pump failed: {error}")
         self.state = ServiceState.FAILED
         self._update_led()
-        self.notifier.status(self.last_error)
+        self.notifier.status(self.problem.message)
         self._close_pump("pump failed")
         if len(self._pump_failures) >= PUMP_RESTARTS:
             log.critical("the audio pump failed %d times in %.0f s: exiting for a restart",
@@ -416,7 +470,7 @@ class Service:
                 self._set_live(name == LIVE_ON)
         except RecorderError as exc:
             log.error("button %s refused: %s", name, exc)
-            self.last_error = str(exc)
+            self.problem = _refused(exc)
 
     def _set_live(self, on: bool) -> dict[str, Any]:
         if self.parts.radio is None:
@@ -439,9 +493,9 @@ class Service:
         if report.full != self.disk_full:
             log.log(logging.ERROR if report.full else logging.INFO,
                     "disk full: recording refused" if report.full else "disk has room again")
-        if not report.low and self.last_error and self.last_error.startswith(
-                ("disk full", "publishing failed: disk full", "only ")):
-            self.last_error = None  # the disk trouble it reported is over (the LED says so)
+        if not report.low and self.problem is not None and \
+                self.problem.kind is ProblemKind.DISK:
+            self.problem = None  # the disk trouble it reported is over (the LED says so)
         self.disk_full = report.full
         need = self._waiting_need
         retry_hooks = bool(self.parts.publisher.deferred) and not report.full
@@ -475,18 +529,16 @@ class Service:
                                                ServiceState.DISK_FULL):
             self.state = (ServiceState.RECORDING if pump.recording else
                           ServiceState.DISK_FULL if self.disk_full else ServiceState.IDLE)
-        if (self.device_error or self.storage_error or self.state == ServiceState.FAILED
-                or (self.last_error and not self.disk_low)):
-            led = "error"
-        elif self.state == ServiceState.RECORDING:
-            led = "recording"
-        elif self.disk_low:
-            led = "disk_low"
-        elif self.parts.mesh is not None and self.parts.mesh.degraded:
-            led = "mesh_degraded"
-        else:
-            led = "idle"
-        self.led.set_state(led)
+        conditions = {
+            "error": bool(self.device_error or self.storage_error
+                          or self.state == ServiceState.FAILED
+                          or (self.problem is not None and not self.disk_low)),
+            "recording": self.state == ServiceState.RECORDING,
+            "disk_low": self.disk_low,
+            "mesh_degraded": self.parts.mesh is not None and self.parts.mesh.degraded,
+            "idle": True,
+        }
+        self.led.set_state(next(led for led, _ in LED_TABLE if conditions[led]))
 
     def warnings(self) -> list[str]:
         out = []
@@ -582,8 +634,8 @@ class Service:
 
     def _from_socket(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control-socket thread: run the command on the main loop and wait for its answer."""
-        if request.get("command") == "pin":
-            return self._drive_mock_pin(request)  # drives pins only; the presses queue events
+        if request.get("command") == "pin" and self._pin_driver is not None:
+            return self._pin_driver(request)  # drives pins only; the presses queue events
         return self.request(request)
 
     def handle_command(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -618,15 +670,6 @@ class Service:
                 self.parts.mesh.wake()
             return {"message": "reconciling"}
         raise RecorderError(f"unknown command {command!r}")
-
-    def _drive_mock_pin(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Simulated button presses (tests of the running service); mock pins only."""
-        from gpiozero import Device
-
-        steps = [(str(a), float(d)) for a, d in request.get("steps", [])]
-        drive_mock_pin(self.pin_factory or Device.pin_factory, int(request["pin"]), steps,
-                       self.cfg.gpio.active_low)
-        return {"message": "driven"}
 
 
 __all__ = ["Service", "ServiceState"]

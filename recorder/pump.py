@@ -54,7 +54,58 @@ WAKE_SECONDS = 0.05  # longest the pump sleeps with audio pending (commands wake
 # pre-roll, so a later wake-up changes no recording: it only wakes the service less.
 IDLE_WAKE_SECONDS = 0.5
 
-PumpEvent = Callable[[str, dict[str, Any]], None]
+
+
+# -- what the pump tells its owner (from the pump and publisher threads) ------------------------
+@dataclass(frozen=True)
+class RecordingStarted:
+    recording_id: str
+
+
+@dataclass(frozen=True)
+class Bookmarked:
+    at: float  # seconds into the recording
+
+
+@dataclass(frozen=True)
+class RecordingPublished:
+    path: str
+    recording_id: str
+    stop_reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "recording_id": self.recording_id,
+                "stop_reason": self.stop_reason}
+
+
+@dataclass(frozen=True)
+class PublishFailed:
+    recording_id: str
+    error: str
+    disk_full: bool  # the disk refused it: the trouble is over once there is room
+
+
+@dataclass(frozen=True)
+class DeviceLost:
+    source: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class DiskLow:
+    """The recording was finished because the disk is full or below its reserve."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class PumpFailed:
+    error: str
+
+
+PumpEvent = (RecordingStarted | Bookmarked | RecordingPublished | PublishFailed | DeviceLost
+             | DiskLow | PumpFailed)
+PumpListener = Callable[[PumpEvent], None]
 
 
 @dataclass(frozen=True)
@@ -84,15 +135,14 @@ class RecordingStateError(RecorderError):
 class Pump:
     """Run a source into a ring and the ring into sinks; start, stop and mark recordings.
 
-    `on_event(kind, detail)` is called from the pump and publisher threads with ``recording``,
-    ``bookmark``, ``published``, ``publish_failed``, ``device_lost``, ``disk_low`` and
-    ``pump_failed``; it must only hand the event over (the service queues it).
+    `on_event(event)` is called from the pump and publisher threads with a `PumpEvent`; it
+    must only hand the event over (the service queues it).
     """
 
     def __init__(self, settings: PumpSettings, source: AudioSource, publisher: Publisher,
                  reserve: Reserve, *, always_on: Sequence[AlwaysOnSink] = (),
                  extra_sinks: Sequence[SinkFactory] = (),
-                 on_event: PumpEvent | None = None) -> None:
+                 on_event: PumpListener | None = None) -> None:
         self.settings = settings
         self.source = source
         self.format: AudioFormat = source.format
@@ -100,7 +150,7 @@ class Pump:
         self.reserve = reserve
         self.always_on = list(always_on)
         self.extra_sinks = list(extra_sinks)
-        self.on_event: PumpEvent = on_event or (lambda kind, detail: None)
+        self.on_event: PumpListener = on_event or (lambda event: None)
         self.preroll_frames = self.format.frames(settings.preroll)
         self.ring = RingBuffer(self.preroll_frames + self.format.frames(RING_SLACK_SECONDS),
                                self.format.channels)
@@ -299,7 +349,7 @@ class Pump:
                 log.exception("finishing the recording after the pump failure failed")
         with self._lock:
             self._active = None
-        self.on_event("pump_failed", {"error": self.failed})
+        self.on_event(PumpFailed(str(self.failed)))
 
     def _move(self, until: int | None = None) -> None:
         """Feed the sinks everything written up to `until` (default: all), in chunks."""
@@ -338,7 +388,7 @@ class Pump:
             full = is_disk_full(exc)
             log.error("recording write failed (%s): finishing what was recorded", exc)
             if full:
-                self.on_event("disk_low", {"error": f"disk full: {exc.strerror}"})
+                self.on_event(DiskLow(f"disk full: {exc.strerror}"))
             self._finish(StopReason.DISK_FULL if full else StopReason.WRITE_ERROR)
             return
         if session.full:
@@ -358,7 +408,7 @@ class Pump:
             self.reserve.check()
         except DiskReserveError as exc:
             log.error("%s: finishing the recording", exc)
-            self.on_event("disk_low", {"error": str(exc)})
+            self.on_event(DiskLow(str(exc)))
             self._finish(StopReason.DISK_FULL if isinstance(exc, DiskFullError)
                          else StopReason.DISK_RESERVE)
         except OSError as exc:
@@ -378,7 +428,7 @@ class Pump:
                 self._next_reserve_check = self.format.frames(RESERVE_CHECK_SECONDS)
                 self._overflows_at_start = (self.source.stats.input_overflows,
                                             self.ring.overruns)
-                self.on_event("recording", {"recording_id": session.recording_id})
+                self.on_event(RecordingStarted(session.recording_id))
                 # Catch up with the pre-roll: audio the pump already passed is still in the ring.
                 _, back = self.ring.read(start_pos, self.pos)
                 self._write_session(back)
@@ -397,7 +447,7 @@ class Pump:
                     # copy in staging could not be rewritten.
                     log.error("bookmark kept, but staging metadata not rewritten: %s", exc)
                     at = self.session.start.bookmarks[-1].at
-                self.on_event("bookmark", {"at": at})
+                self.on_event(Bookmarked(at))
 
     def _finish(self, reason: str) -> None:
         session, self.session = self.session, None
@@ -429,11 +479,11 @@ class Pump:
                 log.exception("finishing recording %s failed; left in staging for recovery",
                               session.recording_id)
             session.abort()
-            self.publish_errors += 1
-            with self._lock:
+            with self._lock:  # the publisher thread counts too
+                self.publish_errors += 1
                 self._active = None
-            self.on_event("publish_failed", {"recording_id": session.recording_id,
-                                             "error": _short(exc)})
+            self.on_event(PublishFailed(session.recording_id, _short(exc),
+                                        isinstance(exc, DiskFullError)))
             fut.set_exception(exc)
             return
         with self._lock:
@@ -450,16 +500,16 @@ class Pump:
             if isinstance(exc, OSError):
                 exc = write_error(exc, f"recording {staged.recording.recording_id} kept in "
                                   "staging for `recorder recover`")
-            self.publish_errors += 1
-            self.on_event("publish_failed", {"recording_id": staged.recording.recording_id,
-                                             "error": _short(exc)})
+            with self._lock:  # the pump thread counts too
+                self.publish_errors += 1
+            self.on_event(PublishFailed(staged.recording.recording_id, _short(exc),
+                                        isinstance(exc, DiskFullError)))
             fut.set_exception(exc)
             return
         self.last_published = result
         self.last_stop_to_published = result.visible_at - stop_started
-        self.on_event("published", {"path": str(result.ogg_path),
-                                    "recording_id": result.recording.recording_id,
-                                    "stop_reason": result.recording.stop_reason})
+        self.on_event(RecordingPublished(str(result.ogg_path), result.recording.recording_id,
+                                         result.recording.stop_reason))
         fut.set_result(result)
 
     def _check_health(self) -> None:
@@ -476,7 +526,7 @@ class Pump:
         if stalled and not self.device_lost:
             self.device_lost = True
             log.error("no audio from %s for %.1f s: device lost", self.source.name, now - last)
-            self.on_event("device_lost", {"source": self.source.name, "error": stats.error})
+            self.on_event(DeviceLost(self.source.name, stats.error))
             if self.session is not None:
                 self._finish(StopReason.DEVICE_LOST)
 

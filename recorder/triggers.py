@@ -348,3 +348,23 @@ def drive_mock_pin(pin_factory: Any, pin: int, steps: list[tuple[str, float]],
     for action, delay in steps:
         time.sleep(delay)
         (mock.drive_low if (action == "press") == active_low else mock.drive_high)()
+
+
+def mock_pin_driver(pin_factory: Any, active_low: bool = True
+                    ) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """The control socket's ``pin`` command (simulated presses, for the demo and the tests of
+    the running service), or None unless the pins are gpiozero's mock pins: a real appliance
+    has no such command."""
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    factory = pin_factory or Device.pin_factory
+    if not isinstance(factory, MockFactory):
+        return None
+
+    def drive(request: dict[str, Any]) -> dict[str, Any]:
+        steps = [(str(a), float(d)) for a, d in request.get("steps", [])]
+        drive_mock_pin(factory, int(request["pin"]), steps, active_low)
+        return {"message": "driven"}
+
+    return drive
