@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recorder.config import AudioConfig, Config, SourceSpec
@@ -371,9 +372,9 @@ def _clock_fixer(parts: Assembly) -> ClockFixer:
 
     catalogue, syncthing, layout = parts.catalogue, parts.syncthing, parts.layout
 
-    def corrected(doc: dict[str, Any], path: Any) -> None:
+    def corrected(rec: Recording, path: Path) -> None:
         if catalogue is not None:
-            catalogue.add(doc)
+            catalogue.add(rec.to_doc())
         if syncthing is not None:
             from recorder.mesh.provision import folder_id
 

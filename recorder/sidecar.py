@@ -22,6 +22,7 @@ from recorder.recording import (
     MAX_SIDECAR_BYTES,
     MIN_RECORDING_SECONDS,
     SCHEMA,
+    Recording,
     SidecarError,
     StopReason,
     dumps,
@@ -150,10 +151,15 @@ def candidates(device_folder: Path, *, with_ignored: bool = False) -> Iterator[C
 
 @dataclass(frozen=True)
 class SidecarFile:
-    """A sidecar read from disk: the validated document and the bytes it came from."""
+    """A sidecar read from disk: the validated recording and the bytes it came from."""
 
-    doc: dict[str, Any]
+    recording: Recording
     data: bytes
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        """The document (exactly what `data` holds)."""
+        return self.recording.to_doc()
 
 
 def read_sidecar(path: Path, device_folder: Path) -> SidecarFile:
@@ -171,12 +177,12 @@ def read_sidecar(path: Path, device_folder: Path) -> SidecarFile:
         raise
     except OSError as exc:
         raise SidecarError(f"cannot read sidecar: {exc.strerror or exc}") from None
-    doc = loads(data, expect_device=device_folder.name)
-    expected = str(PurePosixPath(doc["path"]).with_suffix(".json"))
+    rec = Recording.from_doc(loads(data, expect_device=device_folder.name))
+    expected = str(PurePosixPath(rec.path).with_suffix(".json"))
     rel = os.path.relpath(path, device_folder)
     if expected != rel:
         raise SidecarError(f"sidecar lies at {rel} but its path says {expected}")
-    return SidecarFile(doc, data)
+    return SidecarFile(rec, data)
 
 
 @dataclass(frozen=True)
@@ -184,9 +190,14 @@ class Found:
     """A sidecar-named file found in a device folder."""
 
     path: Path
-    doc: dict[str, Any] | None  # the valid sidecar, or None
-    problem: str = ""  # why `doc` is None
+    recording: Recording | None  # the valid sidecar, or None
+    problem: str = ""  # why `recording` is None
     ignored: bool = False  # a conflict copy or temporary file: never read
+
+    @property
+    def doc(self) -> dict[str, Any] | None:
+        """The valid sidecar's document, or None."""
+        return None if self.recording is None else self.recording.to_doc()
 
 
 def published_sidecars(device_folder: Path, *, with_ignored: bool = False) -> Iterator[Found]:
@@ -203,7 +214,7 @@ def published_sidecars(device_folder: Path, *, with_ignored: bool = False) -> It
             yield Found(cand.path, None, "sidecar is a symlink or not a regular file")
             continue
         try:
-            yield Found(cand.path, read_sidecar(cand.path, device_folder).doc)
+            yield Found(cand.path, read_sidecar(cand.path, device_folder).recording)
         except FileNotFoundError:
             continue
         except SidecarError as exc:

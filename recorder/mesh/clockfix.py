@@ -36,7 +36,7 @@ from typing import Any
 
 from recorder import clock as sysclock
 from recorder.atomic import atomic_write_text
-from recorder.recording import dumps, parse_utc, utc_iso
+from recorder.recording import Recording, dumps, utc_iso
 from recorder.sidecar import published_sidecars
 
 log = logging.getLogger(__name__)
@@ -60,50 +60,57 @@ class Clocks:
         return cls(ts.utc, ts.monotonic, ts.boot_id, ts.clock_synced)
 
 
-def correction(doc: dict[str, Any], now: Clocks) -> float | None:
-    """The offset (s) to add to this sidecar's ``started_at``, or None when it cannot or need
+def correction(rec: Recording, now: Clocks) -> float | None:
+    """The offset (s) to add to this recording's ``started_at``, or None when it cannot or need
     not be corrected (clock was synchronised, already corrected, another boot)."""
-    if doc.get("clock_synced") or "clock_corrected" in doc:
+    start = rec.start
+    if start.clock_synced or "clock_corrected" in rec.extra:
         return None
-    if not now.synced or not now.boot_id or doc.get("boot_id") != now.boot_id:
+    if not now.synced or not now.boot_id or start.boot_id != now.boot_id:
         return None
     try:
-        then_wall = parse_utc(doc["started_at"]).timestamp()
-        then_mono = float(doc["monotonic_start"])
-    except (KeyError, TypeError, ValueError, OverflowError):
+        then_wall = start.started.timestamp()
+        then_mono = float(start.monotonic_start)
+    except (TypeError, ValueError, OverflowError):
         return None
     if not 0 <= then_mono <= now.monotonic:
         return None
     return (now.wall - now.monotonic) - (then_wall - then_mono)
 
 
+def corrected(rec: Recording, offset: float, now: Clocks) -> Recording:
+    """`rec` with its start moved by `offset` seconds and the correction recorded
+    (``clock_corrected``: the original time, the offset, how and when)."""
+    was = rec.started_at
+    return rec.with_start(started_at=utc_iso(rec.started.timestamp() + offset)).with_extra(
+        {"clock_corrected": {"original_started_at": was, "offset_s": round(offset, 3),
+                             "method": METHOD, "corrected_at": utc_iso(now.wall)}})
+
+
 def correct_folder(device_folder: Path, staging_dir: Path, now: Clocks, *,
-                   on_corrected: Callable[[dict[str, Any], Path], None] | None = None
+                   on_corrected: Callable[[Recording, Path], None] | None = None
                    ) -> list[dict[str, Any]]:
     """Correct every sidecar of this device's folder that `correction` allows; return the
-    rewritten documents. `on_corrected(doc, sidecar_path)` follows each rewrite."""
+    rewritten documents. `on_corrected(recording, sidecar_path)` follows each rewrite."""
     done = []
     for found in published_sidecars(device_folder):
-        doc = found.doc
-        if doc is None:
+        rec = found.recording
+        if rec is None:
             continue
-        offset = correction(doc, now)
+        offset = correction(rec, now)
         if offset is None:
             continue
-        fixed = dict(doc)
-        fixed["started_at"] = utc_iso(parse_utc(doc["started_at"]).timestamp() + offset)
-        fixed["clock_corrected"] = {"original_started_at": doc["started_at"],
-                                    "offset_s": round(offset, 3), "method": METHOD,
-                                    "corrected_at": utc_iso(now.wall)}
-        atomic_write_text(found.path, dumps(fixed), staging_dir=staging_dir)
+        fixed = corrected(rec, offset, now)
+        doc = fixed.to_doc()
+        atomic_write_text(found.path, dumps(doc), staging_dir=staging_dir)
         log.info("clock: %s started at %s, not %s (corrected by %+.1f s)",
-                 doc["recording_id"], fixed["started_at"], doc["started_at"], offset)
-        done.append(fixed)
+                 rec.recording_id, fixed.started_at, rec.started_at, offset)
+        done.append(doc)
         if on_corrected is not None:
             try:
                 on_corrected(fixed, found.path)
             except Exception:
-                log.exception("clock: re-registering %s failed", doc["recording_id"])
+                log.exception("clock: re-registering %s failed", rec.recording_id)
     return done
 
 
@@ -113,7 +120,7 @@ class ClockFixer:
     name = "clock"
 
     def __init__(self, device_folder: Path, staging_dir: Path, *,
-                 on_corrected: Callable[[dict[str, Any], Path], None] | None = None,
+                 on_corrected: Callable[[Recording, Path], None] | None = None,
                  clocks: Callable[[], Clocks] = Clocks.read,
                  interval: float = CHECK_INTERVAL) -> None:
         self.device_folder = device_folder
