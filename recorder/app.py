@@ -25,6 +25,7 @@ from recorder.led import NullLed, StatusLed
 from recorder.publish import Enricher, Listener, Published, Publisher
 from recorder.pump import Pump, PumpListener, PumpSettings
 from recorder.recording import Recording
+from recorder.recover import RecoverySettings
 from recorder.session import RecordingContext, SessionSettings, SinkFactory
 from recorder.sinks import AlwaysOnSink, Sink
 from recorder.sinks.levels import LevelMeter
@@ -121,6 +122,7 @@ class Assembly:
     reserve: Reserve
     publisher: Publisher
     pump_settings: PumpSettings
+    recovery: RecoverySettings
     sink_factories: list[SinkFactory] = field(default_factory=list)
     catalogue: Catalogue | None = None
     papad: PapadClient | None = None
@@ -169,6 +171,15 @@ def pump_settings(cfg: Config) -> PumpSettings:
     )
 
 
+def recovery_settings(cfg: Config, layout: Layout) -> RecoverySettings:
+    """What `recorder.recover` needs from the configuration."""
+    return RecoverySettings(
+        layout=layout, data_dir=cfg.storage.data_dir, encoder=cfg.encoder,
+        samplerate=cfg.audio.samplerate, channels=cfg.audio.channels,
+        silence_dbfs=cfg.service.silence_dbfs,
+    )
+
+
 def sink_factories(cfg: Config) -> list[SinkFactory]:
     """Per-recording sinks beyond the journal, encoder and level meter every recording has."""
     factories: list[SinkFactory] = []
@@ -191,13 +202,14 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
     ``web.enabled`` and the service passes its `request`); one-off commands only publish and
     queue, durably, for the service to deliver.
     """
-    layout = Layout.of(cfg.device.id, cfg.storage)
+    layout = cfg.layout
     database = open_database(cfg)
     publisher = Publisher(layout)
     parts = Assembly(
         layout=layout, database=database,
         reserve=Reserve(cfg.storage.sync_root, cfg.storage.reserve_mb),
         publisher=publisher, pump_settings=pump_settings(cfg),
+        recovery=recovery_settings(cfg, layout),
         sink_factories=sink_factories(cfg),
     )
     bridged = service and (cfg.syncthing.api_key_file is not None if bridge is None else bridge)

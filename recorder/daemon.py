@@ -179,7 +179,8 @@ class Service:
                 ensure_dir(self.cfg.storage.staging_dir, "storage.staging_dir")
             except DiskFullError as exc:
                 log.error("%s: starting anyway, recording refused until space returns", exc)
-            self._recovered(recover(self.cfg, self.parts.publisher, self.parts.sink_factories))
+            self._recovered(recover(self.parts.recovery, self.parts.publisher,
+                                    self.parts.sink_factories))
             self._check_disk()
             gpio = app.open_gpio(self.cfg.gpio, self._on_trigger, pin_factory=self.pin_factory)
             self.triggers, self.led, self._pin_driver = gpio.triggers, gpio.led, gpio.pin_driver
@@ -508,7 +509,8 @@ class Service:
         locked, so they are left alone), rerun deferred hooks, report to the main loop."""
         outcomes: list[Outcome] = []
         try:
-            outcomes = recover(self.cfg, self.parts.publisher, self.parts.sink_factories)
+            outcomes = recover(self.parts.recovery, self.parts.publisher,
+                               self.parts.sink_factories)
             self.parts.publisher.retry_deferred()
         except Exception:
             log.exception("recovering staged recordings failed")
