@@ -9,13 +9,10 @@ postings, whose cost grows with the length while stop-to-published must not).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from recorder.audioid.catalogue import Catalogue
 from recorder.recording import Recording
-
-if TYPE_CHECKING:
-    from recorder.publish import Published
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +35,7 @@ class CatalogueHook:
             log.info("recording %s duplicates %s", rec.recording_id, duplicate_of)
         return extra
 
-    def published(self, _result: Published) -> None:
-        """Publisher listener: the postings `__call__` left for after publishing."""
+    def published(self, _result: object) -> None:
+        """Publisher listener (whatever was published): the postings `__call__` left for
+        after publishing."""
         self.catalogue.index_pending()
