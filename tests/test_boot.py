@@ -27,13 +27,17 @@ boots. Needs root, debootstrap, systemd-nspawn (systemd-container), nsenter and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -58,6 +62,11 @@ VARIANTS = {
     "plain": ((), COMMON_UNITS),
     "with-icecast": (("--with-icecast",),
                      (*COMMON_UNITS, "icecast2.service", "recorder-station.service")),
+    # The plain install registering its recordings with a real papad beside it (README: the
+    # compose `papad` profile on the Pi; here the papad kit's upstream server on the host,
+    # reached at the config's default http://127.0.0.1:8000 through a relay into the
+    # container's network namespace).
+    "papad-beside": ((), COMMON_UNITS),
 }
 
 
@@ -79,8 +88,47 @@ def _configure(root: Path, variant: str) -> None:
     if variant == "with-icecast":
         # Cow Radio on: Liquidsoap's station runs, and its secrets become required.
         text = text.replace("\nstation = false\n", "\nstation = true\n", 1)
+    if variant == "papad-beside":
+        text = text.replace('\napi = "none"\n', '\napi = "papad"\n', 1)
+        assert '\nurl = "http://127.0.0.1:8000"\n' in text and '\nauth = "token"\n' in text
     assert f'id = "{DEVICE}"' in text and "demo-speech.ogg" in text
     cfg.write_text(text)
+
+
+def _write_secret(root: Path, name: str, value: str) -> None:
+    """A secret as the field guide has a user make it: 0600, owned by the recorder user."""
+    uid = gid = -1
+    for line in (root / "etc/passwd").read_text().splitlines():
+        f = line.split(":")
+        if f[0] == "recorder":
+            uid, gid = int(f[2]), int(f[3])
+    path = root / "etc/recorder/secrets" / name
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    os.chown(path, uid, gid)
+
+
+@contextlib.contextmanager
+def _papad_relay(c: nspawn.Container, url: str, tmp_path: Path) -> Iterator[None]:
+    """127.0.0.1:8000 inside the container's network namespace, relayed to `url` on the host's
+    loopback through a Unix socket (a path reaches across network namespaces)."""
+    socat = need("socat")
+    sock = tmp_path / "papad.sock"
+    port = urlsplit(url).port
+    host = subprocess.Popen([socat, f"UNIX-LISTEN:{sock},fork,mode=600",
+                             f"TCP:127.0.0.1:{port}"], stderr=subprocess.DEVNULL)
+    inner = None
+    try:
+        wait_until(sock.exists, 30, 0.1, what="the relay's socket")
+        inner = subprocess.Popen(["nsenter", f"--target={c.leader}", "--net", "--", socat,
+                                  "TCP-LISTEN:8000,bind=127.0.0.1,fork,reuseaddr",
+                                  f"UNIX-CONNECT:{sock}"], stderr=subprocess.DEVNULL)
+        yield
+    finally:
+        for proc in (inner, host):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
 
 
 def _tun_node(tmp_path: Path) -> Path:
@@ -209,7 +257,7 @@ def _exercise(c: nspawn.Container, variant: str, published_before: int) -> None:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_native_install_boots_and_runs(tmp_path, variant, record_property):
+def test_native_install_boots_and_runs(tmp_path, variant, record_property, request):
     if os.geteuid() != 0:
         pytest.fail("the boot test needs root (debootstrap, chroot, systemd-nspawn)")
     need("debootstrap")
@@ -217,7 +265,10 @@ def test_native_install_boots_and_runs(tmp_path, variant, record_property):
     need("nsenter", "util-linux")
     need("strace")
     options, units = VARIANTS[variant]
+    papad = request.getfixturevalue("papad_fresh")("upstream") if variant == "papad-beside" \
+        else None
     t0 = time.monotonic()
+    timing: dict[str, Any] = {}
     base = nspawn.debian_root(_packages(variant))
     root = nspawn.copy_root(base, tmp_path / "root")
     t_root = time.monotonic()
@@ -225,72 +276,85 @@ def test_native_install_boots_and_runs(tmp_path, variant, record_property):
                           "--no-apt", *options], capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stdout + res.stderr[-4000:]
     _configure(root, variant)
+    if papad is not None:
+        _write_secret(root, "papad-token", papad.token or "")
     t_install = time.monotonic()
 
     c = nspawn.Container(root, tmp_path / "console.log", name=f"rp-{variant}"[:60],
                          extra_args=[f"--bind={_tun_node(tmp_path)}:/dev/net/tun"])
     c.start()
-    try:
-        state = c.wait_booted(600)
-        t_boot = time.monotonic()
-        assert state == "running", _unit_report(c, units)
-        # First boot made this card a distinct device.
-        fb = c.systemctl_show("recorder-firstboot.service", "ActiveState", "Result")
-        assert fb == {"ActiveState": "active", "Result": "success"}, c.journal(
-            "-u", "recorder-firstboot.service")
-        assert (root / "var/lib/recorderpi/firstboot.done").is_file()
-        assert (root / "var/lib/recorderpi/syncthing/cert.pem").is_file()
-        for secret in ("syncthing-api-key", "web-password"):
-            assert (root / "etc/recorder/secrets" / secret).stat().st_mode & 0o077 == 0
-        assert c.run("hostname").stdout.strip() == f"recorder-{DEVICE}"
-        assert (root / f"srv/recorder/sync/{DEVICE}/.stignore").is_file()
-        assert (root / "etc/yggdrasil/yggdrasil.conf").is_file()
-        # chrony: skipped by its own condition in a container (no CAP_SYS_TIME), not failed.
-        chrony = c.systemctl_show("chrony.service", "ActiveState", "ConditionResult")
-        assert chrony["ActiveState"] == "inactive" and chrony["ConditionResult"] == "no", chrony
-
-        _stable(c, units)
-        t_stable = time.monotonic()
-        # The mesh-time refresh its timer starts after 2 minutes, started now: it runs clean.
-        mt = c.run("systemctl", "start", "recorder-mesh-time.service", timeout=120)
-        assert mt.returncode == 0, mt.stderr + c.journal("-u", "recorder-mesh-time.service")
-
-        status = _ctl(c, "status")
-        assert status.returncode == 0 and status.stdout.strip(), status.stderr
-        doctor = c.run("/opt/recorderpi/venv/bin/recorder", "doctor", "--json", user="recorder")
-        assert "Traceback" not in doctor.stderr, doctor.stderr
-        checks = {ch["name"]: ch for ch in json.loads(doctor.stdout)["checks"]}
-        for name in ("config", "audio device", "storage", "free space", "staging"):
-            assert checks[name]["ok"], checks[name]
-        failed = {n for n, ch in checks.items() if not ch["ok"]}
-        # The clock may be unsynchronised in a container (no time daemon runs in it); nothing
-        # else may fail.
-        assert failed <= {"clock"}, {n: checks[n] for n in failed}
-
-        counts = _trace_recorder(c, tmp_path, variant)
-        allowed = set(c.systemctl_show("recorder.service", "SystemCallFilter")
-                      ["SystemCallFilter"].split())
-        assert allowed and not any(s.startswith("~") for s in allowed)
-        denied = {s: n for s, n in counts.items() if s not in allowed}
-        assert not denied, f"recorder.service made calls its filter refuses (EPERM): {denied}"
-        record_property("syscalls", len(counts))
-
-        # Back under its own unit after the trace, and nothing was ever killed by seccomp.
-        wait_until(lambda: c.systemctl_show("recorder.service", "ActiveState")["ActiveState"]
-                   == "active", 300, 0.5, what="recorder.service back up")
-        journal = c.journal()
-        for bad in ("status=31/SYS", "code=killed, status=31", "Bad system call"):
-            assert bad not in journal, [ln for ln in journal.splitlines() if bad in ln][:5]
-        assert c.run("systemctl", "is-system-running").stdout.strip() == "running", \
-            _unit_report(c, units)
-    finally:
-        rc = c.stop()
+    with contextlib.ExitStack() as stack:
+        if papad is not None:
+            stack.enter_context(_papad_relay(c, papad.url, tmp_path))
+        stack.callback(lambda: timing.setdefault("rc", c.stop()))
+        _boot_checks(c, root, tmp_path, variant, units, papad, timing)
+    rc = timing.pop("rc")
     t_end = time.monotonic()
-    timing = {"root": round(t_root - t0, 1), "install": round(t_install - t_root, 1),
-              "boot": round(t_boot - t_install, 1), "stable": round(t_stable - t_boot, 1),
-              "total": round(t_end - t0, 1)}
+    timing.update(total=round(t_end - t0, 1), root=round(t_root - t0, 1),
+                  install=round(t_install - t_root, 1))
     record_property("timing", json.dumps(timing))
     print(f"boot test {variant}: {timing}")
     assert rc == 0, (tmp_path / "console.log").read_text(errors="replace")[-3000:]
     mounts = Path("/proc/mounts").read_text()
     assert str(root) not in mounts, "a mount was left behind"
+
+
+def _boot_checks(c: nspawn.Container, root: Path, tmp_path: Path, variant: str,
+                 units: tuple[str, ...], papad: Any, timing: dict[str, Any]) -> None:
+    t_start = time.monotonic()
+    state = c.wait_booted(600)
+    t_boot = time.monotonic()
+    timing["boot"] = round(t_boot - t_start, 1)
+    assert state == "running", _unit_report(c, units)
+    # First boot made this card a distinct device.
+    fb = c.systemctl_show("recorder-firstboot.service", "ActiveState", "Result")
+    assert fb == {"ActiveState": "active", "Result": "success"}, c.journal(
+        "-u", "recorder-firstboot.service")
+    assert (root / "var/lib/recorderpi/firstboot.done").is_file()
+    assert (root / "var/lib/recorderpi/syncthing/cert.pem").is_file()
+    for secret in ("syncthing-api-key", "web-password"):
+        assert (root / "etc/recorder/secrets" / secret).stat().st_mode & 0o077 == 0
+    assert c.run("hostname").stdout.strip() == f"recorder-{DEVICE}"
+    assert (root / f"srv/recorder/sync/{DEVICE}/.stignore").is_file()
+    assert (root / "etc/yggdrasil/yggdrasil.conf").is_file()
+    # chrony: skipped by its own condition in a container (no CAP_SYS_TIME), not failed.
+    chrony = c.systemctl_show("chrony.service", "ActiveState", "ConditionResult")
+    assert chrony["ActiveState"] == "inactive" and chrony["ConditionResult"] == "no", chrony
+
+    _stable(c, units)
+    timing["stable"] = round(time.monotonic() - t_boot, 1)
+    # The mesh-time refresh its timer starts after 2 minutes, started now: it runs clean.
+    mt = c.run("systemctl", "start", "recorder-mesh-time.service", timeout=120)
+    assert mt.returncode == 0, mt.stderr + c.journal("-u", "recorder-mesh-time.service")
+
+    status = _ctl(c, "status")
+    assert status.returncode == 0 and status.stdout.strip(), status.stderr
+    doctor = c.run("/opt/recorderpi/venv/bin/recorder", "doctor", "--json", user="recorder")
+    assert "Traceback" not in doctor.stderr, doctor.stderr
+    checks = {ch["name"]: ch for ch in json.loads(doctor.stdout)["checks"]}
+    for name in ("config", "audio device", "storage", "free space", "staging"):
+        assert checks[name]["ok"], checks[name]
+    failed = {n for n, ch in checks.items() if not ch["ok"]}
+    # The clock may be unsynchronised in a container (no time daemon runs in it); nothing
+    # else may fail.
+    assert failed <= {"clock"}, {n: checks[n] for n in failed}
+
+    counts = _trace_recorder(c, tmp_path, variant)
+    allowed = set(c.systemctl_show("recorder.service", "SystemCallFilter")
+                  ["SystemCallFilter"].split())
+    assert allowed and not any(s.startswith("~") for s in allowed)
+    denied = {s: n for s, n in counts.items() if s not in allowed}
+    assert not denied, f"recorder.service made calls its filter refuses (EPERM): {denied}"
+    timing["syscalls"] = len(counts)
+
+    # Back under its own unit after the trace, and nothing was ever killed by seccomp.
+    wait_until(lambda: c.systemctl_show("recorder.service", "ActiveState")["ActiveState"]
+               == "active", 300, 0.5, what="recorder.service back up")
+    if papad is not None:  # the recording reached papad through the outbox
+        wait_until(papad.all_media, 180, 1.0, what="the recording registered with papad",
+                   detail=lambda: c.journal("-u", "recorder.service", "-n", "30"))
+    journal = c.journal()
+    for bad in ("status=31/SYS", "code=killed, status=31", "Bad system call"):
+        assert bad not in journal, [ln for ln in journal.splitlines() if bad in ln][:5]
+    assert c.run("systemctl", "is-system-running").stdout.strip() == "running", \
+        _unit_report(c, units)
