@@ -34,7 +34,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -174,40 +174,41 @@ def _seconds(text: str) -> float:
     return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(us|ms|min|s|h)", text))
 
 
-def _trace_recorder(c: nspawn.Container, tmp_path: Path, variant: str) -> dict[str, int]:
-    """Restart recorder.service under its real unit with strace (from the host) following it
-    from the first instruction of its ExecStart, drive it through the control socket, and
-    return the count of every system call it made."""
+def _trace_unit(c: nspawn.Container, tmp_path: Path, unit: str, command: str,
+                drive: Callable[[], None]) -> dict[str, int]:
+    """Restart `unit` under its real unit file with strace (from the host) following its main
+    process from the first instruction of `command` (its ExecStart), run `drive`, stop the
+    unit, and return how often it made each system call."""
     strace = need("strace")
-    dropin = c.root / "etc/systemd/system/recorder.service.d/zz-boot-test-trace.conf"
+    dropin = c.root / f"etc/systemd/system/{unit}.d/zz-boot-test-trace.conf"
     dropin.parent.mkdir(exist_ok=True)
-    # The main process stops itself before exec, so strace attaches before the recorder runs;
+    # The main process stops itself before exec, so strace attaches before the program runs;
     # the sandbox and the filter are already in place then. "$$$$" is "$$" to the shell.
-    dropin.write_text("[Service]\nExecStart=\nExecStart=/bin/sh -c 'kill -STOP $$$$; exec "
-                      "/opt/recorderpi/venv/bin/recorder run'\n")
+    dropin.write_text(f"[Service]\nExecStart=\nExecStart=/bin/sh -c 'kill -STOP $$$$; exec "
+                      f"{command}'\n")
     c.run("systemctl", "daemon-reload", check=True)
-    c.run("systemctl", "restart", "--no-block", "recorder.service", check=True)
-    out = tmp_path / "recorder.strace"
+    c.run("systemctl", "restart", "--no-block", unit, check=True)
+    out = tmp_path / f"{unit}.strace"
     tracer = None
     try:
         def stopped() -> int:
-            pid = int(c.systemctl_show("recorder.service", "MainPID")["MainPID"] or 0)
+            pid = int(c.systemctl_show(unit, "MainPID")["MainPID"] or 0)
             host = c.host_pid(pid) if pid else 0
             if host and Path(f"/proc/{host}/stat").read_text().split(") ")[1][0] == "T":
                 return host
             return 0
 
-        host = wait_until(stopped, 120, 0.2, what="recorder.service's main process stopped")
+        host = wait_until(stopped, 120, 0.2, what=f"{unit}'s main process stopped")
         tracer = subprocess.Popen([strace, "-f", "-qq", "-o", str(out), "-p", str(host)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_until(lambda: re.search(r"^TracerPid:\s*[1-9]", Path(f"/proc/{host}/status")
                                      .read_text(), re.M), 30, 0.1, what="strace attached")
         os.kill(host, signal.SIGCONT)
-        wait_until(lambda: c.systemctl_show("recorder.service", "ActiveState")["ActiveState"]
-                   == "active", 300, 0.5, what="recorder.service ready under strace",
-                   detail=lambda: c.journal("-u", "recorder.service", "-n", "30"))
-        _exercise(c, variant, published_before=_published(c))
-        c.run("systemctl", "stop", "recorder.service", check=True, timeout=120)
+        wait_until(lambda: c.systemctl_show(unit, "ActiveState")["ActiveState"] == "active",
+                   300, 0.5, what=f"{unit} up under strace",
+                   detail=lambda: c.journal("-u", unit, "-n", "30"))
+        drive()
+        c.run("systemctl", "stop", unit, check=True, timeout=120)
         tracer.wait(60)
     finally:
         if tracer is not None and tracer.poll() is None:
@@ -215,14 +216,22 @@ def _trace_recorder(c: nspawn.Container, tmp_path: Path, variant: str) -> dict[s
             tracer.wait(30)
         dropin.unlink(missing_ok=True)
         c.run("systemctl", "daemon-reload")
-        c.run("systemctl", "start", "--no-block", "recorder.service")
+        c.run("systemctl", "start", "--no-block", unit)
     counts: dict[str, int] = {}
     for line in out.read_text(errors="replace").splitlines():
         m = re.match(r"^\d+\s+([a-z_][a-z0-9_]*)\(", line)
         if m:
             counts[m.group(1)] = counts.get(m.group(1), 0) + 1
-    assert counts.get("execve"), "strace saw no exec: the trace did not follow the service"
+    assert counts.get("execve"), f"strace saw no exec: the trace did not follow {unit}"
     return counts
+
+
+def _check_filter(c: nspawn.Container, unit: str, counts: dict[str, int]) -> None:
+    """Every call in `counts` is one the unit's SystemCallFilter allows."""
+    allowed = set(c.systemctl_show(unit, "SystemCallFilter")["SystemCallFilter"].split())
+    assert allowed and not any(s.startswith("~") for s in allowed), allowed
+    denied = {s: n for s, n in counts.items() if s not in allowed}
+    assert not denied, f"{unit} made calls its filter refuses (EPERM): {denied}"
 
 
 def _published(c: nspawn.Container) -> int:
@@ -339,13 +348,25 @@ def _boot_checks(c: nspawn.Container, root: Path, tmp_path: Path, variant: str,
     # else may fail.
     assert failed <= {"clock"}, {n: checks[n] for n in failed}
 
-    counts = _trace_recorder(c, tmp_path, variant)
-    allowed = set(c.systemctl_show("recorder.service", "SystemCallFilter")
-                  ["SystemCallFilter"].split())
-    assert allowed and not any(s.startswith("~") for s in allowed)
-    denied = {s: n for s, n in counts.items() if s not in allowed}
-    assert not denied, f"recorder.service made calls its filter refuses (EPERM): {denied}"
+    before = _published(c)
+    counts = _trace_unit(c, tmp_path, "recorder.service", "/opt/recorderpi/venv/bin/recorder run",
+                         lambda: _exercise(c, variant, before))
+    _check_filter(c, "recorder.service", counts)
     timing["syscalls"] = len(counts)
+    if variant == "with-icecast":
+        # Liquidsoap under recorder-station.service: on the air, a live switch and back.
+        def on_air() -> None:
+            wait_until(lambda: c.run("/opt/recorderpi/venv/bin/recorder", "radio", "status",
+                                     user="recorder").returncode == 0, 300, 1.0,
+                       what="the station on the air",
+                       detail=lambda: c.journal("-u", "recorder-station.service", "-n", "30"))
+            for state in ("on", "off"):
+                assert _ctl(c, "live", state).returncode == 0
+
+        station = _trace_unit(c, tmp_path, "recorder-station.service",
+                              "/usr/bin/liquidsoap /run/recorder-station/station.liq", on_air)
+        _check_filter(c, "recorder-station.service", station)
+        timing["station_syscalls"] = len(station)
 
     # Back under its own unit after the trace, and nothing was ever killed by seccomp.
     wait_until(lambda: c.systemctl_show("recorder.service", "ActiveState")["ActiveState"]
