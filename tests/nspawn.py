@@ -142,6 +142,7 @@ def debian_root(layers: Sequence[Sequence[str]] = ()) -> Path:
     done = cache / key
     with _locked(cache / f".{key}.lock"):
         if (done / "root").is_dir():
+            (done / "spec.json").touch()  # last used: what _prune goes by
             return done / "root"
         build = cache / f".build-{key}"
         shutil.rmtree(build, ignore_errors=True)
@@ -157,7 +158,17 @@ def debian_root(layers: Sequence[Sequence[str]] = ()) -> Path:
             (build / "root/etc/machine-id").write_text("")
         (build / "spec.json").write_text(json.dumps(spec, indent=1))
         build.rename(done)
+    _prune(cache)
     return done / "root"
+
+
+def _prune(cache: Path, days: float = 30) -> None:
+    """Remove cached roots nobody used for `days` (an old package list's, say)."""
+    for spec in cache.glob("*/spec.json"):
+        with contextlib.suppress(OSError):
+            if time.time() - spec.stat().st_mtime > days * 86400:
+                with _locked(cache / f".{spec.parent.name}.lock"):
+                    shutil.rmtree(spec.parent, ignore_errors=True)
 
 
 def copy_root(base: Path, dest: Path) -> Path:
