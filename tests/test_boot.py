@@ -239,6 +239,11 @@ def _published(c: nspawn.Container) -> int:
     return len(res.stdout.split())
 
 
+def _on_air(c: nspawn.Container) -> bool:
+    return c.run("/opt/recorderpi/venv/bin/recorder", "radio", "status",
+                 user="recorder").returncode == 0
+
+
 def _ctl(c: nspawn.Container, *args: str) -> subprocess.CompletedProcess:
     return c.run("/opt/recorderpi/venv/bin/recorder", "ctl", *args, user="recorder", timeout=60)
 
@@ -332,6 +337,16 @@ def _boot_checks(c: nspawn.Container, root: Path, tmp_path: Path, variant: str,
 
     status = _ctl(c, "status")
     assert status.returncode == 0 and status.stdout.strip(), status.stderr
+    # The mesh-time refresh its timer starts after 2 minutes, started now: it runs clean.
+    mt = c.run("systemctl", "start", "recorder-mesh-time.service", timeout=120)
+    assert mt.returncode == 0, mt.stderr + c.journal("-u", "recorder-mesh-time.service")
+
+    _stable(c, units)
+    timing["stable"] = round(time.monotonic() - t_boot, 1)
+
+    if variant == "with-icecast":  # Liquidsoap connects to Icecast a while after it starts
+        wait_until(lambda: _on_air(c), 300, 1.0, what="the station on the air",
+                   detail=lambda: c.journal("-u", "recorder-station.service", "-n", "30"))
     doctor = c.run("/opt/recorderpi/venv/bin/recorder", "doctor", "--json", user="recorder")
     assert "Traceback" not in doctor.stderr, doctor.stderr
     checks = {ch["name"]: ch for ch in json.loads(doctor.stdout)["checks"]}
@@ -342,13 +357,6 @@ def _boot_checks(c: nspawn.Container, root: Path, tmp_path: Path, variant: str,
     # else may fail.
     assert failed <= {"clock"}, {n: checks[n] for n in failed}
 
-    # The mesh-time refresh its timer starts after 2 minutes, started now: it runs clean.
-    mt = c.run("systemctl", "start", "recorder-mesh-time.service", timeout=120)
-    assert mt.returncode == 0, mt.stderr + c.journal("-u", "recorder-mesh-time.service")
-
-    _stable(c, units)
-    timing["stable"] = round(time.monotonic() - t_boot, 1)
-
     before = _published(c)
     counts = _trace_unit(c, tmp_path, "recorder.service", "/opt/recorderpi/venv/bin/recorder run",
                          lambda: _exercise(c, variant, before))
@@ -357,9 +365,7 @@ def _boot_checks(c: nspawn.Container, root: Path, tmp_path: Path, variant: str,
     if variant == "with-icecast":
         # Liquidsoap under recorder-station.service: on the air, a live switch and back.
         def on_air() -> None:
-            wait_until(lambda: c.run("/opt/recorderpi/venv/bin/recorder", "radio", "status",
-                                     user="recorder").returncode == 0, 300, 1.0,
-                       what="the station on the air",
+            wait_until(lambda: _on_air(c), 300, 1.0, what="the station on the air",
                        detail=lambda: c.journal("-u", "recorder-station.service", "-n", "30"))
             for state in ("on", "off"):
                 assert _ctl(c, "live", state).returncode == 0
