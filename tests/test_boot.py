@@ -1,6 +1,6 @@
 """The native install, booted: `services/install.sh --root` into a fresh Debian 12 root, then that
 root booted under real systemd (`systemd-nspawn --boot`), once per install variant the README
-offers (plain, `--with-icecast`).
+offers: plain, `--with-icecast` (the station on), and papad beside (`[papad] api = "papad"`).
 
 What it proves, on a running system with systemd as PID 1: first boot provisions the device
 (Syncthing keys and API key, web password, hostname, the device's folder); every unit of the
@@ -8,13 +8,15 @@ appliance comes up and stays up over several watchdog periods (no restart, no fa
 `recorder ctl status` answers, a recording made through `recorder ctl` is published; `recorder
 doctor` is sane; no unit was ever killed by its seccomp filter; and every system call
 recorder.service makes under its real unit (traced with strace from the host through start,
-record, stop, status, live) is one its SystemCallFilter allows.
+record, stop, status, live), and Liquidsoap under recorder-station.service (on the air, a live
+switch), is one the unit's SystemCallFilter allows; in the papad variant the recording reaches
+a real papad (the kit's upstream server) from the booted service.
 
 What the container changes, and why (the rest is the install as a user gets it):
 - the audio source is the package's demo clip (`file:`, replayed like a microphone): there is no
   sound card in the container, and the service says READY only after its first audio block;
 - the device id is pinned in the config: `--private-network` leaves only loopback, which has no
-  MAC address to derive the id from (firstboot's MAC rule is tested in test_setup.py);
+  MAC address to derive the id from (firstboot's MAC rule is tested in test_deploy.py);
 - /dev/net/tun is a node made for the test with mode 0666, as udev makes it on a Pi, bound into
   the container so yggdrasil runs (the host's own node may be 0600);
 - chrony does not run: a container has no CAP_SYS_TIME, so its unit's condition skips it (it
@@ -22,7 +24,8 @@ What the container changes, and why (the rest is the install as a user gets it):
 
 Opt-in like the install test (it downloads Debian and PyPI packages): ``RECORDER_TEST_INSTALL=1``.
 The Debian roots are cached by package list (tests/nspawn.py), so a second run only installs and
-boots. Needs root, debootstrap, systemd-nspawn (systemd-container), nsenter and strace.
+boots. Needs root, debootstrap, systemd-nspawn (systemd-container), nsenter, strace, socat and
+the papad kit (``$RECORDER_PAPAD_KIT``).
 """
 
 from __future__ import annotations
@@ -147,8 +150,7 @@ def _stable(c: nspawn.Container, units: tuple[str, ...]) -> None:
     """Every unit active with no restart, until recorder.service has run through
     WATCHDOG_PERIODS of its watchdog (and the others as long)."""
     show = c.systemctl_show("recorder.service", "WatchdogUSec")
-    watchdog = int(show["WatchdogUSec"].rstrip("s") or 0) if show["WatchdogUSec"].isdigit() \
-        else _seconds(show["WatchdogUSec"])
+    watchdog = _seconds(show["WatchdogUSec"])
     assert watchdog > 0, show
 
     def settled() -> bool:
@@ -227,7 +229,8 @@ def _trace_unit(c: nspawn.Container, tmp_path: Path, unit: str, command: str,
 
 
 def _check_filter(c: nspawn.Container, unit: str, counts: dict[str, int]) -> None:
-    """Every call in `counts` is one the unit's SystemCallFilter allows."""
+    """Every call in `counts` is one the unit's SystemCallFilter allows (systemctl shows the
+    filter resolved to call names: groups expanded, a ~deny list taken off the allow list)."""
     allowed = set(c.systemctl_show(unit, "SystemCallFilter")["SystemCallFilter"].split())
     assert allowed and not any(s.startswith("~") for s in allowed), allowed
     denied = {s: n for s, n in counts.items() if s not in allowed}
