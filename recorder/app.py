@@ -53,6 +53,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def radio_in_use(cfg: Config) -> bool:
+    """True when the configuration turns Cow Radio on by itself: live at start, the station,
+    or a live switch on a GPIO pin. Off, the radio's secrets are not needed to run."""
+    return cfg.radio.live or cfg.radio.station or cfg.gpio.live_pin is not None
+
+
 class RadioWorker:
     """Cow Radio for the service: the live stream (an always-on sink fed by the pump while the
     source delivers the configured format) and the station playlist, rebuilt whenever a
@@ -65,15 +71,16 @@ class RadioWorker:
         self.catalogue = catalogue
         self.sink: RadioSink | None = None
         if cfg.radio.password_file is not None:
-            from recorder.secrets import read_secret
             from recorder.sinks.radio import RadioSink
 
-            # A loose or missing secret stops the service at start, as papad's and Syncthing's
-            # do; the stream itself reads the file again at each connection (a fixed file is
-            # picked up without a restart).
-            read_secret(cfg.radio.password_file, "radio.password_file")
-            if cfg.radio.station and cfg.radio.harbor_password_file is not None:
-                read_secret(cfg.radio.harbor_password_file, "radio.harbor_password_file")
+            # A radio that is on (live, the station, or a live switch wired) needs its secrets:
+            # a loose or missing one stops the service at start, as papad's and Syncthing's do.
+            # A radio that is off needs none until somebody goes live (`set_live` checks then):
+            # an install without Icecast must run with the example config's password_file
+            # naming a file that was never made. The stream reads the file again at each
+            # connection (a fixed file is picked up without a restart).
+            if radio_in_use(cfg):
+                self._check_secrets()
             # Stream metadata while live: "Live: <device>" (the station's playlist carries each
             # recording's own title and device).
             self.sink = RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels,
@@ -94,7 +101,16 @@ class RadioWorker:
             from recorder.errors import ConfigError
 
             raise ConfigError("radio.password_file: set it to stream live to Icecast")
+        if on:
+            self._check_secrets()  # one clear line to whoever asked, never a silent retry loop
         self.sink.set_live(on)
+
+    def _check_secrets(self) -> None:
+        from recorder.secrets import read_secret
+
+        read_secret(self.cfg.radio.password_file, "radio.password_file")
+        if self.cfg.radio.station and self.cfg.radio.harbor_password_file is not None:
+            read_secret(self.cfg.radio.harbor_password_file, "radio.harbor_password_file")
 
     def start(self) -> None:
         if self.sink is not None:

@@ -37,6 +37,8 @@ APT_PACKAGES=(
 # yggdrasil: the mesh's 200::/7 addresses; chrony: devices serve each other time over them;
 # avahi-daemon: recorder-<id>.local on the LAN. See ensure_mesh_network.
 MESH_PACKAGES=(yggdrasil chrony avahi-daemon)
+# Cow Radio (--with-icecast).
+RADIO_PACKAGES=(icecast2 liquidsoap)
 MESH_UNITS=(recorder-mesh-time.service recorder-mesh-time.timer)
 YGG_DROPIN=yggdrasil.service.d
 CHRONY_CONF=/etc/chrony/conf.d/recorderpi-mesh.conf
@@ -172,7 +174,7 @@ install_packages() {
     # Raspberry Pi OS ships gpiozero's preferred pin driver as a Debian package; plain Debian
     # has no GPIO header to drive.
     if apt-cache show python3-lgpio >/dev/null 2>&1; then wanted+=(python3-lgpio); fi
-    [ "$ICECAST" -eq 0 ] || wanted+=(icecast2 liquidsoap)
+    [ "$ICECAST" -eq 0 ] || wanted+=("${RADIO_PACKAGES[@]}")
     for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
             missing+=("$p")

@@ -1,4 +1,5 @@
-"""`services/install.sh` for real, in a fresh Debian 12 root made with debootstrap.
+"""`services/install.sh` for real, in a fresh Debian 12 root made with debootstrap
+(tests/test_boot.py boots what it installs).
 
 Opt-in (it downloads Debian and PyPI packages, 2-4 minutes): ``RECORDER_TEST_INSTALL=1``.
 The Debian mirror is the one apt on this machine is configured with. Needs root, debootstrap.
@@ -8,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests import nspawn
 from tests.conftest import need
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,25 +27,6 @@ pytestmark = [
         reason="opt-in: RECORDER_TEST_INSTALL=1 (debootstrap + install.sh, a few minutes)",
     ),
 ]
-
-
-def _debian_mirror() -> str:
-    """The Debian archive URI apt already uses here (deb822 or one-line sources)."""
-    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
-    for src in sources:
-        if not src.is_file() or src.name.endswith((".disabled", ".save")) or "disabled" in src.name:
-            continue
-        text = src.read_text(errors="replace")
-        for stanza in re.split(r"\n\s*\n", text):
-            uris = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
-            suites = re.search(r"^Suites:\s*(.+)$", stanza, re.M)
-            if uris and suites and "bookworm" in suites.group(1).split():
-                return uris.group(1)
-        for line in text.splitlines():
-            m = re.match(r"deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s", line)
-            if m:
-                return m.group(1)
-    pytest.fail("no Debian bookworm mirror configured in /etc/apt/sources.list*")
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
@@ -74,14 +56,11 @@ def _in_root(root: Path, *cmd: str) -> subprocess.CompletedProcess:
 def test_install_upgrade_uninstall_in_fresh_debian(tmp_path):
     if os.geteuid() != 0:
         pytest.fail("the install test needs root (debootstrap, chroot)")
-    debootstrap = need("debootstrap")
-    root = tmp_path / "root"
-    res = subprocess.run(
-        [debootstrap, "--variant=minbase", "--include=systemd,systemd-sysv", "bookworm",
-         str(root), _debian_mirror()],
-        capture_output=True, text=True, timeout=1200,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    need("debootstrap")
+    # The bare Debian 12 root (minbase, systemd) is debootstrapped once per machine and cached
+    # (tests/nspawn.py, shared with the boot test); this test installs into its own copy, so
+    # install.sh's apt step runs for real here.
+    root = nspawn.copy_root(nspawn.debian_root(), tmp_path / "root")
 
     # A frozen copy of the checkout: the re-run must see exactly the same source.
     src = tmp_path / "src"

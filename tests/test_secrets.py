@@ -101,3 +101,34 @@ def test_secrets_never_appear_in_output_or_logs(config_file, loop_wav, tmp_path)
     for where, text in texts.items():
         for secret in SECRETS:
             assert secret not in text, f"a secret in {where}"
+
+
+@pytest.mark.parametrize("state", ["missing", "loose"])
+def test_the_secret_of_a_radio_that_is_off_is_not_needed(config_file, loop_wav, tmp_path,
+                                                         state):
+    """The native install without Icecast: [radio] names a password file that was never made
+    (or one left loose), and the radio is off. The service runs; going live is refused with the
+    one-line error that would have stopped a service whose radio is on."""
+    pw = tmp_path / "icecast-source-password"
+    if state == "loose":
+        secret_file(pw, ICECAST_PASSWORD, 0o644)
+    cfg_path, data = config_file(audio={"source": f"file:{loop_wav}", "preroll": 0.5},
+                                 radio={"url": f"http://127.0.0.1:{free_port()}",
+                                        "password_file": str(pw)})
+    svc = RunningService(cfg_path, data, {})
+    try:
+        svc.wait(lambda: svc.status().get("workers") is not None, 60, "the service to serve")
+        live = svc.ctl("live", "on")
+        assert live.returncode != 0, live.stdout
+        errors = [line for line in live.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and "radio.password_file" in errors[0], live.stderr
+        assert ("does not exist" if state == "missing" else "chmod 600") in errors[0]
+        assert ICECAST_PASSWORD not in live.stdout + live.stderr
+        # Refused, not half-switched: the stream never asked to go live.
+        assert not svc.status()["workers"]["radio"].get("live_requested")
+        svc.cmd("start")
+        svc.wait(lambda: svc.recorded() >= 0.5, 20, "recording with the radio off")
+        svc.cmd("stop")
+        svc.wait_published(1)
+    finally:
+        svc.stop()
