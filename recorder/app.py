@@ -32,6 +32,7 @@ from recorder.worker import ServiceRequest, Worker
 
 if TYPE_CHECKING:
     from recorder.audioid.catalogue import Catalogue
+    from recorder.inbox import InboxWorker
     from recorder.mesh.bridge import Bridge
     from recorder.mesh.clockfix import ClockFixer
     from recorder.mesh.keeper import MeshKeeper
@@ -211,12 +212,13 @@ class Assembly:
     web: WebWorker | None = None
     mesh: MeshKeeper | None = None
     clock: ClockFixer | None = None
+    inbox: InboxWorker | None = None  # [import] inbox: see `_inbox`
 
     @property
     def workers(self) -> list[Worker]:
         """The service's background workers, in start order."""
         return [w for w in (self.registration, self.radio, self.play_log, self.bridge, self.mesh,
-                            self.clock, self.web)
+                            self.clock, self.web, self.inbox)
                 if w is not None]
 
     @property
@@ -331,10 +333,26 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
         publisher.enrichers.insert(0, parts.waveforms.enrich)
         if service and request is not None:
             parts.web = _web(cfg, parts, request)
+    if service and cfg.imports.inbox is not None:
+        parts.inbox = _inbox(cfg, parts)
     if cfg.audioid.enabled and parts.catalogue is not None:
         # Last: the papad queue, the Syncthing scan and the playlist do not wait for it.
         publisher.listeners.append(CatalogueHook(parts.catalogue).published)
     return parts
+
+
+# --- the import inbox (issue 25): phone calls and dropped files become recordings ---------
+
+
+def _inbox(cfg: Config, parts: Assembly) -> InboxWorker:
+    """The inbox watcher, importing through the same publisher (and so the catalogue, papad,
+    Syncthing and playlist hooks) and per-recording sinks as the button."""
+    from recorder.importer import Importer
+    from recorder.inbox import InboxWorker
+
+    importer = Importer(cfg, parts.database, parts.publisher, parts.reserve,
+                        parts.sink_factories, parts.catalogue)
+    return InboxWorker(cfg.imports, importer)
 
 
 def _web(cfg: Config, parts: Assembly, request: ServiceRequest) -> WebWorker:
