@@ -309,7 +309,10 @@ def test_inbox_waits_for_space_and_loses_nothing(file_service, small_disk, tmp_p
     inbox.mkdir()
     svc = file_service(**{"import": {"inbox": str(inbox), "settle_seconds": 0.5,
                                      "poll_seconds": 0.2}},
-                       storage={"data_dir": str(disk)}, web={"enabled": False})
+                       storage={"data_dir": str(disk)}, web={"enabled": False},
+                       # where the harness looks for it (its data dir is not the small disk)
+                       service={"control_socket": str(tmp_path / "data" / "state" /
+                                                      "control.sock")})
     filler = Filler(disk)
     filler.fill()
     call = bot_call(tmp_path, voices[1], when=time.time() - 5)
