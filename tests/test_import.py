@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -22,8 +23,9 @@ import soundfile as sf
 
 from recorder.recording import new_recording_id, parse_utc
 from tests.clips import RATE, speech, tone, write_wav
-from tests.conftest import need, one_line_error, run_cli, toml_config, wait_until
+from tests.conftest import free_port, need, one_line_error, run_cli, toml_config, wait_until
 from tests.test_never_lose import Filler, small_disk  # noqa: F401 - a fixture
+from tests.test_web_browser import WINDOW, browser, open_page, shot  # noqa: F401 - a fixture
 
 CALLER_KEY = "76518406F6A9F2217E8DC487CC783C25CC16A15EB36FF32E335A235342C48A39" + "1F0E4A"
 TEXTS = [
@@ -323,3 +325,64 @@ def test_inbox_waits_for_space_and_loses_nothing(file_service, small_disk, tmp_p
     filler.free()
     (doc,) = wait_until(lambda: _sidecars(disk), 120, 0.2, "imported once there is room")
     assert doc["call_id"] == call.stem
+
+
+# --- the web page --------------------------------------------------------------------------
+
+
+def test_web_page_shows_the_source_and_long_values_fit_a_phone(file_service, browser,  # noqa: F811
+                                                               tmp_path, voices):
+    """At 412 px (a phone) the Now page's values wrap inside the card, and the recordings page
+    says where each recording came from (a screenshot of each is kept in tmp_path)."""
+    port = free_port()
+    svc = file_service(web={"enabled": True, "port": port, "listen": "127.0.0.1"})
+    title = "Vaccinationcampmovedtotheschoolonfridaymorningannouncement"  # no break in it
+    _import(svc.cfg_path, bot_call(tmp_path, voices[3], when=time.time() - 10),
+            extra=("--title", title))
+    _import(svc.cfg_path, ffmpeg(voices[1], tmp_path / "market.mp3",  # older: the call is last
+                                 "-metadata", "date=2020-01-02T03:04:05Z"))
+    site = _Site(f"http://127.0.0.1:{port}")
+    # Headless Chromium keeps windows at least 500 px wide: emulate the phone's viewport.
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": WINDOW[0], "height": WINDOW[1], "deviceScaleFactor": 1, "mobile": True})
+    try:
+        _check_pages(browser, site, title, tmp_path)
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def _check_pages(browser, site, title: str, tmp_path: Path) -> None:  # noqa: F811
+    open_page(browser, site, "/")
+    wait_until(lambda: title in browser.execute_script(
+        "return document.getElementById('last').textContent"), 60, 0.2, "last recording")
+    overflow = browser.execute_script("""
+        return ['clock', 'last'].map((id) => {
+          const e = document.getElementById(id), card = e.closest('.card');
+          return [id, e.getBoundingClientRect().right, card.getBoundingClientRect().right,
+                  e.scrollWidth, e.clientWidth];
+        });""")
+    for _name, right, card_right, scroll, client in overflow:
+        assert right <= card_right + 0.5 and scroll <= client + 1, overflow
+    assert _too_wide(browser) == [WINDOW[0]]
+    shot(browser, tmp_path, "now")
+    open_page(browser, site, "/recordings")
+    wait_until(lambda: len(browser.find_elements("css selector", "article.recording")) == 2,
+               60, 0.2, "two recordings listed")
+    lines = [e.text for e in browser.find_elements("css selector", "p.source")]
+    assert any("phone call from Lakshmi" in line for line in lines), lines
+    assert any("imported from market.mp3" in line for line in lines), lines
+    assert _too_wide(browser) == [WINDOW[0]]
+    shot(browser, tmp_path, "recordings")
+
+
+def _too_wide(driver) -> list:
+    """The viewport's width, then every element reaching past it."""
+    return driver.execute_script("""
+        return [window.innerWidth, ...[...document.querySelectorAll('body *')]
+          .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+          .map((e) => `${e.tagName}#${e.id} ${e.getBoundingClientRect().right}`)];""")
+
+
+@dataclass
+class _Site:
+    url: str
