@@ -662,6 +662,13 @@ def _cross_checks(built: dict[str, Any]) -> None:
         raise ConfigError(
             "papad.media_base_url: must contain {device_id}; got " + repr(papad.media_base_url)
         )
+    inbox = built["imports"].inbox
+    if inbox is not None:
+        inbox = inbox.resolve()
+        for folder in (sync_root, staging):
+            if inbox == folder or folder in inbox.parents or inbox in folder.parents:
+                raise ConfigError(f"import.inbox: must be outside {folder} (the recorder's own "
+                                  f"files); got {inbox}")
     web: WebConfig = built["web"]
     if web.enabled and not web.open_read and web.password_file is None:
         raise ConfigError("web.password_file: required when web.open_read = false "

@@ -386,3 +386,34 @@ def _too_wide(driver) -> list:
 @dataclass
 class _Site:
     url: str
+
+
+def test_import_config_keys_checked_one_line_each(cfg_factory, tmp_path):
+    from recorder.errors import ConfigError
+
+    cfg = cfg_factory()
+    assert cfg.imports.inbox is None and cfg.imports.publish_caller_key is False
+    assert cfg.imports.publish_caller_name is True and cfg.imports.after == "move"
+    for bad, words in (({"after": "keep"}, "import.after: must be one of move, remove"),
+                       ({"settle_seconds": -1}, "import.settle_seconds: must be between"),
+                       ({"publish_caller_key": "yes"}, "import.publish_caller_key: must be"),
+                       ({"inbox": str(tmp_path / "data" / "sync" / "in")},
+                        "import.inbox: must be outside"),
+                       ({"colour": 1}, "import.colour: unknown key")):
+        with pytest.raises(ConfigError) as err:
+            cfg_factory(**{"import": bad})
+        assert str(err.value).startswith(words) and "\n" not in str(err.value), err.value
+
+
+def test_papad_description_says_where_it_came_from_and_keeps_the_key_private(tmp_path, voices):
+    from recorder.papad.mapping import media_description
+
+    cfg, data = _config(tmp_path)
+    _import(cfg, bot_call(tmp_path, voices[0], when=time.time() - 40))
+    (doc,) = _sidecars(data)
+    text = media_description(doc)
+    assert "Phone call from Lakshmi." in text and "Time from the call's id." in text
+    assert CALLER_KEY not in text and "Caller key" not in text
+    button = {k: v for k, v in doc.items()
+              if k not in ("source", "caller", "call_id", "time_source", "original_name")}
+    assert "Phone call" not in media_description(button)

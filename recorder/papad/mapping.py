@@ -116,8 +116,33 @@ def media_description(sidecar: Mapping[str, Any]) -> str:
     ]
     if sidecar.get("recovered"):
         lines.append("Recovered after an interruption (power loss or crash).")
+    lines += _provenance(sidecar)
     lines += [description_marker(sidecar["recording_id"]), f"sha256: {sidecar['sha256']}"]
     return "\n".join(lines)
+
+
+_TIME_SOURCES = {"ulid": "the call's id", "tag": "the file's date tag",
+                 "file_mtime": "the file's modification time"}
+
+
+def _provenance(sidecar: Mapping[str, Any]) -> list[str]:
+    """Where an imported recording came from (issue 25): the caller as the sidecar carries
+    them (the importer left out what `[import]` keeps private), the file, the time's origin."""
+    source = sidecar.get("source")
+    if source not in ("phone", "import"):
+        return []
+    caller = sidecar.get("caller") if isinstance(sidecar.get("caller"), dict) else {}
+    name = clean_text(caller.get("name")) if caller else ""
+    if source == "phone":
+        lines = [f"Phone call from {name}." if name else "Phone call."]
+        if caller and isinstance(caller.get("public_key"), str):
+            lines.append(f"Caller key: {clean_text(caller['public_key'])}")
+    else:
+        lines = [f"Imported from the file {clean_text(sidecar.get('original_name'))}."]
+    when = _TIME_SOURCES.get(str(sidecar.get("time_source")))
+    if when:
+        lines.append(f"Time from {when}.")
+    return lines
 
 
 def format_seconds(value: float) -> str:
