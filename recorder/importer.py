@@ -191,6 +191,22 @@ def ffprobe_tags(fd: int) -> dict[str, str]:
     return {str(k).upper(): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
 
 
+def file_tags(fd: int, head: bytes) -> dict[str, str]:
+    """The file's tags, keys upper-cased: Vorbis comments read from an Ogg file's head,
+    libsndfile's for WAV, FLAC and AIFF (no process to start for each of a batch of voice
+    notes), ffprobe's for the rest (MP3's ID3, M4A's atoms)."""
+    if head.startswith(b"OggS"):
+        return ogg_comments(head)
+    if head[:4] in (b"RIFF", b"RF64", b"fLaC", b"FORM"):
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            with sf.SoundFile(os.fdopen(os.dup(fd), "rb")) as f:
+                return {k.upper(): str(v) for k, v in f.copy_metadata().items()}
+        except (sf.LibsndfileError, RuntimeError, TypeError):
+            return {}
+    return ffprobe_tags(fd)
+
+
 @dataclass(frozen=True)
 class Origin:
     """Where a file comes from and when it was recorded, from its name, tags and mtime."""
@@ -370,6 +386,9 @@ class Importer:
             return done
         for entry in sorted(self.staging.iterdir()):
             rid, _, ext = entry.name.partition(".")
+            if entry.name.startswith(".") and entry.name.endswith(".partial"):
+                entry.unlink(missing_ok=True)  # an atomic write a kill interrupted
+                continue
             if not is_recording_id(rid):
                 continue
             marker, ogg = self.staging / f"{rid}.json", self.staging / f"{rid}.ogg"
@@ -481,6 +500,11 @@ class Importer:
             raise ImportRejected(f"{label}: cannot be read ({exc.strerror})") from None
         try:
             return self._import_fd(fd, path, title=title, tags=tags)
+        except Exception as exc:
+            # SQLite's "database or disk is full" and the like: "later", in one line.
+            if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+                raise write_error(exc, f"importing {label}: retried later") from None
+            raise
         finally:
             os.close(fd)
 
@@ -491,7 +515,7 @@ class Importer:
         if st.st_size == 0:
             raise ImportRejected(f"{label}: the file is empty")
         digest, head = _sha256_and_head(fd)
-        tags_found = ogg_comments(head) if head.startswith(b"OggS") else ffprobe_tags(fd)
+        tags_found = file_tags(fd, head)
         origin = origin_of(path.name, tags_found, st.st_mtime)
         keys = [f"sha256:{digest}"] + ([f"call:{origin.call_id}"] if origin.call_id else [])
         existing = self.known(keys)
