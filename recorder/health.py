@@ -75,7 +75,7 @@ def _clock(cfg: Config) -> str:
 def _staging(cfg: Config) -> str:
     from recorder.recover import pending
 
-    left = pending(cfg)
+    left = pending(cfg.storage.staging_dir)
     if left:
         if free_bytes(cfg.storage.staging_dir) < MIN_FREE_BYTES:
             raise RecorderError(f"{len(left)} recording(s) wait in staging for free space: "

@@ -407,13 +407,14 @@ def test_import_config_keys_checked_one_line_each(cfg_factory, tmp_path):
 
 def test_papad_description_says_where_it_came_from_and_keeps_the_key_private(tmp_path, voices):
     from recorder.papad.mapping import media_description
+    from recorder.recording import Recording
 
     cfg, data = _config(tmp_path)
     _import(cfg, bot_call(tmp_path, voices[0], when=time.time() - 40))
     (doc,) = _sidecars(data)
-    text = media_description(doc)
+    text = media_description(Recording.from_doc(doc))
     assert "Phone call from Lakshmi." in text and "Time from the call's id." in text
     assert CALLER_KEY not in text and "Caller key" not in text
     button = {k: v for k, v in doc.items()
               if k not in ("source", "caller", "call_id", "time_source", "original_name")}
-    assert "Phone call" not in media_description(button)
+    assert "Phone call" not in media_description(Recording.from_doc(button))
