@@ -2,7 +2,9 @@
 recordings directory) whose finished files become recordings.
 
 A file is taken once it has stopped changing (size, mtime and inode the same for
-``import.settle_seconds``: the bot writes a call while it lasts and has no "done" marker).
+``import.settle_seconds``: the bot writes a call while it lasts and has no "done" marker), and
+an Ogg file (the bot's calls) once its end-of-stream page is written too: a call on hold
+pauses the writes, not the stream (`UNFINISHED_OGG_FACTOR`).
 Imported files (or ones already imported: the answer names the recording) move to
 ``inbox/done/`` or are removed (``import.after``); a file that can never be imported moves to
 ``inbox/rejected/`` with ``<name>.reason.txt`` beside it (one line, written first), and is never
@@ -33,6 +35,27 @@ log = logging.getLogger(__name__)
 
 DISK_RETRY_SECONDS = 30.0  # at most; ten polls when polling is faster
 DONE, REJECTED = "done", "rejected"
+# An Ogg file without its end-of-stream page is still being written (a call on hold writes
+# nothing for a while): it waits this many settle times before it is taken as it is (the bot
+# died mid-call: what it wrote is the call).
+UNFINISHED_OGG_FACTOR = 6
+
+
+def ogg_finished(path: Path) -> bool:
+    """False for an Ogg file whose last page is not an end-of-stream page (its writer has not
+    closed the stream yet); True for a finished one and for every other kind of file."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"OggS":
+                return True
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 65536))
+            tail = fh.read()
+    except OSError:
+        return True  # the import says what is wrong with it
+    at = tail.rfind(b"OggS")
+    return at >= 0 and len(tail) > at + 5 and bool(tail[at + 5] & 0x04)
 
 
 @dataclass
@@ -111,8 +134,10 @@ class InboxWorker:
                 self._seen[entry.name] = _Seen(sig, now)
                 if entry.is_file(follow_symlinks=False):
                     continue  # a regular file is taken once it stopped changing
-            elif entry.is_file(follow_symlinks=False) and \
-                    now - seen.since < self.settings.settle_seconds:
+            elif entry.is_file(follow_symlinks=False) and (
+                    now - seen.since < self.settings.settle_seconds
+                    or (now - seen.since < UNFINISHED_OGG_FACTOR * self.settings.settle_seconds
+                        and not ogg_finished(Path(entry.path)))):
                 continue
             settled.append(entry)
         for name in list(self._seen):

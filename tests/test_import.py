@@ -238,8 +238,12 @@ def test_inbox_takes_a_call_only_once_it_stopped_growing(file_service, tmp_path,
             fh.flush()
             time.sleep(0.6)  # less than settle_seconds between writes
             assert growing.exists() and not svc.published(), "taken while still growing"
+            if i == 0:  # a call on hold: nothing written for longer than settle_seconds,
+                time.sleep(3)  # but its stream is not ended (no end-of-stream page yet)
+                assert growing.exists() and not svc.published(), "taken while on hold"
     (doc,) = svc.wait_published(1, timeout=120)
     assert doc["source"] == "phone" and doc["call_id"] == call.stem
+    assert abs(doc["duration"] - sf.info(call).duration) < 0.1  # the whole call
     svc.wait(lambda: (inbox / "done" / call.name).is_file() and not growing.exists(), 30,
              "the call moved to done/")
     assert svc.status()["workers"]["import"]["imported"] == 1
