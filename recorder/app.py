@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from recorder.audioid.catalogue import Catalogue
     from recorder.audioid.hook import CatalogueHook
     from recorder.control import ControlServer
+    from recorder.inbox import InboxWorker
     from recorder.mesh.bridge import Bridge
     from recorder.mesh.clockfix import ClockFixer
     from recorder.mesh.handoff import ScanHandOff
@@ -151,12 +152,13 @@ class Assembly:
     web: WebWorker | None = None
     mesh: MeshKeeper | None = None
     clock: ClockFixer | None = None
+    inbox: InboxWorker | None = None  # [import] inbox: see `_inbox`
 
     @property
     def workers(self) -> list[Worker]:
         """The service's background workers, in start order."""
         return [w for w in (self.registration, self.radio, self.play_log, self.bridge, self.mesh,
-                            self.clock, self.web)
+                            self.clock, self.web, self.inbox)
                 if w is not None]
 
     @property
@@ -279,6 +281,8 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
         parts.sink_factories.append(parts.waveforms.sink)
         if service and request is not None:
             parts.web = _web(cfg, parts, request)
+    if service and cfg.imports.inbox is not None:
+        parts.inbox = _inbox(cfg, parts)
     hook: CatalogueHook | None = None
     if cfg.audioid.enabled and parts.catalogue is not None:
         from recorder.audioid.hook import CatalogueHook
@@ -309,6 +313,20 @@ def _hook_up(parts: Assembly, scan: ScanHandOff | None, catalogue: CatalogueHook
     ]
     parts.publisher.enrichers = [e for e in enrichers if e is not None]
     parts.publisher.listeners = [li for li in listeners if li is not None]
+
+
+# --- the import inbox (issue 25): phone calls and dropped files become recordings ---------
+
+
+def _inbox(cfg: Config, parts: Assembly) -> InboxWorker:
+    """The inbox watcher, importing through the same publisher (and so the catalogue, papad,
+    Syncthing and playlist hooks) and per-recording sinks as the button."""
+    from recorder.importer import Importer
+    from recorder.inbox import InboxWorker
+
+    importer = Importer(cfg, parts.database, parts.publisher, parts.reserve,
+                        parts.sink_factories, parts.catalogue)
+    return InboxWorker(cfg.imports, importer)
 
 
 def _web(cfg: Config, parts: Assembly, request: ServiceRequest) -> WebWorker:

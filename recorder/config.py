@@ -200,6 +200,18 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class ImportConfig:
+    """``[import]``: audio that does not come from the button (phone calls, files)."""
+
+    inbox: Path | None = None  # a folder the service watches; None: no watcher
+    settle_seconds: float = 10.0  # a file unchanged this long is finished
+    poll_seconds: float = 2.0
+    after: str = "move"  # imported files: "move" to inbox/done/, or "remove"
+    publish_caller_name: bool = True  # the caller's display name in the sidecar and papad
+    publish_caller_key: bool = False  # the caller's Tox public key (identifies a person)
+
+
+@dataclass(frozen=True)
 class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -214,6 +226,7 @@ class Config:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    imports: ImportConfig = field(default_factory=ImportConfig)  # the [import] section
     source_path: Path | None = None  # the file this came from, if any
 
     @property
@@ -510,7 +523,17 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "password_file": _optional_path,
         "open_read": _boolean,
     },
+    "import": {
+        "inbox": _optional_path,
+        "settle_seconds": _number(0, 86400),
+        "poll_seconds": _number(0.1, 3600),
+        "after": _choice("move", "remove"),
+        "publish_caller_name": _boolean,
+        "publish_caller_key": _boolean,
+    },
 }
+# A section whose name is a Python keyword lives under another field name of `Config`.
+_FIELD_OF = {"import": "imports"}
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name in SCHEMA}
 
@@ -568,7 +591,8 @@ def parse_config(raw: Mapping[str, Any], source_path: Path | None = None) -> Con
                 raise ConfigError(f"{name}.{key}: unknown key")
             cleaned[key] = check(f"{name}.{key}", value)
         sections[name] = cleaned
-    built = {name: _section_class(name)(**sections.get(name, {})) for name in SCHEMA}
+    built = {_FIELD_OF.get(name, name): _section_class(name)(**sections.get(name, {}))
+             for name in SCHEMA}
     built["storage"] = _resolve_storage(built["storage"])
     built["service"] = _resolve_service(built["service"], built["storage"])
     built["device"] = _resolve_device(built["device"])
@@ -577,8 +601,9 @@ def parse_config(raw: Mapping[str, Any], source_path: Path | None = None) -> Con
 
 
 def _section_class(name: str) -> type:
-    return {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name in SCHEMA}[
-        name
+    field_name = _FIELD_OF.get(name, name)
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}[
+        field_name
     ]  # type: ignore[return-value]
 
 
@@ -644,6 +669,13 @@ def _cross_checks(built: dict[str, Any]) -> None:
         raise ConfigError(
             "papad.media_base_url: must contain {device_id}; got " + repr(papad.media_base_url)
         )
+    inbox = built["imports"].inbox
+    if inbox is not None:
+        inbox = inbox.resolve()
+        for folder in (sync_root, staging):
+            if inbox == folder or folder in inbox.parents or inbox in folder.parents:
+                raise ConfigError(f"import.inbox: must be outside {folder} (the recorder's own "
+                                  f"files); got {inbox}")
     web: WebConfig = built["web"]
     if web.enabled and not web.open_read and web.password_file is None:
         raise ConfigError("web.password_file: required when web.open_read = false "

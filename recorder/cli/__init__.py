@@ -47,6 +47,7 @@ COMMANDS = {
     "index": "recorder.cli.audioid",
     "outbox": "recorder.cli.outbox",
     "radio": "recorder.cli.radio",
+    "import": "recorder.cli.import_",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 

@@ -11,10 +11,10 @@ made every answer grow with the archive (69 KB per media at 1,000 recordings, me
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from recorder.recording import Recording
+from recorder.recording import JSON, Recording
 from recorder.sidecar import LABEL_MAX, clean_text
 
 MARKER_PREFIX = "recorderpi-"
@@ -109,8 +109,34 @@ def media_description(rec: Recording) -> str:
     ]
     if rec.recovered:
         lines.append("Recovered after an interruption (power loss or crash).")
+    lines += _provenance(rec.extra)
     lines += [description_marker(rec.recording_id), f"sha256: {rec.sha256}"]
     return "\n".join(lines)
+
+
+_TIME_SOURCES = {"ulid": "the call's id", "tag": "the file's date tag",
+                 "file_mtime": "the file's modification time"}
+
+
+def _provenance(sidecar: Mapping[str, JSON]) -> list[str]:
+    """Where an imported recording came from (issue 25; its fields are among a `Recording`'s
+    `extra`): the caller as the sidecar carries them (the importer left out what `[import]`
+    keeps private), the file, the time's origin."""
+    source = sidecar.get("source")
+    if source not in ("phone", "import"):
+        return []
+    caller = sidecar.get("caller") if isinstance(sidecar.get("caller"), dict) else {}
+    name = clean_text(caller.get("name")) if caller else ""
+    if source == "phone":
+        lines = [f"Phone call from {name}." if name else "Phone call."]
+        if caller and isinstance(caller.get("public_key"), str):
+            lines.append(f"Caller key: {clean_text(caller['public_key'])}")
+    else:
+        lines = [f"Imported from the file {clean_text(sidecar.get('original_name'))}."]
+    when = _TIME_SOURCES.get(str(sidecar.get("time_source")))
+    if when:
+        lines.append(f"Time from {when}.")
+    return lines
 
 
 def format_seconds(value: float) -> str:

@@ -35,7 +35,11 @@ _VALUES = """{r}.recording_id, {r}.device_id, {r}.origin, {r}.started_at, {r}.du
         'stop_reason', json_extract({r}.sidecar, '$.stop_reason'),
         'clock_synced', json(CASE json_type({r}.sidecar, '$.clock_synced')
             WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' ELSE 'null' END),
-        'levels', json(COALESCE(json_extract({r}.sidecar, '$.levels'), '{{}}')))"""
+        'levels', json(COALESCE(json_extract({r}.sidecar, '$.levels'), '{{}}')),
+        'source', json_extract({r}.sidecar, '$.source'),
+        'original_name', json_extract({r}.sidecar, '$.original_name'),
+        'caller', json_extract({r}.sidecar, '$.caller.name'),
+        'contains', json(COALESCE(json_extract({r}.sidecar, '$.contains'), '[]')))"""
 _UPSERT = f"INSERT OR REPLACE INTO web_listing ({_COLUMNS}) SELECT {_VALUES.format(r='r')}"
 
 SCHEMA = (
@@ -53,10 +57,14 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS web_listing_started ON web_listing (started_at, recording_id)",
     "CREATE INDEX IF NOT EXISTS web_listing_duplicate ON web_listing (duplicate_of)",
-    f"""CREATE TRIGGER IF NOT EXISTS web_listing_added AFTER INSERT ON recordings BEGIN
+    # The card gained the import fields (issue 25): triggers of an older database are
+    # replaced (version in their names), so recordings added from now on carry them.
+    "DROP TRIGGER IF EXISTS web_listing_added",
+    "DROP TRIGGER IF EXISTS web_listing_changed",
+    f"""CREATE TRIGGER IF NOT EXISTS web_listing_added2 AFTER INSERT ON recordings BEGIN
         INSERT OR REPLACE INTO web_listing ({_COLUMNS}) VALUES ({_VALUES.format(r='NEW')});
     END""",
-    f"""CREATE TRIGGER IF NOT EXISTS web_listing_changed AFTER UPDATE ON recordings BEGIN
+    f"""CREATE TRIGGER IF NOT EXISTS web_listing_changed2 AFTER UPDATE ON recordings BEGIN
         DELETE FROM web_listing WHERE recording_id = OLD.recording_id;
         INSERT OR REPLACE INTO web_listing ({_COLUMNS}) VALUES ({_VALUES.format(r='NEW')});
     END""",

@@ -38,6 +38,13 @@ function origin(item) {
   return item.origin === "own" ? "this device" : `from ${item.device_id}`;
 }
 
+// Where the audio came from: the button (no source), a phone call, an imported file.
+function source(item) {
+  if (item.source === "phone") return ` · phone call${item.caller ? ` from ${item.caller}` : ""}`;
+  if (item.source === "import") return ` · imported${item.original_name ? ` from ${item.original_name}` : ""}`;
+  return "";
+}
+
 function papadBadge(item) {
   const p = item.papad;
   if (!p) return rp.el("span", { class: "badge muted", text: "papad: not queued" });
@@ -66,6 +73,9 @@ function card(item) {
   const dup = [];
   if (item.duplicate_of) dup.push(rp.el("p", { class: "muted small" }, "Same audio as ",
     rp.el("a", { href: `#rec-${item.duplicate_of}`, text: item.duplicate_of.slice(-8) })));
+  if (item.contains && item.contains.length) dup.push(rp.el("p", { class: "muted small" }, "Holds ",
+    ...item.contains.flatMap((id, i) => [i ? ", " : "",
+      rp.el("a", { href: `#rec-${id}`, text: id.slice(-8) })])));
   if (item.duplicates && item.duplicates.length) dup.push(rp.el("p", { class: "muted small",
     text: `${item.duplicates.length} other cop${item.duplicates.length === 1 ? "y" : "ies"} of this audio` }));
   const node = rp.el("article", { class: "card recording", id: `rec-${item.recording_id}`,
@@ -73,7 +83,8 @@ function card(item) {
     rp.el("div", { class: "row spread" },
       rp.el("h2", { text: item.title || "Untitled recording" }),
       rp.el("span", { class: "muted", text: rp.fmtDuration(item.duration) })),
-    rp.el("p", { class: "muted small", text: `${rp.fmtWhen(item.started_at)} · ${origin(item)}` +
+    rp.el("p", { class: "muted small source", text: `${rp.fmtWhen(item.started_at)} · ${origin(item)}` +
+      source(item) +
       (item.clock_synced === false ? " · clock was not synchronised" : "") }),
     canvas, audio,
     marks.length ? rp.el("div", { class: "chips" }, marks) : null,
