@@ -1,0 +1,354 @@
+"""The appliance's firewall (recorder.mesh.firewall) with real yggdrasil nodes in network
+namespaces (tests/netns.py): nobody outside the mesh gets in.
+
+One lab per module. LAN "lan": the device ``dev`` (yggdrasil with LAN multicast and a static
+listener, real Syncthing on its yggdrasil address, the real service ``recorder run`` inside its
+namespace with ``[yggdrasil] firewall = true`` and ``[web] mesh = true``), a member ``m``
+(yggdrasil, Syncthing, paired with ``recorder mesh add-peer``), a stranger ``s`` peered with
+dev by LAN multicast, and a phone ``p`` without yggdrasil (the LAN). Site "site", behind a
+router: a stranger ``f`` peered with dev through its static listener only.
+
+The rule set is loaded only inside dev's namespace (the service runs there), never on the host.
+Port scans use nmap (Debian's): SYN scan of all 65535 TCP ports and UDP scan of all 65535 UDP
+ports; a port that answers (open, or closed: RST / ICMP unreachable) fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recorder.control import send_command
+from recorder.errors import ServiceError
+from tests.conftest import need, run_cli, terminate, toml_config, wait_until
+from tests.netns import NetLab, Node
+from tests.service_harness import loop_wav  # noqa: F401 - a fixture used below
+
+STATIC_PORT = 12345
+WEB_PORT = 8080
+SYNC_PORT = 22000
+DEADLINE = 90.0  # generous: other engineers load the same 2-core machine
+ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs/ARCHITECTURE.md"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+
+class DeviceService:
+    """``recorder run`` inside `node`'s namespace (stopped by `stop` and the lab)."""
+
+    def __init__(self, node: Node, config: str, data: Path) -> None:
+        self.node, self.config, self.data = node, config, data
+        self.log = node.dir / "service.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [*self.node.prefix, sys.executable, "-m", "recorder", "--config", self.config,
+                 "run"], env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_until(lambda: self.status().get("state") == "idle", DEADLINE, 0.1,
+                   "the device's service ready", detail=self.tail)
+
+    def status(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.poll() is None, self.tail()
+        try:
+            return send_command(self.data / "state/control.sock", "status", timeout=15)
+        except ServiceError:
+            return {}
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            terminate(self.proc)
+            self.proc = None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def _cli(node: Node, config: str, *args: str) -> subprocess.CompletedProcess[str]:
+    res = run_cli("--config", config, *args, timeout=60)
+    assert "Traceback" not in res.stderr, res.stderr
+    return res
+
+
+def _base_config(node: Node) -> dict[str, dict[str, Any]]:
+    inst = node.syncthing
+    assert inst is not None and node.ygg is not None
+    return {
+        "device": {"id": inst.recorder_id},
+        "storage": {"data_dir": str(inst.root / "data"), "sync_root": str(inst.sync_root),
+                    "reserve_mb": 0},
+        "syncthing": {"url": inst.url, "api_key_file": str(inst.key_file),
+                      "watcher_delay": 60, "rescan_interval": 3600},
+        "yggdrasil": {"admin_endpoint": node.ygg.endpoint, "interface": node.ygg.ifname},
+    }
+
+
+def _pair(a: Node, a_cfg: str, b: Node, b_cfg: str) -> None:
+    for me, cfg, other in ((a, a_cfg, b), (b, b_cfg, a)):
+        assert other.syncthing is not None
+        res = _cli(me, cfg, "mesh", "add-peer", other.syncthing.device_id, "--name",
+                   other.short, "--address", other.sync_address, "--peer-id",
+                   other.syncthing.recorder_id)
+        assert res.returncode == 0, res.stderr
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, loop_wav) -> Iterator[NetLab]:  # noqa: F811
+    for tool in ("yggdrasil", "socat", "syncthing", "nft", "nmap", "curl", "ss"):
+        need(tool, {"nft": "nftables", "ss": "iproute2"}.get(tool))
+    with NetLab(tmp_path_factory.mktemp("fwlab")) as lab:
+        lan, site = lab.lan("lan"), lab.lan("site")
+        lab.router("router", lan, site)
+        dev, m, s, p = (lab.node(n, lan) for n in ("dev", "m", "s", "p"))
+        f = lab.node("f", site)
+        dev.start_yggdrasil(listen=[f"tls://{dev.ipv4}:{STATIC_PORT}"])
+        m.start_yggdrasil()
+        s.start_yggdrasil()
+        f.start_yggdrasil(multicast=False, peers=[f"tls://{dev.ipv4}:{STATIC_PORT}"])
+        for node in (dev, m):
+            node.start_syncthing()
+        m_cfg = toml_config(m.dir / "recorder.toml", _base_config(m))
+        raw = _base_config(dev)
+        raw["yggdrasil"]["firewall"] = True
+        raw.update(audio={"source": f"file:{loop_wav}", "preroll": 0.5},
+                   web={"listen": "", "port": WEB_PORT, "mesh": True},
+                   mesh={"probe_interval": 0})
+        dev_cfg = toml_config(dev.dir / "recorder.toml", raw)
+        _pair(dev, dev_cfg, m, m_cfg)
+        service = DeviceService(dev, dev_cfg, dev.syncthing.root / "data")
+        service.start()
+        lab.nodes = {"dev": dev, "m": m, "s": s, "p": p, "f": f}
+        lab.dev_cfg, lab.m_cfg, lab.service = dev_cfg, m_cfg, service
+        try:
+            wait_until(lambda: _table(dev) is not None, DEADLINE, 0.2,
+                       "the service loaded its rule set", detail=service.tail)
+            yield lab
+        finally:
+            service.stop()
+
+
+def _table(node: Node) -> str | None:
+    res = node.exec("nft", "list", "table", "inet", "recorderpi", check=False)
+    return res.stdout if res.returncode == 0 else None
+
+
+def _http(node: Node, host: str, port: int = WEB_PORT, timeout: float = 3.0) -> int:
+    """The HTTP status `node` gets from http://host:port/ (0: no answer within `timeout`)."""
+    where = f"[{host}]" if ":" in host else host
+    res = node.exec("curl", "-g", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                    "--connect-timeout", str(timeout), "-m", str(timeout + 5),
+                    f"http://{where}:{port}/", check=False, timeout=timeout + 20)
+    return int(res.stdout or 0)
+
+
+def _connects(node: Node, host: str, port: int, timeout: float = 1.0) -> bool:
+    res = node.exec(sys.executable, "-c",
+                    "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])),"
+                    f" {timeout}).close()", host, str(port), check=False, timeout=30)
+    return res.returncode == 0
+
+
+def _scan(node: Node, target: str, *flags: str, ports: str = "-") -> dict[str, set[int]]:
+    """nmap from inside `node`: port numbers by state (``open``, ``closed``, ...)."""
+    res = node.exec("nmap", "-6", "-n", "-Pn", "--min-rate", "3000", "--max-retries", "1",
+                    "-oX", "-", *flags, f"-p{ports}", target, timeout=600)
+    states: dict[str, set[int]] = {}
+    for port in ET.fromstring(res.stdout).iter("port"):
+        state = port.find("state")
+        assert state is not None
+        states.setdefault(state.get("state", "?"), set()).add(int(port.get("portid", 0)))
+    return states
+
+
+def _peered(a: Node, b: Node) -> bool:
+    assert a.ygg is not None
+    return b.ygg_key in a.ygg.peer_keys()
+
+
+def _reaches(node: Node, target: Node) -> bool:
+    """`node` has a route to `target` over the overlay (node info answered)."""
+    assert node.ygg is not None
+    try:
+        node.ygg.ctl_json("getNodeInfo", f"key={target.ygg_key}")
+    except RuntimeError:
+        return False
+    return True
+
+
+# --- members in, strangers out --------------------------------------------------------------
+
+
+def test_member_reaches_syncthing_and_the_web_page_over_yggdrasil(lab):
+    dev, m = lab.nodes["dev"], lab.nodes["m"]
+
+    def connected() -> bool:
+        conns = dev.syncthing.client.connections().get("connections", {})
+        conn = conns.get(m.syncthing.device_id, {})
+        return bool(conn.get("connected")) and m.ygg_address in conn.get("address", "")
+
+    wait_until(connected, DEADLINE, 0.2, "dev and m connected over yggdrasil")
+    wait_until(lambda: _http(m, dev.ygg_address) == 200, DEADLINE, 0.5,
+               "m opening dev's web page over yggdrasil")
+    # The member's view, scanned like the strangers' below: exactly what it may use answers.
+    states = _scan(m, dev.ygg_address, "-sS", ports="1-1024,8000-8100,21000-23000")
+    assert states.get("open") == {WEB_PORT, SYNC_PORT}, states
+    assert states.get("closed") == {80}, states  # allowed (document root), nothing there here
+
+
+@pytest.mark.parametrize("who", ["s", "f"], ids=["lan-multicast", "static-peer"])
+def test_stranger_on_the_overlay_gets_no_answer_on_any_port(lab, who):
+    dev, stranger = lab.nodes["dev"], lab.nodes[who]
+    if who == "s":
+        wait_until(lambda: _peered(dev, stranger), DEADLINE, 0.2, "s peered with dev (LAN)")
+    else:
+        wait_until(lambda: _peered(stranger, dev), DEADLINE, 0.2, "f peered with dev (static)")
+    wait_until(lambda: _reaches(stranger, dev), DEADLINE, 0.5, f"{who} routing to dev")
+    assert _http(stranger, dev.ygg_address) == 0
+    started = time.monotonic()
+    tcp = _scan(stranger, dev.ygg_address, "-sS")
+    udp = _scan(stranger, dev.ygg_address, "-sU")
+    took = time.monotonic() - started
+    # No port listed means every one of the 65535 was filtered (no answer at all).
+    assert not tcp.get("open") and not tcp.get("closed"), tcp
+    assert not udp.get("open") and not udp.get("closed"), udp
+    print(f"\nfull TCP+UDP scan from {who}: {took:.1f} s, no answer")
+
+
+def test_lan_client_keeps_its_access(lab):
+    dev, p = lab.nodes["dev"], lab.nodes["p"]
+    assert _http(p, dev.ipv4) == 200
+
+
+def test_removed_member_is_shut_out_then_admitted_again(lab):
+    dev, m = lab.nodes["dev"], lab.nodes["m"]
+    wait_until(lambda: _http(m, dev.ygg_address) == 200, DEADLINE, 0.5, "m reaching dev")
+    started = time.monotonic()
+    res = _cli(dev, lab.dev_cfg, "mesh", "remove-peer", m.syncthing.recorder_id)
+    assert res.returncode == 0, res.stderr
+    try:
+        wait_until(lambda: not _connects(m, dev.ygg_address, WEB_PORT), DEADLINE, 0.1,
+                   "m shut out", detail=lab.service.tail)
+        shut = time.monotonic() - started
+        assert not _connects(m, dev.ygg_address, SYNC_PORT)
+        print(f"\nremoved member shut out {shut:.2f} s after `mesh remove-peer` began")
+    finally:
+        again = _cli(dev, lab.dev_cfg, "mesh", "add-peer", m.syncthing.device_id, "--name", "m",
+                     "--address", m.sync_address, "--peer-id", m.syncthing.recorder_id)
+        assert again.returncode == 0, again.stderr
+    started = time.monotonic()
+    wait_until(lambda: _connects(m, dev.ygg_address, WEB_PORT), DEADLINE, 0.1,
+               "m let in again", detail=lab.service.tail)
+    print(f"re-admitted member let in {time.monotonic() - started:.2f} s after add-peer")
+
+
+# --- the rule set stays in place ------------------------------------------------------------
+
+
+def _blocked_for_stranger(lab) -> bool:
+    dev, s = lab.nodes["dev"], lab.nodes["s"]
+    return not _connects(s, dev.ygg_address, WEB_PORT)
+
+
+def test_rules_are_restored_after_an_nftables_flush(lab):
+    dev = lab.nodes["dev"]
+    # What nftables.service does on (re)start: Debian's /etc/nftables.conf ("flush ruleset").
+    conf = Path("/etc/nftables.conf")
+    if conf.is_file() and "flush ruleset" in conf.read_text():
+        dev.exec("nft", "-f", str(conf))
+    else:
+        dev.exec("nft", "flush", "ruleset")
+    started = time.monotonic()
+    assert _table(dev) is None
+    wait_until(lambda: _table(dev) is not None, DEADLINE, 0.05, "the rule set loaded again",
+               detail=lab.service.tail)
+    print(f"\nrule set back {time.monotonic() - started:.2f} s after the flush")
+    assert _blocked_for_stranger(lab)
+    assert _http(lab.nodes["m"], dev.ygg_address) == 200
+
+
+def test_rules_survive_a_service_restart(lab):
+    dev = lab.nodes["dev"]
+    lab.service.stop()
+    try:
+        # Stopped, the service leaves its rules loaded: the overlay stays closed.
+        assert _table(dev) is not None and _blocked_for_stranger(lab)
+        dev.exec("nft", "delete", "table", "inet", "recorderpi")
+    finally:
+        lab.service.start()
+    wait_until(lambda: _table(dev) is not None, DEADLINE, 0.1, "rules loaded at start",
+               detail=lab.service.tail)
+    assert _blocked_for_stranger(lab)
+    wait_until(lambda: _http(lab.nodes["m"], dev.ygg_address) == 200, DEADLINE, 0.5,
+               "m reaching dev after the restart")
+
+
+def _doctor(node: Node, config: str) -> dict[str, Any]:
+    res = node.exec(sys.executable, "-m", "recorder", "--config", config, "doctor", "--json",
+                    check=False, timeout=120)
+    checks = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+    return checks["firewall"]
+
+
+def test_doctor_checks_the_rules_are_in_place(lab):
+    dev, s = lab.nodes["dev"], lab.nodes["s"]
+    wait_until(lambda: _doctor(dev, lab.dev_cfg)["ok"], DEADLINE, 1.0, "doctor's firewall ok")
+    assert "1 member address(es)" in _doctor(dev, lab.dev_cfg)["detail"]
+    # The same config where no rule set is loaded (the stranger's namespace): a failure.
+    missing = _doctor(s, lab.dev_cfg)
+    assert not missing["ok"] and missing["severity"] == "error"
+    assert missing["detail"].startswith("no nftables table inet recorderpi"), missing
+
+
+# --- every listening socket accounted for ---------------------------------------------------
+
+
+def _documented() -> list[dict[str, str]]:
+    """The rows of docs/ARCHITECTURE.md's "Listening sockets" table."""
+    text = ARCHITECTURE.read_text()
+    section = text.split("## Listening sockets", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    head = [c.strip().lower() for c in rows[0].strip("|").split("|")]
+    return [dict(zip(head, (c.strip() for c in r.strip("|").split("|")), strict=True))
+            for r in rows[2:]]
+
+
+def _documented_port(row: dict[str, str], proto: str, port: int, process: str) -> bool:
+    if process not in row["process"] or proto not in row["protocol"].lower():
+        return False
+    spec = row["port"].strip("`")
+    return spec == "ephemeral" or str(port) in re.findall(r"\d+", spec)
+
+
+def test_every_listening_socket_is_documented(lab):
+    """Everything listening on dev (yggdrasil, Syncthing, the service with its web page) on an
+    address other than loopback has its row in docs/ARCHITECTURE.md."""
+    dev = lab.nodes["dev"]
+    rows = _documented()
+    assert rows, "no rows in the Listening sockets table"
+    out = dev.exec("ss", "-H", "-l", "-n", "-t", "-u", "-p").stdout
+    found = []
+    for line in out.splitlines():
+        fields = line.split()
+        proto, local = fields[0], fields[4]
+        addr, _, port = local.rpartition(":")
+        addr = addr.strip("[]").split("%")[0]
+        if addr in ("127.0.0.1", "::1") or addr.startswith("127."):
+            continue
+        m = re.search(r'users:\(\("([^"]+)"', line)
+        process = m.group(1) if m else "?"
+        found.append((proto, int(port), process, addr))
+    assert any(p == WEB_PORT for _, p, _, _ in found), found  # the scan sees the web page
+    missing = [f for f in found if not any(_documented_port(r, f[0], f[1], f[2]) for r in rows)]
+    assert not missing, f"listening but not in docs/ARCHITECTURE.md: {missing}"
