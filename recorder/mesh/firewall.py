@@ -125,7 +125,8 @@ def _body(p: Policy) -> list[str]:
                   "    ip6 saddr @members icmpv6 type echo-request accept"]
     if p.open_tcp:
         lines.append(f"    tcp dport {_set(p.open_tcp)} accept")
-    lines += ["    drop", "  }"]
+    # The counter: what the overlay tried (``nft list table inet recorderpi`` shows it).
+    lines += ["    counter drop", "  }"]
     members = [f"    elements = {_set(p.members)}"] if p.members else []
     return ["  set members {", "    type ipv6_addr", *members, "  }", *lines]
 
