@@ -43,6 +43,8 @@ def register(sub: Any, client: Callable[[Config], SyncthingClient]) -> None:
     mode.add_argument("--apply", action="store_true", help="load it now (needs CAP_NET_ADMIN)")
     mode.add_argument("--keep", action="store_true", help="load it and keep it in step with "
                       "the roster until stopped (the compose stack's host-network service)")
+    mode.add_argument("--check", action="store_true", help="exit 1 unless the loaded rule "
+                      "set is the one the roster asks for (doctor's check)")
     p.set_defaults(func=lambda args, cfg: _firewall(args, cfg, client(cfg)))
 
 
@@ -93,6 +95,9 @@ def _firewall(args: argparse.Namespace, cfg: Config, client: SyncthingClient) ->
     from recorder.mesh import firewall
 
     with Database(cfg.db_path) as database:
+        if args.check:
+            print(firewall.check(cfg, client, database))
+            return 0
         if args.keep:
             keeper = firewall.Firewall(cfg)
             while True:  # stopped by SIGTERM/SIGINT, like any foreground service
