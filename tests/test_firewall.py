@@ -31,7 +31,7 @@ import pytest
 from recorder.control import send_command
 from recorder.errors import ServiceError
 from tests.conftest import need, run_cli, terminate, toml_config, wait_until
-from tests.netns import NetLab, Node
+from tests.netns import NetLab, Node, Yggdrasil
 from tests.service_harness import loop_wav  # noqa: F401 - a fixture used below
 
 STATIC_PORT = 12345
@@ -438,3 +438,56 @@ def test_every_listening_socket_is_documented(lab):
     assert any(p == WEB_PORT for _, p, _, _ in found), found  # the scan sees the web page
     missing = [f for f in found if not any(_documented_port(r, f[0], f[1], f[2]) for r in rows)]
     assert not missing, f"listening but not in docs/ARCHITECTURE.md: {missing}"
+
+
+# --- yggdrasil: direct peerings from members' keys only -------------------------------------
+
+
+def test_allowed_peers_refuses_direct_peerings_from_other_keys(netlab, tmp_path):
+    """``[yggdrasil] allowed_peers`` becomes yggdrasil's AllowedPublicKeys (written by the
+    appliance's own `recorder mesh yggdrasil-config`): a node whose key is listed peers with
+    the device's static listener, another node dialling the same listener is refused; a LAN
+    neighbour found by multicast is not affected."""
+    lab = netlab()
+    lan = lab.lan("lan")
+    x, ok, no = (lab.node(n, lan) for n in ("x", "ok", "no"))
+    listener = f"tls://{x.ipv4}:{STATIC_PORT}"
+    # Their configs (keys) first; started once x listens (a failed dial backs off for long).
+    for node in (ok, no):
+        node.ygg = Yggdrasil(node, multicast=False, peers=[listener], listen=[])
+    conf, sock = tmp_path / "yggdrasil.conf", tmp_path / "run/ygg.sock"
+    config = toml_config(tmp_path / "recorder.toml", {
+        "device": {"id": "dev-x"}, "storage": {"data_dir": str(tmp_path / "data")},
+        "yggdrasil": {"admin_endpoint": f"unix://{sock}", "multicast": "^lan0$",
+                      "interface": "ygg-x"}})
+    with open(config, "a") as f:  # lists: beyond toml_config's flat values
+        f.write(f'listen = ["tls://{x.ipv4}:{STATIC_PORT}"]\nallowed_peers = ["{ok.ygg_key}"]\n')
+    res = run_cli("--config", config, "mesh", "yggdrasil-config", "--write", str(conf),
+                  timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(conf.read_text())["AllowedPublicKeys"] == [ok.ygg_key]
+    x.popen([need("yggdrasil"), "-useconffile", str(conf)], tmp_path / "x.log")
+    wait_until(sock.exists, DEADLINE, 0.05, "x's yggdrasil up")
+    for node in (ok, no):
+        node.ygg.start()
+
+    def peer_keys() -> set[str]:
+        res = subprocess.run(["yggdrasilctl", "-json", "-endpoint", f"unix://{sock}",
+                              "getPeers"], capture_output=True, text=True, timeout=30)
+        try:
+            return {p["key"] for p in json.loads(res.stdout).get("peers") or []}
+        except ValueError:
+            return set()
+
+    wait_until(lambda: ok.ygg_key in peer_keys(), DEADLINE, 0.2, "the allowed node peered")
+    # Both nodes dial every few seconds; the other one is refused each time.
+    refusal = f'node public key "{no.ygg_key}" is not in AllowedPublicKeys'
+    wait_until(lambda: refusal in (tmp_path / "x.log").read_text(), DEADLINE, 0.2,
+               "the other node's peering refused",
+               detail=lambda: (tmp_path / "x.log").read_text()[-2000:])
+    assert no.ygg_key not in peer_keys() and no.ygg.peers() == []
+    # What it does not do (yggdrasil 0.4.7, as documented in the field guide): a LAN neighbour
+    # found by multicast still peers, whatever its key. The firewall keeps it out.
+    neighbour = lab.node("mc", lan)
+    neighbour.start_yggdrasil()
+    wait_until(lambda: neighbour.ygg_key in peer_keys(), DEADLINE, 0.2, "LAN neighbour peered")
