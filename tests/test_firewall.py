@@ -401,6 +401,21 @@ def _ports(ports: set[int]) -> str:
     return ",".join(out)
 
 
+def test_an_open_invite_opens_syncthing_to_the_overlay_until_it_expires(lab):
+    """The device joining is not known by address until it knocks: while an invite is open,
+    anyone on the overlay may reach Syncthing's port (Syncthing admits only the proof), and
+    nothing else; when the invite expires the port closes again."""
+    dev, s = lab.nodes["dev"], lab.nodes["s"]
+    assert not _connects(s, dev.ygg_address, SYNC_PORT)
+    res = _cli(dev, lab.dev_cfg, "mesh", "invite", "--hours", str(12 / 3600))
+    assert res.returncode == 0, res.stderr
+    wait_until(lambda: _connects(s, dev.ygg_address, SYNC_PORT), DEADLINE, 0.2,
+               "Syncthing open to the overlay while the invite is open", detail=lab.service.tail)
+    assert not _connects(s, dev.ygg_address, WEB_PORT)
+    wait_until(lambda: not _connects(s, dev.ygg_address, SYNC_PORT), DEADLINE, 0.2,
+               "Syncthing closed again once the invite expired", detail=lab.service.tail)
+
+
 def test_lan_client_keeps_its_access(lab):
     dev, p = lab.nodes["dev"], lab.nodes["p"]
     assert _http(p, dev.ipv4) == 200
