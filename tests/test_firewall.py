@@ -500,6 +500,16 @@ def test_doctor_checks_the_rules_are_in_place(lab):
     missing = _doctor(s, lab.dev_cfg)
     assert not missing["ok"] and missing["severity"] == "error"
     assert missing["detail"].startswith("no nftables table inet recorderpi"), missing
+    # Without CAP_NET_ADMIN (doctor run as the recorder user): one line saying what it needs.
+    res = dev.exec("setpriv", "--bounding-set", "-all", "--inh-caps", "-all", sys.executable,
+                   "-m", "recorder", "--config", lab.dev_cfg, "mesh", "firewall", "--check",
+                   check=False, timeout=120)
+    assert res.returncode == 1 and res.stderr == (
+        "recorder: error: cannot read the nftables rule set: needs root or CAP_NET_ADMIN "
+        "(sudo recorder doctor)\n"), res.stderr
+    ok = dev.exec(sys.executable, "-m", "recorder", "--config", lab.dev_cfg, "mesh",
+                  "firewall", "--check", timeout=120)
+    assert ok.stdout.startswith("table inet recorderpi in place: 1 member address(es) on ygg-dev")
 
 
 # --- every listening socket accounted for ---------------------------------------------------

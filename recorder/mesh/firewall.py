@@ -176,6 +176,9 @@ def loaded_digest() -> str | None:
         detail = " ".join(res.stderr.split())
         if "No such file" in detail:
             return None
+        if "Operation not permitted" in detail:
+            raise FirewallError("cannot read the nftables rule set: needs root or CAP_NET_ADMIN "
+                                "(sudo recorder doctor)")
         raise FirewallError(f"nft list table {FAMILY} {TABLE}: {detail[:200]}")
     for line in res.stdout.splitlines():
         words = line.strip().strip('";').split()
