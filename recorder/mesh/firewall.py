@@ -250,6 +250,10 @@ class Firewall:
                 log.error("firewall: %s", exc)
             self.error = str(exc)
             return False
+        except Exception as exc:  # the keeper's thread must outlive any bug or database hiccup
+            log.exception("firewall: sync failed")
+            self.error = f"sync failed: {type(exc).__name__}"
+            return False
         if self.applied != want:
             log.info("firewall: %d member address(es) may reach this device over yggdrasil",
                      len(p.members))
