@@ -16,7 +16,7 @@ test_packages=(
   libportaudio2 libchromaprint-tools pulseaudio pulseaudio-utils espeak-ng sox
   vorbis-tools opus-tools ffmpeg icecast2 liquidsoap syncthing shellcheck systemd nginx-light
   debootstrap yggdrasil socat chrony redis-server fuse3 chromium chromium-driver
-  systemd-container strace
+  systemd-container strace nftables nmap
 )
 
 as_root() {

@@ -137,6 +137,13 @@ class YggdrasilConfig:
     listen: tuple[str, ...] = ()  # listeners other sites may dial: tls://[::]:12345
     multicast: str = "^(eth|en|wlan|wl|usb)"  # interfaces (regex) for LAN discovery; "" = off
     interface: str = "ygg0"  # the tun interface carrying the 200::/7 address
+    # The appliance's nftables table on `interface`: only mesh members get in
+    # (recorder.mesh.firewall). Off here so a development machine's firewall is never touched;
+    # the shipped configs turn it on.
+    firewall: bool = False
+    # AllowedPublicKeys: the only keys that may peer directly with this node through its
+    # `listen` (and LAN) listeners; empty: anyone may (yggdrasil's default).
+    allowed_peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,7 @@ class RadioConfig:
     jingle_every: int = 4  # play the jingle after this many recordings (0: never)
     idle_jingle_minutes: float = 5.0  # with nothing to play: the jingle this often (0: never)
     play_log_length: int = 200  # plays kept in playlist.json
+    public: bool = False  # the station's listener port open to the whole yggdrasil overlay
 
 
 @dataclass(frozen=True)
@@ -197,6 +205,8 @@ class WebConfig:
     port: int = 8080
     password_file: Path | None = None  # controls (start, stop, ...) need it; none: read-only
     open_read: bool = True  # false: every page needs the password too
+    mesh: bool = False  # mesh members may open the page and document root over yggdrasil
+    lan: bool = True  # the LAN may open them (with [yggdrasil] firewall; else listen decides)
 
 
 @dataclass(frozen=True)
@@ -409,6 +419,16 @@ def _listen(key: str, value: Any) -> str:
 
 _boolean = _type(bool, "true or false")
 
+
+def _keys(key: str, value: Any) -> tuple[str, ...]:
+    """yggdrasil public keys: 64 hex digits each."""
+    if not isinstance(value, list):
+        raise _fail(key, "must be a list of yggdrasil public keys (64 hex digits)", value)
+    for item in value:
+        if not isinstance(item, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", item):
+            raise _fail(key, "must be a list of yggdrasil public keys (64 hex digits)", item)
+    return tuple(v.lower() for v in value)
+
 SCHEMA: dict[str, dict[str, Check]] = {
     "device": {"id": _string},
     "audio": {
@@ -471,6 +491,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "listen": _uri_list,
         "multicast": _regex,
         "interface": _ifname,
+        "firewall": _boolean,
+        "allowed_peers": _keys,
     },
     "radio": {
         "live": _boolean,
@@ -497,6 +519,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "jingle_every": _number(0, 1000, integer=True),
         "idle_jingle_minutes": _number(0, 1440),
         "play_log_length": _number(1, 100000, integer=True),
+        "public": _boolean,
     },
     "gpio": {
         "record_pin": _pin,
@@ -522,6 +545,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "port": _number(1024, 65535, integer=True),
         "password_file": _optional_path,
         "open_read": _boolean,
+        "mesh": _boolean,
+        "lan": _boolean,
     },
     "import": {
         "inbox": _optional_path,

@@ -113,7 +113,20 @@ def extra_checks(cfg: Config) -> list[Check]:
             checks.append(_check("mesh", lambda: _mesh(cfg), severity="warning"))
     if cfg.radio.station:
         checks.append(_check("station", lambda: _station(cfg), severity="warning"))
+    if cfg.yggdrasil.firewall:
+        checks.append(_check("firewall", lambda: _firewall(cfg)))
     return checks
+
+
+def _firewall(cfg: Config) -> str:
+    from recorder.db import Database
+    from recorder.mesh import firewall
+    from recorder.mesh.syncthing import SyncthingClient
+
+    if cfg.syncthing.api_key_file is None:
+        return firewall.check(cfg, None, None)
+    with Database(cfg.db_path) as database:
+        return firewall.check(cfg, SyncthingClient.from_config(cfg.syncthing), database)
 
 
 def _mesh(cfg: Config) -> str:

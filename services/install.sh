@@ -36,7 +36,7 @@ APT_PACKAGES=(
 # --- mesh network and time (yggdrasil, chrony, mDNS, journal) --------------------------------
 # yggdrasil: the mesh's 200::/7 addresses; chrony: devices serve each other time over them;
 # avahi-daemon: recorder-<id>.local on the LAN. See ensure_mesh_network.
-MESH_PACKAGES=(yggdrasil chrony avahi-daemon)
+MESH_PACKAGES=(yggdrasil chrony avahi-daemon nftables)
 # Cow Radio (--with-icecast).
 RADIO_PACKAGES=(icecast2 liquidsoap)
 MESH_UNITS=(recorder-mesh-time.service recorder-mesh-time.timer)
@@ -406,6 +406,26 @@ ensure_mesh_network() {
     fi
 }
 
+# --- firewall (recorder.mesh.firewall) ---------------------------------------------------------
+# The service keeps the nftables table inet recorderpi in step with the roster: our drop-in
+# gives it CAP_NET_ADMIN. A flushed rule set (nftables.service restarted) is loaded again by the
+# service within seconds.
+FW_DROPIN=recorder.service.d
+ensure_firewall() {
+    if put_file "$SRC/services/systemd/$FW_DROPIN/firewall.conf" \
+        "$UNIT_DIR/$FW_DROPIN/firewall.conf" 0644 && systemd_running; then
+        systemctl daemon-reload
+        if [ -e "$STATE/firstboot.done" ]; then systemctl restart recorder.service; fi
+    fi
+}
+
+remove_firewall() {
+    rm -rf "${UNIT_DIR:?}/$FW_DROPIN"
+    if systemd_running && command -v nft >/dev/null; then
+        nft delete table inet recorderpi 2>/dev/null || true
+    fi
+}
+
 # gpiozero's pin driver on a Pi whose OS has no python3-lgpio package (plain Debian arm64):
 # PyPI's lgpio wheel (it bundles the C library).
 ensure_lgpio() {
@@ -429,6 +449,7 @@ install_all() {
     ensure_docroot
     ensure_radio
     ensure_mesh_network
+    ensure_firewall
     ensure_lgpio
     if [ "$CHANGED" -eq 0 ]; then
         log "nothing to do: recorderpi is installed and up to date"
@@ -453,6 +474,7 @@ uninstall_all() {
     systemctl disable --quiet recorder-mesh-time.timer 2>/dev/null || true
     rm -f "$UNIT_DIR/recorder-mesh-time.service" "$UNIT_DIR/recorder-mesh-time.timer"
     rm -rf "${UNIT_DIR:?}/$YGG_DROPIN"
+    remove_firewall
     rm -f "$CHRONY_CONF" /etc/chrony/sources.d/recorderpi-mesh.sources
     rm -rf "${PREFIX:?}"
     if systemd_running; then systemctl daemon-reload; fi

@@ -37,6 +37,16 @@ def register(sub: Any, client: Callable[[Config], SyncthingClient]) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_yggdrasil_config)
 
+    p = sub.add_parser("firewall", help="the nftables rule set letting only mesh members in "
+                       "over yggdrasil: print it, load it once (--apply) or keep it loaded")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--apply", action="store_true", help="load it now (needs CAP_NET_ADMIN)")
+    mode.add_argument("--keep", action="store_true", help="load it and keep it in step with "
+                      "the roster until stopped (the compose stack's host-network service)")
+    mode.add_argument("--check", action="store_true", help="exit 1 unless the loaded rule "
+                      "set is the one the roster asks for (doctor's check)")
+    p.set_defaults(func=lambda args, cfg: _firewall(args, cfg, client(cfg)))
+
 
 def add_status(result: dict[str, Any], cfg: Config) -> None:
     """Add ``yggdrasil`` (this node, or None when not configured) and each peer's yggdrasil
@@ -75,6 +85,31 @@ def _time_sources(args: argparse.Namespace, client: SyncthingClient) -> int:
         return 0
     changed = timesync.write_sources(Path(args.write), addresses)
     print(f"{'changed' if changed else 'unchanged'}: {args.write} ({len(addresses)} source(s))")
+    return 0
+
+
+def _firewall(args: argparse.Namespace, cfg: Config, client: SyncthingClient) -> int:
+    import time
+
+    from recorder.db import Database
+    from recorder.mesh import firewall
+
+    with Database(cfg.db_path) as database:
+        if args.check:
+            print(firewall.check(cfg, client, database))
+            return 0
+        if args.keep:
+            keeper = firewall.Firewall(cfg)
+            while True:  # stopped by SIGTERM/SIGINT, like any foreground service
+                keeper.sync(client, database)
+                time.sleep(firewall.CHECK_INTERVAL)
+        policy = firewall.wanted(cfg, client, database)
+    if args.apply:
+        firewall.apply(policy)
+        print(f"loaded: table {firewall.FAMILY} {firewall.TABLE} "
+              f"({len(policy.members)} member address(es))")
+    else:
+        print(firewall.render(policy), end="")
     return 0
 
 

@@ -8,7 +8,10 @@ One thread (``mesh``) long-polls Syncthing's events and, on the ones that matter
   `RECONCILE_INTERVAL` seconds anyway;
 - `recorder.mesh.health.HealthTracker.check` (connections and folder summaries changed, and
   every `HEALTH_INTERVAL` seconds), which also reverts local changes in receive-only copies;
-- the dead-connection probe every ``[mesh] probe_interval`` seconds.
+- the dead-connection probe every ``[mesh] probe_interval`` seconds;
+- with ``[yggdrasil] firewall``, `recorder.mesh.firewall.Firewall.sync` after every reconcile,
+  on every Syncthing config change (``ConfigSaved``: a device added or removed) and every
+  ``firewall.CHECK_INTERVAL`` seconds (a flushed rule set is loaded again).
 
 The service's main thread reads `degraded` (for the LED) and `status()` (``ctl status``); both
 return copies made under a lock, so the main thread never waits for Syncthing.
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from recorder.config import Config
 from recorder.errors import RemoteError
+from recorder.mesh import firewall
 from recorder.mesh.health import HealthTracker
 from recorder.mesh.provision import owner_of
 from recorder.mesh.roster import ROSTER_PATH
@@ -48,7 +52,9 @@ RECONCILE_EVENTS = {"PendingDevicesChanged", "PendingFoldersChanged", "DeviceRej
                     "FolderRejected", "DeviceConnected"}
 HEALTH_EVENTS = {"DeviceConnected", "DeviceDisconnected", "DevicePaused", "DeviceResumed",
                  "FolderSummary", "FolderErrors"}
-EVENT_TYPES = tuple(sorted(RECONCILE_EVENTS | HEALTH_EVENTS | {"ItemFinished"}))
+FIREWALL_EVENTS = {"ConfigSaved"}
+EVENT_TYPES = tuple(sorted(RECONCILE_EVENTS | HEALTH_EVENTS | FIREWALL_EVENTS
+                           | {"ItemFinished"}))
 
 
 class MeshKeeper:
@@ -80,6 +86,7 @@ class MeshKeeper:
                                       "events": "off"}
         self._logged: set[str] = set()
         self._nudges: dict[str, float] = {}  # device -> when to nudge it (monotonic)
+        self.firewall = firewall.Firewall(cfg) if cfg.yggdrasil.firewall else None
 
     # -- worker --------------------------------------------------------------------------
 
@@ -113,14 +120,16 @@ class MeshKeeper:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            return {**self._health, "pairing": dict(self._last),
+            fw = None if self.firewall is None else {"applied": self.firewall.applied,
+                                                      "error": self.firewall.error}
+            return {**self._health, "pairing": dict(self._last), "firewall": fw,
                     "running": self._thread is not None}
 
     # -- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
         since: int | None = None
-        next_reconcile = next_health = next_probe = 0.0
+        next_reconcile = next_health = next_probe = next_firewall = 0.0
         while not self._stopping.is_set():
             now = self.clock()
             if self._reconcile_due.is_set() or now >= next_reconcile:
@@ -128,6 +137,7 @@ class MeshKeeper:
                 self._reconcile()
                 next_reconcile = self.clock() + RECONCILE_INTERVAL
                 next_health = min(next_health, self.clock())
+                next_firewall = 0.0
             if self.probe_interval and now >= next_probe:
                 self.tracker.probe(self.client, self.ping)
                 # A missed answer is confirmed (or cleared) at once, not a whole interval later.
@@ -135,17 +145,23 @@ class MeshKeeper:
                 next_probe = self.clock() + min(again, self.probe_interval)
                 next_health = min(next_health, self.clock())
             self._nudge()
+            if self.firewall is not None and self.clock() >= next_firewall:
+                self.firewall.sync(self.client, self.database)
+                next_firewall = self.clock() + firewall.CHECK_INTERVAL
             if self.clock() >= next_health:
                 self._check()
                 next_health = self.clock() + HEALTH_INTERVAL
             dues = [next_reconcile, next_health, *self._nudges.values()]
             dues += [next_probe] if self.probe_interval else []
+            dues += [next_firewall] if self.firewall is not None else []
             wait = max(MIN_GAP, min(min(dues) - self.clock(), POLL_MAX))
             since, kinds = self._events(since, wait)
             if "reconcile" in kinds:
                 next_reconcile = min(next_reconcile, self.clock() + MIN_GAP)
             if "health" in kinds:
                 next_health = min(next_health, self.clock() + MIN_GAP)
+            if "firewall" in kinds:
+                next_firewall = 0.0
 
     def _events(self, since: int | None, wait: float) -> tuple[int | None, set[str]]:
         """Wait up to `wait` s for Syncthing events; return the new cursor and what is due."""
@@ -171,6 +187,8 @@ class MeshKeeper:
                 kinds.add("reconcile")
             if kind in HEALTH_EVENTS:
                 kinds.add("health")
+            if kind in FIREWALL_EVENTS:
+                kinds.add("firewall")
             if kind == "ItemFinished" and data.get("item") == ROSTER_PATH and \
                     owner_of(str(data.get("folder", ""))) not in (None, self.cfg.device.id):
                 kinds.add("reconcile")

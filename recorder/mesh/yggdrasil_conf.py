@@ -11,9 +11,10 @@ Every time, the settings the appliance owns are applied:
 - ``Peers`` / ``Listen``: ``yggdrasil.peers`` / ``yggdrasil.listen`` (other sites);
 - ``MulticastInterfaces``: LAN discovery (beacon and listen) on interfaces matching
   ``yggdrasil.multicast``, none when it is empty;
-- ``IfName``: ``yggdrasil.interface``; ``NodeInfo``: ``{"name": "recorder-<device id>"}``.
+- ``IfName``: ``yggdrasil.interface``; ``NodeInfo``: ``{"name": "recorder-<device id>"}``;
+- ``AllowedPublicKeys``: ``yggdrasil.allowed_peers`` (empty: any node may peer directly).
 
-Everything else in the file (keys, MTU, AllowedPublicKeys, ...) is kept as it is. An existing
+Everything else in the file (keys, MTU, ...) is kept as it is. An existing
 file in yggdrasil's HJSON is read through ``yggdrasil -normaliseconf -json``; the result is
 written as JSON (which yggdrasil reads too), atomically, mode 0640, group ``yggdrasil`` when that
 group exists, and only when something changed.
@@ -75,6 +76,7 @@ def wanted_settings(cfg: YggdrasilConfig, device_id: str) -> dict[str, Any]:
         "MulticastInterfaces": multicast,
         "IfName": cfg.interface,
         "NodeInfo": {"name": f"recorder-{device_id}"},
+        "AllowedPublicKeys": list(cfg.allowed_peers),
     }
 
 
