@@ -32,6 +32,7 @@ from recorder.worker import ServiceRequest, Worker
 
 if TYPE_CHECKING:
     from recorder.audioid.catalogue import Catalogue
+    from recorder.budget import Budget
     from recorder.mesh.bridge import Bridge
     from recorder.mesh.clockfix import ClockFixer
     from recorder.mesh.keeper import MeshKeeper
@@ -211,12 +212,13 @@ class Assembly:
     web: WebWorker | None = None
     mesh: MeshKeeper | None = None
     clock: ClockFixer | None = None
+    storage: Budget | None = None
 
     @property
     def workers(self) -> list[Worker]:
         """The service's background workers, in start order."""
         return [w for w in (self.registration, self.radio, self.play_log, self.bridge, self.mesh,
-                            self.clock, self.web)
+                            self.clock, self.web, self.storage)
                 if w is not None]
 
     @property
@@ -331,10 +333,26 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
         publisher.enrichers.insert(0, parts.waveforms.enrich)
         if service and request is not None:
             parts.web = _web(cfg, parts, request)
+    if service:
+        parts.storage = _storage_budget(cfg, parts)
     if cfg.audioid.enabled and parts.catalogue is not None:
         # Last: the papad queue, the Syncthing scan and the playlist do not wait for it.
         publisher.listeners.append(CatalogueHook(parts.catalogue).published)
     return parts
+
+
+def _storage_budget(cfg: Config, parts: Assembly) -> Budget:
+    """The storage budget (recorder.budget): its worker keeps peers' audio within
+    ``[storage]`` and the reserve asks it for room before refusing a recording."""
+    from recorder.budget import Budget, Policy
+
+    s = cfg.storage
+    budget = Budget(parts.layout, Policy(peer_audio_mb=s.peer_audio_mb,
+                                         peer_audio_days=s.peer_audio_days,
+                                         safe_copies=s.safe_copies, reserve_mb=s.reserve_mb),
+                    parts.syncthing, hubs=s.hubs)
+    parts.reserve.reclaim = budget.reclaim
+    return budget
 
 
 def _web(cfg: Config, parts: Assembly, request: ServiceRequest) -> WebWorker:
