@@ -425,8 +425,9 @@ class Budget:
                 unsafe += 1
         self._unsafe = unsafe
 
-    def reclaim(self, need_bytes: int) -> int:
-        """Free room for `need_bytes` above the reserve now (peers' audio first); return the
+    def reclaim(self, short_bytes: int) -> int:
+        """Free room now, up to reserve + headroom (peers' audio first), because free space
+        is `short_bytes` below the reserve (the plan measures that itself); return the
         bytes freed. Called by the disk reserve before it refuses a recording (and by a
         running recording every second of audio near the reserve: a pass that freed nothing
         is not repeated within `RECLAIM_AGAIN_SECONDS`)."""
@@ -434,7 +435,7 @@ class Budget:
         if now < self._reclaim_quiet_until:
             return 0
         try:
-            freed = self.run_pass(need_bytes).freed_bytes
+            freed = self.run_pass().freed_bytes
             if not freed:
                 self._reclaim_quiet_until = now + RECLAIM_AGAIN_SECONDS
             return freed
