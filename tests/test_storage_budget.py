@@ -213,3 +213,43 @@ def test_own_recordings_kept_until_enough_copies_then_freed(mesh3):
     for peer in (b, c):
         assert len(list(peer.folder_path(a.recorder_id).rglob("*.ogg"))) == 6
         assert _quiet(peer, a.recorder_id)["needTotalItems"] == 0
+
+
+def test_off_for_a_week_catches_up_within_its_budget(mesh3):
+    a, b, _c = mesh3
+    fid = provision.folder_id(a.recorder_id)
+    budget = Budget(_layout(b), Policy(peer_audio_mb=1, reserve_mb=0, headroom_mb=0), b.client,
+                    free=lambda _p: 10**12, today=lambda: dt.date(2026, 1, 14), interval=0.5)
+    budget.start()
+    try:
+        wait_until(lambda: budget.last is not None and budget.last.inventory.peer_bytes <= MB,
+                   60, 0.2, "b within its budget")
+        b.stop()  # off for a week: a records days 7..13
+        for d in range(7, 14):
+            _publish(a, f"recordings/2026/01/{d:02d}/r{d:02d}.ogg", os.urandom(300 * 1024))
+        a.client.scan(fid)
+        b.start()
+        mesh3.wait_connected(60)
+
+        def caught_up() -> bool:
+            held = sorted(p.parent.name for p in b.folder_path(a.recorder_id).rglob("*.ogg"))
+            st = b.client.db_status(fid)
+            return (held == ["11", "12", "13"] and st.get("state") == "idle"
+                    and st.get("needTotalItems") == 0)
+
+        wait_until(caught_up, 120, 0.5, "b caught up, holding the newest 1 MB only")
+    finally:
+        budget.stop()
+    assert b.client.db_status(fid)["receiveOnlyChangedFiles"] == 0
+
+
+def test_simulation_30_devices_two_years_32gb_cards():
+    """The pure model of tests/bench/sim_storage.py (compressed clock, the budget's own
+    `plan`): no refusal, nothing freed below its safe copies, the hub holds everything."""
+    from tests.bench.sim_storage import simulate
+
+    res = simulate(devices=30, days=730, hours=1.0, card_gb=32, peer_audio_mb=8000)
+    assert res.refused == 0
+    assert res.unsafe_frees == 0
+    assert res.hub_missing == 0
+    assert max(top for _d, _m, top in res.curve) <= (32 - 4) * 1024 - 200  # never past reserve
