@@ -82,18 +82,13 @@ def simulate(devices: int = 30, days: int = 730, hours: float = 1.0, card_gb: in
     curve: list[tuple[int, float, float]] = []
 
     dates = [START + dt.timedelta(days=i) for i in range(days + 8)]
-    own_items: dict[tuple[str, int], Own] = {}
-    day_items: dict[tuple[str, int], Day] = {}
+    # The inventory's items, kept with every change (rebuilt each pass, they cost minutes).
+    own_items: dict[str, dict[int, Own]] = {d.name: {} for d in devs}
+    day_items: dict[str, dict[tuple[str, int], Day]] = {d.name: {} for d in [*devs, hub]}
 
     def inventory(dev: Device) -> Inventory:
-        for i, b in dev.own.items():
-            if (dev.name, i) not in own_items:
-                own_items[(dev.name, i)] = Own(dates[i], f"{dev.name}-{i}", b, ("x.ogg",))
-        for key, b in dev.peers.items():
-            if key not in day_items:
-                day_items[key] = Day(key[0], dates[key[1]], b, 2)
-        return Inventory(own=tuple(own_items[(dev.name, i)] for i in dev.own),
-                         peers=tuple(day_items[k] for k in dev.peers))
+        return Inventory(own=tuple(own_items[dev.name].values()),
+                         peers=tuple(day_items[dev.name].values()))
 
     def budget_pass(dev: Device, today: int) -> None:
         nonlocal unsafe_frees
@@ -108,6 +103,7 @@ def simulate(devices: int = 30, days: int = 730, hours: float = 1.0, card_gb: in
         for d in decided.peer_days:
             key = (d.owner, (d.day - START).days)
             dev.used_bytes -= dev.peers.pop(key)
+            del day_items[dev.name][key]
             dev.ignored.add(key)
             holders[key].discard(dev.name)
         for rec in decided.own:
@@ -116,6 +112,7 @@ def simulate(devices: int = 30, days: int = 730, hours: float = 1.0, card_gb: in
             if len(held) < dev.policy.safe_copies and HUB not in held:
                 unsafe_frees += 1  # the rule broke its promise (never expected)
             dev.used_bytes -= dev.own.pop(i)
+            del own_items[dev.name][i]
             holders[(dev.name, i)].discard(dev.name)
 
     # What each owner has not yet delivered to each other device (Syncthing's "need").
@@ -137,6 +134,7 @@ def simulate(devices: int = 30, days: int = 730, hours: float = 1.0, card_gb: in
                 continue
             b.peers[key] = a.own[i]
             b.used_bytes += a.own[i]
+            day_items[b.name][key] = Day(a.name, dates[i], a.own[i], 2)
             holders[key].add(b.name)
 
     for today in range(days + 7):
@@ -151,6 +149,8 @@ def simulate(devices: int = 30, days: int = 730, hours: float = 1.0, card_gb: in
                 continue
             dev.own[today] = rec_bytes
             dev.used_bytes += rec_bytes
+            own_items[dev.name][today] = Own(dates[today], f"{dev.name}-{today}", rec_bytes,
+                                             ("x.ogg",))
             holders[(dev.name, today)] = {dev.name}
             for other in [*devs, hub]:
                 if other is not dev:
