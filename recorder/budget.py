@@ -170,6 +170,18 @@ def plan(inv: Inventory, policy: Policy, free: int, today: dt.date,
     return Plan(tuple(freed), tuple(own), unsafe, max(0, short))
 
 
+def days_left(inv: Inventory, free: int, policy: Policy, today: dt.date) -> float | None:
+    """Days until this device's own recordings alone use the room above the reserve, at
+    the rate it recorded over the last 7 days: peers' audio counts as room (it is freed
+    first), own recordings do not (they may not be safe). None when nothing was recorded."""
+    since = today - dt.timedelta(days=7)
+    rate = sum(o.bytes for o in inv.own if o.day >= since) / 7
+    if rate <= 0:
+        return None
+    room = free + inv.peer_bytes - policy.reserve_mb * MB
+    return max(0.0, room / rate)
+
+
 def _dated_dirs(folder: Path) -> Iterable[tuple[dt.date, Path]]:
     """``recordings/YYYY/MM/DD`` directories under `folder` (never symlinks)."""
     def subdirs(path: Path, pattern: re.Pattern[str]) -> list[os.DirEntry[str]]:
@@ -240,6 +252,10 @@ def scan(layout: Layout) -> Inventory:
             if files:
                 peers.append(Day(folder.name, day, sum(s for _n, s in files), len(files)))
     return Inventory(tuple(own), tuple(peers), _tree_bytes(layout.staging_dir))
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 class Freer:
@@ -371,12 +387,12 @@ class Budget:
         self.freed_total = 0
         self._unsafe = 0
         self._safe_seen: set[str] = set()
-        self._history: list[tuple[float, int]] = []  # (time, own bytes) for the rate
         self._reclaim_quiet_until = 0.0
 
-    def run_pass(self, need_bytes: int = 0) -> PassResult:
-        """Scan, plan and free; never raises for Syncthing's absence (nothing is freed that
-        Syncthing would not understand: without it, peers' days are not touched)."""
+    def run_pass(self, need_bytes: int = 0, *, dry_run: bool = False) -> PassResult:
+        """Scan, plan and free (`dry_run`: plan only, as ``recorder doctor`` does); never
+        raises for Syncthing's absence (nothing is freed that Syncthing would not
+        understand: without it, nothing is freed at all)."""
         with self._lock:
             t0 = time.monotonic()
             inv = scan(self.layout)
@@ -385,7 +401,9 @@ class Budget:
             decided = plan(inv, self.policy, free, today, self.copies.is_safe,
                            need_bytes=need_bytes)
             freed = 0
-            if self.freer.client is not None:
+            if dry_run:
+                pass
+            elif self.freer.client is not None:
                 try:
                     freed += self.freer.free_peer_days(decided.peer_days)
                     freed += self.freer.free_own(decided.own)
@@ -400,9 +418,6 @@ class Budget:
             result = PassResult(inv, decided, freed, self._free(self.layout.sync_root),
                                 time.monotonic() - t0)
             self.last = result
-            now = time.time()
-            self._history = [h for h in self._history if now - h[0] < 7 * 86400]
-            self._history.append((now, inv.own_bytes + inv.peer_bytes))
             return result
 
     def _count_unsafe(self, inv: Inventory) -> None:
@@ -443,18 +458,6 @@ class Budget:
             log.error("storage: reclaim failed: %s", exc)
             return 0
 
-    def days_left(self) -> float | None:
-        """Days until the free space above the reserve is used, at the rate the held audio
-        grew over the passes of the last week (None: no growth seen yet)."""
-        if self.last is None or len(self._history) < 2:
-            return None
-        (t0, b0), (t1, b1) = self._history[0], self._history[-1]
-        if t1 - t0 < 60 or b1 <= b0:
-            return None
-        rate = (b1 - b0) / (t1 - t0)  # bytes per second
-        room = self.last.free_bytes - self.policy.reserve_mb * MB
-        return max(0.0, room / rate / 86400)
-
     def status(self) -> dict[str, Any]:
         last = self.last
         if last is None:
@@ -473,10 +476,25 @@ class Budget:
             "peer_audio_days": self.policy.peer_audio_days,
             "freed_mb_total": self.freed_total // MB,
             "short_mb": last.plan.short_bytes // MB,
-            "days_left": self.days_left(),
+            "days_left": _rounded(days_left(inv, last.free_bytes, self.policy,
+                                            self._today())),
             "last_pass_s": round(last.seconds, 3),
             "last_error": self.last_error,
         }
+
+    def line(self) -> str:
+        """One line for ``recorder doctor`` and logs."""
+        st = self.status()
+        if "own_mb" not in st:
+            return "no budget pass yet"
+        left = st["days_left"]
+        return (f"own {st['own_mb']} MB ({st['own_recordings']} recordings, "
+                f"{st['own_not_safe']} not yet on {self.policy.safe_copies} other device(s)), "
+                f"peers {st['peers_mb']} MB (budget "
+                f"{st['peer_audio_mb'] or 'none'}), staging {st['staging_mb']} MB, "
+                f"{st['free_mb']} MB free; "
+                + (f"{left:.0f} days left at the last week's rate" if left is not None
+                   else "nothing recorded in the last week"))
 
     # --- the worker ---------------------------------------------------------------------------
 

@@ -253,3 +253,36 @@ def test_simulation_30_devices_two_years_32gb_cards():
     assert res.unsafe_frees == 0
     assert res.hub_missing == 0
     assert max(top for _d, _m, top in res.curve) <= (32 - 4) * 1024 - 200  # never past reserve
+
+
+def test_visible_in_doctor_status_and_metrics(tmp_path: Path):
+    from recorder.health import doctor
+    from recorder.web.metrics import render
+
+    cfg = parse_config({"device": {"id": "dev-a"},
+                        "storage": {"data_dir": str(tmp_path / "data"), "reserve_mb": 0}})
+    layout = Layout.of("dev-a", cfg.storage)
+    day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    own = layout.device_folder / f"recordings/{day:%Y/%m/%d}"
+    own.mkdir(parents=True)
+    (own / "r.ogg").write_bytes(b"o" * (2 * MB))
+    (own / "r.json").write_bytes(b"{}")
+    peer = layout.folder_of("dev-b") / "recordings/2026/01/01"
+    peer.mkdir(parents=True)
+    (peer / "p.ogg").write_bytes(b"p" * (3 * MB))
+    check = {c["name"]: c for c in doctor(cfg)}["storage budget"]
+    assert check["ok"], check
+    # No Syncthing: nothing can be known to be safe elsewhere, so it is counted and kept.
+    assert "own 2 MB (1 recordings, 1 not yet on 1 other device(s)), peers 3 MB" \
+        in check["detail"]
+    budget = Budget(layout, Policy(reserve_mb=0), None)
+    budget.run_pass()
+    st = budget.status()
+    assert (st["own_mb"], st["peers_mb"], st["own_not_safe"]) == (2, 3, 1)
+    assert st["days_left"] is not None and st["days_left"] > 0
+    assert (own / "r.ogg").exists() and (peer / "p.ogg").exists()  # nothing freed without it
+    text = render({"storage": st, "free_mb": 10, "reserve_mb": 0}, {}, None, {}, None)
+    assert 'recorder_storage_bytes{use="own"} 2097152' in text
+    assert 'recorder_storage_bytes{use="peers"} 3145728' in text
+    assert "recorder_own_not_safe 1" in text
+    assert "recorder_storage_days_left" in text
