@@ -17,118 +17,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recorder.config import AudioConfig, Config, SourceSpec
+from recorder.config import AudioConfig, Config, GpioConfig, ServiceConfig, SourceSpec
 from recorder.db import Database
 from recorder.dbrepair import open_database
 from recorder.layout import Layout
-from recorder.publish import Published, Publisher
+from recorder.led import NullLed, StatusLed
+from recorder.publish import Enricher, Listener, Published, Publisher
 from recorder.pump import Pump, PumpListener, PumpSettings
 from recorder.recording import Recording
+from recorder.recover import RecoverySettings
 from recorder.session import RecordingContext, SessionSettings, SinkFactory
 from recorder.sinks import AlwaysOnSink, Sink
+from recorder.sinks.levels import LevelMeter
 from recorder.sources import AudioSource, open_source
 from recorder.storage import Reserve
 from recorder.worker import ServiceRequest, Worker
 
 if TYPE_CHECKING:
     from recorder.audioid.catalogue import Catalogue
+    from recorder.audioid.hook import CatalogueHook
     from recorder.budget import Budget
+    from recorder.control import ControlServer
     from recorder.mesh.bridge import Bridge
     from recorder.mesh.clockfix import ClockFixer
+    from recorder.mesh.handoff import ScanHandOff
     from recorder.mesh.keeper import MeshKeeper
     from recorder.mesh.syncthing import SyncthingClient
     from recorder.papad.client import PapadClient
-    from recorder.papad.outbox import Outbox, OutboxWorker
+    from recorder.papad.registration import Registration
     from recorder.radio.nowplaying import PlayLog
     from recorder.sinks.radio import RadioSink
+    from recorder.triggers import Triggers
     from recorder.waveform import Waveforms
     from recorder.web.server import WebWorker
 
 log = logging.getLogger(__name__)
-
-
-class CatalogueHook:
-    """Publisher enricher: completes ``audio_id`` with the sha256 and records the recording in
-    the Audio ID catalogue, which says whether it duplicates one already known."""
-
-    def __init__(self, catalogue: Catalogue) -> None:
-        self.catalogue = catalogue
-
-    def __call__(self, rec: Recording) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
-        if rec.audio_id is not None:
-            extra["audio_id"] = {**rec.audio_id, "sha256": rec.sha256}
-        # The index postings are written after publishing (`index_pending`, a listener): their
-        # cost grows with the length, stop-to-published must not.
-        duplicate_of = self.catalogue.add({**rec.to_doc(), **extra}, defer_index=True)
-        if duplicate_of:
-            extra["duplicate_of"] = duplicate_of
-            log.info("recording %s duplicates %s", rec.recording_id, duplicate_of)
-        return extra
-
-    def published(self, _result: Published) -> None:
-        """Publisher listener: the postings `__call__` left for after publishing."""
-        self.catalogue.index_pending()
-
-
-class Registration:
-    """papad registration for the service: the durable outbox and, in the service, its
-    delivery worker (one-off commands only queue, durably, for the service to deliver)."""
-
-    name = "papad"
-
-    def __init__(self, outbox: Outbox, layout: Layout,
-                 worker: OutboxWorker | None = None) -> None:
-        self.outbox = outbox
-        self.layout = layout
-        self.worker = worker
-
-    def on_published(self, result: Published) -> None:
-        self.outbox.enqueue(result.sidecar, result.ogg_path)
-        self.wake()
-
-    def wake(self) -> None:
-        """Deliver now (something was queued) instead of at the next poll."""
-        if self.worker is not None:
-            self.worker.wake()
-
-    def start(self) -> None:
-        # Whatever was published while the service was down (or before a crash between publish
-        # and enqueue) is queued now.
-        try:
-            queued = self.outbox.reconcile(self.layout.device_folder)
-        except Exception as exc:  # a full disk: deliver what is queued, reconcile next start
-            log.error("papad: recordings on disk not reconciled with the outbox: %s", exc)
-            queued = 0
-        if queued:
-            log.info("papad: queued %d recording(s) found on disk", queued)
-        if self.worker is not None:
-            self.worker.start()
-
-    def stop(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-
-    def status(self) -> dict[str, Any]:
-        return {"depth": self.outbox.depth(), "oldest_age_s": self.outbox.oldest_age(),
-                **self.outbox.counts()}
-
-
-class ScanHandOff:
-    """Publisher listener: ask Syncthing to scan the new files now instead of after the
-    watcher delay. Publishing never depends on Syncthing being up."""
-
-    def __init__(self, client: SyncthingClient, layout: Layout) -> None:
-        from recorder.mesh.provision import folder_id
-
-        self.client = client
-        self.folder = folder_id(layout.device_id)
-        self.root = layout.device_folder
-
-    def __call__(self, result: Published) -> None:
-        sub = str(result.ogg_path.parent.relative_to(self.root))
-        if not self.client.scan_quietly(self.folder, sub=sub):
-            log.info("Syncthing did not take the scan request; its watcher will pick it up")
 
 
 class RadioWorker:
@@ -200,6 +123,7 @@ class Assembly:
     reserve: Reserve
     publisher: Publisher
     pump_settings: PumpSettings
+    recovery: RecoverySettings
     sink_factories: list[SinkFactory] = field(default_factory=list)
     catalogue: Catalogue | None = None
     papad: PapadClient | None = None
@@ -249,6 +173,15 @@ def pump_settings(cfg: Config) -> PumpSettings:
     )
 
 
+def recovery_settings(cfg: Config, layout: Layout) -> RecoverySettings:
+    """What `recorder.recover` needs from the configuration."""
+    return RecoverySettings(
+        layout=layout, data_dir=cfg.storage.data_dir, encoder=cfg.encoder,
+        samplerate=cfg.audio.samplerate, channels=cfg.audio.channels,
+        silence_dbfs=cfg.service.silence_dbfs,
+    )
+
+
 def sink_factories(cfg: Config) -> list[SinkFactory]:
     """Per-recording sinks beyond the journal, encoder and level meter every recording has."""
     factories: list[SinkFactory] = []
@@ -271,13 +204,14 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
     ``web.enabled`` and the service passes its `request`); one-off commands only publish and
     queue, durably, for the service to deliver.
     """
-    layout = Layout.of(cfg.device.id, cfg.storage)
+    layout = cfg.layout
     database = open_database(cfg)
     publisher = Publisher(layout)
     parts = Assembly(
         layout=layout, database=database,
         reserve=Reserve(cfg.storage.sync_root, cfg.storage.reserve_mb),
         publisher=publisher, pump_settings=pump_settings(cfg),
+        recovery=recovery_settings(cfg, layout),
         sink_factories=sink_factories(cfg),
     )
     bridged = service and (cfg.syncthing.api_key_file is not None if bridge is None else bridge)
@@ -285,10 +219,9 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
         from recorder.audioid.catalogue import Catalogue
 
         parts.catalogue = Catalogue.from_config(database, cfg.audioid)
-    if cfg.audioid.enabled and parts.catalogue is not None:
-        publisher.enrichers.append(CatalogueHook(parts.catalogue))
     if cfg.papad.api != "none":
         from recorder.papad.outbox import Outbox
+        from recorder.papad.registration import Registration
 
         outbox = Outbox(database)
         worker = None
@@ -300,15 +233,15 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
             if parts.papad is not None:
                 worker = OutboxWorker(outbox, parts.papad, cfg.papad.concurrency)
         parts.registration = Registration(outbox, layout, worker)
-        publisher.listeners.append(parts.registration.on_published)
+    scan: ScanHandOff | None = None
     if cfg.syncthing.api_key_file is not None:
+        from recorder.mesh.handoff import ScanHandOff
         from recorder.mesh.syncthing import SyncthingClient
 
         parts.syncthing = SyncthingClient.from_config(cfg.syncthing)
-        publisher.listeners.append(ScanHandOff(parts.syncthing, layout))
+        scan = ScanHandOff(parts.syncthing, layout)
     if service and radio:
         parts.radio = RadioWorker(cfg, parts.catalogue)
-        publisher.listeners.append(parts.radio.update_playlist)
         if cfg.radio.station:  # the station's play log, into playlist.json
             from recorder.radio.nowplaying import PlayLog
 
@@ -330,15 +263,40 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
 
         parts.waveforms = Waveforms(database)  # peaks made while recording, stored at publish
         parts.sink_factories.append(parts.waveforms.sink)
-        publisher.enrichers.insert(0, parts.waveforms.enrich)
         if service and request is not None:
             parts.web = _web(cfg, parts, request)
     if service:
         parts.storage = _storage_budget(cfg, parts)
+    hook: CatalogueHook | None = None
     if cfg.audioid.enabled and parts.catalogue is not None:
-        # Last: the papad queue, the Syncthing scan and the playlist do not wait for it.
-        publisher.listeners.append(CatalogueHook(parts.catalogue).published)
+        from recorder.audioid.hook import CatalogueHook
+
+        hook = CatalogueHook(parts.catalogue)  # one hook: enricher and listener
+    _hook_up(parts, scan, hook)
     return parts
+
+
+def _hook_up(parts: Assembly, scan: ScanHandOff | None, catalogue: CatalogueHook | None) -> None:
+    """The publisher's hooks, in the order they run (this is the one place that says it).
+
+    Enrichers, before the sidecar is written: the waveform's peaks are stored (adding nothing),
+    then the catalogue completes ``audio_id`` and says ``duplicate_of``. Listeners, after both
+    files are in place: the papad queue, the Syncthing scan and the playlist, then the
+    catalogue's index postings last (none of the others waits for them).
+    """
+    waveforms, reg, radio = parts.waveforms, parts.registration, parts.radio
+    enrichers: list[Enricher | None] = [
+        waveforms.enrich if waveforms is not None else None,
+        catalogue,
+    ]
+    listeners: list[Listener | None] = [
+        reg.on_published if reg is not None else None,
+        scan,
+        radio.update_playlist if radio is not None else None,
+        catalogue.published if catalogue is not None else None,
+    ]
+    parts.publisher.enrichers = [e for e in enrichers if e is not None]
+    parts.publisher.listeners = [li for li in listeners if li is not None]
 
 
 def _storage_budget(cfg: Config, parts: Assembly) -> Budget:
@@ -346,11 +304,8 @@ def _storage_budget(cfg: Config, parts: Assembly) -> Budget:
     ``[storage]`` and the reserve asks it for room before refusing a recording."""
     from recorder.budget import Budget, Policy
 
-    s = cfg.storage
-    budget = Budget(parts.layout, Policy(peer_audio_mb=s.peer_audio_mb,
-                                         peer_audio_days=s.peer_audio_days,
-                                         safe_copies=s.safe_copies, reserve_mb=s.reserve_mb),
-                    parts.syncthing, hubs=s.hubs)
+    budget = Budget(parts.layout, Policy.of(cfg.storage), parts.syncthing,
+                    hubs=cfg.storage.hubs)
     parts.reserve.reclaim = budget.reclaim
     return budget
 
@@ -442,5 +397,58 @@ def build_pump(parts: Assembly, audio_cfg: AudioConfig, *, source: SourceSpec | 
                 always_on=always_on, extra_sinks=parts.sink_factories, on_event=on_event)
 
 
-__all__ = ["Assembly", "CatalogueHook", "Registration", "ServiceRequest", "Worker", "assemble",
-           "build_pump"]
+# -- the service's own parts (`recorder run`) ---------------------------------------------------
+
+
+def build_service_pump(parts: Assembly, audio_cfg: AudioConfig, service_cfg: ServiceConfig, *,
+                       source: SourceSpec | None, realtime: bool,
+                       on_event: PumpListener) -> tuple[Pump, LevelMeter]:
+    """The service's pump, not started: the source opened (looping a file source), the
+    always-on level meter at the source's own format, the live stream, and `on_event`, all
+    given before its thread starts. Raises DeviceError / RecorderError like `build_pump`."""
+    opened: AudioSource = open_source(source or audio_cfg.source, audio_cfg,
+                                      realtime=realtime, loop=True)
+    meter = LevelMeter(opened.format.samplerate, service_cfg.silence_dbfs)
+    pump = Pump(parts.pump_settings, opened, parts.publisher, parts.reserve,
+                always_on=[meter, *parts.stream_sinks], extra_sinks=parts.sink_factories,
+                on_event=on_event)
+    return pump, meter
+
+
+@dataclass(frozen=True)
+class ServiceGpio:
+    """The buttons and LED (none without GPIO), and the control socket's simulated presses
+    (mock pins only)."""
+
+    triggers: Triggers | None
+    led: StatusLed | NullLed
+    pin_driver: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+def open_gpio(gpio: GpioConfig, on_trigger: Callable[[str, float], None], *,
+              pin_factory: Any = None) -> ServiceGpio:
+    """The service's buttons (their threads hand presses to `on_trigger`) and LED; without
+    GPIO at all, none: the service runs, controlled through `recorder ctl`."""
+    from recorder.led import open_status_led
+    from recorder.triggers import Triggers, mock_pin_driver
+
+    try:
+        triggers = Triggers(gpio, on_trigger, pin_factory=pin_factory)
+        led = open_status_led(gpio, pin_factory=pin_factory)
+        # Simulated presses over the control socket exist only on gpiozero's mock pins.
+        return ServiceGpio(triggers, led, mock_pin_driver(pin_factory, gpio.active_low))
+    except Exception as exc:  # gpiozero raises several kinds when there is no GPIO at all
+        log.warning("GPIO unavailable (%s): buttons and LED disabled; use `recorder ctl`", exc)
+        return ServiceGpio(None, NullLed())
+
+
+def open_control(service_cfg: ServiceConfig,
+                 handler: Callable[[dict[str, Any]], dict[str, Any]]) -> ControlServer:
+    """The control socket (its thread starts listening at once), answering with `handler`."""
+    from recorder.control import ControlServer
+
+    return ControlServer(service_cfg.control_socket, handler, group=service_cfg.socket_group)
+
+
+__all__ = ["Assembly", "ServiceGpio", "ServiceRequest", "Worker", "assemble",
+           "build_pump", "build_service_pump", "open_control", "open_gpio"]

@@ -43,6 +43,7 @@ from recorder.layout import Layout, device_folders
 from recorder.storage import MB, FreeBytes, free_bytes
 
 if TYPE_CHECKING:
+    from recorder.config import StorageConfig
     from recorder.mesh.syncthing import SyncthingClient
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,12 @@ class Policy:
     safe_copies: int = 1
     reserve_mb: int = 200
     headroom_mb: int = HEADROOM_MB
+
+    @classmethod
+    def of(cls, storage: StorageConfig) -> Policy:
+        """The policy ``[storage]`` asks for."""
+        return cls(peer_audio_mb=storage.peer_audio_mb, peer_audio_days=storage.peer_audio_days,
+                   safe_copies=storage.safe_copies, reserve_mb=storage.reserve_mb)
 
 
 @dataclass(frozen=True)

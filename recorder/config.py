@@ -21,6 +21,7 @@ from typing import Any
 
 from recorder.codec import unsupported_rate
 from recorder.errors import ConfigError
+from recorder.layout import Layout
 
 SYSTEM_CONFIG = Path("/etc/recorder/recorder.toml")
 SAMPLERATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -225,9 +226,15 @@ class Config:
     source_path: Path | None = None  # the file this came from, if any
 
     @property
+    def layout(self) -> Layout:
+        """This device's folders (`recorder.layout.Layout`: the one rule for where they are;
+        needs a resolved device id)."""
+        return Layout.of(self.device.id, self.storage)
+
+    @property
     def device_folder(self) -> Path:
-        """This device's own folder in the Syncthing tree (needs a resolved device id)."""
-        return self.storage.sync_root / self.device.id
+        """This device's own folder in the Syncthing tree (`Layout.device_folder`)."""
+        return self.layout.device_folder
 
     @property
     def db_path(self) -> Path:

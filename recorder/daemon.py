@@ -42,7 +42,7 @@ from recorder import app, clock
 from recorder.config import Config, SourceSpec
 from recorder.control import ControlServer
 from recorder.errors import DeviceError, DiskReserveError, RecorderError, ServiceError
-from recorder.led import NullLed, StatusLed, open_status_led
+from recorder.led import NullLed, StatusLed
 from recorder.pump import (
     Bookmarked,
     DeviceLost,
@@ -59,7 +59,7 @@ from recorder.recover import Outcome, recover, waiting_need
 from recorder.sdnotify import Notifier
 from recorder.sinks.levels import FULL_SCALE, LevelMeter, dbfs
 from recorder.storage import DiskFullError, ensure_dir, is_disk_full
-from recorder.triggers import LIVE_OFF, LIVE_ON, MARK, TOGGLE, Triggers, mock_pin_driver
+from recorder.triggers import LIVE_OFF, LIVE_ON, MARK, TOGGLE, Triggers
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,10 @@ LED_TABLE: tuple[tuple[str, str], ...] = (
 )
 
 
+class _PumpTicket:
+    """Identifies one opened pump in the events it queues."""
+
+
 @dataclass
 class _Event:
     kind: str  # command | trigger | pump | stop | toggle
@@ -136,8 +140,10 @@ class Service:
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self.stopping = threading.Event()
         # -- owned by the main thread (the event loop) --
+        # Silent until a pump opens (then the pump's own meter, at the source's format).
         self.meter = LevelMeter(cfg.audio.samplerate, cfg.service.silence_dbfs)
         self.pump: Pump | None = None
+        self._pump_ticket: _PumpTicket | None = None  # the current pump's (see _pump_event)
         self.triggers: Triggers | None = None
         self.led: StatusLed | NullLed = NullLed()
         self.control: ControlServer | None = None
@@ -173,11 +179,12 @@ class Service:
                 ensure_dir(self.cfg.storage.staging_dir, "storage.staging_dir")
             except DiskFullError as exc:
                 log.error("%s: starting anyway, recording refused until space returns", exc)
-            self._recovered(recover(self.cfg, self.parts.publisher, self.parts.sink_factories))
+            self._recovered(recover(self.parts.recovery, self.parts.publisher,
+                                    self.parts.sink_factories))
             self._check_disk()
-            self._open_gpio()
-            self.control = ControlServer(self.cfg.service.control_socket, self._from_socket,
-                                         group=self.cfg.service.socket_group)
+            gpio = app.open_gpio(self.cfg.gpio, self._on_trigger, pin_factory=self.pin_factory)
+            self.triggers, self.led, self._pin_driver = gpio.triggers, gpio.led, gpio.pin_driver
+            self.control = app.open_control(self.cfg.service, self._from_socket)
             for worker in self.parts.workers:
                 try:
                     worker.start()
@@ -209,17 +216,6 @@ class Service:
     def last_error(self) -> str | None:
         """The message of the current problem (status ``last_error``)."""
         return self.problem.message if self.problem is not None else None
-
-    def _open_gpio(self) -> None:
-        try:
-            self.triggers = Triggers(self.cfg.gpio, self._on_trigger, pin_factory=self.pin_factory)
-            self.led = open_status_led(self.cfg.gpio, pin_factory=self.pin_factory)
-            # Simulated presses over the control socket exist only on gpiozero's mock pins.
-            self._pin_driver = mock_pin_driver(self.pin_factory, self.cfg.gpio.active_low)
-        except Exception as exc:  # gpiozero raises several kinds when there is no GPIO at all
-            log.warning("GPIO unavailable (%s): buttons and LED disabled; use `recorder ctl`", exc)
-            self.triggers = None
-            self.led = NullLed()
 
     # -- the event loop (main thread) ------------------------------------------------------------
     def _loop(self) -> None:
@@ -281,7 +277,7 @@ class Service:
             except RecorderError as exc:
                 log.error("signal toggle refused: %s", exc)
         elif event.kind == "pump":
-            self._pump_event(event.data["event"], event.data["pump"])
+            self._pump_event(event.data["event"], event.data["ticket"])
         elif event.kind == "recovered":
             self._recovering = None
             self._recovered(event.data["outcomes"])
@@ -291,9 +287,10 @@ class Service:
         if self.device_error is not None and not self.source.is_file:
             self._rescan()
         try:
-            pump = app.build_pump(self.parts, self.cfg.audio, source=self.source,
-                                  realtime=self.realtime, loop=True)
-            pump.on_event = self._pump_listener(pump)
+            ticket = _PumpTicket()
+            pump, meter = app.build_service_pump(
+                self.parts, self.cfg.audio, self.cfg.service, source=self.source,
+                realtime=self.realtime, on_event=self._pump_listener(ticket))
             pump.start()
             try:
                 pump.wait_first_block(self.cfg.audio.device_wait)
@@ -313,9 +310,8 @@ class Service:
         if self.device_error:
             log.info("audio device %s is back", pump.source.name)
         self.device_error = None
-        self.meter = LevelMeter(pump.format.samplerate, self.cfg.service.silence_dbfs)
-        pump.always_on = [self.meter, *self.parts.stream_sinks]
-        self.pump = pump
+        self.meter = meter
+        self.pump, self._pump_ticket = pump, ticket
         self.state = ServiceState.IDLE
         self._last_ping, self._last_ping_pos = time.monotonic(), pump.pos
         if not self._ready_sent:
@@ -326,11 +322,12 @@ class Service:
                  self.cfg.audio.preroll)
         self._update_led()
 
-    def _pump_listener(self, pump: Pump) -> PumpListener:
-        """The pump's event callback (pump and publisher threads): queue the event."""
+    def _pump_listener(self, ticket: _PumpTicket) -> PumpListener:
+        """The pump's event callback (pump and publisher threads): queue the event, with the
+        ticket that tells whether it comes from the current pump."""
 
         def listener(event: PumpEvent) -> None:
-            self._events.put(_Event("pump", {"event": event, "pump": pump}))
+            self._events.put(_Event("pump", {"event": event, "ticket": ticket}))
 
         return listener
 
@@ -344,7 +341,7 @@ class Service:
             log.debug("device rescan failed: %s", exc)
 
     def _close_pump(self, why: str) -> None:
-        pump, self.pump = self.pump, None
+        pump, self.pump, self._pump_ticket = self.pump, None, None
         if pump is None:
             return
         fut = pump.close()
@@ -355,8 +352,9 @@ class Service:
                 log.error("publishing the interrupted recording failed: %s", exc)
         log.info("audio source closed: %s", why)
 
-    def _pump_event(self, event: PumpEvent, source: Pump) -> None:
-        current = source is self.pump  # a closed pump's late events change no device state
+    def _pump_event(self, event: PumpEvent, ticket: _PumpTicket) -> None:
+        # A closed pump's late events change no device state.
+        current = ticket is self._pump_ticket and self.pump is not None
         if isinstance(event, RecordingPublished):
             self.published_count += 1
             self.last_published = event.as_dict()
@@ -374,7 +372,8 @@ class Service:
             log.info("bookmark at %.2f s", event.at)
         elif isinstance(event, DeviceLost) and current:
             self.problem = Problem(ProblemKind.DEVICE, f"audio device lost: {event.source}")
-            name = source.source.name
+            assert self.pump is not None
+            name = self.pump.source.name
             self._close_pump("device lost")
             self.device_error = f"audio from {name!r} stopped"
             self.state = ServiceState.NO_DEVICE
@@ -510,7 +509,8 @@ class Service:
         locked, so they are left alone), rerun deferred hooks, report to the main loop."""
         outcomes: list[Outcome] = []
         try:
-            outcomes = recover(self.cfg, self.parts.publisher, self.parts.sink_factories)
+            outcomes = recover(self.parts.recovery, self.parts.publisher,
+                               self.parts.sink_factories)
             self.parts.publisher.retry_deferred()
         except Exception:
             log.exception("recovering staged recordings failed")

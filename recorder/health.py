@@ -69,18 +69,13 @@ def _free(cfg: Config) -> str:
 def _budget(cfg: Config) -> str:
     """Space by use and own recordings not yet safe (recorder.budget), planned, not freed."""
     from recorder.budget import Budget, Policy
-    from recorder.layout import Layout
 
     client = None
     if cfg.syncthing.api_key_file is not None:
         from recorder.mesh.syncthing import SyncthingClient
 
         client = SyncthingClient.from_config(cfg.syncthing)
-    s = cfg.storage
-    budget = Budget(Layout.of(cfg.device.id, s),
-                    Policy(peer_audio_mb=s.peer_audio_mb, peer_audio_days=s.peer_audio_days,
-                           safe_copies=s.safe_copies, reserve_mb=s.reserve_mb),
-                    client, hubs=s.hubs)
+    budget = Budget(cfg.layout, Policy.of(cfg.storage), client, hubs=cfg.storage.hubs)
     result = budget.run_pass(dry_run=True)
     if result.plan.short_bytes and result.plan.own_kept_unsafe:
         raise RecorderError(f"{budget.line()}; {result.plan.own_kept_unsafe} own recording(s) "
@@ -97,7 +92,7 @@ def _clock(cfg: Config) -> str:
 def _staging(cfg: Config) -> str:
     from recorder.recover import pending
 
-    left = pending(cfg)
+    left = pending(cfg.storage.staging_dir)
     if left:
         if free_bytes(cfg.storage.staging_dir) < MIN_FREE_BYTES:
             raise RecorderError(f"{len(left)} recording(s) wait in staging for free space: "

@@ -11,8 +11,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from recorder.config import StorageConfig
+
+class StorageFolders(Protocol):
+    """Where the synced tree and staging are (``[storage]``: `recorder.config.StorageConfig`)."""
+
+    @property
+    def sync_root(self) -> Path: ...
+
+    @property
+    def staging_dir(self) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -24,7 +33,7 @@ class Layout:
     staging_dir: Path
 
     @classmethod
-    def of(cls, device_id: str, storage: StorageConfig) -> Layout:
+    def of(cls, device_id: str, storage: StorageFolders) -> Layout:
         return cls(device_id, storage.sync_root, storage.staging_dir)
 
     @property

@@ -50,7 +50,8 @@ import soundfile as sf
 from recorder import codec as codecs
 from recorder.atomic import atomic_write_text
 from recorder.audioformat import AudioFormat
-from recorder.config import Config
+from recorder.config import EncoderConfig
+from recorder.layout import Layout
 from recorder.publish import Published, Publisher
 from recorder.recording import (
     AudioFacts,
@@ -105,6 +106,18 @@ class Outcome:
     needed_bytes: int = 0
 
 
+@dataclass(frozen=True)
+class RecoverySettings:
+    """What recovery needs from the configuration (built in `recorder.app`)."""
+
+    layout: Layout  # staging, this device's folder, the sync root
+    data_dir: Path  # lost+found/ lives here
+    encoder: EncoderConfig  # re-encoding, and the space a rebuild may take
+    samplerate: int  # a recording whose metadata is lost: the configured format
+    channels: int
+    silence_dbfs: float  # the level meter's silence floor
+
+
 class _NoRoom(Exception):
     """Not enough free space to do this now; `needed` is what the next attempt needs."""
 
@@ -113,7 +126,7 @@ class _NoRoom(Exception):
         self.needed = needed
 
 
-def recover(cfg: Config, publisher: Publisher,
+def recover(rs: RecoverySettings, publisher: Publisher,
             sinks: Sequence[SinkFactory] = ()) -> list[Outcome]:
     """Salvage everything in the staging directory; returns what was done to each recording.
 
@@ -121,7 +134,7 @@ def recover(cfg: Config, publisher: Publisher,
     Audio ID fingerprinter), fed with the recovered audio. Never raises for one recording's
     trouble: each gets its outcome.
     """
-    staging = cfg.storage.staging_dir
+    staging = rs.layout.staging_dir
     if not staging.is_dir():
         return []
     outcomes = []
@@ -136,13 +149,13 @@ def recover(cfg: Config, publisher: Publisher,
             elif name.endswith((".pcm", ".ogg")) and entry.is_file():
                 strays.append(entry)
     for rid in sorted(ids):
-        outcome = _recover_locked(cfg, publisher, sinks, rid)
+        outcome = _recover_locked(rs, publisher, sinks, rid)
         if outcome is not None:
             outcomes.append(outcome)
     for stray in strays:
-        outcomes.append(_move_aside(cfg, stray.name.rsplit(".", 1)[0], [stray],
+        outcomes.append(_move_aside(rs, stray.name.rsplit(".", 1)[0], [stray],
                                     "staged audio without metadata"))
-    _clean_stale_partials(staging, cfg.device_folder)
+    _clean_stale_partials(staging, rs.layout.device_folder)
     return outcomes
 
 
@@ -152,9 +165,9 @@ def waiting_need(outcomes: Sequence[Outcome]) -> int | None:
     return min(needs) if needs else None
 
 
-def _recover_locked(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory],
+def _recover_locked(rs: RecoverySettings, publisher: Publisher, sinks: Sequence[SinkFactory],
                     rid: str) -> Outcome | None:
-    paths = staged_paths(cfg.storage.staging_dir, rid)
+    paths = staged_paths(rs.layout.staging_dir, rid)
     try:
         fd = lock_recording(paths["journal"])
     except FileNotFoundError:
@@ -163,9 +176,9 @@ def _recover_locked(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFacto
         return Outcome(rid, FAILED, f"cannot open the journal: {exc.strerror}; left in staging")
     if fd is None:
         return Outcome(rid, BUSY, "being recorded or published right now: left alone")
-    rebuilt = cfg.storage.staging_dir / f"{rid}.recovered.ogg"
+    rebuilt = rs.layout.staging_dir / f"{rid}.recovered.ogg"
     try:
-        return _recover_one(cfg, publisher, sinks, rid, paths, rebuilt)
+        return _recover_one(rs, publisher, sinks, rid, paths, rebuilt)
     except _NoRoom as exc:
         rebuilt.unlink(missing_ok=True)
         return Outcome(rid, WAITING, f"{exc}; left in staging, retried when space returns",
@@ -173,7 +186,7 @@ def _recover_locked(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFacto
     except Exception as exc:
         rebuilt.unlink(missing_ok=True)
         if is_disk_full(exc):
-            need = free_bytes(cfg.storage.staging_dir) + 2 * SPARE_BYTES
+            need = free_bytes(rs.layout.staging_dir) + 2 * SPARE_BYTES
             return Outcome(rid, WAITING, "disk full while recovering; left in staging, "
                            "retried when space returns", needed_bytes=need)
         if isinstance(exc, OSError):
@@ -186,9 +199,9 @@ def _recover_locked(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFacto
             os.close(fd)
 
 
-def _recover_one(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory], rid: str,
+def _recover_one(rs: RecoverySettings, publisher: Publisher, sinks: Sequence[SinkFactory], rid: str,
                  paths: dict[str, Path], rebuilt: Path) -> Outcome | None:
-    staging = cfg.storage.staging_dir
+    staging = rs.layout.staging_dir
     # Leftovers of an earlier attempt or of the recording itself: never audio.
     for leftover in (paths["spare"], rebuilt):
         leftover.unlink(missing_ok=True)
@@ -198,11 +211,11 @@ def _recover_one(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory]
         for p in audio_files:  # a recording killed while it was being created
             p.unlink(missing_ok=True)
         return Outcome(rid, CLEANED, "empty staged files of a recording that never started")
-    start, note = _read_meta(cfg, rid, paths)
+    start, note = _read_meta(rs, rid, paths)
     if start is None:
-        return _move_aside(cfg, rid, _staged_files(staging, rid), note)
+        return _move_aside(rs, rid, _staged_files(staging, rid), note)
     name = start.name
-    target = cfg.storage.sync_root / start.device_id / start.path
+    target = rs.layout.folder_of(start.device_id) / start.path
     _remove_partials(staging, f".{name}.json.")
     _remove_partials(target.parent, f".{name}.")
     if target.with_suffix(".json").is_file():
@@ -215,7 +228,7 @@ def _recover_one(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory]
 
     # 1. The OGG is already visible (killed between its rename and the sidecar's).
     if target.is_file() and _closed_cleanly(target):
-        described = _describe(cfg, sinks, start, target, min_frames)
+        described = _describe(rs, sinks, start, target, min_frames)
         if described is not None:
             staged = StagedRecording(recording=described, ogg=target,
                                      staged_files=_staged_files(staging, rid))
@@ -224,7 +237,7 @@ def _recover_one(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory]
                            "for the OGG already in place" + note, str(result.ogg_path))
     # 2. A complete OGG in staging (its publish failed): published as it is.
     if paths["ogg"].is_file() and _closed_cleanly(paths["ogg"]):
-        described = _describe(cfg, sinks, start, paths["ogg"], max(min_frames, journal_frames))
+        described = _describe(rs, sinks, start, paths["ogg"], max(min_frames, journal_frames))
         if described is not None:
             staged = StagedRecording(recording=described, ogg=paths["ogg"],
                                      staged_files=[p for p in _staged_files(staging, rid)
@@ -236,9 +249,9 @@ def _recover_one(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory]
     ogg_frames = _decodable_frames(paths["ogg"])
     best = max(journal_frames, ogg_frames)
     if best < min_frames:
-        return _move_aside(cfg, rid, _staged_files(staging, rid),
+        return _move_aside(rs, rid, _staged_files(staging, rid),
                            "no audio could be read from the journal or the OGG")
-    need = _needed_bytes(start, cfg, best, paths)
+    need = _needed_bytes(start, rs, best, paths)
     free = free_bytes(staging)
     if free < need:
         raise _NoRoom(f"disk full: {free // 1024} KiB free, about {need // 1024} KiB needed "
@@ -249,14 +262,14 @@ def _recover_one(cfg: Config, publisher: Publisher, sinks: Sequence[SinkFactory]
         codec = "vorbis"
     fmt = AudioFormat(rate, channels)
     encoder = OggEncoderSink(
-        rebuilt, fmt, dataclasses.replace(cfg.encoder, codec=codec),
+        rebuilt, fmt, dataclasses.replace(rs.encoder, codec=codec),
         comments={"title": start.title or name, "date": start.started_at,
                   "comment": f"recording_id={rid}"},
     )
     source = "journal" if journal_frames >= ogg_frames else "partial OGG"
     blocks = (_journal_blocks(paths["journal"], channels) if source == "journal"
               else _ogg_blocks(paths["ogg"], channels))
-    feed: list[Sink] = [encoder, *_analysis_sinks(cfg, sinks, rid, start, fmt)]
+    feed: list[Sink] = [encoder, *_analysis_sinks(rs, sinks, rid, start, fmt)]
     try:
         for block in blocks:
             for sink in feed:
@@ -295,7 +308,7 @@ def _staged_files(staging: Path, rid: str) -> list[Path]:
     return [p for p in sorted(staging.glob(f"{rid}.*")) if p.is_file()]
 
 
-def _read_meta(cfg: Config, rid: str, paths: dict[str, Path]) -> tuple[Start | None, str]:
+def _read_meta(rs: RecoverySettings, rid: str, paths: dict[str, Path]) -> tuple[Start | None, str]:
     """The staged metadata, or one rebuilt from the recording id (its creation time) and the
     configuration when it is missing or unreadable; (None, reason) when neither works."""
     problem = ""
@@ -310,13 +323,13 @@ def _read_meta(cfg: Config, rid: str, paths: dict[str, Path]) -> tuple[Start | N
         problem = f"metadata unreadable ({_one_line(exc)})"
     # The id is a ULID: it carries its creation time.
     created = recording_id_time(rid)
-    rate, channels = cfg.audio.samplerate, cfg.audio.channels
+    rate, channels = rs.samplerate, rs.channels
     with contextlib.suppress(Exception), sf.SoundFile(str(paths["ogg"])) as f:
         rate, channels = int(f.samplerate), min(2, int(f.channels))
     if not paths["ogg"].exists() and not paths["journal"].exists():
         return None, problem
     start = new_start(
-        recording_id=rid, device_id=cfg.device.id, codec=cfg.encoder.codec, samplerate=rate,
+        recording_id=rid, device_id=rs.layout.device_id, codec=rs.encoder.codec, samplerate=rate,
         channels=channels, started_utc=created, monotonic_start=0.0, clock_synced=False,
         boot_id="", trigger="unknown", preroll=0.0)
     return start, f" ({problem}: rebuilt from the recording id and the configuration)"
@@ -373,7 +386,7 @@ def _closed_cleanly(path: Path) -> bool:
     return at >= 0 and len(tail) > at + 5 and bool(tail[at + 5] & 0x04)
 
 
-def _describe(cfg: Config, sinks: Sequence[SinkFactory], start: Start, ogg: Path,
+def _describe(rs: RecoverySettings, sinks: Sequence[SinkFactory], start: Start, ogg: Path,
               min_frames: int) -> Recording | None:
     """The sidecar fields of a complete OGG, decoding it once (levels, Audio ID, frames) and
     hashing it; None if it does not decode to the end or holds fewer than `min_frames`."""
@@ -387,7 +400,7 @@ def _describe(cfg: Config, sinks: Sequence[SinkFactory], start: Start, ogg: Path
         if channels not in (1, 2):
             return None
         fmt = AudioFormat(rate, channels)
-        analysis = _analysis_sinks(cfg, sinks, start.recording_id, start, fmt)
+        analysis = _analysis_sinks(rs, sinks, start.recording_id, start, fmt)
         frames = 0
         try:
             while len(block := f.read(BLOCK, dtype="int16", always_2d=True)):
@@ -411,27 +424,27 @@ def _describe(cfg: Config, sinks: Sequence[SinkFactory], start: Start, ogg: Path
         codec=codec, samplerate=rate, channels=channels, frames=frames,
         duration=round(fmt.seconds(frames), 3), sha256=digest.hexdigest(),
         bytes=ogg.stat().st_size,
-        encoder=({"vorbis_quality": cfg.encoder.vorbis_quality} if codec == "vorbis"
-                 else {"opus_bitrate": cfg.encoder.opus_bitrate}))
+        encoder=({"vorbis_quality": rs.encoder.vorbis_quality} if codec == "vorbis"
+                 else {"opus_bitrate": rs.encoder.opus_bitrate}))
     return _recovered(start, audio, levels, extra)
 
 
-def _analysis_sinks(cfg: Config, sinks: Sequence[SinkFactory], rid: str, start: Start,
+def _analysis_sinks(rs: RecoverySettings, sinks: Sequence[SinkFactory], rid: str, start: Start,
                     fmt: AudioFormat) -> list[Sink]:
     """The level meter and the extra per-recording sinks (Audio ID) for recovered audio."""
-    ctx = RecordingContext(rid, start.device_id, fmt, cfg.storage.staging_dir)
-    return [LevelMeter(fmt.samplerate, cfg.service.silence_dbfs),
+    ctx = RecordingContext(rid, start.device_id, fmt, rs.layout.staging_dir)
+    return [LevelMeter(fmt.samplerate, rs.silence_dbfs),
             *(factory(ctx) for factory in sinks)]
 
 
-def _needed_bytes(start: Start, cfg: Config, frames: int, paths: dict[str, Path]) -> int:
+def _needed_bytes(start: Start, rs: RecoverySettings, frames: int, paths: dict[str, Path]) -> int:
     """A safe upper bound of the space a rebuild takes: the new OGG and the sidecar."""
     rate, channels = start.samplerate, start.channels
     seconds = frames / rate
     if start.codec == "opus" and not codecs.unsupported_rate("opus", rate):
-        kbps = cfg.encoder.opus_bitrate * channels * 1.25
+        kbps = rs.encoder.opus_bitrate * channels * 1.25
     else:
-        q = round(min(10.0, max(-1.0, cfg.encoder.vorbis_quality)))
+        q = round(min(10.0, max(-1.0, rs.encoder.vorbis_quality)))
         kbps = _VORBIS_KBPS[q + 1] * (1.0 if channels == 1 else 1.5)
     encoded = int(seconds * kbps * 1000 / 8)
     return min(encoded, frames * 2 * channels) + SPARE_BYTES
@@ -440,11 +453,11 @@ def _needed_bytes(start: Start, cfg: Config, frames: int, paths: dict[str, Path]
 # --- lost+found and temporaries -------------------------------------------------------------
 
 
-def _move_aside(cfg: Config, rid: str, files: Sequence[Path], reason: str) -> Outcome:
+def _move_aside(rs: RecoverySettings, rid: str, files: Sequence[Path], reason: str) -> Outcome:
     """Move `files` (which hold no audio) to ``lost+found/<rid>/`` after writing its
     non-empty REASON.txt; when the reason cannot be written, nothing is moved."""
     reason = reason.strip() or "no audio"
-    dest = cfg.storage.data_dir / "lost+found" / rid
+    dest = rs.data_dir / "lost+found" / rid
     try:
         atomic_write_text(dest / "REASON.txt", reason + "\n")
     except OSError as exc:
@@ -494,9 +507,8 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def pending(cfg: Config) -> list[str]:
-    """Ids of recordings waiting in staging."""
-    staging = cfg.storage.staging_dir
+def pending(staging: Path) -> list[str]:
+    """Ids of recordings waiting in `staging`."""
     if not staging.is_dir():
         return []
     return [p.name.removesuffix(".meta.json") for p in sorted(staging.glob("*.meta.json"))]

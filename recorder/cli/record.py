@@ -137,7 +137,7 @@ def cmd_recover(args: argparse.Namespace, cfg: Config) -> int:
 
     parts = app.assemble(cfg)
     try:
-        outcomes = recover(cfg, parts.publisher, parts.sink_factories)
+        outcomes = recover(parts.recovery, parts.publisher, parts.sink_factories)
     finally:
         parts.close()
     if args.json:

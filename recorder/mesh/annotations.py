@@ -393,7 +393,7 @@ class AnnotationExchange:
             peer_bookmarks: set[tuple[str, str]] = set()
             if sidecar["device_id"] != self.own_id:
                 peer_bookmarks = {a.key for a in mapping.bookmark_annotations(
-                    sidecar, self.client.annotation_span)}
+                    entry.recording, self.client.annotation_span)}
             for ann in self.client.list_annotations(entry.remote_id, sidecar):
                 if ann.id in linked:
                     continue  # imported from a peer: not ours to export
@@ -631,7 +631,7 @@ class AnnotationExchange:
         bookmarks: set[tuple[str, str]] = set()
         if entry.sidecar["device_id"] == peer:
             bookmarks = {a.key for a in mapping.bookmark_annotations(
-                entry.sidecar, self.client.annotation_span)}
+                entry.recording, self.client.annotation_span)}
         for ann in existing:
             if ann.id in linked or (ann.media_target, " ".join(ann.text.split())) != key:
                 continue

@@ -65,7 +65,7 @@ from recorder.mesh.store import (
     FileStat,
     Quarantine,
 )
-from recorder.recording import Recording, parse_utc
+from recorder.recording import parse_utc
 from recorder.safefile import UnsafeFile, check_regular, open_nofollow
 from recorder.sidecar import SidecarError, candidates, is_sidecar_name, read_sidecar
 
@@ -85,13 +85,13 @@ EVENT_TYPES = ("ItemFinished", "LocalIndexUpdated")
 EVENT_POLL_S = 30.0
 
 
-def _check_fields(rec: Recording) -> None:
+def _check_fields(doc: dict[str, Any]) -> None:
     """What the schema leaves loose but registering in papad relies on."""
     try:
-        parse_utc(rec.started_at)
+        parse_utc(doc["started_at"])
     except (ValueError, TypeError, OverflowError):
         raise Quarantine("sidecar field 'started_at' is not a timestamp") from None
-    if not 0 <= float(rec.duration) < 1e7 or rec.audio.bytes < 0:
+    if not 0 <= float(doc["duration"]) < 1e7 or doc["bytes"] < 0:
         raise Quarantine("sidecar fields 'duration'/'bytes' are out of range")
 
 
@@ -388,9 +388,9 @@ class Bridge:
         sha = None
         try:
             found = read_sidecar(path, folder)
-            rec, sha = found.recording, hashlib.sha256(found.data).hexdigest()
-            _check_fields(rec)
-            self._check_identity(peer, rel, rec)
+            doc, sha = found.doc, hashlib.sha256(found.data).hexdigest()
+            _check_fields(doc)
+            self._check_identity(peer, rel, doc)
         except FileNotFoundError:
             return "ignored"
         except (SidecarError, Quarantine) as exc:
@@ -399,37 +399,36 @@ class Bridge:
             log.exception("bridge: unexpected failure validating %s/%s", peer, rel)
             return self._quarantine(peer, rel, fst, f"internal error: {type(exc).__name__}",
                                     sha=sha)
-        ogg_path = folder / rec.path
+        ogg_path = folder / doc["path"]
         try:
             ogg_st = os.lstat(ogg_path)
         except FileNotFoundError:
             self.store.put(peer, rel, SIDECAR, fst, PENDING, sha256=sha,
                            reason="recording file not here yet",
-                           recording_id=rec.recording_id)
+                           recording_id=doc["recording_id"])
             return PENDING
         except OSError as exc:
             return self._quarantine(peer, rel, fst, f"recording file: {exc.strerror}", sha=sha)
         ogg = FileStat(ogg_st.st_mtime_ns, ogg_st.st_size)
         try:
             check_regular(ogg_path, ogg_st, folder, "recording file ")
-            if ogg.size != rec.audio.bytes:
+            if ogg.size != doc["bytes"]:
                 raise Quarantine(f"recording file has {ogg.size} bytes, sidecar says "
-                                 f"{rec.audio.bytes}")
+                                 f"{doc['bytes']}")
             known = (row["ogg_sha256"] if row is not None and row["ogg_sha256"]
                      and (row["ogg_mtime_ns"], row["ogg_size"]) == (ogg.mtime_ns, ogg.size)
                      else None)
-            ogg_sha, computed = _verify_audio(ogg_path, rec, known, self.catalogue.threshold)
+            ogg_sha, computed = _verify_audio(ogg_path, doc, known, self.catalogue.threshold)
             if computed is not None:  # it claimed none: ours goes into the catalogue
-                rec = rec.with_extra({"audio_id": {**computed, "sha256": ogg_sha}})
+                doc = {**doc, "audio_id": {**computed, "sha256": ogg_sha}}
         except FileNotFoundError:
             self.store.put(peer, rel, SIDECAR, fst, PENDING, sha256=sha,
                            reason="recording file not here yet",
-                           recording_id=rec.recording_id)
+                           recording_id=doc["recording_id"])
             return PENDING
         except (Quarantine, UnsafeFile) as exc:
             # Remember the OGG's stat: a later version of it is looked at again.
             return self._quarantine(peer, rel, fst, str(exc), sha=sha, ogg=ogg)
-        doc = rec.to_doc()
         try:
             duplicate_of = self._catalogue_add(doc, peer)
         except SidecarError as exc:
@@ -437,21 +436,21 @@ class Bridge:
         if self.outbox is not None:
             self.outbox.enqueue(doc, ogg_path, origin=origin_label(peer, self.own_id))
         self.store.put(peer, rel, SIDECAR, fst, IMPORTED, sha256=sha, ogg=ogg,
-                       ogg_sha256=ogg_sha, recording_id=rec.recording_id,
+                       ogg_sha256=ogg_sha, recording_id=doc["recording_id"],
                        duplicate_of=duplicate_of)
-        log.info("bridge: imported %s from %s%s", rec.recording_id, peer,
+        log.info("bridge: imported %s from %s%s", doc["recording_id"], peer,
                  f" (duplicate of {duplicate_of})" if duplicate_of else "")
         return IMPORTED
 
-    def _check_identity(self, peer: str, rel: str, rec: Recording) -> None:
+    def _check_identity(self, peer: str, rel: str, doc: dict[str, Any]) -> None:
         """A recording id belongs to one device and one sidecar: a peer cannot take over
         another device's recording (or its own other recording) by reusing its id."""
-        rid = rec.recording_id
+        rid = doc["recording_id"]
         owner = self.store.recording_owner(rid)
         if owner is not None and owner != (peer, rel):
             raise Quarantine(f"recording id {rid} is already used by {owner[0]}/{owner[1]}")
         entry = self.catalogue.get(rid)
-        if entry is not None and (entry.device_id != peer or entry.path != rec.path):
+        if entry is not None and (entry.device_id != peer or entry.path != doc["path"]):
             raise Quarantine(f"recording id {rid} is already used by {entry.device_id}/"
                              f"{entry.path}")
 
@@ -466,7 +465,7 @@ class Bridge:
         return QUARANTINED
 
 
-def _verify_audio(path: Path, rec: Recording, known_sha: str | None,
+def _verify_audio(path: Path, doc: dict[str, Any], known_sha: str | None,
                   threshold: float) -> tuple[str, dict[str, Any] | None]:
     """Check a peer's OGG against its sidecar through one descriptor (never followed if
     swapped for a symlink): its sha256 (unless `known_sha` was computed for this very file
@@ -486,7 +485,7 @@ def _verify_audio(path: Path, rec: Recording, known_sha: str | None,
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
             sha = digest.hexdigest()
-        if sha != rec.sha256:
+        if sha != doc["sha256"]:
             raise Quarantine("recording file sha256 does not match the sidecar")
         fh.seek(0)
         try:
@@ -495,9 +494,9 @@ def _verify_audio(path: Path, rec: Recording, known_sha: str | None,
             raise Quarantine("recording file does not decode as audio") from None
         with snd:
             rate, channels = int(snd.samplerate), int(snd.channels)
-            if (rate, channels) != (rec.audio.samplerate, rec.audio.channels):
+            if (rate, channels) != (doc["samplerate"], doc["channels"]):
                 raise Quarantine(f"recording file is {rate} Hz x {channels}, the sidecar says "
-                                 f"{rec.audio.samplerate} Hz x {rec.audio.channels}")
+                                 f"{doc['samplerate']} Hz x {doc['channels']}")
             printer = chroma.StreamingFingerprinter(rate, min(channels, 2))
             frames = 0
             try:
@@ -508,7 +507,7 @@ def _verify_audio(path: Path, rec: Recording, known_sha: str | None,
             except Exception:
                 raise Quarantine(f"recording file stops decoding after {frames / rate:.1f} s"
                                  ) from None
-    seconds, claimed = frames / rate, float(rec.duration)
+    seconds, claimed = frames / rate, float(doc["duration"])
     if abs(seconds - claimed) > max(DURATION_TOLERANCE[0], DURATION_TOLERANCE[1] * claimed):
         raise Quarantine(f"recording file holds {seconds:.2f} s of audio, the sidecar says "
                          f"{claimed:.2f} s")
@@ -516,7 +515,7 @@ def _verify_audio(path: Path, rec: Recording, known_sha: str | None,
         ours = printer.finish()
     except TooShortError:
         ours = None
-    claim = rec.extra.get("audio_id")  # any JSON a peer wrote: checked below
+    claim = doc.get("audio_id")
     if claim is None:
         return sha, (ours.audio_id() if ours is not None else None)
     try:

@@ -41,6 +41,7 @@ from recorder.papad.auth import JwtAuth, TokenAuth
 from recorder.papad.errors import PapadError, PermanentError, RetryableError
 from recorder.papad.http import Transport, decode_json
 from recorder.papad.multipart import MultipartBody
+from recorder.recording import Recording
 from recorder.secrets import read_secret
 
 log = logging.getLogger(__name__)
@@ -207,11 +208,12 @@ class CurrentPapadClient:
         return None
 
     def create_media(self, sidecar: Sidecar, ogg_path: Path) -> str:
+        rec = Recording.from_doc(sidecar)
         fields = {
             "group": str(self.group),
-            "name": mapping.media_name(sidecar),
-            "description": mapping.media_description(sidecar),
-            "tags": mapping.wire_tags(mapping.media_tags(sidecar, marker=False)),
+            "name": mapping.media_name(rec),
+            "description": mapping.media_description(rec),
+            "tags": mapping.wire_tags(mapping.media_tags(rec, marker=False)),
         }
         resp = self.transport.request(
             "POST",
@@ -421,15 +423,16 @@ class LegacyPapadClient:
         station = self.station_for(sidecar)
         self.ensure_station(station)
         url = self.audio_url(sidecar)
+        rec = Recording.from_doc(sidecar)
         self.transport.request(
             "POST",
             "/recordings/",
             json_body={
                 "station_name": station,
                 "audio_url": url,
-                "tags": ",".join(mapping.media_tags(sidecar)),
+                "tags": ",".join(mapping.media_tags(rec)),
                 "img_tags": "",
-                "upload_date": f"{mapping.started_utc(sidecar):%Y.%m.%d}",
+                "upload_date": f"{rec.started:%Y.%m.%d}",
             },
         )
         # papad-api answers an empty 200: learn the id by looking the record up.

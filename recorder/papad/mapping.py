@@ -11,12 +11,10 @@ made every answer grow with the archive (69 KB per media at 1,000 recordings, me
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
-from recorder.recording import parse_utc
+from recorder.recording import Recording
 from recorder.sidecar import LABEL_MAX, clean_text
 
 MARKER_PREFIX = "recorderpi-"
@@ -75,25 +73,20 @@ def wire_tags(tags: Iterable[str]) -> str:
     return ",".join(normalise_tags(tags)) or FALLBACK_TAG
 
 
-def started_utc(sidecar: Mapping[str, Any]) -> datetime:
-    """The recording's UTC start time (sidecar ``started_at``)."""
-    return parse_utc(sidecar["started_at"])
-
-
-def media_name(sidecar: Mapping[str, Any]) -> str:
+def media_name(rec: Recording) -> str:
     """The title, else ``Recording 2026-11-28 17:01 UTC (device)``: control and bidi
     characters removed and cut to a title's length (`sidecar.clean_text`), well inside papad's
     `MAX_NAME`."""
-    title = clean_text(sidecar.get("title"))
+    title = clean_text(rec.start.title)
     if title:
         return title
-    return f"Recording {started_utc(sidecar):%Y-%m-%d %H:%M} UTC ({sidecar['device_id']})"
+    return f"Recording {rec.started:%Y-%m-%d %H:%M} UTC ({rec.device_id})"
 
 
-def media_tags(sidecar: Mapping[str, Any], marker: bool = True) -> list[str]:
+def media_tags(rec: Recording, marker: bool = True) -> list[str]:
     """The sidecar's tags, normalised, plus (`marker`) the machine tag naming the recording."""
-    extra = [marker_tag(sidecar["recording_id"])] if marker else []
-    return normalise_tags([*sidecar.get("tags", []), *extra])
+    extra = [marker_tag(rec.recording_id)] if marker else []
+    return normalise_tags([*rec.start.tags, *extra])
 
 
 def format_duration(seconds: float) -> str:
@@ -105,18 +98,18 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs}" if hours else f"{minutes}:{secs}"
 
 
-def media_description(sidecar: Mapping[str, Any]) -> str:
+def media_description(rec: Recording) -> str:
     """Device, UTC time, duration, recording id and sha256, one fact a line."""
-    when = started_utc(sidecar).strftime("%Y-%m-%d %H:%M:%S UTC")
-    if not sidecar.get("clock_synced", True):
+    when = rec.started.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if not rec.start.clock_synced:
         when += " (device clock was not synchronised)"
     lines = [
-        f"Recorded on device {sidecar['device_id']} at {when}.",
-        f"Duration: {format_duration(sidecar['duration'])} ({float(sidecar['duration']):.1f} s).",
+        f"Recorded on device {rec.device_id} at {when}.",
+        f"Duration: {format_duration(rec.duration)} ({float(rec.duration):.1f} s).",
     ]
-    if sidecar.get("recovered"):
+    if rec.recovered:
         lines.append("Recovered after an interruption (power loss or crash).")
-    lines += [description_marker(sidecar["recording_id"]), f"sha256: {sidecar['sha256']}"]
+    lines += [description_marker(rec.recording_id), f"sha256: {rec.sha256}"]
     return "\n".join(lines)
 
 
@@ -159,11 +152,12 @@ class Annotation:
         return (self.media_target, self.text)
 
 
-def bookmark_annotations(sidecar: Mapping[str, Any], span: float) -> list[Annotation]:
+def bookmark_annotations(rec: Recording, span: float) -> list[Annotation]:
     """One :class:`Annotation` per sidecar bookmark, in sidecar order."""
     out = []
-    for index, mark in enumerate(sidecar.get("bookmarks", [])):
-        start, end = fragment_range(mark["at"], sidecar["duration"], span)
+    for index, bookmark in enumerate(rec.start.bookmarks):
+        mark = bookmark.to_doc()  # the label, or a peer's note/text/title, and tags
+        start, end = fragment_range(bookmark.at, rec.duration, span)
         text = ""
         for key in ("label", "note", "text", "title"):
             if isinstance(mark.get(key), str) and mark[key].strip():

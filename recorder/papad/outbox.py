@@ -51,6 +51,7 @@ from recorder.papad.errors import (
 # typing only, the sidecar rules and the papad mapping where entries are made and delivered.
 if TYPE_CHECKING:
     from recorder.papad.client import PapadClient
+    from recorder.recording import Recording
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,13 @@ class Entry:
     annotations: int
     annotations_delivered: int
     server_errors: int = 0
+
+    @property
+    def recording(self) -> Recording:
+        """The queued sidecar as the typed recording (validated when it was queued)."""
+        from recorder.recording import Recording
+
+        return Recording.from_doc(self.sidecar)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no sidecar body; nothing secret lives here)."""
@@ -647,7 +655,7 @@ class OutboxWorker:
         pending = self.outbox.pending_annotations(entry.id)
         if not pending:
             return
-        annotations = mapping.bookmark_annotations(entry.sidecar, self.client.annotation_span)
+        annotations = mapping.bookmark_annotations(entry.recording, self.client.annotation_span)
         existing: set[tuple[str, str]] | None = None
         for idx, attempts in pending:
             if idx >= len(annotations):  # the bookmark list shrank: nothing to post

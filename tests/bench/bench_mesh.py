@@ -39,6 +39,7 @@ from typing import Any
 from recorder import app
 from recorder.config import SourceSpec, parse_config
 from recorder.mesh import provision
+from recorder.mesh.handoff import ScanHandOff
 from recorder.mesh.keeper import MeshKeeper
 from tests.clips import speech
 from tests.mesh_devices import Device
@@ -74,7 +75,7 @@ def latency(base: Path, runs: int, watcher_runs: int) -> None:
                 if mode == "watcher alone":
                     pub = da.assembly.publisher
                     pub.listeners = [h for h in pub.listeners
-                                     if not isinstance(h, app.ScanHandOff)]
+                                     if not isinstance(h, ScanHandOff)]
                 times = []
                 for _ in range(n):
                     times.append(_one(da, db_, wav))

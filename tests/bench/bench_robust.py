@@ -139,8 +139,8 @@ def main() -> None:
             cfg = parse_config({"device": {"id": "bench"},
                                 "storage": {"data_dir": str(data_dir), "reserve_mb": 0}})
             parts = app.assemble(cfg)
-            rebuild.append(_measure(lambda cfg=cfg, parts=parts: recover(
-                cfg, parts.publisher, parts.sink_factories)))
+            rebuild.append(_measure(lambda parts=parts: recover(
+                parts.recovery, parts.publisher, parts.sink_factories)))
             parts.close()
             enc.append(_measure(lambda: subprocess.run(
                 [tools["oggenc"], "-Q", "-q4", "-o", str(root / "e.ogg"), str(wav48)],
