@@ -252,7 +252,7 @@ def test_simulation_30_devices_two_years_32gb_cards():
     assert res.refused == 0
     assert res.unsafe_frees == 0
     assert res.hub_missing == 0
-    assert max(top for _d, _m, top in res.curve) <= (32 - 4) * 1024 - 200  # never past reserve
+    assert max(top for _d, _m, top, _o in res.curve) <= (32 - 4) * 1024 - 200  # never past reserve
 
 
 def test_visible_in_doctor_status_and_metrics(tmp_path: Path):

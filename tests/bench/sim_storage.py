@@ -62,7 +62,8 @@ class Result:
     refused: int
     unsafe_frees: int
     hub_missing: int
-    curve: list[tuple[int, float, float]]  # (day, mean MB per device, max MB per device)
+    # (day, mean MB per device, max MB per device, mean MB of own recordings per device)
+    curve: list[tuple[int, float, float, float]]
 
 
 def simulate(devices: int = 30, days: int = 730, hours: float = 1.0, card_gb: int = 32,
@@ -79,7 +80,7 @@ def simulate(devices: int = 30, days: int = 730, hours: float = 1.0, card_gb: in
     # Recording (owner, day) is held by: the owner (in .own) and the devices in holders.
     holders: dict[tuple[str, int], set[str]] = {}
     unsafe_frees = 0
-    curve: list[tuple[int, float, float]] = []
+    curve: list[tuple[int, float, float, float]] = []
 
     dates = [START + dt.timedelta(days=i) for i in range(days + 8)]
     # The inventory's items, kept with every change (rebuilt each pass, they cost minutes).
@@ -163,7 +164,8 @@ def simulate(devices: int = 30, days: int = 730, hours: float = 1.0, card_gb: in
             budget_pass(dev, today)
         if today % 30 == 0 or today == days - 1:
             used = [d.used() / MB for d in devs]
-            curve.append((today, sum(used) / len(used), max(used)))
+            own = sum(sum(d.own.values()) for d in devs) / MB / len(devs)
+            curve.append((today, sum(used) / len(used), max(used), own))
     hub_missing = sum(1 for (owner, _i), held in holders.items()
                       if owner != HUB and HUB not in held)
     return Result(sum(d.refused for d in devs), unsafe_frees, hub_missing, curve)
@@ -206,13 +208,14 @@ def main() -> None:
         print(f"budget pass on 100,000 recordings: scan {s:.2f} s, plan {p:.3f} s; "
               f"du -s of the same tree {du:.2f} s")
         return
-    print(f"{'devices':>7} {'day':>5} {'mean MB':>9} {'max MB':>8} {'no budget MB':>13}")
+    print(f"{'devices':>7} {'day':>5} {'mean MB':>9} {'own MB':>8} {'peers MB':>9} "
+          f"{'max MB':>8} {'keep-all MB':>12}")
     for n in (5, 10, 20, 30):
         res = simulate(devices=n, days=args.days, peer_audio_mb=args.peer_audio_mb)
-        for day, mean, top in res.curve:
-            if day in (0, 30, 90, 180, 360, 720) or day == args.days - 1:
-                print(f"{n:>7} {day:>5} {mean:>9.0f} {top:>8.0f} "
-                      f"{(day + 1) * n * MB_PER_HOUR:>13}")
+        for day, mean, top, own in res.curve:
+            if day in (0, 30, 90, 180, 360, 540, 720) or day == args.days - 1:
+                print(f"{n:>7} {day:>5} {mean:>9.0f} {own:>8.0f} {mean - own:>9.0f} "
+                      f"{top:>8.0f} {(day + 1) * n * MB_PER_HOUR:>12}")
         print(f"{n:>7} devices: refused {res.refused}, freed below safe copies "
               f"{res.unsafe_frees}, missing on the hub {res.hub_missing}")
 
