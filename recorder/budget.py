@@ -54,6 +54,7 @@ HEADROOM_MB = 100
 PASS_SECONDS = 60.0  # between budget passes of the service's worker
 RECLAIM_AGAIN_SECONDS = 30.0  # after a reclaim that freed nothing
 SAFETY_CHECKS_PER_PASS = 200  # own recordings looked up in Syncthing per pass (counting)
+FRESH_NS = 5 * 10**9  # a dated folder changed this recently is listed again at each pass
 _YEAR, _MONTH, _DAY = re.compile(r"\d{4}"), re.compile(r"\d{2}"), re.compile(r"\d{2}")
 
 
@@ -235,14 +236,48 @@ def _tree_bytes(path: Path) -> int:
     return total
 
 
-def scan(layout: Layout) -> Inventory:
+class DirCache:
+    """What `scan` learnt of each dated folder, kept while the folder's mtime stays the same:
+    files arrive and leave by rename (the publisher, Syncthing), which changes it, so a pass
+    stats one directory per day instead of every file. (A file growing in place, Syncthing's
+    temporary download, is counted at the size it had when its folder last changed.)"""
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, tuple[int, list[tuple[str, int]]]] = {}
+        self._seen: set[str] = set()
+
+    def files(self, path: Path) -> list[tuple[str, int]]:
+        key = str(path)
+        self._seen.add(key)
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            return []
+        hit = self._dirs.get(key)
+        if hit is not None and hit[0] == mtime:
+            return hit[1]
+        files = _files(path)
+        # Directory times tick coarsely (a few ms): a change right after this listing could
+        # leave the same mtime, so a folder changed in the last seconds is not trusted yet.
+        if time.time_ns() - mtime > FRESH_NS:
+            self._dirs[key] = (mtime, files)
+        return files
+
+    def sweep(self) -> None:
+        """Forget folders the last scan did not see (freed, or gone)."""
+        self._dirs = {k: v for k, v in self._dirs.items() if k in self._seen}
+        self._seen = set()
+
+
+def scan(layout: Layout, cache: DirCache | None = None) -> Inventory:
     """Read the tree: own recordings grouped by stem, peers' folders by day, staging size.
     Directory entries and sizes only (Syncthing's ``.syncthing.*.tmp`` files count too:
-    they take space)."""
+    they take space); with `cache`, unchanged dated folders are not listed again."""
+    listing = cache.files if cache is not None else _files
     own: list[Own] = []
     for day, path in _dated_dirs(layout.device_folder):
         stems: dict[str, list[tuple[str, int]]] = {}
-        for name, size in _files(path):
+        for name, size in listing(path):
             stem = name.split(".", 1)[0] if not name.startswith(".") else name
             stems.setdefault(stem, []).append((name, size))
         for stem, files in stems.items():
@@ -255,9 +290,11 @@ def scan(layout: Layout) -> Inventory:
         if folder.name == layout.device_id:
             continue
         for day, path in _dated_dirs(folder):
-            files = _files(path)
+            files = listing(path)
             if files:
                 peers.append(Day(folder.name, day, sum(s for _n, s in files), len(files)))
+    if cache is not None:
+        cache.sweep()
     return Inventory(tuple(own), tuple(peers), _tree_bytes(layout.staging_dir))
 
 
@@ -395,6 +432,7 @@ class Budget:
         self._unsafe = 0
         self._safe_seen: set[str] = set()
         self._reclaim_quiet_until = 0.0
+        self._dirs = DirCache()
 
     def run_pass(self, need_bytes: int = 0, *, dry_run: bool = False) -> PassResult:
         """Scan, plan and free (`dry_run`: plan only, as ``recorder doctor`` does); never
@@ -402,7 +440,7 @@ class Budget:
         understand: without it, nothing is freed at all)."""
         with self._lock:
             t0 = time.monotonic()
-            inv = scan(self.layout)
+            inv = scan(self.layout, self._dirs)
             free = self._free(self.layout.sync_root)
             today = self._today()
             decided = plan(inv, self.policy, free, today, self.copies.is_safe,

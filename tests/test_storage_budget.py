@@ -286,3 +286,45 @@ def test_visible_in_doctor_status_and_metrics(tmp_path: Path):
     assert 'recorder_storage_bytes{use="peers"} 3145728' in text
     assert "recorder_own_not_safe 1" in text
     assert "recorder_storage_days_left" in text
+
+
+def test_service_wiring_runs_the_budget_and_the_reserve_asks_it(tmp_path: Path):
+    from recorder import app
+
+    cfg = parse_config({"device": {"id": "dev-a"},
+                        "storage": {"data_dir": str(tmp_path / "data"), "peer_audio_mb": 5},
+                        "web": {"enabled": False}})
+    parts = app.assemble(cfg, service=True, radio=False)
+    try:
+        assert parts.storage is not None and parts.storage in parts.workers
+        assert parts.reserve.reclaim == parts.storage.reclaim
+        assert parts.storage.policy.peer_audio_mb == 5
+    finally:
+        parts.close()
+    one_off = app.assemble(cfg)  # `recorder record` and other one-off commands: no budget
+    try:
+        assert one_off.storage is None and one_off.reserve.reclaim is None
+    finally:
+        one_off.close()
+
+
+def test_scan_cache_sees_renamed_in_and_removed_files(tmp_path: Path):
+    from recorder.budget import DirCache
+
+    layout = Layout("dev-a", tmp_path / "sync", tmp_path / "staging")
+    day = layout.folder_of("dev-b") / "recordings/2026/02/26"
+    day.mkdir(parents=True)
+    (day / "y.ogg").write_bytes(b"p" * 500)
+    hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(day, ns=(hour_ago, hour_ago))  # settled: the cache keeps what it listed
+    cache = DirCache()
+    assert scan(layout, cache).peer_bytes == 500
+    (day / "y.ogg").write_bytes(b"p" * 900)  # changed in place: no new mtime, not seen
+    os.utime(day, ns=(hour_ago, hour_ago))
+    assert scan(layout, cache).peer_bytes == 500
+    tmp = tmp_path / "z.tmp"
+    tmp.write_bytes(b"q" * 300)
+    os.replace(tmp, day / "z.ogg")  # how files arrive: a rename, a new mtime
+    assert scan(layout, cache).peer_bytes == 1200
+    (day / "y.ogg").unlink()
+    assert scan(layout, cache).peer_bytes == 300  # changed seconds ago: listed every pass
