@@ -423,6 +423,7 @@ class Budget:
         self._today = today
         self.interval = interval
         self._lock = threading.Lock()  # one pass at a time (worker, pump, main thread)
+        self._count_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -434,10 +435,12 @@ class Budget:
         self._reclaim_quiet_until = 0.0
         self._dirs = DirCache()
 
-    def run_pass(self, need_bytes: int = 0, *, dry_run: bool = False) -> PassResult:
-        """Scan, plan and free (`dry_run`: plan only, as ``recorder doctor`` does); never
-        raises for Syncthing's absence (nothing is freed that Syncthing would not
-        understand: without it, nothing is freed at all)."""
+    def run_pass(self, need_bytes: int = 0, *, dry_run: bool = False,
+                 count: bool = True) -> PassResult:
+        """Scan, plan and free (`dry_run`: plan only, as ``recorder doctor`` does), then
+        count own recordings not yet safe (`count`; outside the pass's lock, so a reclaim
+        from the pump never waits for the lookups); never raises for Syncthing's absence
+        (nothing is freed that Syncthing would not understand: without it, nothing)."""
         with self._lock:
             t0 = time.monotonic()
             inv = scan(self.layout, self._dirs)
@@ -459,11 +462,13 @@ class Budget:
             elif decided.peer_days or decided.own:
                 self.last_error = "Syncthing not configured: nothing freed"
             self.freed_total += freed
-            self._count_unsafe(inv)
             result = PassResult(inv, decided, freed, self._free(self.layout.sync_root),
                                 time.monotonic() - t0)
             self.last = result
-            return result
+        if count:
+            with self._count_lock:
+                self._count_unsafe(inv)
+        return result
 
     def _count_unsafe(self, inv: Inventory) -> None:
         """Own recordings not yet held by enough others: newest first, a bounded number of
@@ -495,7 +500,7 @@ class Budget:
         if now < self._reclaim_quiet_until:
             return 0
         try:
-            freed = self.run_pass().freed_bytes
+            freed = self.run_pass(count=False).freed_bytes
             if not freed:
                 self._reclaim_quiet_until = now + RECLAIM_AGAIN_SECONDS
             return freed
