@@ -165,7 +165,7 @@ class Service:
         self._last_ping = 0.0
         self._last_ping_pos = 0
         self._pump_failures: list[float] = []
-        # Simulated presses (mock pins only: tests, demo): see `_open_gpio`.
+        # Simulated presses (mock pins only: tests, demo): see `app.open_gpio`.
         self._pin_driver: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.exit_code = 0
 
