@@ -145,6 +145,13 @@ def mesh3(syncthing_cluster):  # noqa: F811 - the fixture imported above
         for rel in _days(6):
             inst.wait_for_file(rel + ".ogg", a.recorder_id, 60)
             inst.wait_for_file(rel + ".json", a.recorder_id, 60)
+    fid = provision.folder_id(a.recorder_id)
+
+    def announced() -> bool:  # b and c have told a they hold every file
+        return all(len(a.client.file_info(fid, rel + ext).get("availability") or []) == 2
+                   for rel in _days(6) for ext in (".ogg", ".json"))
+
+    wait_until(announced, 60, 0.2, "b and c announcing a's files")
     return cluster
 
 
@@ -330,3 +337,23 @@ def test_scan_cache_sees_renamed_in_and_removed_files(tmp_path: Path):
     assert scan(layout, cache).peer_bytes == 1200
     (day / "y.ogg").unlink()
     assert scan(layout, cache).peer_bytes == 300  # changed seconds ago: listed every pass
+
+
+def test_copies_counted_per_file_and_a_hub_is_enough(mesh3):
+    from recorder.budget import Copies
+
+    a, b, c = mesh3
+    fid = provision.folder_id(a.recorder_id)
+    rec = scan(_layout(a)).own[0]
+    assert Copies(a.client, fid, 2).holders(rec) == {b.device_id, c.device_id}
+    assert Copies(a.client, fid, 2).is_safe(rec)
+    assert not Copies(a.client, fid, 3).is_safe(rec)
+    assert Copies(a.client, fid, 3, hubs=[c.device_id]).is_safe(rec)
+    # b frees a's day by its budget (ignore, delete): it no longer counts as a copy, although
+    # Syncthing's completion still calls b complete.
+    Budget(_layout(b), Policy(peer_audio_days=1, reserve_mb=0, headroom_mb=0), b.client,
+           free=lambda _p: 10**12, today=lambda: dt.date(2026, 3, 1)).run_pass()
+    wait_until(lambda: Copies(a.client, fid, 2).holders(rec) == {c.device_id}, 60, 0.2,
+               "b dropping out of the availability")
+    assert a.client.completion(fid, b.device_id)["completion"] == 100
+    assert not Copies(a.client, fid, 2).is_safe(rec)
