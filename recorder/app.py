@@ -36,6 +36,7 @@ from recorder.worker import ServiceRequest, Worker
 if TYPE_CHECKING:
     from recorder.audioid.catalogue import Catalogue
     from recorder.audioid.hook import CatalogueHook
+    from recorder.budget import Budget
     from recorder.control import ControlServer
     from recorder.inbox import InboxWorker
     from recorder.mesh.bridge import Bridge
@@ -153,12 +154,14 @@ class Assembly:
     mesh: MeshKeeper | None = None
     clock: ClockFixer | None = None
     inbox: InboxWorker | None = None  # [import] inbox: see `_inbox`
+    storage: Budget | None = None
 
     @property
     def workers(self) -> list[Worker]:
         """The service's background workers, in start order."""
         return [w for w in (self.registration, self.radio, self.play_log, self.bridge, self.mesh,
-                            self.clock, self.web, self.inbox)
+                            self.clock, self.web, self.inbox,
+                            self.storage)
                 if w is not None]
 
     @property
@@ -283,6 +286,8 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
             parts.web = _web(cfg, parts, request)
     if service and cfg.imports.inbox is not None:
         parts.inbox = _inbox(cfg, parts)
+    if service:
+        parts.storage = _storage_budget(cfg, parts)
     hook: CatalogueHook | None = None
     if cfg.audioid.enabled and parts.catalogue is not None:
         from recorder.audioid.hook import CatalogueHook
@@ -327,6 +332,20 @@ def _inbox(cfg: Config, parts: Assembly) -> InboxWorker:
     importer = Importer(cfg, parts.database, parts.publisher, parts.reserve,
                         parts.sink_factories, parts.catalogue)
     return InboxWorker(cfg.imports, importer)
+
+
+# --- the storage budget (issue 23): peers' audio within [storage] ----------------------
+
+
+def _storage_budget(cfg: Config, parts: Assembly) -> Budget:
+    """The storage budget (recorder.budget): its worker keeps peers' audio within
+    ``[storage]`` and the reserve asks it for room before refusing a recording."""
+    from recorder.budget import Budget, Policy
+
+    budget = Budget(parts.layout, Policy.of(cfg.storage), parts.syncthing,
+                    hubs=cfg.storage.hubs)
+    parts.reserve.reclaim = budget.reclaim
+    return budget
 
 
 def _web(cfg: Config, parts: Assembly, request: ServiceRequest) -> WebWorker:

@@ -83,6 +83,14 @@ class StorageConfig:
     reserve_mb: int = 200
     max_seconds: float = 3 * 3600.0
     flush_seconds: float = 2.0
+    # The storage budget (recorder/budget.py): the most of peers' audio kept here (MB, 0 = no
+    # limit: the hub's setting) and its oldest day (0 = any age); own recordings are freed
+    # only when space is needed and `safe_copies` others (or one of `hubs`, Syncthing device
+    # ids) hold them.
+    peer_audio_mb: int = 0
+    peer_audio_days: int = 0
+    safe_copies: int = 1
+    hubs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ class PapadConfig:
     timeout: float = 10.0
     concurrency: int = 2
     annotation_span: float = 10.0  # seconds after a bookmark covered by its t=start,end
+    keep_days: int = 0  # papad's copies older than this may be freed (0 = keep; see README)
 
 
 @dataclass(frozen=True)
@@ -417,6 +426,18 @@ def _listen(key: str, value: Any) -> str:
     return value
 
 
+def _syncthing_ids(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(key, "must be a list of Syncthing device ids", value)
+    out = []
+    for item in value:
+        plain = item.strip().upper().replace("-", "")
+        if not re.fullmatch(r"[A-Z2-7]{56}", plain):
+            raise _fail(key, "entries must be Syncthing device ids (XXXXXXX-XXXXXXX-...)", item)
+        out.append("-".join(plain[i:i + 7] for i in range(0, 56, 7)))
+    return tuple(out)
+
+
 _boolean = _type(bool, "true or false")
 
 
@@ -452,6 +473,10 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "reserve_mb": _number(0, 10**7, integer=True),
         "max_seconds": _number(1, 7 * 24 * 3600),
         "flush_seconds": _number(0.1, 2.0),
+        "peer_audio_mb": _number(0, 10**8, integer=True),
+        "peer_audio_days": _number(0, 100 * 366, integer=True),
+        "safe_copies": _number(1, 1000, integer=True),
+        "hubs": _syncthing_ids,
     },
     "audioid": {
         "enabled": _boolean,
@@ -472,6 +497,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "timeout": _number(0.5, 300),
         "concurrency": _number(1, 16, integer=True),
         "annotation_span": _number(0.5, 3600),
+        "keep_days": _number(0, 100 * 366, integer=True),
     },
     "syncthing": {
         "url": _url,

@@ -66,6 +66,23 @@ def _free(cfg: Config) -> str:
     return f"{free_mb} MB free (reserve {cfg.storage.reserve_mb} MB)"
 
 
+def _budget(cfg: Config) -> str:
+    """Space by use and own recordings not yet safe (recorder.budget), planned, not freed."""
+    from recorder.budget import Budget, Policy
+
+    client = None
+    if cfg.syncthing.api_key_file is not None:
+        from recorder.mesh.syncthing import SyncthingClient
+
+        client = SyncthingClient.from_config(cfg.syncthing)
+    budget = Budget(cfg.layout, Policy.of(cfg.storage), client, hubs=cfg.storage.hubs)
+    result = budget.run_pass(dry_run=True)
+    if result.plan.short_bytes and result.plan.own_kept_unsafe:
+        raise RecorderError(f"{budget.line()}; {result.plan.own_kept_unsafe} own recording(s) "
+                            "kept: not yet on enough other devices, nothing else to free")
+    return budget.line()
+
+
 def _clock(cfg: Config) -> str:
     if not clock.clock_synchronized():
         raise RecorderError("system clock is not NTP-synchronised: timestamps may be wrong")
@@ -93,6 +110,7 @@ def doctor(cfg: Config) -> list[Check]:
         _check("storage", lambda: _writable(cfg)),
         _check("free space", lambda: _free(cfg)),
         _check("staging", lambda: _staging(cfg), severity="warning"),
+        _check("storage budget", lambda: _budget(cfg), severity="warning"),
         _check("clock", lambda: _clock(cfg), severity="warning"),
     ]
     for extra in extra_checks(cfg):

@@ -80,6 +80,9 @@ class Reserve:
         self.path = Path(path)
         self.reserve_mb = int(reserve_mb)
         self._free = free
+        # Set by the wiring when a storage budget runs (recorder.budget): asked to free room
+        # (peers' audio first) before a recording is ever refused; returns the bytes freed.
+        self.reclaim: Callable[[int], int] | None = None
 
     def free(self) -> int:
         """Free bytes now (OSError if the filesystem is gone)."""
@@ -94,6 +97,9 @@ class Reserve:
         """Return the free bytes, or raise DiskFullError when the disk is full and
         DiskReserveError below the reserve."""
         left = self.free()
+        floor = max(MIN_FREE_BYTES, self.reserve_mb * MB)
+        if left < floor and self.reclaim is not None and self.reclaim(floor - left) > 0:
+            left = self.free()
         if left < MIN_FREE_BYTES:
             raise DiskFullError(f"disk full: {left // 1024} KiB free on {self.path}")
         if left < self.reserve_mb * MB:

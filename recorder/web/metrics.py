@@ -79,6 +79,21 @@ def render(status: dict[str, Any], recordings: dict[str, int], outbox: dict[str,
         out.metric("recorder_recording_hours_left", "gauge",
                    "Hours of recording the free space above the reserve holds.",
                    [({}, status["hours_left"])])
+    storage = status.get("storage") or {}
+    if "own_mb" in storage:  # recorder.budget's last pass
+        out.metric("recorder_storage_bytes", "gauge", "Space used on the card, by use.",
+                   [({"use": use}, storage[f"{use}_mb"] * MB)
+                    for use in ("own", "peers", "staging")])
+        out.metric("recorder_own_not_safe", "gauge",
+                   "Own recordings not yet held by storage.safe_copies other devices.",
+                   [({}, storage["own_not_safe"])])
+        out.metric("recorder_storage_freed_bytes_total", "counter",
+                   "Bytes the storage budget freed since the service started.",
+                   [({}, storage["freed_mb_total"] * MB)])
+        if storage.get("days_left") is not None:
+            out.metric("recorder_storage_days_left", "gauge",
+                       "Days until own recordings fill the room above the reserve.",
+                       [({}, storage["days_left"])])
     out.metric("recorder_clock_synced", "gauge", "1 when the clock is NTP-synchronised.",
                [({}, 1 if status.get("clock_synced") else 0)])
     radio = status.get("radio")

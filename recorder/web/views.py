@@ -119,6 +119,7 @@ class Views:
             "radio": None if radio is None else {
                 "state": radio.get("state"), "on_air": radio.get("state") == "live"},
             "papad": workers.get("papad"),
+            "storage": workers.get("storage"),  # recorder.budget: space by use, not yet safe
             "published": raw.get("published"),
             "latest": self._latest_own(),
             "last_error": raw.get("last_error"),

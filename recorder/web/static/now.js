@@ -14,6 +14,12 @@ function showStatus(s) {
   if (!now.recording) $("elapsed").textContent = "";
   $("free").textContent = rp.fmtMB(s.free_mb) + (s.reserve_mb ? ` (${rp.fmtMB(s.reserve_mb)} kept in reserve)` : "");
   $("hours").textContent = s.hours_left === null ? "unknown" : `about ${s.hours_left} hours`;
+  const b = s.storage;
+  $("space").textContent = !b || b.own_mb === undefined ? "not measured yet"
+    : `own ${rp.fmtMB(b.own_mb)} (${b.own_not_safe} not yet safe elsewhere), others' ` +
+      `${rp.fmtMB(b.peers_mb)}, staging ${rp.fmtMB(b.staging_mb)}` +
+      (b.days_left === null ? "" : `; about ${Math.round(b.days_left)} days left`);
+  $("space").className = b && b.short_mb ? "warn" : "";
   $("clock").textContent = s.clock_synced ? "synchronised" : "NOT synchronised: times may be wrong";
   $("clock").className = s.clock_synced ? "" : "warn";
   $("radio").textContent = s.radio === null ? "not configured"
