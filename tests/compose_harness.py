@@ -98,6 +98,13 @@ class Engine:
             "private dockerd answering", detail=self.log_tail)
         if self.proc.poll() is not None:
             pytest.fail(f"dockerd exited {self.proc.returncode}:\n{self.log_tail()}")
+        # What an interrupted earlier session left in this data root (its own, nothing else's):
+        # containers, networks and volumes go; images and build cache stay.
+        left = self.run("ps", "-aq").stdout.split()
+        if left:
+            self.run("rm", "-f", "-v", *left, timeout=300)
+        self.run("network", "prune", "-f")
+        self.run("volume", "prune", "-f")
 
     def log_tail(self, lines: int = 30) -> str:
         path = self.run_dir / "dockerd.log"
@@ -256,7 +263,12 @@ class Stack:
             *args, check=check, timeout=timeout, cwd=SERVICES, env=self.env, input=input)
 
     def up(self, *services: str) -> None:
-        self.compose("up", "-d", "--no-build", *(services or TEST_SERVICES), timeout=900)
+        res = self.compose("up", "-d", "--no-build", *(services or TEST_SERVICES),
+                           timeout=900, check=False)
+        if res.returncode != 0:
+            pytest.fail(f"{self.project}: up exited {res.returncode}: "
+                        f"{res.stderr.strip().splitlines()[-1:]}\n{self.states()}\n"
+                        f"{self.logs(tail=60)}")
 
     def states(self) -> dict[str, tuple[str, str]]:
         """service -> (state, health) of this project's containers."""
@@ -311,8 +323,8 @@ class Stack:
 def engine() -> Iterator[Engine]:
     prepare_tools()
     eng = Engine(CACHE)
-    eng.start()
     try:
+        eng.start()
         yield eng
     finally:
         eng.stop()

@@ -77,8 +77,8 @@ def device(engine, clips, tmp_path_factory):
 def _device(engine, clips, tmp_path_factory, project: str, device_id: str, index: int):
     stack = ch.Stack(engine, project, tmp_path_factory.mktemp(project), device_id, index, LAN)
     stack.write_config(device_template("file:/clips/speech.wav"), clips)
-    stack.up()
     try:
+        stack.up()
         stack.wait_healthy(timeout=900)
         yield stack
     finally:
