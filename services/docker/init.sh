@@ -8,8 +8,8 @@
 #     derived from the host's MAC address (the native install's rule); kept in the secrets
 #     volume, so it never changes afterwards. No id: one line saying how to set it, exit 2.
 #  3. config: /etc/recorder/recorder.toml (the config volume) written from the template
-#     (services/recorder.compose.toml, mounted) with the device id filled in, at every start,
-#     so edits of the template take effect on the next `up`.
+#     (services/recorder.compose.toml, mounted) with the device id filled in (and, on a hub,
+#     the station off), at every start, so edits of the template take effect on the next `up`.
 #  4. the data directory: owned by RECORDER_UID, with papad's place in it.
 set -euo pipefail
 secrets=/run/secrets
@@ -72,7 +72,10 @@ python3 -c 'import sys; from recorder.deviceid import validate_device_id; valida
 # --- config ------------------------------------------------------------------------------
 grep -q '^id = "set-me"$' "$template" \
   || die "$template: its [device] section must keep the line id = \"set-me\" (init fills in the id)"
-sed -e "s/^id = \"set-me\"\$/id = \"$id\"/" "$template" | put "$config" 0644
+# A hub (hub.yaml: RECORDER_ROLE=hub) runs no Cow Radio station.
+hub_radio=()
+[ "${RECORDER_ROLE:-device}" != hub ] || hub_radio=(-e 's/^station = true$/station = false/')
+sed -e "s/^id = \"set-me\"\$/id = \"$id\"/" "${hub_radio[@]}" "$template" | put "$config" 0644
 python3 -c 'import sys; from recorder.config import load_config; load_config(sys.argv[1])' "$config" \
   || die "$config: the config is refused (see above); fix $template"
 
