@@ -18,6 +18,10 @@ test_packages=(
   debootstrap yggdrasil socat chrony redis-server fuse3 chromium chromium-driver
   systemd-container strace nftables nmap
 )
+# --- compose stack tests (tests/test_compose.py): Docker Engine from Debian; Compose v2 is
+# installed from Debian 13's packages by services/docker/install-compose-plugin.sh (the tests
+# call it into their own cache; nothing of it goes into the system). ---
+test_packages+=(docker.io)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

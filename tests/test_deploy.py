@@ -230,48 +230,66 @@ def test_compose_validates_against_the_compose_spec_schema():
 def test_docker_compose_config_accepts_the_stack(tmp_path):
     work = tmp_path / "services"
     shutil.copytree(SERVICES, work)
-    shutil.copy(work / "papad.env.example", work / "papad.env")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
     res = subprocess.run(
         [str(_compose_binary()), "-f", "compose.yaml", "--env-file", ".env.example",
-         "--profile", "papad", "config", "--format", "json"],
+         "config", "--format", "json"],
         cwd=work, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RECORDER_BUILD_CA": str(ca)},
     )
     assert res.returncode == 0, res.stderr
     resolved = json.loads(res.stdout)
     assert resolved["name"] == "recorderpi"
-    assert set(resolved["services"]) >= {"papad-api", "papad-minio", "papad-db", "recorder",
-                                         "syncthing"}
+    assert set(resolved["services"]) == {"init", "syncthing", "recorder", "web", "papad",
+                                         "icecast", "station", "yggdrasil"}
+    # ... and the hub variant: no recorder, station or Icecast.
+    res = subprocess.run(
+        [str(_compose_binary()), "-f", "compose.yaml", "-f", "hub.yaml", "--env-file",
+         ".env.example", "config", "--format", "json"],
+        cwd=work, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RECORDER_BUILD_CA": str(ca)},
+    )
+    assert res.returncode == 0, res.stderr
+    hub = json.loads(res.stdout)["services"]
+    assert "devices" not in hub["recorder"] and "group_add" not in hub["recorder"]
 
 
-def test_compose_services_devices_volumes_and_healthchecks():
+def test_compose_services_images_volumes_and_healthchecks():
     doc = _load_compose()
     services = doc["services"]
-    assert set(services) >= {"syncthing", "recorder", "docroot", "icecast", "yggdrasil",
-                             "papad-api", "papad-minio", "papad-db"}
+    assert set(services) == {"init", "syncthing", "recorder", "web", "papad", "icecast",
+                             "station", "yggdrasil"}
     for name, svc in services.items():
-        assert "healthcheck" in svc and svc["healthcheck"]["test"], f"{name}: no healthcheck"
-        assert svc.get("restart") == "unless-stopped", f"{name}: restart policy"
         image = svc.get("image", "")
         tag = image.rsplit(":", 1)[-1] if ":" in image.split("/")[-1] else ""
         assert tag and tag != "latest", f"{name}: image {image!r} is not pinned by tag"
-        if name.startswith("papad"):
-            assert svc.get("profiles") == ["papad"], f"{name} must sit behind the papad profile"
-        else:
-            assert "profiles" not in svc, f"{name} must start by default"
+        assert "build" in svc, f"{name}: every image is built here, none pulled"
+        assert "profiles" not in svc, f"{name} must start by default"
+        if name == "init":
+            assert svc["restart"] == "no" and svc["network_mode"] == "host"
+            continue
+        assert "healthcheck" in svc and svc["healthcheck"]["test"], f"{name}: no healthcheck"
+        assert svc.get("restart") == "unless-stopped", f"{name}: restart policy"
+        assert svc["depends_on"]["init"]["condition"] == "service_completed_successfully", name
         if svc.get("network_mode") != "host":
             assert svc.get("networks") == ["recorderpi"], f"{name}: not on the named network"
     assert list(doc["networks"]) == ["recorderpi"]
+    # Two stacks on one host (tests, a hub beside a device) must not share a network name.
+    assert "name" not in doc["networks"]["recorderpi"]
 
     rec = services["recorder"]
     assert "/dev/snd:/dev/snd" in rec["devices"]
     assert any(d.endswith(":/dev/gpiochip0") for d in rec["devices"])
     assert len(rec["group_add"]) == 2
     mounts = {re.sub(r":(ro|rw)$", "", v).rsplit(":", 1)[1] for v in rec["volumes"]}
-    assert {"/etc/recorder", "/srv/recorder"} <= mounts
+    assert {"/etc/recorder", "/srv/recorder", "/run/secrets"} <= mounts
     assert rec["build"]["dockerfile"] == "services/Dockerfile"
+    assert rec["build"]["target"] == "recorder"
 
-    docroot = services["docroot"]
-    assert any(v.endswith("/srv/recorder/sync:ro") for v in docroot["volumes"])
+    web = services["web"]
+    assert any(v.endswith("/srv/recorder/sync:ro") for v in web["volumes"])
+    assert any(v.endswith(":/srv/papad/media:ro") for v in web["volumes"])
 
     ygg = services["yggdrasil"]
     assert ygg["network_mode"] == "host" and "NET_ADMIN" in ygg["cap_add"]
@@ -296,30 +314,38 @@ SECRET_WORDS = re.compile(r"pass|secret|token|api_?key|private", re.I)
 
 def test_compose_has_no_inline_secrets():
     doc = _load_compose()
-    for name, secret in doc["secrets"].items():
-        assert set(secret) == {"file"} and secret["file"].startswith("./secrets/"), name
+    # The only compose secret is the build's CA bundle; the stack's own secrets are made by
+    # the init service into a volume, never written in a file of the checkout.
+    assert doc["secrets"] == {"ca": {"file": "${RECORDER_BUILD_CA:-/etc/ssl/certs/"
+                                             "ca-certificates.crt}"}}
     for name, svc in doc["services"].items():
         env = svc.get("environment", {})
         for key, value in env.items():
             if SECRET_WORDS.search(key):
-                assert key.endswith("_FILE") and str(value).startswith("/run/secrets/"), (name, key)
-        for used in svc.get("secrets", []):
-            assert used in doc["secrets"], (name, used)
-    for example in (".env.example", "papad.env.example"):
-        for line in (SERVICES / example).read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                key, value = line.split("=", 1)
-                if SECRET_WORDS.search(key) or SECRET_WORDS.search(value.split("@")[0]):
-                    assert "REPLACE" in value, f"{example}: {key} holds a value"
+                # papad's settings read these at import; recorderpi_settings replaces them.
+                assert value == "unused", (name, key)
+    for line in (SERVICES / ".env.example").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            assert not SECRET_WORDS.search(key), f".env.example: {key}"
 
 
-def test_dockerfile_is_slim_non_root_and_installs_the_libraries():
+def test_dockerfile_builds_every_image_from_one_debian_base():
     text = (SERVICES / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim-bookworm$", text, re.M)
+    bases = re.findall(r"^FROM (\S+)", text, re.M)
+    assert bases[0] == "debian:bookworm-slim"
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)", text, re.M))
+    assert set(bases[1:]) <= stages  # every other stage starts from one of this file's
+    papad = _load_compose()["services"]["papad"]["build"]["dockerfile_inline"]
+    assert re.findall(r"^FROM (\S+)", papad, re.M) == ["debian:bookworm-slim"]
     for lib in ("libportaudio2", "libchromaprint1", "libsndfile1"):
         assert lib in text
     assert re.search(r"^USER recorder$", text, re.M)
     assert "--no-install-recommends" in text and "rm -rf /var/lib/apt/lists" in text
+    # Debian 12's versions, the ones the native install and the tests run.
+    for pin in ("'syncthing=1.19.*'", "'icecast2=2.4.4*'", "'liquidsoap=2.1.*'",
+                "'yggdrasil=0.4.7*'", "'nginx-light=1.22.*'"):
+        assert pin in text, pin
 
 
 # --- configs ----------------------------------------------------------------------------------

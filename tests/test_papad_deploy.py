@@ -1,11 +1,8 @@
-"""papad on the Pi: compose's "papad" profile and papad.env.example, checked against papad itself.
-
-No Docker engine runs here, so the images are not built; `tests/test_deploy.py` validates the
-compose file (Compose Specification schema, `docker compose config`). These tests check what can
-be checked without Docker: the API is built from the same source commit the test suite runs
-(the papad kit's upstream tree), its data lives on the data partition, and papad's own settings
-code, run with the example's values in the kit's upstream venv, resolves them as intended (every
-variable papad requires is present: its settings raise on a missing one).
+"""papad in the compose stack, checked without Docker against papad itself: the image is built
+from the commit the tests run (the papad kit's upstream tree), its data lives on the data
+partition, and the stack's own settings (services/papad/recorderpi_settings.py: SQLite,
+uploads on local disk, static files for nginx) and account bootstrap (bootstrap.py) work with
+upstream papad's code in the kit's venv. tests/test_compose.py runs the real containers.
 """
 
 from __future__ import annotations
@@ -15,14 +12,14 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.papad_kit import require_kit, venv_dir
 
 SERVICES = Path(__file__).resolve().parent.parent / "services"
-GIT_CONTEXT = re.compile(r"^https://github\.com/micahchoo/papadam\.git#([0-9a-f]{40}):api$")
+GIT_CONTEXT = re.compile(
+    r"^\$\{PAPAD_SOURCE:-https://github\.com/micahchoo/papadam\.git#([0-9a-f]{40}):api\}$")
 
 
 def compose() -> dict:
@@ -30,89 +27,73 @@ def compose() -> dict:
     return yaml.safe_load((SERVICES / "compose.yaml").read_text())
 
 
-def env_file(name: str) -> dict[str, str]:
-    out = {}
-    for line in (SERVICES / name).read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, value = line.split("=", 1)
-            out[key.strip()] = value.strip()
-    return out
-
-
-def test_papad_api_is_built_from_a_pinned_commit_on_the_pi():
-    api = compose()["services"]["papad-api"]
-    assert GIT_CONTEXT.match(api["build"]["context"]), api["build"]
-    assert "image" in api and not api["image"].endswith(":latest")
-    minio = compose()["services"]["papad-minio"]
-    assert "RELEASE.2025-04-22T22-12-26Z" in minio["build"]["dockerfile_inline"]
-
-
-def test_the_pi_runs_the_papad_the_tests_run():
-    kit = require_kit()
-    source = (kit / "upstream" / "SOURCE.txt").read_text()
-    commit = re.search(r"Commit:\s+([0-9a-f]{40})", source).group(1)
-    pinned = GIT_CONTEXT.match(compose()["services"]["papad-api"]["build"]["context"]).group(1)
-    assert pinned == commit
+def test_papad_is_built_from_the_commit_the_tests_run():
+    build = compose()["services"]["papad"]["build"]
+    match = GIT_CONTEXT.match(build["context"])
+    assert match, build["context"]
+    source = (require_kit() / "upstream" / "SOURCE.txt").read_text()
+    assert match.group(1) == re.search(r"Commit:\s+([0-9a-f]{40})", source).group(1)
+    # No CDN: video.js from the npm registry, checked, and the template pointed at it.
+    inline = build["dockerfile_inline"]
+    assert "https://registry.npmjs.org/video.js/-/video.js-8.3.0.tgz" in inline
+    assert "sha512sum -c" in inline and "! grep -rn 'zencdn'" in inline
 
 
 def test_papad_data_lives_on_the_data_partition():
-    services = compose()["services"]
-    for name, where in (("papad-db", "postgres:/var/lib/postgresql/data"),
-                        ("papad-minio", "minio:/data")):
-        assert f"${{RECORDER_DATA:-/srv/recorder}}/papad/{where}" in services[name]["volumes"]
-    # No named volume holds papad data: a named volume lives on the root filesystem.
-    assert not [v for v in compose()["volumes"] if v.startswith(("papad", "minio"))]
+    papad = compose()["services"]["papad"]
+    assert "${RECORDER_DATA:-/srv/recorder}/papad:/srv/papad" in papad["volumes"]
+    assert papad["environment"]["DB_URL"] == "sqlite:////srv/papad/db.sqlite3"
+    # No MinIO and no PostgreSQL: no service, no named volume for them.
+    assert not [s for s in compose()["services"] if "minio" in s or "db" in s]
 
 
-def test_papad_env_example_names_only_variables_papad_reads():
-    kit = require_kit()
-    config = "\n".join(p.read_text() for p in (kit / "upstream/papadapi/config").glob("*.py"))
-    for key in env_file("papad.env.example"):
-        assert re.search(rf'env\.\w+\("{key}"', config), f"papad does not read {key}"
-
-
-def test_papad_settings_resolve_from_the_example_values(papad_upstream, tmp_path):
+def test_stack_settings_and_bootstrap_work_with_upstream_papad(papad_upstream, tmp_path):
     # papad_upstream: the session server, which guarantees the kit's upstream venv exists.
     kit = require_kit()
-    values = {k: v.replace("REPLACE", "example-secret-1234") for k, v in
-              env_file("papad.env.example").items()}
-    script = """
-import json, os
-import configurations
-configurations.setup()
-from django.conf import settings as s
-from django.core.management import call_command
-call_command("check")
-db = s.DATABASES["default"]
-print(json.dumps({"allowed_hosts": s.ALLOWED_HOSTS, "debug": s.DEBUG,
-    "storage": s.STORAGES["default"]["BACKEND"], "endpoint": s.AWS_S3_ENDPOINT_URL,
-    "bucket": s.AWS_STORAGE_BUCKET_NAME, "querystring_auth": s.AWS_QUERYSTRING_AUTH,
-    "db": [db["ENGINE"], db["HOST"], int(db["PORT"]), db["NAME"], db["USER"]],
-    "page_size": s.REST_FRAMEWORK["PAGE_SIZE"]}))
-"""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    token = "0123456789abcdef0123456789abcdef01234567"
+    for name, value in (("papad-django-secret", "x" * 50), ("papad-admin-password", "pw-1234"),
+                        ("papad-token", token)):
+        (secrets / name).write_text(value + "\n")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
            "PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"),
-           "DJANGO_SETTINGS_MODULE": "papadapi.config", "DJANGO_CONFIGURATION": "Production",
-           **values}
-    proc = subprocess.run([str(venv_dir("upstream") / "bin" / "python"), "-c", script],
-                          cwd=kit / "upstream", env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    services = compose()["services"]
-    db_env = services["papad-db"]["environment"]
-    assert got["allowed_hosts"] == ["*"] and got["debug"] is False
-    assert got["storage"] == "storages.backends.s3.S3Storage" and not got["querystring_auth"]
-    assert got["db"] == ["django.db.backends.postgresql", "papad-db", 5432,
-                         db_env["POSTGRES_DB"], db_env["POSTGRES_USER"]]
-    assert got["page_size"] == 50
-    # Uploads: the endpoint browsers and papad-api both use is the Pi's name and MinIO's
-    # published port; papad-api resolves that name to the host.
-    endpoint = urlsplit(got["endpoint"])
-    assert endpoint.hostname == env_file(".env.example")["PAPAD_HOST"]
-    assert f"{endpoint.port}:9000" in services["papad-minio"]["ports"]
-    assert "${PAPAD_HOST:-recorder.local}:host-gateway" in services["papad-api"]["extra_hosts"]
-    assert got["bucket"] == values["PAPAD_STORAGE_BUCKET_NAME"]
-    # The recorder in compose talks to papad-api by its service name (allowed: any host).
-    recorder_toml = (SERVICES / "recorder.compose.toml").read_text()
-    assert 'url = "http://papad-api:8000"' in recorder_toml
+           "PYTHONPATH": str(SERVICES / "papad"),
+           "DJANGO_SETTINGS_MODULE": "recorderpi_settings", "DJANGO_CONFIGURATION": "Pi",
+           "RECORDERPI_SECRETS": str(secrets), "RECORDERPI_PAPAD_DATA": str(tmp_path),
+           "RECORDERPI_PAPAD_STATIC": str(tmp_path / "static"),
+           **{k: str(v) for k, v in compose()["services"]["papad"]["environment"].items()
+              if not str(v).startswith("$")}}
+    python = str(venv_dir("upstream") / "bin" / "python")
+
+    def manage(*args: str, stdin: str | None = None) -> str:
+        proc = subprocess.run([python, "manage.py", *args], cwd=kit / "upstream", env=env,
+                              input=stdin, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    manage("migrate", "--noinput", "-v", "0")
+    bootstrap = (SERVICES / "papad" / "bootstrap.py").read_text()
+    first = manage("shell", stdin=bootstrap)
+    assert "group Community" in first and "user recorder" in first, first
+    assert "nothing to do" in manage("shell", stdin=bootstrap)  # a second start changes nothing
+    probe = """
+import json
+from django.conf import settings as s
+from django.core.management import call_command
+from rest_framework.authtoken.models import Token
+from papadapi.common.models import Group
+call_command("check")
+t = Token.objects.get(key=TOKEN)
+print(json.dumps({"debug": s.DEBUG, "storage": s.STORAGES["default"]["BACKEND"],
+    "db": s.DATABASES["default"]["ENGINE"], "media": s.MEDIA_ROOT, "user": t.user.username,
+    "vendor": s.STATICFILES_DIRS[-1],
+    "group": [g.pk for g in Group.objects.filter(name="Community", users=t.user)]}))
+"""
+    got = json.loads(manage("shell", stdin=f"TOKEN = {token!r}\n{probe}").strip().splitlines()[-1])
+    assert got == {"debug": False,
+                   "storage": "django.core.files.storage.FileSystemStorage",
+                   "db": "django.db.backends.sqlite3", "media": str(tmp_path / "media"),
+                   "user": "recorder", "group": [1], "vendor": "/opt/papad-vendor"}
+    # The group id the compose config registers into is the group bootstrap made.
+    assert re.search(r"(?m)^group = 1$", (SERVICES / "recorder.compose.toml").read_text())

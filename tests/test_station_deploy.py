@@ -93,14 +93,16 @@ def test_radio_setup_makes_secrets_once_and_renders_icecast_xml(tmp_path):
 
 def test_compose_station_service_reads_only():
     station = _load_compose()["services"]["station"]
-    assert station["build"]["dockerfile"] == "services/liquidsoap/Dockerfile"
-    assert station["read_only"] is True and "icecast_source_password" in station["secrets"]
+    assert station["build"]["dockerfile"] == "services/Dockerfile"
+    assert station["build"]["target"] == "station" and station["read_only"] is True
+    assert "secrets:/run/secrets:ro" in station["volumes"]
     assert any(v.endswith(":/srv/recorder:ro") for v in station["volumes"])
     assert station["healthcheck"]["test"] == ["CMD", "recorder", "radio", "status"]
     assert station["depends_on"]["icecast"]["condition"] == "service_healthy"
-    docker = (SERVICES / "liquidsoap/Dockerfile").read_text()
-    assert "liquidsoap" in docker and re.search(r"^USER recorder$", docker, re.M)
-    assert "recorder radio script --output" in docker
+    docker = (SERVICES / "Dockerfile").read_text()
+    stage = docker[docker.index("AS station"):]
+    assert "liquidsoap" in stage and re.search(r"^USER recorder$", stage, re.M)
+    assert "recorder radio script --output" in stage
 
 
 def test_compose_config_puts_the_station_on_the_air():
