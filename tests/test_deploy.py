@@ -242,7 +242,7 @@ def test_docker_compose_config_accepts_the_stack(tmp_path):
     resolved = json.loads(res.stdout)
     assert resolved["name"] == "recorderpi"
     assert set(resolved["services"]) == {"init", "syncthing", "recorder", "web", "papad",
-                                         "icecast", "station", "yggdrasil"}
+                                         "icecast", "station", "yggdrasil", "firewall"}
     # ... and the hub variant: no recorder, station or Icecast.
     res = subprocess.run(
         [str(_compose_binary()), "-f", "compose.yaml", "-f", "hub.yaml", "--env-file",
@@ -259,7 +259,7 @@ def test_compose_services_images_volumes_and_healthchecks():
     doc = _load_compose()
     services = doc["services"]
     assert set(services) == {"init", "syncthing", "recorder", "web", "papad", "icecast",
-                             "station", "yggdrasil"}
+                             "station", "yggdrasil", "firewall"}
     for name, svc in services.items():
         image = svc.get("image", "")
         tag = image.rsplit(":", 1)[-1] if ":" in image.split("/")[-1] else ""
