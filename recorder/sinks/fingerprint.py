@@ -3,6 +3,10 @@
 It feeds every block the pump hands it to Chromaprint (in the pump's worker thread; a 1024-frame
 block costs a few microseconds of resampling and FFT work), so no recording is ever read back or
 decoded to fingerprint it, and publishing costs the same for a minute or for three hours.
+
+The same 11025 Hz stream feeds the landmark peak finder (`recorder.audioid.landmarks`), the
+second fingerprint, built for audio heard through the air; its landmarks are not in the
+sidecar: they wait in `landmarks.HANDOFF` for the catalogue to collect at publishing.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from recorder.audioid.chroma import StreamingFingerprinter
+from recorder.audioid.landmarks import HANDOFF, PeakFinder, triplets
 from recorder.errors import TooShortError
 
 log = logging.getLogger(__name__)
@@ -25,8 +30,11 @@ class FingerprintSink:
     too short to fingerprint (under 3 s): a short recording is still a recording.
     """
 
-    def __init__(self, samplerate: int, channels: int) -> None:
-        self._fp: StreamingFingerprinter | None = StreamingFingerprinter(samplerate, channels)
+    def __init__(self, samplerate: int, channels: int, recording_id: str | None = None) -> None:
+        self._peaks = PeakFinder() if recording_id is not None else None
+        self._fp: StreamingFingerprinter | None = StreamingFingerprinter(
+            samplerate, channels, tap=self._peaks.feed if self._peaks is not None else None)
+        self._recording_id = recording_id
 
     def write(self, block: np.ndarray) -> None:
         """Feed int16 frames (frames, channels); the block is copied, never kept."""
@@ -39,13 +47,17 @@ class FingerprintSink:
         if fp is None:
             return {}
         try:
-            return {"audio_id": fp.finish().audio_id()}
+            audio_id = fp.finish().audio_id()
         except TooShortError as exc:
             log.info("recording not fingerprinted: %s", exc)
             return {}
+        if self._peaks is not None and self._recording_id is not None:
+            HANDOFF.put(self._recording_id, triplets(self._peaks.finish()))
+        return {"audio_id": audio_id}
 
     def abort(self) -> None:
         """Drop the fingerprint in progress. Never raises."""
         fp, self._fp = self._fp, None
+        self._peaks = None
         if fp is not None:
             fp.abort()

@@ -1,0 +1,171 @@
+"""The landmark index: every catalogued recording's triplet landmarks
+(`recorder.audioid.landmarks`), in the catalogue's database, and the search that finds where a
+clip heard through the air comes from.
+
+Tables (owned by this module; ``num`` is the catalogue's recording number):
+
+- ``landmark_recordings``: one row per recording with landmarks: the sha256 of the audio they
+  were computed from (a recording whose audio changes loses them), the landmarks themselves
+  (8 bytes each: to remove the postings, or index them later) and whether they are indexed;
+- ``landmark_index``: the postings, (key, num, anchor frame), in key order.
+
+Search: look up the query's keys (a key shared by more than STOP_ROWS postings, a sound too
+common to tell recordings apart, is skipped), count per recording how many distinct query
+landmarks hit it, and align the CANDIDATES best (`landmarks.align`). A recording matches when
+its alignment has at least MIN_SCORE agreeing landmarks spread over at least MIN_COVER seconds
+of the query, each of those seconds with COVER_HITS of them.
+
+The two thresholds come from tests/bench/bench_airid.py (README, "Benchmarks"): on a catalogue
+of 1,000 real synthetic recordings (espeak-ng speech, melodies, noise) padded to 10,000 with
+recordings drawn from the same key distribution, unrelated queries (other texts and voices,
+melodies, noise, degraded as the air degrades them) never reached them, while degraded excerpts
+of catalogued recordings did (recall per degradation in the README).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+import numpy as np
+
+from recorder.audioid.landmarks import Alignment, Landmarks, align
+
+STOP_ROWS = 20000
+CANDIDATES = 16
+MIN_SCORE = 20  # agreeing query landmarks
+MIN_COVER = 5  # seconds of the query, each with landmarks.COVER_HITS agreeing ones
+LOOKUP_CHUNK = 500
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS landmark_recordings (
+        num INTEGER PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        data BLOB NOT NULL,
+        indexed INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS landmark_unindexed ON landmark_recordings (indexed) "
+    "WHERE indexed = 0",
+    """CREATE TABLE IF NOT EXISTS landmark_index (
+        key INTEGER NOT NULL,
+        num INTEGER NOT NULL,
+        t INTEGER NOT NULL,
+        PRIMARY KEY (key, num, t)
+    ) WITHOUT ROWID""",
+)
+
+
+@dataclass(frozen=True)
+class AirMatch:
+    """A recording a query matched by landmarks, and how."""
+
+    num: int
+    alignment: Alignment
+
+    @property
+    def score(self) -> int:
+        return self.alignment.score
+
+
+def is_match(alignment: Alignment) -> bool:
+    """The documented decision (see the module docstring)."""
+    return alignment.score >= MIN_SCORE and alignment.span_seconds >= MIN_COVER
+
+
+# --- writing (inside the caller's transaction) -----------------------------------------------
+
+
+def put(conn: sqlite3.Connection, num: int, sha256: str, marks: Landmarks,
+        *, defer: bool = False) -> None:
+    """Store `marks` for recording `num` (replacing any), indexed now or at `index_pending`."""
+    remove(conn, num)
+    conn.execute("INSERT INTO landmark_recordings (num, sha256, data, indexed) "
+                 "VALUES (?, ?, ?, 0)", (num, sha256, marks.to_bytes()))
+    if not defer:
+        post(conn, num, marks)
+
+
+def post(conn: sqlite3.Connection, num: int, marks: Landmarks) -> None:
+    """Write recording `num`'s postings (its landmarks are stored already)."""
+    order = np.lexsort((marks.t, marks.keys))
+    conn.executemany(
+        "INSERT OR IGNORE INTO landmark_index (key, num, t) VALUES (?, ?, ?)",
+        zip(marks.keys[order].tolist(), [num] * marks.keys.size,
+            marks.t[order].tolist(), strict=True))
+    conn.execute("UPDATE landmark_recordings SET indexed = 1 WHERE num = ?", (num,))
+
+
+def remove(conn: sqlite3.Connection, num: int) -> None:
+    """Forget recording `num`'s landmarks and postings."""
+    row = conn.execute("SELECT data, indexed FROM landmark_recordings WHERE num = ?",
+                       (num,)).fetchone()
+    if row is None:
+        return
+    if row[1]:
+        keys = np.unique(Landmarks.from_bytes(row[0]).keys)
+        conn.executemany("DELETE FROM landmark_index WHERE key = ? AND num = ?",
+                         ((k, num) for k in keys.tolist()))
+    conn.execute("DELETE FROM landmark_recordings WHERE num = ?", (num,))
+
+
+def sha256_of(conn: sqlite3.Connection, num: int) -> str | None:
+    """The sha256 of the audio recording `num`'s landmarks came from, or None."""
+    row = conn.execute("SELECT sha256 FROM landmark_recordings WHERE num = ?",
+                       (num,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def next_pending(conn: sqlite3.Connection) -> tuple[int, Landmarks] | None:
+    """A recording whose postings are not written yet."""
+    row = conn.execute("SELECT num, data FROM landmark_recordings WHERE indexed = 0 "
+                       "LIMIT 1").fetchone()
+    return None if row is None else (int(row[0]), Landmarks.from_bytes(row[1]))
+
+
+# --- searching --------------------------------------------------------------------------------
+
+
+def search(conn: sqlite3.Connection, query: Landmarks) -> list[AirMatch]:
+    """Recordings the query matches (`is_match`), best score first."""
+    if query.keys.size == 0:
+        return []
+    unique = np.unique(query.keys).tolist()
+    rows: list[tuple[int, int, int]] = []
+    for start in range(0, len(unique), LOOKUP_CHUNK):
+        chunk = unique[start : start + LOOKUP_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows += conn.execute(
+            f"SELECT key, num, t FROM landmark_index WHERE key IN ({marks})", chunk
+        ).fetchall()
+    if not rows:
+        return []
+    hits = np.array(rows, dtype=np.int64)
+    rkey, rnum, rt = hits[:, 0], hits[:, 1], hits[:, 2]
+    _, inverse, per_key = np.unique(rkey, return_inverse=True, return_counts=True)
+    keep = per_key[inverse] <= STOP_ROWS
+    rkey, rnum, rt = rkey[keep], rnum[keep], rt[keep]
+    # Join each posting with every query landmark holding its key.
+    order = np.argsort(query.keys, kind="stable")
+    sk = query.keys[order]
+    left = np.searchsorted(sk, rkey, "left")
+    reps = np.searchsorted(sk, rkey, "right") - left
+    if reps.sum() == 0:
+        return []
+    hit = np.repeat(np.arange(rkey.size), reps)
+    within = np.arange(hit.size) - np.repeat(np.cumsum(reps) - reps, reps)
+    qi = order[np.repeat(left, reps) + within]
+    hnum, htr = rnum[hit], rt[hit]
+    # Candidates: the recordings most distinct query landmarks hit.
+    pairs = np.unique(hnum * (1 << 32) + qi)
+    nums, counts = np.unique(pairs >> 32, return_counts=True)
+    good = counts >= MIN_SCORE
+    nums, counts = nums[good], counts[good]
+    top = nums[np.argsort(-counts, kind="stable")[:CANDIDATES]]
+    found = []
+    for num in top.tolist():
+        mine = hnum == num
+        alignment = align(query.t[qi[mine]], htr[mine], qi[mine])
+        if is_match(alignment):
+            found.append(AirMatch(int(num), alignment))
+    found.sort(key=lambda m: -m.score)
+    return found
