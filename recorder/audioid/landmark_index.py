@@ -25,6 +25,7 @@ of catalogued recordings did (recall per degradation in the README).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,8 +126,10 @@ def next_pending(conn: sqlite3.Connection) -> tuple[int, Landmarks] | None:
 # --- searching --------------------------------------------------------------------------------
 
 
-def search(conn: sqlite3.Connection, query: Landmarks) -> list[AirMatch]:
-    """Recordings the query matches (`is_match`), best score first."""
+def search(conn: sqlite3.Connection, query: Landmarks,
+           accept: Callable[[Alignment], bool] | None = None) -> list[AirMatch]:
+    """Recordings the query matches (`accept`, by default `is_match`), best score first."""
+    accept = accept or is_match
     if query.keys.size == 0:
         return []
     unique = np.unique(query.keys).tolist()
@@ -165,7 +168,7 @@ def search(conn: sqlite3.Connection, query: Landmarks) -> list[AirMatch]:
     for num in top.tolist():
         mine = hnum == num
         alignment = align(query.t[qi[mine]], htr[mine], qi[mine])
-        if is_match(alignment):
+        if accept(alignment):
             found.append(AirMatch(int(num), alignment))
     found.sort(key=lambda m: -m.score)
     return found

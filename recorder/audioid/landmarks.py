@@ -34,19 +34,20 @@ from dataclasses import dataclass
 import numpy as np
 
 RATE = 11025  # Chromaprint's analysis rate: the tap's stream
-N_FFT = 1024
+N_FFT = 512
 HOP = 256
 FRAME_SECONDS = HOP / RATE  # 23.2 ms
 LOW_HZ, HIGH_HZ = 250.0, 3400.0  # inside a phone call's band
 LO_BIN = int(LOW_HZ * N_FFT / RATE)
 HI_BIN = math.ceil(HIGH_HZ * N_FFT / RATE) + 1
 # Peaks: a local maximum over +-F_NEIGH bins and +-T_NEIGH frames, at most PEAKS_PER_CHUNK of
-# the loudest per chunk of CHUNK frames (about a second).
-F_NEIGH = 5
+# the loudest per chunk of CHUNK frames (about two seconds).
+F_NEIGH = 3
 T_NEIGH = 7
-CHUNK = 43
-PEAKS_PER_CHUNK = 12
-FLOOR = math.log(1e6)  # log power under which nothing is a peak (about -75 dBFS)
+CHUNK = 86
+BATCH_SAMPLES = CHUNK * HOP
+PEAKS_PER_CHUNK = 24
+FLOOR = 1e6  # power under which nothing is a peak (about -75 dBFS)
 # Log-frequency in 1/48 octave, from 200 Hz.
 UNITS_PER_OCTAVE = 48
 F_REF = 200.0
@@ -96,14 +97,19 @@ class Landmarks:
 
 class PeakFinder:
     """Feed 11025 Hz int16 blocks (mono or interleaved stereo as (frames, channels)), then
-    `finish()`: the peaks, the same however the stream is cut into blocks."""
+    `finish()`: the peaks, the same however the stream is cut into blocks.
+
+    Blocks are only queued until about a second of audio is in (the pump hands over a block
+    every 20 ms: numpy's per-call cost would be most of the work otherwise), then transformed
+    and searched together."""
 
     def __init__(self) -> None:
-        self._samples = np.zeros(0, np.float32)
+        self._samples = np.zeros(0, np.float64)  # not yet framed
+        self._queued: list[np.ndarray] = []
+        self._queued_n = 0
         self._frame0 = 0  # frame index of the first row of _spec
         self._spec = np.zeros((0, HI_BIN - LO_BIN), np.float32)
         self._done = 0  # frames whose peaks are decided
-        self._window = np.hanning(N_FFT + 2)[1:-1].astype(np.float32)
         self._t: list[np.ndarray] = []
         self._lf: list[np.ndarray] = []
         self._p: list[np.ndarray] = []
@@ -111,17 +117,27 @@ class PeakFinder:
 
     def feed(self, block: np.ndarray) -> None:
         """Add int16 samples at `RATE` (copied; the caller keeps its block)."""
-        if block.ndim == 2:
-            mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-        else:
-            mono = block
-        self._samples = np.concatenate([self._samples, mono.astype(np.float32)])
+        if block.ndim == 2 and block.shape[1] > 1:
+            block = block.mean(axis=1)
+        self._queued.append(block.reshape(-1).copy())
+        self._queued_n += block.shape[0]
+        if self._queued_n >= BATCH_SAMPLES:
+            self._transform()
+
+    def _transform(self) -> None:
+        self._samples = np.concatenate([self._samples, *self._queued], dtype=np.float64)
+        self._queued, self._queued_n = [], 0
         count = (self._samples.size - N_FFT) // HOP + 1 if self._samples.size >= N_FFT else 0
         if count <= 0:
             return
         frames = np.lib.stride_tricks.sliding_window_view(self._samples, N_FFT)[::HOP][:count]
-        power = np.abs(np.fft.rfft(frames * self._window, axis=1)[:, LO_BIN:HI_BIN]) ** 2
-        self._spec = np.concatenate([self._spec, np.log(power + 1.0).astype(np.float32)])
+        # float64: numpy's FFT is several times faster in double than in single precision.
+        # The Hann window is applied after the transform, on the band's bins only: a periodic
+        # Hann window is the spectrum convolved with (-1/4, 1/2, -1/4).
+        raw = np.fft.rfft(frames, axis=1)[:, LO_BIN - 1 : HI_BIN + 1]
+        spec = 0.5 * raw[:, 1:-1] - 0.25 * (raw[:, :-2] + raw[:, 2:])
+        power = (spec.real**2 + spec.imag**2).astype(np.float32)
+        self._spec = np.concatenate([self._spec, power])
         self._samples = self._samples[count * HOP :]
         while self._frame0 + self._spec.shape[0] - self._done >= CHUNK + T_NEIGH:
             self._chunk(CHUNK)
@@ -133,17 +149,9 @@ class PeakFinder:
         lo = max(0, start - T_NEIGH)
         ctx = self._spec[lo : start + length + T_NEIGH]
         cut = start - lo
-        # Max over the neighbourhood, separably: frequency, then time.
-        fmax = ctx.copy()
-        for d in range(1, F_NEIGH + 1):
-            np.maximum(fmax[:, d:], ctx[:, :-d], out=fmax[:, d:])
-            np.maximum(fmax[:, :-d], ctx[:, d:], out=fmax[:, :-d])
-        tmax = fmax.copy()
-        for d in range(1, T_NEIGH + 1):
-            np.maximum(tmax[d:], fmax[:-d], out=tmax[d:])
-            np.maximum(tmax[:-d], fmax[d:], out=tmax[:-d])
+        hood = _running_max(_running_max(ctx, F_NEIGH, 1), T_NEIGH, 0)
         mine = ctx[cut : cut + length]
-        is_peak = (mine >= tmax[cut : cut + length]) & (mine > FLOOR)
+        is_peak = (mine >= hood[cut : cut + length]) & (mine > FLOOR)
         is_peak[:, 0] = is_peak[:, -1] = False  # interpolation needs both neighbours
         ti, fi = np.nonzero(is_peak)
         if ti.size > PEAKS_PER_CHUNK:
@@ -151,7 +159,7 @@ class PeakFinder:
             keep.sort()
             ti, fi = ti[keep], fi[keep]
         if ti.size:
-            a, b, c = mine[ti, fi - 1], mine[ti, fi], mine[ti, fi + 1]
+            a, b, c = (np.log(mine[ti, fi + d] + 1.0) for d in (-1, 0, 1))
             denom = a - 2 * b + c
             delta = np.where(denom < 0, 0.5 * (a - c) / np.where(denom < 0, denom, -1), 0.0)
             hz = (fi + LO_BIN + np.clip(delta, -0.5, 0.5)) * (RATE / N_FFT)
@@ -168,6 +176,7 @@ class PeakFinder:
         """The peaks of everything fed."""
         if not self._finished:
             self._finished = True
+            self._transform()
             left = self._frame0 + self._spec.shape[0] - self._done
             while left > 0:
                 step = min(CHUNK, left)
@@ -176,6 +185,21 @@ class PeakFinder:
         if not self._t:
             return Peaks(np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.float32))
         return Peaks(np.concatenate(self._t), np.concatenate(self._lf), np.concatenate(self._p))
+
+
+def _running_max(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
+    """The maximum over [i - radius, i + radius] along `axis` (edges: what exists), in
+    log2(window) + 1 passes by doubling the covered width."""
+    a = np.moveaxis(a, axis, 0)
+    pad = np.full((radius, *a.shape[1:]), -np.inf, a.dtype)
+    m = np.concatenate([pad, a, pad])
+    width, covered = 2 * radius + 1, 1
+    while 2 * covered <= width:
+        m = np.maximum(m[:-covered], m[covered:])  # now covers 2 * covered
+        covered *= 2
+    if covered < width:
+        m = np.maximum(m[: -(width - covered)], m[width - covered :])
+    return np.moveaxis(m, 0, axis)
 
 
 def triplets(peaks: Peaks, fan: int = FAN) -> Landmarks:
@@ -227,6 +251,7 @@ def _key(lf1: np.ndarray, lf2: np.ndarray, lf3: np.ndarray, d12: np.ndarray,
 # --- alignment ------------------------------------------------------------------------------
 
 SPEED_MIN, SPEED_MAX, SPEED_STEP = 0.96, 1.04, 0.002
+SPEEDS = np.arange(SPEED_MIN, SPEED_MAX + SPEED_STEP / 2, SPEED_STEP)
 OFFSET_BIN = 2  # frames per offset bin of the alignment vote
 INLIER_FRAMES = 2.5  # a hit this close to the fitted line counts
 COVER_HITS = 3
@@ -253,28 +278,29 @@ def align(t_query: np.ndarray, t_ref: np.ndarray, q_index: np.ndarray) -> Alignm
     a landmark counts once however many reference positions share its key."""
     tq = t_query.astype(np.float64)
     tr = t_ref.astype(np.float64)
-    speeds = np.arange(SPEED_MIN, SPEED_MAX + SPEED_STEP / 2, SPEED_STEP)
-    off = tr[None, :] - speeds[:, None] * tq[None, :]
+    off = tr[None, :] - SPEEDS[:, None] * tq[None, :]
     bins = np.floor(off / OFFSET_BIN).astype(np.int64)
-    base = bins.min()
-    width = int(bins.max() - base) + 3
-    best = (-1, 0, 0)
-    for si in range(speeds.size):
-        counts = np.bincount(bins[si] - base + 1, minlength=width)
-        pair = counts[:-1] + counts[1:]  # neighbouring bins: a hit on a bin's edge
-        b = int(pair.argmax())
-        if pair[b] > best[0]:
-            best = (int(pair[b]), si, b)
-    _, si, b = best
-    centre = (b + base - 1 + 1) * OFFSET_BIN  # the shared edge of the two bins
-    s, o = float(speeds[si]), float(centre)
+    base = int(bins.min()) - 1
+    width = int(bins.max()) - base + 2
+    # One histogram per speed, side by side; a hit on a bin's edge: neighbouring bins summed.
+    counts = np.bincount((bins - base + np.arange(SPEEDS.size)[:, None] * width).ravel(),
+                         minlength=SPEEDS.size * width).reshape(SPEEDS.size, width)
+    pair = counts[:, :-1] + counts[:, 1:]
+    si, b = np.unravel_index(int(pair.argmax()), pair.shape)
+    centre = (b + base + 1) * OFFSET_BIN  # the shared edge of the two bins
+    s, o = float(SPEEDS[si]), float(centre)
     for _ in range(2):
         resid = tr - (o + s * tq)
         inl = np.abs(resid) <= INLIER_FRAMES + OFFSET_BIN
-        if inl.sum() >= 3 and np.ptp(tq[inl]) > 0:
-            s_fit, o_fit = np.polyfit(tq[inl], tr[inl], 1)
+        if inl.sum() < 3:
+            break
+        x, y = tq[inl], tr[inl]
+        dx = x - x.mean()
+        var = float(dx @ dx)
+        if var > 0:  # least squares, in closed form (np.polyfit costs ten times as much)
+            s_fit = float(dx @ (y - y.mean())) / var
             if SPEED_MIN - 0.01 <= s_fit <= SPEED_MAX + 0.01:
-                s, o = float(s_fit), float(o_fit)
+                s, o = s_fit, float(y.mean() - s_fit * x.mean())
     resid = tr - (o + s * tq)
     inl = np.abs(resid) <= INLIER_FRAMES
     score = int(np.unique(q_index[inl]).size)
