@@ -153,7 +153,7 @@ class PeakFinder:
         mine = ctx[cut : cut + length]
         is_peak = (mine >= hood[cut : cut + length]) & (mine > FLOOR)
         is_peak[:, 0] = is_peak[:, -1] = False  # interpolation needs both neighbours
-        ti, fi = np.nonzero(is_peak)
+        ti, fi = np.divmod(np.flatnonzero(is_peak), is_peak.shape[1])
         if ti.size > PEAKS_PER_CHUNK:
             keep = np.argsort(-mine[ti, fi], kind="stable")[:PEAKS_PER_CHUNK]
             keep.sort()
@@ -188,18 +188,26 @@ class PeakFinder:
 
 
 def _running_max(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
-    """The maximum over [i - radius, i + radius] along `axis` (edges: what exists), in
-    log2(window) + 1 passes by doubling the covered width."""
-    a = np.moveaxis(a, axis, 0)
-    pad = np.full((radius, *a.shape[1:]), -np.inf, a.dtype)
-    m = np.concatenate([pad, a, pad])
+    """The maximum over [i - radius, i + radius] along `axis` (0 or 1 of a 2-D array; edges:
+    what exists), in log2(window) + 1 passes by doubling the covered width."""
+    shape = list(a.shape)
+    shape[axis] += 2 * radius
+    m = np.full(shape, -np.inf, a.dtype)
+    if axis == 0:
+        m[radius : radius + a.shape[0]] = a
+    else:
+        m[:, radius : radius + a.shape[1]] = a
     width, covered = 2 * radius + 1, 1
+
+    def shifted(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return (x[:-k], x[k:]) if axis == 0 else (x[:, :-k], x[:, k:])
+
     while 2 * covered <= width:
-        m = np.maximum(m[:-covered], m[covered:])  # now covers 2 * covered
+        m = np.maximum(*shifted(m, covered))  # now covers 2 * covered
         covered *= 2
     if covered < width:
-        m = np.maximum(m[: -(width - covered)], m[width - covered :])
-    return np.moveaxis(m, 0, axis)
+        m = np.maximum(*shifted(m, width - covered))
+    return m
 
 
 def triplets(peaks: Peaks, fan: int = FAN) -> Landmarks:

@@ -22,6 +22,8 @@ from recorder.errors import TooShortError
 
 log = logging.getLogger(__name__)
 
+BATCH_FRAMES = 8192
+
 
 class FingerprintSink:
     """A per-recording sink (see the Sink protocol in docs/ARCHITECTURE.md).
@@ -35,11 +37,24 @@ class FingerprintSink:
         self._fp: StreamingFingerprinter | None = StreamingFingerprinter(
             samplerate, channels, tap=self._peaks.feed if self._peaks is not None else None)
         self._recording_id = recording_id
+        # Blocks are fed in batches of about BATCH_FRAMES: the resampler, Chromaprint and the
+        # peak finder cost mostly per call at the pump's 1024 frames (the prints are the same
+        # however the stream is cut).
+        self._queued: list[np.ndarray] = []
+        self._queued_frames = 0
 
     def write(self, block: np.ndarray) -> None:
         """Feed int16 frames (frames, channels); the block is copied, never kept."""
         if self._fp is not None:
-            self._fp.feed(block)
+            self._queued.append(block.copy())
+            self._queued_frames += block.shape[0]
+            if self._queued_frames >= BATCH_FRAMES:
+                self._flush(self._fp)
+
+    def _flush(self, fp: StreamingFingerprinter) -> None:
+        if self._queued:
+            fp.feed(np.concatenate(self._queued))
+            self._queued, self._queued_frames = [], 0
 
     def finish(self) -> dict[str, Any]:
         """The sidecar's ``audio_id`` (algorithm, version, compressed fingerprint, duration)."""
@@ -47,6 +62,7 @@ class FingerprintSink:
         if fp is None:
             return {}
         try:
+            self._flush(fp)
             audio_id = fp.finish().audio_id()
         except TooShortError as exc:
             log.info("recording not fingerprinted: %s", exc)
@@ -59,5 +75,6 @@ class FingerprintSink:
         """Drop the fingerprint in progress. Never raises."""
         fp, self._fp = self._fp, None
         self._peaks = None
+        self._queued = []
         if fp is not None:
             fp.abort()
