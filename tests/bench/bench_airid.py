@@ -273,7 +273,10 @@ def main() -> None:
     ap.add_argument("--pad", type=int, action="append", default=[])
     ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--cpu-only", action="store_true")
+    ap.add_argument("--raw", type=Path, default=CACHE / "raw",
+                    help="where every alignment is written (for choosing thresholds)")
     args = ap.parse_args()
+    args.raw.mkdir(parents=True, exist_ok=True)
     for tool in ("espeak-ng", "sox", "opusenc", "opusdec", "oggenc"):
         if shutil.which(tool) is None:
             sys.exit(f"needs {tool} (apt-get install espeak-ng sox opus-tools vorbis-tools)")
@@ -344,7 +347,7 @@ def main() -> None:
             recall[name] = {"queries": total, "chromaprint": found_c, "both": found_b}
             print(name, recall[name], file=sys.stderr, flush=True)
         report["recall"] = recall
-        (CACHE / "genuine_alignments.json").write_text(json.dumps(raw))
+        (args.raw / "genuine_alignments.json").write_text(json.dumps(raw))
         report["genuine_landmark_score_min"] = {k: min(v) for k, v in scores.items()}
         all_c = sum(r["chromaprint"] for r in recall.values())
         all_b = sum(r["both"] for r in recall.values())
@@ -367,7 +370,7 @@ def main() -> None:
                         best = lx.search(conn, marks, accept=lambda a: True)
                         if best:
                             near.append((best[0].score, best[0].alignment.span_seconds))
-            (CACHE / f"unrelated_alignments_{label}.json").write_text(json.dumps(near))
+            (args.raw / f"unrelated_alignments_{label}.json").write_text(json.dumps(near))
             near.sort(key=lambda s: (s[1], s[0]))
             report[f"unrelated_{label}"] = {
                 "queries": queries, "false_matches": false,
