@@ -7,13 +7,16 @@ Tables (owned by this module; ``num`` is the catalogue's recording number):
 - ``landmark_recordings``: one row per recording with landmarks: the sha256 of the audio they
   were computed from (a recording whose audio changes loses them), the landmarks themselves
   (8 bytes each: to remove the postings, or index them later) and whether they are indexed;
-- ``landmark_index``: the postings, (key, num, anchor frame), in key order.
+- ``landmark_index``: the postings, (key, num, anchor frame), in key order;
+- ``landmark_keys``: how many postings each key has.
 
-Search: look up the query's keys (a key shared by more than STOP_ROWS postings, a sound too
-common to tell recordings apart, is skipped), count per recording how many distinct query
-landmarks hit it, and align the CANDIDATES best (`landmarks.align`). A recording matches when
-its alignment has at least MIN_SCORE agreeing landmarks spread over at least MIN_COVER seconds
-of the query, each of those seconds with COVER_HITS of them.
+Search: look up how common each of the query's keys is (``landmark_keys``), read the postings
+of the rarest, at most ROW_BUDGET in all (common keys, sounds too frequent to tell recordings
+apart, are left out first: the work stays bounded as the catalogue grows), count per
+recording how many distinct query landmarks hit it, and align the CANDIDATES best
+(`landmarks.align`). A recording matches when its alignment has at least MIN_SCORE agreeing
+landmarks spread over at least MIN_COVER seconds of the query, each of those seconds with
+COVER_HITS of them.
 
 The two thresholds come from tests/bench/bench_airid.py (README, "Benchmarks"): on a catalogue
 of 1,000 real synthetic recordings (espeak-ng speech, melodies, noise) padded to 10,000 with
@@ -32,7 +35,7 @@ import numpy as np
 
 from recorder.audioid.landmarks import Alignment, Landmarks, align
 
-STOP_ROWS = 20000
+ROW_BUDGET = 30000  # postings read per search, the rarest keys' first
 CANDIDATES = 16
 MIN_SCORE = 20  # agreeing query landmarks
 MIN_COVER = 5  # seconds of the query, each with landmarks.COVER_HITS agreeing ones
@@ -47,6 +50,11 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS landmark_unindexed ON landmark_recordings (indexed) "
     "WHERE indexed = 0",
+    # Postings per key: a search reads the rarest of its keys first, within ROW_BUDGET rows.
+    """CREATE TABLE IF NOT EXISTS landmark_keys (
+        key INTEGER PRIMARY KEY,
+        n INTEGER NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS landmark_index (
         key INTEGER NOT NULL,
         num INTEGER NOT NULL,
@@ -93,7 +101,22 @@ def post(conn: sqlite3.Connection, num: int, marks: Landmarks) -> None:
         "INSERT OR IGNORE INTO landmark_index (key, num, t) VALUES (?, ?, ?)",
         zip(marks.keys[order].tolist(), [num] * marks.keys.size,
             marks.t[order].tolist(), strict=True))
+    _count(conn, marks, +1)
     conn.execute("UPDATE landmark_recordings SET indexed = 1 WHERE num = ?", (num,))
+
+
+def _count(conn: sqlite3.Connection, marks: Landmarks, sign: int) -> None:
+    pairs = np.unique(marks.keys * (1 << 32) + marks.t.astype(np.int64))
+    keys, counts = np.unique(pairs >> 32, return_counts=True)
+    count_keys(conn, keys, sign * counts)
+
+
+def count_keys(conn: sqlite3.Connection, keys: np.ndarray, counts: np.ndarray) -> None:
+    """Add `counts` to the postings count of `keys` (distinct)."""
+    conn.executemany(
+        "INSERT INTO landmark_keys (key, n) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET n = n + excluded.n",
+        zip(keys.tolist(), counts.tolist(), strict=True))
 
 
 def remove(conn: sqlite3.Connection, num: int) -> None:
@@ -103,9 +126,11 @@ def remove(conn: sqlite3.Connection, num: int) -> None:
     if row is None:
         return
     if row[1]:
-        keys = np.unique(Landmarks.from_bytes(row[0]).keys)
+        marks = Landmarks.from_bytes(row[0])
+        keys = np.unique(marks.keys)
         conn.executemany("DELETE FROM landmark_index WHERE key = ? AND num = ?",
                          ((k, num) for k in keys.tolist()))
+        _count(conn, marks, -1)
     conn.execute("DELETE FROM landmark_recordings WHERE num = ?", (num,))
 
 
@@ -132,10 +157,25 @@ def search(conn: sqlite3.Connection, query: Landmarks,
     accept = accept or is_match
     if query.keys.size == 0:
         return []
+    counted: list[tuple[int, int]] = []
     unique = np.unique(query.keys).tolist()
-    rows: list[tuple[int, int, int]] = []
     for start in range(0, len(unique), LOOKUP_CHUNK):
         chunk = unique[start : start + LOOKUP_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        counted += conn.execute(
+            f"SELECT key, n FROM landmark_keys WHERE key IN ({marks}) AND n > 0", chunk
+        ).fetchall()
+    if not counted:
+        return []
+    # The rarest keys first, as many as ROW_BUDGET postings allow: a common key costs many
+    # rows and tells little (the work stays bounded however big the catalogue grows).
+    known = np.array(counted, dtype=np.int64)
+    known = known[np.argsort(known[:, 1], kind="stable")]
+    known = known[np.cumsum(known[:, 1]) <= ROW_BUDGET]
+    chosen = known[:, 0].tolist()
+    rows: list[tuple[int, int, int]] = []
+    for start in range(0, len(chosen), LOOKUP_CHUNK):
+        chunk = chosen[start : start + LOOKUP_CHUNK]
         marks = ",".join("?" * len(chunk))
         rows += conn.execute(
             f"SELECT key, num, t FROM landmark_index WHERE key IN ({marks})", chunk
@@ -144,9 +184,6 @@ def search(conn: sqlite3.Connection, query: Landmarks,
         return []
     hits = np.array(rows, dtype=np.int64)
     rkey, rnum, rt = hits[:, 0], hits[:, 1], hits[:, 2]
-    _, inverse, per_key = np.unique(rkey, return_inverse=True, return_counts=True)
-    keep = per_key[inverse] <= STOP_ROWS
-    rkey, rnum, rt = rkey[keep], rnum[keep], rt[keep]
     # Join each posting with every query landmark holding its key.
     order = np.argsort(query.keys, kind="stable")
     sk = query.keys[order]

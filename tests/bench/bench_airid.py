@@ -165,37 +165,45 @@ def build_real(catalogue: Catalogue, sources: list[Path], root: Path) -> list[di
 
 
 def pad(catalogue: Catalogue, total: int, pool: np.ndarray, seconds: float = 60.0) -> None:
-    """Add synthetic one-minute recordings until the catalogue holds `total`."""
+    """Add synthetic `seconds`-long recordings until the catalogue holds `total`: their
+    postings' keys drawn from `pool` (the real recordings' keys, so each key is as common as in
+    real audio), their recordings and times uniform. Written key range by key range, in key
+    order (appending to the index's B-tree: 100,000 recordings in minutes, not hours); the
+    padded recordings have postings only (enough to search; not to remove them)."""
     conn = catalogue.conn
     have = catalogue.count()
+    count = total - have
+    if count <= 0:
+        return
     rng = np.random.default_rng(total)
-    per = round(len(pool) / max(1, POOL_SECONDS[0]) * seconds)
+    per = round(len(pool) / max(1.0, POOL_SECONDS[0]) * seconds)
     frames = int(seconds / lm.FRAME_SECONDS)
-    batch = 500
-    for start in range(have, total, batch):
+    with transaction(conn):
+        base = conn.execute("SELECT COALESCE(MAX(num), 0) FROM recordings").fetchone()[0]
+        conn.executemany(
+            "INSERT INTO recordings (recording_id, num, device_id, path, sha256, duration, "
+            "started_at, origin, sidecar) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ((f"pad{num:08d}", num, "paddev", f"recordings/pad/pad{num:08d}.ogg", "0" * 64,
+              seconds, "2020-01-01T00:00:00.000Z", "own", '{"title": ""}')
+             for num in range(base + 1, base + count + 1)))
+    ordered = np.sort(pool)
+    parts = 64
+    edges = np.linspace(0, ordered.size, parts + 1).astype(np.int64)
+    for p in range(parts):
+        part = ordered[edges[p] : edges[p + 1]]
+        n = round(count * per * part.size / ordered.size)
+        keys = rng.choice(part, n)
+        nums = rng.integers(base + 1, base + count + 1, n)
+        ts = rng.integers(0, frames, n)
+        order = np.lexsort((ts, nums, keys))
+        rows = np.stack([keys[order], nums[order], ts[order]], axis=1)
         with transaction(conn):
-            base = conn.execute("SELECT COALESCE(MAX(num), 0) FROM recordings").fetchone()[0]
-            rows, posts = [], []
-            for k in range(min(batch, total - start)):
-                num = base + 1 + k
-                rid = f"pad{num:08d}"
-                rows.append((rid, num, "paddev", f"recordings/pad/{rid}.ogg", "0" * 64,
-                             seconds, f"2020-01-01T00:00:{num % 60:02d}.000Z", "own",
-                             '{"title": ""}'))
-                keys = rng.choice(pool, per)
-                ts = np.sort(rng.integers(0, frames, per))
-                marks = lm.Landmarks(keys, ts.astype(np.int32))
-                conn.execute("INSERT INTO landmark_recordings (num, sha256, data, indexed) "
-                             "VALUES (?, ?, ?, 1)", (num, "0" * 64, marks.to_bytes()))
-                posts.append(np.stack([keys, np.full(per, num), ts], axis=1))
             conn.executemany(
-                "INSERT INTO recordings (recording_id, num, device_id, path, sha256, duration, "
-                "started_at, origin, sidecar) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            allp = np.concatenate(posts)
-            allp = allp[np.lexsort((allp[:, 2], allp[:, 1], allp[:, 0]))]
-            conn.executemany("INSERT OR IGNORE INTO landmark_index (key, num, t) VALUES (?, ?, ?)",
-                             allp.tolist())
-        print(f"  padded to {min(total, start + batch)}", file=sys.stderr, flush=True)
+                "INSERT OR IGNORE INTO landmark_index (key, num, t) VALUES (?, ?, ?)",
+                rows.tolist())
+            uniq, counts = np.unique(rows[:, 0], return_counts=True)
+            lx.count_keys(conn, uniq, counts)
+        print(f"  padding to {total}: key range {p + 1}/{parts}", file=sys.stderr, flush=True)
 
 
 POOL_SECONDS = [0.0]
@@ -382,16 +390,17 @@ def main() -> None:
         unrelated_run(f"at_{args.real}")
         for total in sorted(args.pad):
             pad(catalogue, total, pool)
-            lat = []
+            lat, found = [], 0
             for i in genuine[:40]:
                 q = degrade(real[i], 2.0, "speed 1.02", work)
                 _, marks = landmarks_of(q, fan=lm.QUERY_FAN)
                 t = time.perf_counter()
                 air = catalogue.identify_air(marks, limit=1)
                 lat.append(time.perf_counter() - t)
-                assert air and air[0].recording_id == docs[i]["recording_id"]
+                found += bool(air) and air[0].recording_id == docs[i]["recording_id"]
             lat.sort()
             report[f"identify_air_ms_at_{total}"] = {
+                "speed_1.02_found": f"{found}/{len(lat)}",
                 "median": round(statistics.median(lat) * 1000, 1),
                 "p95": round(lat[int(0.95 * (len(lat) - 1))] * 1000, 1)}
             print(total, report[f"identify_air_ms_at_{total}"], file=sys.stderr, flush=True)
