@@ -27,6 +27,7 @@ of catalogued recordings did (recall per degradation in the README).
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import numpy as np
 from recorder.audioid.landmarks import Alignment, Landmarks, align
 
 ROW_BUDGET = 30000  # postings read per search, the rarest keys' first
-CANDIDATES = 16
+CANDIDATES = 8
 MIN_SCORE = 20  # agreeing query landmarks
 MIN_COVER = 5  # seconds of the query, each with landmarks.COVER_HITS agreeing ones
 LOOKUP_CHUNK = 500
@@ -173,16 +174,18 @@ def search(conn: sqlite3.Connection, query: Landmarks,
     known = known[np.argsort(known[:, 1], kind="stable")]
     known = known[np.cumsum(known[:, 1]) <= ROW_BUDGET]
     chosen = known[:, 0].tolist()
-    rows: list[tuple[int, int, int]] = []
+    parts = []
     for start in range(0, len(chosen), LOOKUP_CHUNK):
         chunk = chosen[start : start + LOOKUP_CHUNK]
         marks = ",".join("?" * len(chunk))
-        rows += conn.execute(
+        rows = conn.execute(
             f"SELECT key, num, t FROM landmark_index WHERE key IN ({marks})", chunk
         ).fetchall()
-    if not rows:
+        # fromiter over the flattened rows: several times faster than np.array of tuples.
+        parts.append(np.fromiter(itertools.chain.from_iterable(rows), np.int64, 3 * len(rows)))
+    hits = np.concatenate(parts).reshape(-1, 3) if parts else np.zeros((0, 3), np.int64)
+    if hits.size == 0:
         return []
-    hits = np.array(rows, dtype=np.int64)
     rkey, rnum, rt = hits[:, 0], hits[:, 1], hits[:, 2]
     # Join each posting with every query landmark holding its key.
     order = np.argsort(query.keys, kind="stable")
