@@ -208,7 +208,7 @@ def sink_factories(cfg: Config) -> list[SinkFactory]:
         from recorder.sinks.fingerprint import FingerprintSink
 
         def fingerprint(ctx: RecordingContext) -> Sink:
-            return FingerprintSink(ctx.format.samplerate, ctx.format.channels)
+            return FingerprintSink(ctx.format.samplerate, ctx.format.channels, ctx.recording_id)
 
         factories.append(fingerprint)
     return factories

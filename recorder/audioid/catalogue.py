@@ -16,6 +16,13 @@ Tables (in the shared database opened by `recorder.db.connect`):
   are visible; every search first indexes what is pending, so a crash in between only delays
   the postings.
 
+- ``landmark_recordings`` and ``landmark_index`` (`recorder.audioid.landmark_index`): the
+  second fingerprint, built for audio heard through the air, searched when Chromaprint finds
+  nothing (`identify_air`). A recording's landmarks come from its sink through
+  `landmarks.HANDOFF` when it is published, from the bridge's own decoding for a peer's
+  recording (never from the peer), or from its file at ``recorder index rebuild``; a recording
+  whose sha256 changes loses them.
+
 Identification looks up the query's keys, lets each hit vote for (recording, offset), and then
 verifies the best-voted candidates by bit error rate (`recorder.audioid.compare`) around the
 voted offset. The work grows with the number of hits, not with the catalogue.
@@ -41,7 +48,9 @@ import numpy.ma  # np.unique imports it on first use (7 ms): not while publishin
 
 from recorder import sidecar as sidecar_mod
 from recorder.audioid import chroma
+from recorder.audioid import landmark_index as lx
 from recorder.audioid.compare import DEFAULT_THRESHOLD, as_items, compare_near, non_silent
+from recorder.audioid.landmarks import HANDOFF, Landmarks, PeakFinder, triplets
 from recorder.config import AudioIdConfig
 from recorder.db import Database, transaction
 from recorder.layout import device_folders, origin_label
@@ -101,6 +110,22 @@ class IdentifyResult:
     similarity: float
     ber: float
     overlap_seconds: float
+    duplicate_of: str | None = None
+
+
+@dataclass(frozen=True)
+class AirResult:
+    """A recording a query matched by landmarks: where the query starts in it, at what speed
+    the query plays it (1.02: 2 % fast), and the alignment's score (agreeing landmarks) and
+    cover (seconds of the query they span); see `landmark_index` for the threshold."""
+
+    recording_id: str
+    path: str
+    device_id: str
+    offset_seconds: float
+    speed: float
+    score: int
+    cover_seconds: float
     duplicate_of: str | None = None
 
 
@@ -196,6 +221,7 @@ class Catalogue:
         self.duplicate_coverage = duplicate_coverage
         self._tuned: set[int] = set()
         database.ensure_schema(SCHEMA)
+        database.ensure_schema(lx.SCHEMA)
         chroma.silence_item()  # cached: computed now, not inside the first publish
 
     @property
@@ -221,9 +247,11 @@ class Catalogue:
     # --- writing -------------------------------------------------------------------------------
 
     def add(self, sidecar: dict[str, Any], *, origin: str = "own",
-            defer_index: bool = False) -> str | None:
+            defer_index: bool = False, landmarks: Landmarks | None = None) -> str | None:
         """Insert or update a recording from its (validated) sidecar; index its Audio ID (with
-        `defer_index`: at the next `index_pending`, or before the next search).
+        `defer_index`: at the next `index_pending`, or before the next search), and its
+        `landmarks` (by default those its sink left in `landmarks.HANDOFF`, if any; without
+        any, landmarks stored earlier for the same sha256 stay).
 
         Returns the recording id it duplicates, or None. A recording duplicates an earlier one
         (by ``started_at``, then id, so the relation never forms a cycle) when their prints match
@@ -232,9 +260,19 @@ class Catalogue:
         ``audio_id`` is malformed.
         """
         decoded = audio_id_items(sidecar)
+        if landmarks is None:
+            landmarks = HANDOFF.take(sidecar["recording_id"])
         self.index_pending()  # the duplicate search below must see every recording
         with transaction(self.conn):
-            return self._add(sidecar, origin, decoded, defer_index=defer_index)
+            duplicate_of = self._add(sidecar, origin, decoded, defer_index=defer_index)
+            if landmarks is not None:
+                num = self._num(sidecar["recording_id"])
+                lx.put(self.conn, num, sidecar["sha256"], landmarks, defer=defer_index)
+            return duplicate_of
+
+    def _num(self, recording_id: str) -> int:
+        return int(self.conn.execute("SELECT num FROM recordings WHERE recording_id = ?",
+                                     (recording_id,)).fetchone()[0])
 
     def index_pending(self) -> int:
         """Write the postings of every recording added with `defer_index`; how many."""
@@ -244,11 +282,21 @@ class Catalogue:
                 "SELECT p.num, r.items FROM audioid_pending p LEFT JOIN recordings r "
                 "ON r.num = p.num LIMIT 1").fetchone()
             if row is None:
-                return done
+                return done + self._index_pending_landmarks()
             with transaction(self.conn):  # one recording per transaction: writers interleave
                 if row["items"] is not None:
                     self._index(row["num"], np.frombuffer(row["items"], dtype="<u4"))
                 self.conn.execute("DELETE FROM audioid_pending WHERE num = ?", (row["num"],))
+            done += 1
+
+    def _index_pending_landmarks(self) -> int:
+        done = 0
+        while True:
+            with transaction(self.conn):
+                pending = lx.next_pending(self.conn)
+                if pending is None:
+                    return done
+                lx.post(self.conn, *pending)
             done += 1
 
     def _index(self, num: int, items: np.ndarray) -> None:
@@ -289,6 +337,8 @@ class Catalogue:
                 "SELECT COALESCE(MAX(num), 0) + 1 FROM recordings"
             ).fetchone()[0]
         items, encoded = decoded if decoded is not None else (None, None)
+        if lx.sha256_of(self.conn, num) not in (None, doc["sha256"]):
+            lx.remove(self.conn, num)  # landmarks of audio this recording no longer has
         duplicate_of = self._find_original(doc, items)
         self.conn.execute(
             """INSERT INTO recordings (recording_id, num, device_id, path, sha256, duration,
@@ -360,6 +410,7 @@ class Catalogue:
             if row is None:
                 return False
             self._unindex(row["num"], row["items"])
+            lx.remove(self.conn, row["num"])
             self.conn.execute("DELETE FROM audioid_pending WHERE num = ?", (row["num"],))
             self.conn.execute("DELETE FROM recordings WHERE recording_id = ?", (recording_id,))
             self.conn.execute(
@@ -434,6 +485,48 @@ class Catalogue:
         ]
         results.sort(key=lambda r: (-r.similarity, r.recording_id))
         return results[: max(0, limit)]
+
+    def identify_air(self, query: Landmarks, limit: int = 5) -> list[AirResult]:
+        """Recordings the query's landmarks match (`landmark_index.is_match`), best first."""
+        self.index_pending()
+        results = []
+        for match in lx.search(self.conn, query)[: max(0, limit)]:
+            row = self.conn.execute(
+                "SELECT recording_id, path, device_id, duplicate_of FROM recordings "
+                "WHERE num = ?", (match.num,)).fetchone()
+            if row is None:
+                continue
+            a = match.alignment
+            results.append(AirResult(
+                recording_id=row["recording_id"], path=row["path"], device_id=row["device_id"],
+                offset_seconds=a.offset_seconds, speed=a.speed, score=a.score,
+                cover_seconds=a.span_seconds, duplicate_of=row["duplicate_of"]))
+        return results
+
+    def fill_landmarks(self, sync_root: Path) -> tuple[int, list[tuple[str, str]]]:
+        """Compute, from its file, the landmarks of every recording that has none or has them
+        for other audio (catalogued before landmarks existed, or by a rebuild): how many, and
+        (path, reason) of each file that could not be read."""
+        from recorder.audioid.chroma import fingerprint_file
+        from recorder.errors import RecorderError
+
+        rows = self.conn.execute(
+            "SELECT r.num, r.device_id, r.path, r.sha256 FROM recordings r "
+            "LEFT JOIN landmark_recordings l ON l.num = r.num "
+            "WHERE l.num IS NULL OR l.sha256 != r.sha256").fetchall()
+        done, failed = 0, []
+        for row in rows:
+            path = Path(sync_root) / row["device_id"] / row["path"]
+            finder = PeakFinder()
+            try:
+                fingerprint_file(path, tap=finder.feed)
+            except (RecorderError, OSError) as exc:
+                failed.append((str(path), str(exc)))
+                continue
+            with transaction(self.conn):
+                lx.put(self.conn, row["num"], row["sha256"], triplets(finder.finish()))
+            done += 1
+        return done, failed
 
     def _matches(
         self, query: np.ndarray, exclude: str | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,15 +63,19 @@ class Fingerprint:
 class StreamingFingerprinter:
     """Feed int16 PCM blocks in order, then `finish()`; cheap per block, no reference kept.
 
-    Not thread-safe: one thread feeds it (the pump worker while recording).
+    Not thread-safe: one thread feeds it (the pump worker while recording). `tap`, if given,
+    is handed every block of the 11025 Hz int16 stream Chromaprint gets (the landmark peak
+    finder reads it: one resampler for both prints).
     """
 
-    def __init__(self, samplerate: int, channels: int) -> None:
+    def __init__(self, samplerate: int, channels: int,
+                 tap: Callable[[np.ndarray], None] | None = None) -> None:
         if samplerate <= 0 or channels not in (1, 2):
             raise ValueError(f"unsupported audio format {samplerate} Hz x {channels}")
         self.samplerate = samplerate
         self.channels = channels
         self.frames = 0
+        self._tap = tap
         # float32 in and out: libsoxr's int16 output is dithered, so it would depend on how the
         # audio was cut into blocks; in float the print is the same however it is fed.
         self._resampler = (soxr.ResampleStream(samplerate, CHROMA_RATE, channels,
@@ -95,6 +100,8 @@ class StreamingFingerprinter:
             block = self._resampled(block.reshape(frames, self.channels).astype(np.float32))
             if not len(block):
                 return
+        if self._tap is not None:
+            self._tap(block)
         # tobytes() copies into a C-ordered, interleaved buffer: the caller keeps its block.
         self._fp.feed(block.tobytes())
 
@@ -116,6 +123,8 @@ class StreamingFingerprinter:
             tail = self._resampled(np.zeros((0, self.channels), np.float32), last=True)
             self._resampler = None
             if len(tail):
+                if self._tap is not None:
+                    self._tap(tail)
                 fp.feed(tail.tobytes())
         if self.duration < MIN_SECONDS:
             raise TooShortError(
@@ -181,8 +190,10 @@ def silence_item() -> int:
     return int(values[counts.argmax()])
 
 
-def fingerprint_file(path: Path) -> Fingerprint:
-    """Fingerprint the whole of any file soundfile can read, decoding it block by block.
+def fingerprint_file(path: Path,
+                     tap: Callable[[np.ndarray], None] | None = None) -> Fingerprint:
+    """Fingerprint the whole of any file soundfile can read, decoding it block by block
+    (`tap`: as for `StreamingFingerprinter`).
 
     Raises InputFileError if it is missing, unreadable or undecodable, TooShortError if it holds
     no audio or less than MIN_SECONDS.
@@ -193,7 +204,7 @@ def fingerprint_file(path: Path) -> Fingerprint:
     with open_sound_file(path) as snd:
         # Chromaprint takes mono or stereo; a wider file gets its first two channels.
         channels = min(snd.channels, 2)
-        streamer = StreamingFingerprinter(snd.samplerate, channels)
+        streamer = StreamingFingerprinter(snd.samplerate, channels, tap)
         try:
             for block in snd.blocks(blocksize=READ_FRAMES, dtype="int16", always_2d=True):
                 streamer.feed(np.ascontiguousarray(block[:, :channels]))

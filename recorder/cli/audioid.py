@@ -1,5 +1,9 @@
 """Audio ID commands: ``fingerprint``, ``match``, ``identify`` and ``index rebuild``.
 
+``identify`` answers with Chromaprint's matches, or, when it has none, the landmarks' (see
+`recorder.audioid.identify`); ``index rebuild`` also computes the landmarks of recordings that
+have none from their audio files.
+
 Files are read with soundfile (any format it decodes). An unreadable or undecodable file exits
 with InputFileError's code, audio under 3 s (or none) with TooShortError's code. ``match``
 exits 0 whether or not the files match: the answer is in the output.
@@ -92,31 +96,40 @@ def cmd_match(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
-    from recorder.audioid.chroma import fingerprint_file
+    from recorder.audioid.identify import identify_file
     from recorder.dbrepair import open_database
 
-    fp = fingerprint_file(args.file)
     with open_database(cfg) as database:
-        results = _catalogue(database, cfg).identify(fp.items, limit=args.limit)
+        results = identify_file(_catalogue(database, cfg), args.file, limit=args.limit)
     matches = [
         {
+            "method": r.method,
             "recording_id": r.recording_id,
             "device_id": r.device_id,
             "path": r.path,
             "file": str(cfg.storage.sync_root / r.device_id / r.path),
             "offset_seconds": round(r.offset_seconds, 3),
-            "similarity": round(r.similarity, 4),
-            "ber": round(r.ber, 4),
-            "overlap_seconds": round(r.overlap_seconds, 3),
+            "speed": round(r.speed, 4),
+            "score": round(r.score, 4),
+            "threshold": round(r.threshold, 4),
+            "similarity": _rounded(r.similarity, 4),
+            "ber": _rounded(r.ber, 4),
+            "overlap_seconds": _rounded(r.overlap_seconds, 3),
+            "cover_seconds": _rounded(r.cover_seconds, 1),
             "duplicate_of": r.duplicate_of,
         }
         for r in results
     ]
     lines = [
-        f"{m['similarity']:.3f}  {m['recording_id']}  {m['device_id']}  "
-        f"at {m['offset_seconds']:.2f} s  {m['file']}"
-        for m in matches
+        f"{r.score:g}  {r.recording_id}  {r.device_id}  at {r.offset_seconds:.2f} s"
+        + (f"  speed {r.speed:.3f}" if abs(r.speed - 1) >= 0.005 else "")
+        + f"  {m['file']}  ({r.method}, threshold {r.threshold:g})"
+        for r, m in zip(results, matches, strict=True)
     ]
     _emit(args, {"file": str(args.file), "matches": matches}, "\n".join(lines) or "no match")
     return 0
@@ -128,12 +141,16 @@ def cmd_index_rebuild(args: argparse.Namespace, cfg: Config) -> int:
     with open_database(cfg) as database:
         catalogue = _catalogue(database, cfg)
         report = catalogue.rebuild(cfg.storage.sync_root, own_device=cfg.device.id)
+        # Landmarks are not in sidecars: recordings without them get them from their files.
+        computed, unreadable = catalogue.fill_landmarks(cfg.storage.sync_root)
         total = catalogue.count()
-    doc = report.as_dict() | {"catalogued": total}
+    doc = report.as_dict() | {"catalogued": total, "landmarks_computed": computed,
+                              "landmarks_unreadable": [p for p, _ in unreadable]}
     text = (
         f"indexed {report.added} recordings ({report.duplicates} duplicates), "
         f"removed {report.removed}, skipped {len(report.skipped)}, "
-        f"invalid {len(report.invalid)}; {total} in the catalogue"
+        f"invalid {len(report.invalid)}; {total} in the catalogue; landmarks computed for "
+        f"{computed} ({len(unreadable)} files unreadable)"
     )
     for path, reason in report.invalid:
         text += f"\ninvalid: {path}: {reason}"

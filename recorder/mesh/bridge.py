@@ -25,7 +25,9 @@ reads it (anything it wrote or moved there would show as a local change). Per fi
   OGG must decode to the end at the sidecar's rate and channels, hold the sidecar's duration
   (within `DURATION_TOLERANCE`), and its fingerprint, computed here while decoding, must match
   the ``audio_id`` it claims (BER within the catalogue's threshold, at offset 0); a recording
-  that claims none is catalogued with the fingerprint computed here. This decodes each new
+  that claims none is catalogued with the fingerprint computed here. The same decoding gives
+  its landmarks (`recorder.audioid.landmarks`), recomputed here, never taken from a peer. This
+  decodes each new
   peer recording once, on the bridge thread (tests/bench/bench_robust.py measures it).
 
 Bad files are **quarantined in the database only** (state, reason, shown by `status()` and
@@ -55,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recorder.audioid.landmarks import Landmarks, PeakFinder, triplets
 from recorder.layout import Layout, device_folders, origin_label
 from recorder.mesh.store import (
     IMPORTED,
@@ -418,7 +421,9 @@ class Bridge:
             known = (row["ogg_sha256"] if row is not None and row["ogg_sha256"]
                      and (row["ogg_mtime_ns"], row["ogg_size"]) == (ogg.mtime_ns, ogg.size)
                      else None)
-            ogg_sha, computed = _verify_audio(ogg_path, doc, known, self.catalogue.threshold)
+            finder = PeakFinder()  # the landmarks come from the audio, never from the peer
+            ogg_sha, computed = _verify_audio(ogg_path, doc, known, self.catalogue.threshold,
+                                              tap=finder.feed)
             if computed is not None:  # it claimed none: ours goes into the catalogue
                 doc = {**doc, "audio_id": {**computed, "sha256": ogg_sha}}
         except FileNotFoundError:
@@ -430,7 +435,7 @@ class Bridge:
             # Remember the OGG's stat: a later version of it is looked at again.
             return self._quarantine(peer, rel, fst, str(exc), sha=sha, ogg=ogg)
         try:
-            duplicate_of = self._catalogue_add(doc, peer)
+            duplicate_of = self._catalogue_add(doc, peer, triplets(finder.finish()))
         except SidecarError as exc:
             return self._quarantine(peer, rel, fst, str(exc), sha=sha, ogg=ogg)
         if self.outbox is not None:
@@ -454,8 +459,10 @@ class Bridge:
             raise Quarantine(f"recording id {rid} is already used by {entry.device_id}/"
                              f"{entry.path}")
 
-    def _catalogue_add(self, doc: dict[str, Any], peer: str) -> str | None:
-        return self.catalogue.add(doc, origin=origin_label(peer, self.own_id))
+    def _catalogue_add(self, doc: dict[str, Any], peer: str,
+                       landmarks: Landmarks | None = None) -> str | None:
+        return self.catalogue.add(doc, origin=origin_label(peer, self.own_id),
+                                  landmarks=landmarks)
 
     def _quarantine(self, peer: str, rel: str, fst: FileStat, reason: str, *,
                     sha: str | None = None, ogg: FileStat | None = None) -> str:
@@ -466,12 +473,14 @@ class Bridge:
 
 
 def _verify_audio(path: Path, doc: dict[str, Any], known_sha: str | None,
-                  threshold: float) -> tuple[str, dict[str, Any] | None]:
+                  threshold: float, tap: Callable[[np.ndarray], None] | None = None,
+                  ) -> tuple[str, dict[str, Any] | None]:
     """Check a peer's OGG against its sidecar through one descriptor (never followed if
     swapped for a symlink): its sha256 (unless `known_sha` was computed for this very file
     version), that it decodes to the end at the stated format and duration, and that its
     fingerprint matches the claimed Audio ID. Returns (sha256, the Audio ID computed here when
-    the sidecar claims none and the audio is long enough); raises Quarantine with the reason."""
+    the sidecar claims none and the audio is long enough); raises Quarantine with the reason.
+    `tap` is fed the decoded audio as Chromaprint sees it (the landmarks' peak finder)."""
     import soundfile as sf
 
     from recorder.audioid import chroma
@@ -497,7 +506,7 @@ def _verify_audio(path: Path, doc: dict[str, Any], known_sha: str | None,
             if (rate, channels) != (doc["samplerate"], doc["channels"]):
                 raise Quarantine(f"recording file is {rate} Hz x {channels}, the sidecar says "
                                  f"{doc['samplerate']} Hz x {doc['channels']}")
-            printer = chroma.StreamingFingerprinter(rate, min(channels, 2))
+            printer = chroma.StreamingFingerprinter(rate, min(channels, 2), tap)
             frames = 0
             try:
                 for block in snd.blocks(blocksize=chroma.READ_FRAMES, dtype="int16",
