@@ -141,10 +141,35 @@ def _firewall(cfg: Config) -> str:
     from recorder.mesh import firewall
     from recorder.mesh.syncthing import SyncthingClient
 
-    if cfg.syncthing.api_key_file is None:
-        return firewall.check(cfg, None, None)
-    with Database(cfg.db_path) as database:
-        return firewall.check(cfg, SyncthingClient.from_config(cfg.syncthing), database)
+    try:
+        if cfg.syncthing.api_key_file is None:
+            return firewall.check(cfg, None, None)
+        with Database(cfg.db_path) as database:
+            return firewall.check(cfg, SyncthingClient.from_config(cfg.syncthing), database)
+    except firewall.FirewallError as exc:
+        if not firewall.is_permission_error(exc):
+            raise
+        # Only root (or CAP_NET_ADMIN) may read nftables, and doctor usually runs as the
+        # service's user: the running service, which keeps the rule set, says what it loaded.
+        return _firewall_from_service(cfg, exc)
+
+
+def _firewall_from_service(cfg: Config, denied: Exception) -> str:
+    from recorder.control import send_command
+    from recorder.errors import RecorderError
+
+    try:
+        reply = send_command(cfg.service.control_socket, "status")
+    except RecorderError:
+        raise denied from None
+    fw = (reply.get("workers", {}).get("mesh") or {}).get("firewall")
+    if not isinstance(fw, dict):
+        raise RecorderError("the running service keeps no firewall (its mesh worker is off)")
+    if fw.get("error"):
+        raise RecorderError(f"the service could not load the firewall: {fw['error']}")
+    if not fw.get("applied"):
+        raise RecorderError("the service has not loaded the firewall yet")
+    return "rule set kept by the running service (nftables itself needs root to read)"
 
 
 def _mesh(cfg: Config) -> str:

@@ -167,6 +167,15 @@ def apply(p: Policy) -> None:
         raise FirewallError(f"nft refused the rule set: {detail}")
 
 
+PERMISSION_DENIED = ("cannot read the nftables rule set: needs root or CAP_NET_ADMIN "
+                     "(sudo recorder doctor)")
+
+
+def is_permission_error(exc: Exception) -> bool:
+    """True when `exc` says nftables could not be read for want of privilege."""
+    return str(exc) == PERMISSION_DENIED
+
+
 def loaded_digest() -> str | None:
     """The digest of the recorderpi table loaded now, or None when there is none.
 
@@ -177,8 +186,7 @@ def loaded_digest() -> str | None:
         if "No such file" in detail:
             return None
         if "Operation not permitted" in detail:
-            raise FirewallError("cannot read the nftables rule set: needs root or CAP_NET_ADMIN "
-                                "(sudo recorder doctor)")
+            raise FirewallError(PERMISSION_DENIED)
         raise FirewallError(f"nft list table {FAMILY} {TABLE}: {detail[:200]}")
     for line in res.stdout.splitlines():
         words = line.strip().strip('";').split()
