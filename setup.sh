@@ -16,6 +16,9 @@ test_packages=(
   libportaudio2 libchromaprint-tools pulseaudio pulseaudio-utils espeak-ng sox
   vorbis-tools opus-tools ffmpeg icecast2 liquidsoap syncthing shellcheck systemd nginx-light
   debootstrap yggdrasil socat chrony redis-server fuse3 chromium chromium-driver
+  # tests/test_image.py: image/build.sh (arm64 package scripts through qemu-user) and qemu boots
+  qemu-user-static binfmt-support dosfstools mtools fdisk qemu-utils qemu-system-x86
+  qemu-system-arm
 )
 
 as_root() {
