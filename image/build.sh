@@ -220,14 +220,13 @@ image_finish() {
     rm -f "$ROOT/var/lib/dbus/machine-id"
     in_root passwd -l root >/dev/null
     mount_root
-    # The initramfs (with the modules a Pi and a virtual machine need) and, on arm64, the copy of
-    # kernel, initrd and device trees onto the FAT partition.
-    echo MODULES=most >"$ROOT/etc/initramfs-tools/conf.d/recorderpi"
+    # The kernel's package made the initramfs (Debian's MODULES=most: the drivers a Pi and a
+    # virtual machine need); on arm64 raspi-firmware's hook copies kernel, initrd and device
+    # trees onto the FAT partition, again now that /etc/default/raspi-firmware names the root.
     kver=$(find "$ROOT/boot" -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' |
         sort -V | tail -n 1)
     [ -n "$kver" ] || die "no kernel in the root"
-    in_root update-initramfs -u -k "$kver" >"$WORK/initramfs.log" 2>&1 ||
-        die "update-initramfs failed: $(tail -n 5 "$WORK/initramfs.log")"
+    [ -f "$ROOT/boot/initrd.img-$kver" ] || die "no initramfs for kernel $kver"
     if [ "$ARCH" = arm64 ]; then
         in_root /etc/kernel/postinst.d/z50-raspi-firmware "$kver" >"$WORK/raspi.log" 2>&1 ||
             die "raspi-firmware hook failed: $(tail -n 5 "$WORK/raspi.log")"
@@ -286,6 +285,13 @@ assemble() {
     rm -rf "$part"
 }
 
+# The base root (Debian packages) is cached by the lock and the recipe that makes it (those
+# functions, not the whole script: a change to the later steps reuses it).
+base_key() {
+    { declare -f make_base write_sources mount_root unmount_root in_root package_list
+        cat "$HERE/base-image.env" "$1" 2>/dev/null || true; } | sha256sum | cut -c1-16
+}
+
 build() {
     [ "$(id -u)" -eq 0 ] || die "run as root (debootstrap, chroot)"
     need_tools
@@ -301,9 +307,7 @@ build() {
     ROOT=$WORK/root
     trap 'unmount_root; rm -rf "$WORK"' EXIT
 
-    # The base root (Debian packages), cached by the lock and this recipe.
-    key=$({ cat "$HERE/build.sh" "$HERE/base-image.env"; cat "$lock" 2>/dev/null || true; } |
-        sha256sum | cut -c1-16)
+    key=$(base_key "$lock")
     base_tar=""
     [ -z "$CACHE" ] || [ "$UPDATE_LOCK" -eq 1 ] || base_tar=$CACHE/base-$ARCH-$key.tar
     if [ -n "$base_tar" ] && [ -f "$base_tar" ]; then
@@ -367,6 +371,11 @@ main() {
         layout)
             [ $# -eq 3 ] || die "usage: $0 layout ROOT_MB DATA_MB"
             layout "$2" "$3"
+            return
+            ;;
+        base-key)
+            [ $# -eq 2 ] || die "usage: $0 base-key arm64|amd64"
+            base_key "$HERE/packages-$2.lock"
             return
             ;;
         check-lock)

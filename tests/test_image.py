@@ -97,9 +97,11 @@ def built_image() -> Built:
         assert res.returncode == 0, res.stderr[-5000:]
         # Older images of this architecture are of no further use.
         for old in CACHE.glob(f"{ARCH}-*"):
-            if old.is_dir():
+            if old.is_dir() and old != part:
                 shutil.rmtree(old, ignore_errors=True)
         part.rename(out)
+    if seconds is not None:
+        print(f"\nimage/build.sh --arch {ARCH}: {seconds:.0f} s")
     return Built(out, out / f"{name}.img", out / f"{name}-vmlinuz", out / f"{name}-initrd.img",
                  out / f"{name}.manifest", seconds)
 
