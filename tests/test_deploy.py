@@ -584,7 +584,8 @@ def test_image_lock_check_names_every_difference(tmp_path):
 
 
 def test_shipped_image_locks_pin_every_package():
-    for name in ("packages-amd64.lock", "python-amd64.lock"):
+    for name in ("packages-arm64.lock", "packages-amd64.lock", "python-arm64.lock",
+                 "python-amd64.lock"):
         lines = [ln for ln in (REPO / "image" / name).read_text().splitlines()
                  if ln and not ln.startswith("#")]
         python = name.startswith("python")
@@ -593,7 +594,12 @@ def test_shipped_image_locks_pin_every_package():
         assert all(re.fullmatch(pattern, ln) for ln in lines), name
     amd64 = (REPO / "image/packages-amd64.lock").read_text()
     assert re.search(r"^linux-image-amd64 ", amd64, re.M)
-    assert re.search(r"^liquidsoap ", amd64, re.M)
+    # The Pi's: Debian's arm64 kernel, the Pi firmware, the Wi-Fi firmware; its venv has the
+    # GPIO pin driver.
+    arm64 = (REPO / "image/packages-arm64.lock").read_text()
+    for pkg in ("linux-image-arm64", "raspi-firmware", "firmware-brcm80211", "liquidsoap"):
+        assert re.search(rf"^{pkg} ", arm64, re.M), pkg
+    assert re.search(r"^lgpio==", (REPO / "image/python-arm64.lock").read_text(), re.M)
 
 
 def test_image_partition_layout_is_aligned_and_data_last():
