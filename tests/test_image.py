@@ -218,13 +218,6 @@ def test_image_boots_records_and_survives_a_power_cut(guest: Guest):
     shell_s = guest.start()
     guest.wait_for("test -f /var/lib/recorderpi/firstboot.done", 1800, "first boot")
     firstboot_s = time.monotonic() - t0
-    # First boot: a machine id, the device id (from the MAC) pinned in the config and in the
-    # hostname, Syncthing and yggdrasil keys, made on this machine.
-    ident = _identity(guest)
-    machine_id, hostname, device_id = ident[0], ident[1], ident[-1]
-    assert re.fullmatch(r"[0-9a-f]{32}", machine_id), ident
-    assert hostname == f"recorder-{device_id}" and re.fullmatch(r"[0-9a-f]{12}", device_id), ident
-    assert len(ident) == 5, ident  # both keys present
     # The recordings partition grew to the end of the (larger) disk, once.
     grown = guest.run("test -f /var/lib/recorderpi/growdata.done && findmnt -bno SIZE "
                       "/srv/recorder", check=True).out
@@ -242,6 +235,13 @@ def test_image_boots_records_and_survives_a_power_cut(guest: Guest):
         active = guest.run(f"systemctl is-active {unit}").out.strip()
         log = guest.run(f"journalctl -b -u {unit} --no-pager | tail -20").out
         assert active == "active", (unit, active, log)
+    # First boot: a machine id, the device id (from the MAC) pinned in the config and in the
+    # hostname, Syncthing and yggdrasil keys, made on this machine.
+    ident = _identity(guest)
+    machine_id, hostname, device_id = ident[0], ident[1], ident[-1]
+    assert re.fullmatch(r"[0-9a-f]{32}", machine_id), ident
+    assert hostname == f"recorder-{device_id}" and re.fullmatch(r"[0-9a-f]{12}", device_id), ident
+    assert len(ident) == 5, ident  # both keys present
     # PortAudio on ALSA, no PulseAudio anywhere; doctor is content.
     assert guest.run("pidof pulseaudio || dpkg -s pulseaudio").rc != 0
     doctor = guest.run(f"runuser -u recorder -- {RECORDER} doctor --json")
