@@ -17,6 +17,9 @@ test_packages=(
   vorbis-tools opus-tools ffmpeg icecast2 liquidsoap syncthing shellcheck systemd nginx-light
   debootstrap yggdrasil socat chrony redis-server fuse3 chromium chromium-driver
   systemd-container strace nftables nmap
+  # tests/test_image.py: image/build.sh (arm64 package scripts through qemu-user) and qemu boots
+  qemu-user-static binfmt-support dosfstools mtools fdisk qemu-utils qemu-system-x86
+  qemu-system-arm
 )
 # --- compose stack tests (tests/test_compose.py): Docker Engine from Debian; Compose v2 is
 # installed from Debian 13's packages by services/docker/install-compose-plugin.sh (the tests

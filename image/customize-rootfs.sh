@@ -43,7 +43,7 @@ fi
 
 # The recordings partition. nofail: a card whose data partition is damaged still boots, and the
 # recorder then reports the problem (doctor, LED) instead of the Pi being unreachable.
-fstab_line="LABEL=$DATA_LABEL /srv/recorder ext4 defaults,noatime,commit=5,nofail,x-systemd.device-timeout=20s 0 2"
+fstab_line="LABEL=$DATA_LABEL /srv/recorder ext4 defaults,noatime,commit=5,nofail,x-systemd.device-timeout=120s 0 2"
 if ! grep -q "^LABEL=${DATA_LABEL}[[:space:]]" "$ROOTFS/etc/fstab" 2>/dev/null; then
     echo "$fstab_line" >>"$ROOTFS/etc/fstab"
     log "fstab: $DATA_LABEL on /srv/recorder"
