@@ -51,7 +51,11 @@ class RunningService:
             env={**os.environ, **env, "GPIOZERO_PIN_FACTORY": "mock"},
             stdout=self.log_fh, stderr=subprocess.STDOUT)
         ready = ready or (lambda s: s.get("state") == "idle")
-        self.wait(lambda: ready(self.status()), timeout, "service ready")
+        try:
+            self.wait(lambda: ready(self.status()), timeout, "service ready")
+        except BaseException:
+            self.stop()  # the caller never gets the object to stop: no process left behind
+            raise
 
     def cmd(self, command: str, **args: Any) -> dict[str, Any]:
         """One control-socket command; raises ServiceError when refused."""
