@@ -244,7 +244,9 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 
 def test_peak_memory_of_a_long_recording(config_file, tmp_path):
-    """README: `recorder record` stays under 80 MB resident, and flat, however long it runs.
+    """README: `recorder record` stays under 96 MB resident, and flat, however long it runs
+    (80 MB before the landmark Audio ID: its index is written when an hour's recording is
+    published, about 14 MB more for a moment; while recording it stays flat at ~66 MB).
     An hour of audio (16 kHz to keep CI short) replayed as fast as possible; the peak is the
     kernel's high-water mark of that process, RSS is sampled for growth."""
     rate = 16000
@@ -284,7 +286,7 @@ def test_peak_memory_of_a_long_recording(config_file, tmp_path):
     assert doc["stop_reason"] == "end_of_input" and doc["duration"] > 3590
     peak_mb = int(peak_file.read_text()) / 1024  # KiB on Linux
     print(f"\npeak RSS {peak_mb:.1f} MB over an hour of audio (sampled max {max(samples)} MB)")
-    assert peak_mb < 80, f"peak RSS {peak_mb:.1f} MB"
+    assert peak_mb < 96, f"peak RSS {peak_mb:.1f} MB"
     steady = samples[len(samples) // 10 :]
     assert len(steady) > 10
     assert max(steady) - min(steady) < 16, f"RSS grew: {min(steady)} -> {max(steady)} MB"

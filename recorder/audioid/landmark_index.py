@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +41,7 @@ CANDIDATES = 8
 MIN_SCORE = 20  # agreeing query landmarks
 MIN_COVER = 5  # seconds of the query, each with landmarks.COVER_HITS agreeing ones
 LOOKUP_CHUNK = 500
+COUNT_BLOCK = 16384  # postings whose key counts are worked out at once
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS landmark_recordings (
@@ -100,16 +101,33 @@ def post(conn: sqlite3.Connection, num: int, marks: Landmarks) -> None:
     order = np.lexsort((marks.t, marks.keys))
     conn.executemany(
         "INSERT OR IGNORE INTO landmark_index (key, num, t) VALUES (?, ?, ?)",
-        zip(marks.keys[order].tolist(), [num] * marks.keys.size,
-            marks.t[order].tolist(), strict=True))
+        ((k, num, t) for k, t in _rows(marks.keys[order], marks.t[order])))
     _count(conn, marks, +1)
     conn.execute("UPDATE landmark_recordings SET indexed = 1 WHERE num = ?", (num,))
 
 
 def _count(conn: sqlite3.Connection, marks: Landmarks, sign: int) -> None:
-    pairs = np.unique(marks.keys * (1 << 32) + marks.t.astype(np.int64))
-    keys, counts = np.unique(pairs >> 32, return_counts=True)
-    count_keys(conn, keys, sign * counts)
+    """Add `sign` x the number of distinct (key, t) postings of `marks` to each key's count,
+    a block of keys at a time (whole-array temporaries of an hour's landmarks would add
+    about 15 MB to the recorder's peak memory at publish)."""
+    order = np.lexsort((marks.t, marks.keys))
+    keys, ts = marks.keys[order], marks.t[order]
+    del order
+    first, n = 0, keys.size
+    while first < n:
+        last = min(n, first + COUNT_BLOCK)
+        if last < n:  # one key's postings are never split between two blocks
+            last = int(np.searchsorted(keys, keys[last], side="left"))
+            if last <= first:
+                last = int(np.searchsorted(keys, keys[first], side="right"))
+        k, t = keys[first:last], ts[first:last]
+        distinct = np.ones(k.size, bool)
+        distinct[1:] = (k[1:] != k[:-1]) | (t[1:] != t[:-1])
+        k = k[distinct]
+        starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
+        counts = np.diff(np.concatenate((starts, [k.size])))
+        count_keys(conn, k[starts], sign * counts)
+        first = last
 
 
 def count_keys(conn: sqlite3.Connection, keys: np.ndarray, counts: np.ndarray) -> None:
@@ -117,7 +135,15 @@ def count_keys(conn: sqlite3.Connection, keys: np.ndarray, counts: np.ndarray) -
     conn.executemany(
         "INSERT INTO landmark_keys (key, n) VALUES (?, ?) "
         "ON CONFLICT (key) DO UPDATE SET n = n + excluded.n",
-        zip(keys.tolist(), counts.tolist(), strict=True))
+        _rows(keys, counts))
+
+
+def _rows(a: np.ndarray, b: np.ndarray, block: int = 8192) -> Iterator[tuple[int, int]]:
+    """Pairs of `a` and `b` as Python ints, a block at a time: an hour's landmarks turned into
+    Python lists at once would add about 20 MB to the recorder's peak memory at publish."""
+    for first in range(0, a.size, block):
+        yield from zip(a[first : first + block].tolist(), b[first : first + block].tolist(),
+                       strict=True)
 
 
 def remove(conn: sqlite3.Connection, num: int) -> None:

@@ -55,6 +55,7 @@ F_REF = 200.0
 MIN_DT, MAX_DT = 2, 48
 MAX_DF = 48
 FAN = 3  # a recording: 3 triplets per peak, about 30 landmarks a second
+ANCHOR_BLOCK = 1024  # anchors whose triplets are made at once (bounds the work arrays)
 QUERY_FAN = 5  # a query: 10 per peak, so more of the recording's triplets are among them
 F1_STEP = 16  # units per coarse step of the first peak's frequency
 DF_STEP = 3  # units per step of a frequency difference
@@ -218,32 +219,41 @@ def triplets(peaks: Peaks, fan: int = FAN) -> Landmarks:
     empty = Landmarks(np.zeros(0, np.int64), np.zeros(0, np.int32))
     if n < 3:
         return empty
-    # Peaks are in frame order; the candidates of anchor i are i+1 .. i+reach.
+    # Peaks are in frame order; the candidates of anchor i are i+1 .. i+reach. Anchors go in
+    # blocks: the (anchors x reach) work arrays of an hour's recording at once would add tens
+    # of MB to the recorder's peak memory at publish.
     reach = min(n - 1, 6 * fan)
-    idx = np.arange(n)[:, None] + np.arange(1, reach + 1)[None, :]
-    inside = idx < n
-    idx = np.minimum(idx, n - 1)
-    dt = t[idx] - t[:, None]
-    df = lf[idx] - lf[:, None]
-    valid = inside & (dt >= 1) & (dt <= MAX_DT) & (np.abs(df) <= MAX_DF)
-    order = np.argsort(~valid, axis=1, kind="stable")[:, :fan]
-    cand = np.take_along_axis(idx, order, axis=1)
-    ok = np.take_along_axis(valid, order, axis=1)
+    steps = np.arange(1, reach + 1)[None, :]
     keys, anchors = [], []
-    for p in range(fan):
-        for q in range(p + 1, fan):
-            use = ok[:, p] & ok[:, q]
-            a = np.flatnonzero(use)
-            j, k = cand[a, p], cand[a, q]
-            d13 = t[k] - t[a]
-            good = d13 >= MIN_DT
-            a, j, k, d13 = a[good], j[good], k[good], d13[good]
-            keys.append(_key(lf[a], lf[j], lf[k], t[j] - t[a], d13))
-            anchors.append(t[a])
-    key = np.concatenate(keys)
+    for first in range(0, n, ANCHOR_BLOCK):
+        rows = np.arange(first, min(n, first + ANCHOR_BLOCK))
+        idx = rows[:, None] + steps
+        inside = idx < n
+        idx = np.minimum(idx, n - 1)
+        dt = t[idx] - t[rows][:, None]
+        df = lf[idx] - lf[rows][:, None]
+        valid = inside & (dt >= 1) & (dt <= MAX_DT) & (np.abs(df) <= MAX_DF)
+        order = np.argsort(~valid, axis=1, kind="stable")[:, :fan]
+        cand = np.take_along_axis(idx, order, axis=1)
+        ok = np.take_along_axis(valid, order, axis=1)
+        for p in range(fan):
+            for q in range(p + 1, fan):
+                use = np.flatnonzero(ok[:, p] & ok[:, q])
+                a, j, k = rows[use], cand[use, p], cand[use, q]
+                d13 = t[k] - t[a]
+                good = d13 >= MIN_DT
+                a, j, k, d13 = a[good], j[good], k[good], d13[good]
+                keys.append(_key(lf[a], lf[j], lf[k], t[j] - t[a], d13))
+                anchors.append(peaks.t[a])
+    # One array at a time, each list or unsorted copy dropped as soon as it is used (the peak
+    # memory of publishing an hour's recording).
     at = np.concatenate(anchors)
+    del anchors
     order2 = np.argsort(at, kind="stable")
-    return Landmarks(key[order2], at[order2].astype(np.int32))
+    at = at[order2].astype(np.int32)
+    key = np.concatenate(keys)
+    del keys
+    return Landmarks(key[order2], at)
 
 
 def _key(lf1: np.ndarray, lf2: np.ndarray, lf3: np.ndarray, d12: np.ndarray,
