@@ -104,6 +104,15 @@ def paired(device, second):
     return device, second
 
 
+@pytest.fixture(autouse=True)
+def _stacks_healthy(request):
+    """Tests run in any order, and one that killed or restarted a container leaves it coming
+    back: every test that uses a stack starts once that stack is healthy again."""
+    for name in ("device", "second"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).wait_healthy(timeout=600)
+
+
 def test_one_device_comes_up_healthy_with_every_secret_made(device):
     states = device.states()
     assert states["init"][0] == "exited"
