@@ -186,9 +186,23 @@ def annotations(stack: ch.Stack, uuid: str) -> list[dict]:
     return json.loads(body)
 
 
+def recording_id(item: dict) -> str:
+    """The recorder's id of a papad media item (its description names it): names are per
+    minute, so two recordings of one minute share a name, never an id."""
+    match = re.search(r"Recording id: (\S+)", item.get("description") or "")
+    return match.group(1) if match else ""
+
+
+def same_recording(stack, rid: str) -> list[dict]:
+    """The media items of `stack`'s papad that are recording `rid`."""
+    return [i for i in papad_media(stack) if recording_id(i) == rid]
+
+
 @pytest.fixture(scope="module")
 def recorded(device) -> dict:
-    """One recording with a bookmark, made on the device; papad's media object."""
+    """One recording with a bookmark, made on the device; papad's media object (tests run in
+    any order: other tests' recordings may be in papad already)."""
+    before = {i["uuid"] for i in papad_media(device)}
     device.exec("recorder", "recorder", "ctl", "start")
     wait_until(lambda: "recording" in device.exec(
         "recorder", "recorder", "ctl", "status").stdout.lower(), 60, 1, "recording")
@@ -196,15 +210,16 @@ def recorded(device) -> dict:
     device.exec("recorder", "recorder", "ctl", "mark")
     time.sleep(2)
     device.exec("recorder", "recorder", "ctl", "stop")
-    items = wait_until(lambda: papad_media(device), 300, 3, "the recording in papad",
+    items = wait_until(lambda: [i for i in papad_media(device) if i["uuid"] not in before],
+                       300, 3, "the recording in papad",
                        detail=lambda: device.logs("recorder", "papad"))
     return items[0]
 
 
 def test_a_recording_reaches_papad_once_with_its_bookmark(device, recorded):
     time.sleep(5)  # a second registration, if one were made, would show by now
-    items = papad_media(device)
-    assert [i["uuid"] for i in items] == [recorded["uuid"]], items
+    items = same_recording(device, recording_id(recorded))
+    assert recording_id(recorded) and [i["uuid"] for i in items] == [recorded["uuid"]], items
     assert recorded["group"]["name"] == "Community"
     # The upload is served by nginx from the data partition, at the address the browser used.
     assert recorded["upload"].startswith(device.papad_url + "/media/")
@@ -282,7 +297,7 @@ def test_papad_pages_in_chromium_play_the_recording_and_take_a_tag(paired, recor
         device, recorded["uuid"]) for t in n["tags"]), 60, 1, "the tag in papad")
     # ... and it reaches the other device's papad, on its copy of the recording.
     def tag_on_other() -> bool:
-        copies = [i for i in papad_media(other) if i["name"] == recorded["name"]]
+        copies = same_recording(other, recording_id(recorded))
         return bool(copies) and any(t["name"] == "from-browser" for n in annotations(
             other, copies[0]["uuid"]) for t in n["tags"])
 
@@ -299,7 +314,7 @@ def test_the_recording_reaches_the_other_devices_papad_exactly_once(paired, reco
     device, other = paired
 
     def copies() -> list[dict]:
-        return [i for i in papad_media(other) if i["name"] == recorded["name"]]
+        return same_recording(other, recording_id(recorded))
 
     found = wait_until(copies, 600, 3, "the recording in the other device's papad",
                        detail=lambda: other.logs("recorder", "syncthing"))

@@ -42,9 +42,11 @@ make_secret() {  # name kind bytes
   fi
 }
 make_secret syncthing-api-key urlsafe 24
-make_secret icecast-source-password urlsafe 18
-make_secret icecast-relay-password urlsafe 18
-make_secret icecast-admin-password urlsafe 18
+# Icecast passwords in hex: they are written into icecast.xml, where a "--" (which a urlsafe
+# token can hold) inside its comment made Icecast refuse its config.
+make_secret icecast-source-password hex 18
+make_secret icecast-relay-password hex 18
+make_secret icecast-admin-password hex 18
 make_secret web-password urlsafe 12
 make_secret papad-token hex 20            # DRF token: 40 hex digits
 make_secret papad-django-secret urlsafe 50
