@@ -11,7 +11,6 @@ whole `Config`.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,9 @@ from recorder.db import Database
 from recorder.dbrepair import open_database
 from recorder.layout import Layout
 from recorder.led import NullLed, StatusLed
-from recorder.publish import Enricher, Listener, Published, Publisher
+from recorder.publish import Enricher, Listener, Publisher
 from recorder.pump import Pump, PumpListener, PumpSettings
+from recorder.radio.settings import RadioSettings
 from recorder.recording import Recording
 from recorder.recover import RecoverySettings
 from recorder.session import RecordingContext, SessionSettings, SinkFactory
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from recorder.papad.client import PapadClient
     from recorder.papad.registration import Registration
     from recorder.radio.nowplaying import PlayLog
+    from recorder.radio.worker import RadioWorker
     from recorder.sinks.radio import RadioSink
     from recorder.triggers import Triggers
     from recorder.waveform import Waveforms
@@ -61,71 +62,27 @@ def radio_in_use(cfg: Config) -> bool:
     return cfg.radio.live or cfg.radio.station or cfg.gpio.live_pin is not None
 
 
-class RadioWorker:
-    """Cow Radio for the service: the live stream (an always-on sink fed by the pump while the
-    source delivers the configured format) and the station playlist, rebuilt whenever a
-    recording is published here or arrives from a peer."""
+def radio_settings(cfg: Config) -> RadioSettings:
+    """What the radio modules (playlist, station, play log, worker) need from `cfg`."""
+    return RadioSettings.of(cfg.radio, cfg.device.id, cfg.storage, cfg.source_path)
 
-    name = "radio"
 
-    def __init__(self, cfg: Config, catalogue: Catalogue | None) -> None:
-        self.cfg = cfg  # the playlist writer takes the whole config (device, storage, radio)
-        self.catalogue = catalogue
-        self.sink: RadioSink | None = None
-        if cfg.radio.password_file is not None:
-            from recorder.sinks.radio import RadioSink
+def radio_worker(cfg: Config, catalogue: Catalogue | None) -> RadioWorker:
+    """The service's radio: the playlist from the catalogue (with Audio ID on, else the
+    sidecars), and the live stream's sink unless this is a hub (nothing to stream)."""
+    from recorder.radio.worker import RadioWorker
 
-            # A radio that is on (live, the station, or a live switch wired) needs its secrets:
-            # a loose or missing one stops the service at start, as papad's and Syncthing's do.
-            # A radio that is off needs none until somebody goes live (`set_live` checks then):
-            # an install without Icecast must run with the example config's password_file
-            # naming a file that was never made. The stream reads the file again at each
-            # connection (a fixed file is picked up without a restart).
-            if radio_in_use(cfg):
-                self._check_secrets()
-            # Stream metadata while live: "Live: <device>" (the station's playlist carries each
-            # recording's own title and device). A hub has no audio to stream: no live sink.
-            if not cfg.audio.source.none:
-                self.sink = RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels,
-                                      title=f"Live: {cfg.device.id}", artist=cfg.device.id)
-        self._lock = threading.Lock()
+    def live_sink() -> RadioSink:
+        from recorder.sinks.radio import RadioSink
 
-    def update_playlist(self, _result: Published | None = None) -> None:
-        from recorder.radio.playlist import catalogue_records, write_playlist
+        # Stream metadata while live: "Live: <device>" (the station's playlist carries each
+        # recording's own title and device).
+        return RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels,
+                         title=f"Live: {cfg.device.id}", artist=cfg.device.id)
 
-        with self._lock:  # publisher and bridge threads may both ask
-            records = (catalogue_records(self.catalogue, self.cfg.storage.sync_root,
-                                         self.cfg.radio.playlist_length)
-                       if self.catalogue is not None and self.cfg.audioid.enabled else None)
-            write_playlist(self.cfg, records)
-
-    def set_live(self, on: bool) -> None:
-        if self.sink is None:
-            from recorder.errors import ConfigError
-
-            raise ConfigError("radio.password_file: set it to stream live to Icecast")
-        if on:
-            self._check_secrets()  # one clear line to whoever asked, never a silent retry loop
-        self.sink.set_live(on)
-
-    def _check_secrets(self) -> None:
-        from recorder.secrets import read_secret
-
-        read_secret(self.cfg.radio.password_file, "radio.password_file")
-        if self.cfg.radio.station and self.cfg.radio.harbor_password_file is not None:
-            read_secret(self.cfg.radio.harbor_password_file, "radio.harbor_password_file")
-
-    def start(self) -> None:
-        if self.sink is not None:
-            self.sink.start()
-        self.update_playlist()
-
-    def stop(self) -> None:
-        if self.sink is not None:
-            self.sink.close()
-
-    def status(self) -> dict[str, Any]:
-        return self.sink.status() if self.sink is not None else {"state": "not configured"}
+    return RadioWorker(radio_settings(cfg), catalogue if cfg.audioid.enabled else None,
+                       None if cfg.audio.source.none else live_sink,
+                       in_use=radio_in_use(cfg))
 
 
 @dataclass
@@ -261,11 +218,11 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
         parts.syncthing = SyncthingClient.from_config(cfg.syncthing)
         scan = ScanHandOff(parts.syncthing, layout)
     if service and radio:
-        parts.radio = RadioWorker(cfg, parts.catalogue)
+        parts.radio = radio_worker(cfg, parts.catalogue)
         if cfg.radio.station:  # the station's play log, into playlist.json
             from recorder.radio.nowplaying import PlayLog
 
-            parts.play_log = PlayLog(cfg)
+            parts.play_log = PlayLog(radio_settings(cfg))
     if bridged and parts.catalogue is not None:
         parts.bridge = _bridge(cfg, parts)
         bridge_ = parts.bridge

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from recorder import sidecar
 from recorder.atomic import atomic_write_text
-from recorder.config import Config
 from recorder.layout import device_folders
+from recorder.radio.settings import PLAYLIST_DIR, RadioSettings
 
 if TYPE_CHECKING:
     from recorder.audioid.catalogue import Catalogue
@@ -45,10 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLAYLIST_SCHEMA = "recorderpi.playlist/1"
-PLAYLIST_DIR = "radio"
 M3U_NAME = "playlist.m3u"
 JSON_NAME = "playlist.json"
-STATION_NAME = "station.m3u"
 # The service writes these files from several threads (publisher, bridge, play log): one at a
 # time, so a play logged while the playlist is rebuilt is never lost.
 _files_lock = threading.RLock()
@@ -218,7 +216,7 @@ def scan_sidecars(sync_root: Path) -> list[dict[str, Any]]:
 
 
 def write_playlist(
-    cfg: Config,
+    settings: RadioSettings,
     records: Iterable[Mapping[str, Any]] | None = None,
     *,
     base_url: str | None = None,
@@ -231,25 +229,25 @@ def write_playlist(
     differs from what is already there; the play log in ``playlist.json`` is kept.
     """
     if records is None:
-        records = scan_sidecars(cfg.storage.sync_root)
+        records = scan_sidecars(settings.sync_root)
     chosen = select(
         records,
-        length=cfg.radio.playlist_length,
-        max_age_days=cfg.radio.playlist_max_age_days,
+        length=settings.radio.playlist_length,
+        max_age_days=settings.radio.playlist_max_age_days,
         now=now,
     )
-    items = entries(chosen, cfg.device.id, base_url)
-    folder = playlist_dir(cfg)
+    items = entries(chosen, settings.device_id, base_url)
+    folder = settings.playlist_dir
     with _files_lock:
-        played = read_played(cfg)
+        played = read_played(settings)
         return _write_all([
             (folder / M3U_NAME, render_m3u(items)),
             (folder / JSON_NAME, render_json(items, played)),
-            (station_playlist_path(cfg), render_station(chosen, cfg.storage.sync_root)),
+            (settings.station_playlist, render_station(chosen, settings.sync_root)),
         ])
 
 
-def add_plays(cfg: Config, plays: Iterable[Mapping[str, Any]]) -> int:
+def add_plays(settings: RadioSettings, plays: Iterable[Mapping[str, Any]]) -> int:
     """Add station plays (``at``, ``source``, ``title``, ``device_id``, ``recording_id``) to
     the play log in ``playlist.json``; return how many were new.
 
@@ -257,7 +255,7 @@ def add_plays(cfg: Config, plays: Iterable[Mapping[str, Any]]) -> int:
     ``title``), and at most ``radio.play_log_length`` long. Nothing is written when nothing
     is new, or before the playlist itself exists.
     """
-    target = playlist_dir(cfg) / JSON_NAME
+    target = settings.playlist_dir / JSON_NAME
     with _files_lock:
         try:
             doc = json.loads(target.read_text(encoding="utf-8"))
@@ -274,20 +272,20 @@ def add_plays(cfg: Config, plays: Iterable[Mapping[str, Any]]) -> int:
         if not fresh:
             return 0
         merged = sorted(known + fresh, key=lambda p: str(p.get("at", "")), reverse=True)
-        doc["played"] = merged[: cfg.radio.play_log_length]
+        doc["played"] = merged[: settings.radio.play_log_length]
         atomic_write_text(target, json.dumps(doc, indent=2, sort_keys=True,
                                              ensure_ascii=False) + "\n")
         return len(fresh)
 
 
-def read_played(cfg: Config) -> list[dict[str, Any]]:
+def read_played(settings: RadioSettings) -> list[dict[str, Any]]:
     """The play log in this device's ``playlist.json``, newest first ([] when there is none)."""
     try:
-        doc = json.loads((playlist_dir(cfg) / JSON_NAME).read_text(encoding="utf-8"))
+        doc = json.loads((settings.playlist_dir / JSON_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     played = doc.get("played") if isinstance(doc, dict) else None
-    return [p for p in played or [] if isinstance(p, dict)][: cfg.radio.play_log_length]
+    return [p for p in played or [] if isinstance(p, dict)][: settings.radio.play_log_length]
 
 
 def catalogue_records(catalogue: Catalogue, sync_root: Path,
@@ -305,9 +303,9 @@ def catalogue_records(catalogue: Catalogue, sync_root: Path,
     return out
 
 
-def station_playlist_path(cfg: Config) -> Path:
+def station_playlist_path(settings: RadioSettings) -> Path:
     """``<state_dir>/radio/station.m3u``: the station's playlist (absolute paths, metadata)."""
-    return cfg.storage.state_dir / PLAYLIST_DIR / STATION_NAME
+    return settings.station_playlist
 
 
 def _write_all(files: list[tuple[Path, str]]) -> bool:
@@ -327,9 +325,9 @@ def _play_key(play: Mapping[str, Any]) -> tuple[str, str, str]:
     return (str(play.get("at", "")), str(play.get("source", "")), str(play.get("title", "")))
 
 
-def playlist_dir(cfg: Config) -> Path:
+def playlist_dir(settings: RadioSettings) -> Path:
     """``<sync_root>/<device-id>/radio``: where this device's playlist files live."""
-    return cfg.device_folder / PLAYLIST_DIR
+    return settings.playlist_dir
 
 
 def _title(record: Mapping[str, Any]) -> str:
