@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,15 +173,39 @@ def sink_factories(cfg: Config) -> list[SinkFactory]:
     return factories
 
 
-def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
-             bridge: bool | None = None, request: ServiceRequest | None = None) -> Assembly:
-    """Build every component `cfg` asks for, once.
+class Role(Enum):
+    """What an assembly is for: which of the workers a configuration asks for it builds.
 
-    `service`: also the service's workers (papad delivery, radio unless `radio` is false,
-    the bridge when Syncthing is configured or `bridge` is true, the web page when
-    ``web.enabled`` and the service passes its `request`); one-off commands only publish and
-    queue, durably, for the service to deliver.
-    """
+    ``ONE_OFF``: a command (`recorder record`, `import`, `radio playlist`): no workers; it
+    only publishes and queues, durably, for the service to deliver. ``SERVICE``: `recorder
+    run`: every worker (papad delivery, radio, the bridge when Syncthing is configured, the
+    web page when ``web.enabled`` and a `request` is given, mesh, clock, inbox, storage).
+    ``WORKERS``: the service's workers without the radio (tools and tests that run workers by
+    hand). ``BRIDGE``: ``WORKERS`` with the bridge even without Syncthing (`recorder mesh
+    bridge`: peers' folders arrive by other means too)."""
+
+    ONE_OFF = "one-off"
+    SERVICE = "service"
+    WORKERS = "workers"
+    BRIDGE = "bridge"
+
+    @property
+    def workers(self) -> bool:
+        return self is not Role.ONE_OFF
+
+    @property
+    def radio(self) -> bool:
+        return self is Role.SERVICE
+
+    def bridges(self, syncthing: bool) -> bool:
+        """Whether the bridge is built (`syncthing`: the Syncthing client is configured)."""
+        return self is Role.BRIDGE or (self.workers and syncthing)
+
+
+def assemble(cfg: Config, role: Role = Role.ONE_OFF, *,
+             request: ServiceRequest | None = None) -> Assembly:
+    """Build every component `cfg` asks for, once, as `role` says (see `Role`); `request`:
+    how the web page asks the running service (the web page is built only with it)."""
     layout = cfg.layout
     database = open_database(cfg)
     publisher = Publisher(layout)
@@ -191,7 +216,8 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
         recovery=recovery_settings(cfg, layout),
         sink_factories=sink_factories(cfg),
     )
-    bridged = service and (cfg.syncthing.api_key_file is not None if bridge is None else bridge)
+    workers = role.workers
+    bridged = role.bridges(cfg.syncthing.api_key_file is not None)
     if cfg.audioid.enabled or bridged:
         from recorder.audioid.catalogue import Catalogue
 
@@ -202,11 +228,11 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
 
         outbox = Outbox(database)
         worker = None
-        if service:
+        if workers:
             from recorder.papad.client import make_client
             from recorder.papad.outbox import OutboxWorker
 
-            parts.papad = make_client(cfg)  # a bad secret file stops start-up here, clearly
+            parts.papad = make_client(cfg.papad)  # a bad secret file stops start-up here
             if parts.papad is not None:
                 worker = OutboxWorker(outbox, parts.papad, cfg.papad.concurrency)
         parts.registration = Registration(outbox, layout, worker)
@@ -217,7 +243,7 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
 
         parts.syncthing = SyncthingClient.from_config(cfg.syncthing)
         scan = ScanHandOff(parts.syncthing, layout)
-    if service and radio:
+    if role.radio:
         parts.radio = radio_worker(cfg, parts.catalogue)
         if cfg.radio.station:  # the station's play log, into playlist.json
             from recorder.radio.nowplaying import PlayLog
@@ -229,22 +255,22 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
         if parts.registration is not None and parts.registration.worker is not None:
             # A recording papad now has may carry annotations to export: do it at once.
             parts.registration.worker.on_delivered = lambda *_: bridge_.export_soon()
-    if service and parts.syncthing is not None:
+    if workers and parts.syncthing is not None:
         from recorder.mesh.keeper import MeshKeeper
 
         parts.mesh = MeshKeeper(cfg, parts.syncthing, database)
-    if service:
+    if workers:
         parts.clock = _clock_fixer(parts)
     if cfg.web.enabled:
         from recorder.waveform import Waveforms
 
         parts.waveforms = Waveforms(database)  # peaks made while recording, stored at publish
         parts.sink_factories.append(parts.waveforms.sink)
-        if service and request is not None:
+        if workers and request is not None:
             parts.web = _web(cfg, parts, request)
-    if service and cfg.imports.inbox is not None:
+    if workers and cfg.imports.inbox is not None:
         parts.inbox = _inbox(cfg, parts)
-    if service:
+    if workers:
         parts.storage = _storage_budget(cfg, parts)
     hook: CatalogueHook | None = None
     if cfg.audioid.enabled and parts.catalogue is not None:
@@ -439,12 +465,45 @@ def open_gpio(gpio: GpioConfig, on_trigger: Callable[[str, float], None], *,
 
 
 def open_control(service_cfg: ServiceConfig,
-                 handler: Callable[[dict[str, Any]], dict[str, Any]]) -> ControlServer:
-    """The control socket (its thread starts listening at once), answering with `handler`."""
+                 handler: Callable[[dict[str, Any]], dict[str, Any]], *,
+                 pin_driver: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 ) -> ControlServer:
+    """The control socket (its thread starts listening at once), answering with `handler`;
+    with `pin_driver` (gpiozero's mock pins only: tests, demo) also the ``pin`` command, which
+    drives the mock pins (the presses then reach the service as from real buttons)."""
     from recorder.control import ControlServer
 
-    return ControlServer(service_cfg.control_socket, handler, group=service_cfg.socket_group)
+    answer = handler
+    if pin_driver is not None:
+        driver = pin_driver
+
+        def answer(request: dict[str, Any]) -> dict[str, Any]:
+            if request.get("command") == "pin":
+                return driver(request)
+            return handler(request)
+
+    return ControlServer(service_cfg.control_socket, answer, group=service_cfg.socket_group)
 
 
-__all__ = ["Assembly", "ServiceGpio", "ServiceRequest", "Worker", "assemble",
-           "build_pump", "build_service_pump", "open_control", "open_gpio"]
+@dataclass(frozen=True)
+class ServiceIO:
+    """The service's buttons, LED and control socket, all open and given their callbacks."""
+
+    triggers: Triggers | None
+    led: StatusLed | NullLed
+    control: ControlServer
+
+
+def open_service_io(cfg: Config, on_trigger: Callable[[str, float], None],
+                    handler: Callable[[dict[str, Any]], dict[str, Any]], *,
+                    pin_factory: Any = None, hub: bool = False) -> ServiceIO:
+    """Open the GPIO (never on a hub: it has none) and the control socket, each given
+    everything before its thread starts: presses go to `on_trigger`, commands to `handler`."""
+    gpio = ServiceGpio(None, NullLed()) if hub else open_gpio(cfg.gpio, on_trigger,
+                                                              pin_factory=pin_factory)
+    control = open_control(cfg.service, handler, pin_driver=gpio.pin_driver)
+    return ServiceIO(gpio.triggers, gpio.led, control)
+
+
+__all__ = ["Assembly", "Role", "ServiceGpio", "ServiceRequest", "Worker", "assemble",
+           "build_pump", "build_service_pump", "open_control", "open_gpio", "open_service_io"]

@@ -32,7 +32,6 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -154,7 +153,7 @@ class Service:
         self.pin_factory = pin_factory
         self.notifier = notifier or Notifier()
         # The web page gets `request`, the one way another thread asks the service anything.
-        self.parts = app.assemble(cfg, service=True, request=self.request)
+        self.parts = app.assemble(cfg, app.Role.SERVICE, request=self.request)
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self.stopping = threading.Event()
         # -- owned by the main thread (the event loop) --
@@ -176,8 +175,6 @@ class Service:
         self._last_ping = 0.0
         self._last_ping_pos = 0
         self._pump_failures: list[float] = []
-        # Simulated presses (mock pins only: tests, demo): see `app.open_gpio`.
-        self._pin_driver: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.exit_code = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -193,12 +190,9 @@ class Service:
             self._recovered(recover(self.parts.recovery, self.parts.publisher,
                                     self.parts.sink_factories))
             self._check_disk()
-            if not self.hub:
-                gpio = app.open_gpio(self.cfg.gpio, self._on_trigger,
-                                     pin_factory=self.pin_factory)
-                self.triggers, self.led = gpio.triggers, gpio.led
-                self._pin_driver = gpio.pin_driver
-            self.control = app.open_control(self.cfg.service, self._from_socket)
+            io = app.open_service_io(self.cfg, self._on_trigger, self._from_socket,
+                                     pin_factory=self.pin_factory, hub=self.hub)
+            self.triggers, self.led, self.control = io.triggers, io.led, io.control
             for worker in self.parts.workers:
                 try:
                     worker.start()
@@ -654,8 +648,6 @@ class Service:
 
     def _from_socket(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control-socket thread: run the command on the main loop and wait for its answer."""
-        if request.get("command") == "pin" and self._pin_driver is not None:
-            return self._pin_driver(request)  # drives pins only; the presses queue events
         return self.request(request)
 
     def handle_command(self, request: dict[str, Any]) -> dict[str, Any]:

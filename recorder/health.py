@@ -139,14 +139,14 @@ def extra_checks(cfg: Config) -> list[Check]:
 
 
 def _firewall(cfg: Config) -> str:
-    from recorder.db import Database
+    from recorder.dbrepair import open_database
     from recorder.mesh import firewall
     from recorder.mesh.syncthing import SyncthingClient
 
     try:
         if cfg.syncthing.api_key_file is None:
             return firewall.check(cfg, None, None)
-        with Database(cfg.db_path) as database:
+        with open_database(cfg) as database:
             return firewall.check(cfg, SyncthingClient.from_config(cfg.syncthing), database)
     except firewall.FirewallError as exc:
         if not firewall.is_permission_error(exc):

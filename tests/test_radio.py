@@ -460,7 +460,7 @@ def test_playlist_length_and_urls() -> None:
         for i in range(5)
     ]
     chosen = playlist.select(records, length=2, max_age_days=30, now=now)
-    assert [r["recording_id"] for r in chosen] == ["r0", "r1"]
+    assert [r.recording_id for r in chosen] == ["r0", "r1"]
     items = playlist.entries(chosen, "dev1", base_url="http://radio.local/")
     assert items[0].location == "http://radio.local/dev1/recordings/2026/11/28/n0.ogg"
     local = playlist.entries(chosen, "dev2")

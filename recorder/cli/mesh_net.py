@@ -91,10 +91,10 @@ def _time_sources(args: argparse.Namespace, client: SyncthingClient) -> int:
 def _firewall(args: argparse.Namespace, cfg: Config, client: SyncthingClient) -> int:
     import time
 
-    from recorder.db import Database
+    from recorder.dbrepair import open_database
     from recorder.mesh import firewall
 
-    with Database(cfg.db_path) as database:
+    with open_database(cfg) as database:
         if args.check:
             print(firewall.check(cfg, client, database))
             return 0
