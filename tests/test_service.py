@@ -197,8 +197,8 @@ def test_hub_records_nothing_and_keeps_its_other_jobs(file_service, tmp_path):
         status = json.loads(svc.ctl("status", "--json").stdout)
         assert status["state"] == "hub" and status["led"] == "off" and status["audio"] is None
         assert "hub: records nothing" in svc.ctl("status").stdout
-        for action in ("start", "stop", "mark"):
-            assert "records nothing" in one_line_error(svc.ctl(action), 3)
+        for action in (("start",), ("stop",), ("mark",), ("live", "on")):
+            assert "records nothing" in one_line_error(svc.ctl(*action), 3)
         write_wav(inbox / "talk.wav", np.concatenate([tone(2.5, 300), tone(2.5, 500)]))
         (doc,) = svc.wait_published(1, timeout=120)
         assert doc["source"] == "import" and doc["device_id"] == status["device_id"]
