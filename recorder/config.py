@@ -147,8 +147,8 @@ class YggdrasilConfig:
     multicast: str = "^(eth|en|wlan|wl|usb)"  # interfaces (regex) for LAN discovery; "" = off
     interface: str = "ygg0"  # the tun interface carrying the 200::/7 address
     # The appliance's nftables table on `interface`: only mesh members get in
-    # (recorder.mesh.firewall). Off here so a development machine's firewall is never touched;
-    # the shipped configs turn it on.
+    # (recorder.mesh.membership.firewall). Off here so a development machine's firewall is
+    # never touched; the shipped configs turn it on.
     firewall: bool = False
     # AllowedPublicKeys: the only keys that may peer directly with this node through its
     # `listen` (and LAN) listeners; empty: anyone may (yggdrasil's default).

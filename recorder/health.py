@@ -72,7 +72,7 @@ def _budget(cfg: Config) -> str:
 
     client = None
     if cfg.syncthing.api_key_file is not None:
-        from recorder.mesh.syncthing import SyncthingClient
+        from recorder.mesh.net.syncthing import SyncthingClient
 
         client = SyncthingClient.from_config(cfg.syncthing)
     budget = Budget(cfg.layout, Policy.of(cfg.storage), client, hubs=cfg.storage.hubs)
@@ -138,8 +138,8 @@ def extra_checks(cfg: Config) -> list[Check]:
 
 def _firewall(cfg: Config) -> str:
     from recorder.db import Database
-    from recorder.mesh import firewall
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.membership import firewall
+    from recorder.mesh.net.syncthing import SyncthingClient
 
     try:
         if cfg.syncthing.api_key_file is None:
@@ -173,8 +173,8 @@ def _firewall_from_service(cfg: Config, denied: Exception) -> str:
 
 
 def _mesh(cfg: Config) -> str:
-    from recorder.mesh import health, pairing
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.membership import health, pairing
+    from recorder.mesh.net.syncthing import SyncthingClient
 
     client = SyncthingClient.from_config(cfg.syncthing)
     return health.doctor_check(client, cfg.device.id, cfg.mesh.degraded_after,
@@ -182,7 +182,7 @@ def _mesh(cfg: Config) -> str:
 
 
 def _syncthing(cfg: Config) -> str:
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
 
     client = SyncthingClient.from_config(cfg.syncthing)
     return f"reachable at {cfg.syncthing.url}, device {client.device_id()}"

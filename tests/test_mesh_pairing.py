@@ -1,6 +1,6 @@
 """One-step pairing against real Syncthing 1.19: ``recorder mesh invite`` / ``join`` /
 ``remove-peer`` / ``add-peer`` through the CLI, with each device running the service's mesh
-keeper (`recorder.mesh.keeper.MeshKeeper`, the worker `recorder run` starts) in-process.
+keeper (`recorder.mesh.membership.keeper.MeshKeeper`, the worker `recorder run` starts) in-process.
 
 The module's mesh (a, b, c) is formed as a chain: b joins with a's code, c with b's. Tests
 that change it (remove, duplicate ids) put it back before they end.
@@ -20,7 +20,7 @@ import pytest
 
 from recorder.config import Config, parse_config
 from recorder.db import Database
-from recorder.mesh.keeper import MeshKeeper
+from recorder.mesh.membership.keeper import MeshKeeper
 from tests.conftest import fake_net, free_port, need, need_root, run_cli, wait_until
 from tests.syncthing_harness import Instance, SyncthingCluster
 
@@ -363,10 +363,10 @@ def test_a_roster_written_but_never_handed_to_syncthing_is_scanned_at_the_next_p
 
 
 def _roster_handed_over_again(inst: Instance) -> None:
-    from recorder.mesh import pairing
-    from recorder.mesh import roster as rosters
-    from recorder.mesh.provision import folder_id
-    from recorder.mesh.roster import REMOVED, Roster
+    from recorder.mesh.membership import pairing
+    from recorder.mesh.membership import roster as rosters
+    from recorder.mesh.membership.provision import folder_id
+    from recorder.mesh.membership.roster import REMOVED, Roster
 
     sections = _sections(inst)
     sections["syncthing"].update(watcher_delay=3600, rescan_interval=3600)

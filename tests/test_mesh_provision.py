@@ -1,8 +1,8 @@
 """Mesh provisioning against three real Syncthing 1.19 instances on 127.0.0.1.
 
 One module-scoped full mesh (a, b, c; recorder ids dev-a, dev-b, dev-c) is provisioned with
-`recorder.mesh.provision`: a and b pair with --peer-id, c pairs without it and accepts the
-folders its peers offer. Tests that stop an instance restart it before they end.
+`recorder.mesh.membership.provision`: a and b pair with --peer-id, c pairs without it and accepts
+the folders its peers offer. Tests that stop an instance restart it before they end.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 
 from recorder.cli import mesh as mesh_cli
 from recorder.errors import ConfigError, RecorderError, RemoteError
-from recorder.mesh import provision
-from recorder.mesh.syncthing import SyncthingClient
+from recorder.mesh.membership import provision
+from recorder.mesh.net.syncthing import SyncthingClient
 from tests.conftest import free_port, run_cli, wait_until
 from tests.syncthing_harness import Instance, SyncthingCluster
 

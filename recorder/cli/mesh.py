@@ -1,5 +1,5 @@
 """``recorder mesh setup|invite|join|remove-peer|add-peer|status``: pair devices and inspect
-the Syncthing mesh (`recorder.mesh.pairing`, `recorder.mesh.provision`)."""
+the Syncthing mesh (`recorder.mesh.membership.pairing`, `recorder.mesh.membership.provision`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from recorder.cli import mesh_net
 
 if TYPE_CHECKING:  # imported where used: requests costs ~100 ms a command does not need
     from recorder.config import Config
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
 
 
 def register(subparsers: Any) -> None:
@@ -83,7 +83,7 @@ def register(subparsers: Any) -> None:
 
 
 def _client(cfg: Config) -> SyncthingClient:
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
 
     return SyncthingClient.from_config(cfg.syncthing)
 
@@ -94,7 +94,7 @@ def _print_changes(changes: list[str]) -> None:
 
 
 def _setup(args: argparse.Namespace, cfg: Config) -> int:
-    from recorder.mesh import provision
+    from recorder.mesh.membership import provision
 
     result = provision.setup(cfg, _client(cfg))
     if args.json:
@@ -126,7 +126,7 @@ def _tell_service(cfg: Config) -> bool:
 
 def _invite(args: argparse.Namespace, cfg: Config) -> int:
     from recorder.errors import ConfigError
-    from recorder.mesh import pairing
+    from recorder.mesh.membership import pairing
 
     if args.hours <= 0 or args.uses < 1:
         raise ConfigError("--hours must be above 0 and --uses at least 1")
@@ -158,8 +158,8 @@ def _invite(args: argparse.Namespace, cfg: Config) -> int:
 
 def _join(args: argparse.Namespace, cfg: Config) -> int:
     from recorder.errors import RemoteError
-    from recorder.mesh import invite as invites
-    from recorder.mesh import pairing
+    from recorder.mesh.membership import invite as invites
+    from recorder.mesh.membership import pairing
 
     invite = invites.decode(args.code)
     with _database(cfg) as database:
@@ -182,7 +182,7 @@ def _join(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _remove_peer(args: argparse.Namespace, cfg: Config) -> int:
-    from recorder.mesh import pairing
+    from recorder.mesh.membership import pairing
 
     with _database(cfg) as database:
         result = pairing.remove_peer(cfg, _client(cfg), database, args.peer)
@@ -197,8 +197,8 @@ def _remove_peer(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _add_peer(args: argparse.Namespace, cfg: Config) -> int:
-    from recorder.mesh import provision
-    from recorder.mesh.roster import MEMBER, Roster
+    from recorder.mesh.membership import provision
+    from recorder.mesh.membership.roster import MEMBER, Roster
 
     result = provision.add_peer(cfg, _client(cfg), args.device_id, args.name, args.address,
                                 peer_recorder_id=args.peer_id)
@@ -229,8 +229,8 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
     import sys
 
     from recorder.errors import RemoteError
-    from recorder.mesh import pairing, provision
-    from recorder.mesh.store import db_status
+    from recorder.mesh.exchange.store import db_status
+    from recorder.mesh.membership import pairing, provision
 
     try:
         client = _client(cfg)
@@ -274,7 +274,7 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
 
 def _bridge(args: argparse.Namespace, cfg: Config) -> int:
     from recorder import app
-    from recorder.mesh.bridge import run_forever
+    from recorder.mesh.exchange.bridge import run_forever
 
     parts = app.assemble(cfg, service=True, radio=False, bridge=True)
     bridge = parts.bridge

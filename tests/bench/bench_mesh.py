@@ -38,9 +38,9 @@ from typing import Any
 
 from recorder import app
 from recorder.config import SourceSpec, parse_config
-from recorder.mesh import provision
-from recorder.mesh.handoff import ScanHandOff
-from recorder.mesh.keeper import MeshKeeper
+from recorder.mesh.exchange.handoff import ScanHandOff
+from recorder.mesh.membership import provision
+from recorder.mesh.membership.keeper import MeshKeeper
 from tests.clips import speech
 from tests.mesh_devices import Device
 from tests.papad_recordings import make_recording, ogg_bytes
@@ -299,7 +299,7 @@ def _sections(inst: Instance) -> dict:
 
 def _ping_in(node: Any, host: str, timeout: float) -> bool:
     """The service's ICMP probe, run inside `node`'s namespace (the bench runs outside it)."""
-    code = ("import sys; from recorder.mesh.health import icmp_ping; "
+    code = ("import sys; from recorder.mesh.membership.health import icmp_ping; "
             f"sys.exit(0 if icmp_ping({host!r}, {timeout!r}) else 1)")
     res = node.exec(sys.executable, "-c", code, timeout=timeout + 20, check=False)
     return res.returncode == 0

@@ -45,10 +45,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from recorder.errors import RemoteError
-from recorder.mesh.provision import FOLDER_PREFIX, folder_id, owner_of
+from recorder.mesh.membership.provision import FOLDER_PREFIX, folder_id, owner_of
 
 if TYPE_CHECKING:
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@
 
 1. The new device pairs with the inviter only, the way ``add-peer`` does (device, own folder
    shared send-only, the inviter's folder accepted receive-only), and names itself in its own
-   Syncthing config with a proof of holding the code (`recorder.mesh.invite`).
+   Syncthing config with a proof of holding the code (`recorder.mesh.membership.invite`).
 2. Syncthing on the inviter rejects the unknown device and lists it under
    ``/rest/cluster/pending/devices`` with that name; the inviter's service (`reconcile`, run by
-   `recorder.mesh.keeper`) checks the proof against its open invites and admits the device to
-   its roster (`recorder.mesh.roster`).
+   `recorder.mesh.membership.keeper`) checks the proof against its open invites and admits the
+   device to its roster (`recorder.mesh.membership.roster`).
 3. Every device applies its roster to Syncthing: each member is a device, our folder is shared
    with it, its folder is held receive-only and shared with it alone; and publishes the roster in
    its folder. The others read the inviter's roster and pair with the new device; the new device
@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 from recorder.config import Config
 from recorder.deviceid import is_device_id
 from recorder.errors import RecorderError, RemoteError
-from recorder.mesh import provision
-from recorder.mesh import roster as rosters
-from recorder.mesh.invite import (
+from recorder.mesh.membership import provision
+from recorder.mesh.membership import roster as rosters
+from recorder.mesh.membership.invite import (
     JOIN_NAME,
     Invite,
     InviteError,
@@ -46,7 +46,7 @@ from recorder.mesh.invite import (
     join_name,
     parse_join_name,
 )
-from recorder.mesh.provision import (
+from recorder.mesh.membership.provision import (
     FOLDER_PREFIX,
     DuplicateIdError,
     duplicate_message,
@@ -54,11 +54,11 @@ from recorder.mesh.provision import (
     holders,
     owner_of,
 )
-from recorder.mesh.roster import MEMBER, REMOVED, Roster, RosterError, Statement
+from recorder.mesh.membership.roster import MEMBER, REMOVED, Roster, RosterError, Statement
 
 if TYPE_CHECKING:
     from recorder.db import Database
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class ReconcileReport:
 def own_addresses(cfg: Config, client: SyncthingClient) -> list[str]:
     """Where peers can dial this device's Syncthing: its yggdrasil address first (at the
     listening port), then the concrete (non-wildcard) TCP listen addresses."""
-    from recorder.mesh import yggdrasil
+    from recorder.mesh.net import yggdrasil
 
     port, concrete = SYNCTHING_PORT, []
     for listen in client.options().get("listenAddresses", []):
@@ -265,7 +265,7 @@ def _ensure_addresses(client: SyncthingClient, device_id: str, addresses: tuple[
 
 def find_peer(cfg: Config, client: SyncthingClient, roster: Roster, who: str) -> Statement:
     """The peer `who` names: a recorder id, a Syncthing device id or a configured name."""
-    from recorder.mesh.provision import normalize_device_id
+    from recorder.mesh.membership.provision import normalize_device_id
 
     entries = roster.all()
     try:

@@ -43,7 +43,7 @@ from typing import Any
 from recorder.config import Config
 from recorder.deviceid import validate_device_id
 from recorder.errors import ConfigError, RecorderError, RemoteError
-from recorder.mesh.syncthing import SyncthingClient
+from recorder.mesh.net.syncthing import SyncthingClient
 
 FOLDER_PREFIX = "recorderpi-"
 RECONNECT_INTERVAL_S = 5

@@ -2,15 +2,15 @@
 
 One thread (``mesh``) long-polls Syncthing's events and, on the ones that matter, runs
 
-- `recorder.mesh.pairing.reconcile` (a device knocking with an invite: ``PendingDevicesChanged``,
+- the roster's reconcile (`pairing`: a device knocking with an invite: ``PendingDevicesChanged``,
   ``DeviceRejected``; a folder offered: ``PendingFoldersChanged``, ``FolderRejected``; a peer's
   roster file arrived: ``ItemFinished`` for ``mesh/members.json``; a peer connected), and every
   `RECONCILE_INTERVAL` seconds anyway;
-- `recorder.mesh.health.HealthTracker.check` (connections and folder summaries changed, and
-  every `HEALTH_INTERVAL` seconds), which also reverts local changes in receive-only copies;
+- `health.HealthTracker.check` (connections and folder summaries changed, and every
+  `HEALTH_INTERVAL` seconds), which also reverts local changes in receive-only copies;
 - the dead-connection probe every ``[mesh] probe_interval`` seconds;
-- with ``[yggdrasil] firewall``, `recorder.mesh.firewall.Firewall.sync` after every reconcile,
-  on every Syncthing config change (``ConfigSaved``: a device added or removed) and every
+- with ``[yggdrasil] firewall``, `firewall.Firewall.sync` after every reconcile, on every
+  Syncthing config change (``ConfigSaved``: a device added or removed) and every
   ``firewall.CHECK_INTERVAL`` seconds (a flushed rule set is loaded again).
 
 The service's main thread reads `degraded` (for the LED) and `status()` (``ctl status``); both
@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from recorder.config import Config
 from recorder.errors import RemoteError
-from recorder.mesh import firewall
-from recorder.mesh.health import HealthTracker
-from recorder.mesh.provision import owner_of
-from recorder.mesh.roster import ROSTER_PATH
+from recorder.mesh.membership import firewall
+from recorder.mesh.membership.health import HealthTracker
+from recorder.mesh.membership.provision import owner_of
+from recorder.mesh.membership.roster import ROSTER_PATH
 
 if TYPE_CHECKING:
     from recorder.db import Database
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class MeshKeeper:
         return since, kinds
 
     def _reconcile(self) -> None:
-        from recorder.mesh import pairing
+        from recorder.mesh.membership import pairing
 
         try:
             report = pairing.reconcile(self.cfg, self.client, self.database)

@@ -50,7 +50,7 @@ from recorder.errors import RecorderError
 if TYPE_CHECKING:
     from recorder.config import Config
     from recorder.db import Database
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Policy:
 def policy(cfg: Config, members: Iterable[str], joining: bool = False) -> Policy:
     """The policy `cfg` asks for, with `members`' yggdrasil addresses (others are ignored)
     and Syncthing open to the overlay while `joining` (an invite is open)."""
-    from recorder.mesh.yggdrasil import is_yggdrasil_address
+    from recorder.mesh.net.yggdrasil import is_yggdrasil_address
 
     web = (cfg.web.port, DOCROOT_PORT) if cfg.web.enabled else (DOCROOT_PORT,)
     member_tcp = {SYNCTHING_PORT, *(web if cfg.web.mesh else ())}
@@ -200,8 +200,8 @@ def member_addresses(client: SyncthingClient, database: Database) -> list[str]:
     members' addresses and the configured Syncthing devices' ones, less removed devices'.
 
     Raises RemoteError when Syncthing cannot be asked."""
-    from recorder.mesh.roster import REMOVED, Roster
-    from recorder.mesh.yggdrasil import address_of
+    from recorder.mesh.membership.roster import REMOVED, Roster
+    from recorder.mesh.net.yggdrasil import address_of
 
     roster = Roster(database)
     removed = {s.syncthing_id for s in roster.all() if s.state == REMOVED}
@@ -214,7 +214,7 @@ def member_addresses(client: SyncthingClient, database: Database) -> list[str]:
 
 def wanted(cfg: Config, client: SyncthingClient, database: Database) -> Policy:
     """The policy for the mesh as it is now (raises RemoteError without Syncthing)."""
-    from recorder.mesh.invite import InviteStore
+    from recorder.mesh.membership.invite import InviteStore
 
     return policy(cfg, member_addresses(client, database),
                   joining=InviteStore(database).count_open() > 0)
@@ -242,8 +242,8 @@ class Firewall:
             except RemoteError:
                 if self.applied is not None and loaded_digest() is not None:
                     return False
-                from recorder.mesh.roster import Roster
-                from recorder.mesh.yggdrasil import address_of
+                from recorder.mesh.membership.roster import Roster
+                from recorder.mesh.net.yggdrasil import address_of
 
                 p = policy(self.cfg, [x for s in Roster(database).members()
                                       for a in s.addresses if (x := address_of(a))])
