@@ -272,9 +272,15 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
             # A recording papad now has may carry annotations to export: do it at once.
             parts.registration.worker.on_delivered = lambda *_: bridge_.export_soon()
     if service and parts.syncthing is not None:
+        from recorder.mesh.membership import firewall
         from recorder.mesh.membership.keeper import MeshKeeper
+        from recorder.mesh.membership.pairing import Membership
 
-        parts.mesh = MeshKeeper(cfg, parts.syncthing, database)
+        membership = Membership(layout, parts.syncthing, cfg.syncthing, database,
+                                yggdrasil_admin=cfg.yggdrasil.admin_endpoint)
+        guard = (firewall.Firewall(firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio))
+                 if cfg.yggdrasil.firewall else None)
+        parts.mesh = MeshKeeper(membership, cfg.mesh, firewall=guard)
     if service:
         parts.clock = _clock_fixer(parts)
     if cfg.web.enabled:
@@ -357,12 +363,12 @@ def _web(cfg: Config, parts: Assembly, request: ServiceRequest) -> WebWorker:
     assert parts.waveforms is not None
     mesh_status: Callable[[], dict[str, Any]] | None = None
     if parts.syncthing is not None:
-        from recorder.mesh.membership import provision
+        from recorder.mesh.membership.provision import Provisioner
 
-        client = parts.syncthing
+        provisioner = Provisioner(parts.layout, parts.syncthing, cfg.syncthing)
 
         def mesh_status() -> dict[str, Any]:
-            return provision.status(cfg, client)
+            return provisioner.status()
 
     reg = parts.registration
     return WebWorker(cfg.web, Collaborators(

@@ -142,10 +142,12 @@ def _firewall(cfg: Config) -> str:
     from recorder.mesh.net.syncthing import SyncthingClient
 
     try:
+        settings = firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio)
         if cfg.syncthing.api_key_file is None:
-            return firewall.check(cfg, None, None)
+            return firewall.check(settings, None, None)
         with Database(cfg.db_path) as database:
-            return firewall.check(cfg, SyncthingClient.from_config(cfg.syncthing), database)
+            return firewall.check(settings, SyncthingClient.from_config(cfg.syncthing),
+                                  database)
     except firewall.FirewallError as exc:
         if not firewall.is_permission_error(exc):
             raise
@@ -173,12 +175,13 @@ def _firewall_from_service(cfg: Config, denied: Exception) -> str:
 
 
 def _mesh(cfg: Config) -> str:
-    from recorder.mesh.membership import health, pairing
+    from recorder.mesh.membership import health
+    from recorder.mesh.membership.pairing import Membership
     from recorder.mesh.net.syncthing import SyncthingClient
 
     client = SyncthingClient.from_config(cfg.syncthing)
-    return health.doctor_check(client, cfg.device.id, cfg.mesh.degraded_after,
-                               pairing.conflicts(cfg, client))
+    conflicts = Membership(cfg.layout, client, cfg.syncthing).conflicts()
+    return health.doctor_check(client, cfg.device.id, cfg.mesh.degraded_after, conflicts)
 
 
 def _syncthing(cfg: Config) -> str:

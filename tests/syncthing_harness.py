@@ -241,15 +241,16 @@ class SyncthingCluster:
                 inst.stop()
 
     def pair_all(self) -> None:
-        """Pair every instance with every other the old way (`provision.add_peer`, as ``recorder
+        """Pair every instance with every other the old way (`Provisioner.add_peer`, as ``recorder
         mesh add-peer`` does), then wait until all are connected."""
         from recorder.mesh.membership import provision
 
         for me in self.instances:
             for peer in self.instances:
                 if peer is not me:
-                    provision.add_peer(me.cfg, me.client, peer.device_id, peer.name,
-                                       peer.address, peer_recorder_id=peer.recorder_id)
+                    provision.Provisioner(me.cfg.layout, me.client, me.cfg.syncthing).add_peer(
+                        peer.device_id, peer.name, peer.address,
+                        peer_recorder_id=peer.recorder_id)
         self.wait_connected()
 
     def wait_connected(self, timeout: float = 30.0) -> None:

@@ -53,7 +53,9 @@ ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs/ARCHITECTURE.md"
 
 
 def _policy(members=("200:1::1",), joining=False, **sections):
-    return firewall.policy(parse_config(sections), members, joining)
+    cfg = parse_config(sections)
+    settings = firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio)
+    return firewall.policy(settings, members, joining)
 
 
 def test_policy_follows_the_config():

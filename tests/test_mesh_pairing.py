@@ -21,6 +21,8 @@ import pytest
 from recorder.config import Config, parse_config
 from recorder.db import Database
 from recorder.mesh.membership.keeper import MeshKeeper
+from recorder.mesh.membership.pairing import Membership
+from recorder.mesh.net.syncthing import SyncthingClient
 from tests.conftest import fake_net, free_port, need, need_root, run_cli, wait_until
 from tests.syncthing_harness import Instance, SyncthingCluster
 
@@ -53,9 +55,19 @@ def _cli(inst: Instance, *args: str, timeout: float = 150) -> subprocess.Complet
     return res
 
 
+def _membership(cfg: Config, client: SyncthingClient, database: Database) -> Membership:
+    """The membership the service builds (`recorder.app`) from `cfg`."""
+    return Membership(cfg.layout, client, cfg.syncthing, database,
+                      yggdrasil_admin=cfg.yggdrasil.admin_endpoint)
+
+
+def make_keeper(cfg: Config, client: SyncthingClient, **seams: Any) -> MeshKeeper:
+    """The service's mesh keeper for `cfg` (not started); `seams`: ``ping``, ``clock``."""
+    return MeshKeeper(_membership(cfg, client, Database(cfg.db_path)), cfg.mesh, **seams)
+
+
 def _keeper(inst: Instance) -> MeshKeeper:
-    cfg = _cfg(inst)
-    keeper = MeshKeeper(cfg, inst.client, Database(cfg.db_path))
+    keeper = make_keeper(_cfg(inst), inst.client)
     keeper.start()
     inst.keeper = keeper  # type: ignore[attr-defined]
     return keeper
@@ -363,7 +375,6 @@ def test_a_roster_written_but_never_handed_to_syncthing_is_scanned_at_the_next_p
 
 
 def _roster_handed_over_again(inst: Instance) -> None:
-    from recorder.mesh.membership import pairing
     from recorder.mesh.membership import roster as rosters
     from recorder.mesh.membership.provision import folder_id
     from recorder.mesh.membership.roster import REMOVED, Roster
@@ -374,7 +385,8 @@ def _roster_handed_over_again(inst: Instance) -> None:
     database = Database(cfg.db_path)
     client = inst.client
     fid = folder_id(cfg.device.id)
-    path = cfg.device_folder / rosters.ROSTER_PATH
+    path = cfg.layout.device_folder / rosters.ROSTER_PATH
+    membership = _membership(cfg, client, database)
 
     def indexed_size() -> int | None:
         try:
@@ -382,7 +394,7 @@ def _roster_handed_over_again(inst: Instance) -> None:
         except Exception:
             return None
 
-    pairing.reconcile(cfg, client, database)
+    membership.reconcile()
     wait_until(lambda: indexed_size() == path.stat().st_size, DEADLINE, 0.1,
                "the first roster in Syncthing's index")
     before = path.stat().st_size
@@ -390,11 +402,11 @@ def _roster_handed_over_again(inst: Instance) -> None:
     roster.decide("AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA", "dev-gone",
                   REMOVED)
     text = rosters.render(cfg.device.id, client.device_id(),
-                          pairing.own_addresses(cfg, client), roster.all())
-    assert rosters.write(cfg.device_folder, text, cfg.storage.staging_dir)  # ...power lost
+                          membership.own_addresses(), roster.all())
+    assert rosters.write(cfg.layout.device_folder, text, cfg.storage.staging_dir)  # ...power lost
     assert path.stat().st_size != before and indexed_size() == before
 
-    pairing.reconcile(cfg, client, database)  # the restarted service's first pass
+    membership.reconcile()  # the restarted service's first pass
     wait_until(lambda: indexed_size() == path.stat().st_size, DEADLINE, 0.1,
                "the rewritten roster in Syncthing's index",
                detail=lambda: f"index {indexed_size()} bytes, disk {path.stat().st_size}")

@@ -50,7 +50,7 @@ def register(sub: Any, client: Callable[[Config], SyncthingClient]) -> None:
 
 def add_status(result: dict[str, Any], cfg: Config) -> None:
     """Add ``yggdrasil`` (this node, or None when not configured) and each peer's yggdrasil
-    addresses (those of its Syncthing addresses inside 200::/7) to a `provision.status`."""
+    addresses (those of its Syncthing addresses inside 200::/7) to a `Provisioner.status`."""
     from recorder.mesh.net import yggdrasil
 
     endpoint = cfg.yggdrasil.admin_endpoint
@@ -94,16 +94,17 @@ def _firewall(args: argparse.Namespace, cfg: Config, client: SyncthingClient) ->
     from recorder.db import Database
     from recorder.mesh.membership import firewall
 
+    settings = firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio)
     with Database(cfg.db_path) as database:
         if args.check:
-            print(firewall.check(cfg, client, database))
+            print(firewall.check(settings, client, database))
             return 0
         if args.keep:
-            keeper = firewall.Firewall(cfg)
+            keeper = firewall.Firewall(settings)
             while True:  # stopped by SIGTERM/SIGINT, like any foreground service
                 keeper.sync(client, database)
                 time.sleep(firewall.CHECK_INTERVAL)
-        policy = firewall.wanted(cfg, client, database)
+        policy = firewall.wanted(settings, client, database)
     if args.apply:
         firewall.apply(policy)
         print(f"loaded: table {firewall.FAMILY} {firewall.TABLE} "
