@@ -124,6 +124,12 @@ class SyncthingConfig:
     api_key_file: Path | None = None
     rescan_interval: int = 3600
     watcher_delay: int = 2
+    # Syncthing's public services, off unless asked for: global discovery announces this
+    # device's id and addresses to the public discovery servers whenever it has internet;
+    # relays carry connections through third parties. The mesh needs neither: its members
+    # reach each other over yggdrasil (and the LAN), at the addresses the roster carries.
+    global_discovery: bool = False
+    relays: bool = False
 
 
 @dataclass(frozen=True)
@@ -504,6 +510,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "api_key_file": _optional_path,
         "rescan_interval": _number(0, 86400, integer=True),
         "watcher_delay": _number(1, 3600, integer=True),
+        "global_discovery": _boolean,
+        "relays": _boolean,
     },
     "mesh": {
         "rescan_interval": _number(1, 86400),

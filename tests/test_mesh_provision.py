@@ -408,3 +408,34 @@ def test_add_peer_never_re_points_a_folder(mesh):
         _prov(a).add_peer(c.device_id, "c", c.address, peer_recorder_id="dev-b")
     assert "--peer-id" not in str(exc.value) and "remove-peer dev-b" in str(exc.value)
     assert a.client.config() == before
+
+
+def test_public_discovery_and_relays_are_off_unless_asked_for(tmp_path):
+    """Provisioning turns a real Syncthing's global discovery and relays off (the device id
+    is never announced to the public servers), ``[syncthing] global_discovery`` and
+    ``relays`` turn them back on, and a re-run changes nothing either way."""
+    from recorder.config import parse_config
+
+    with SyncthingCluster(1, tmp_path / "one") as cluster:
+        inst = cluster[0]
+        # Syncthing's defaults, but announcing to a closed local port: the test reaches no
+        # public server whatever the code under test does.
+        inst.client.patch_options({"globalAnnounceServers": ["https://127.0.0.1:1/"],
+                                   "globalAnnounceEnabled": True, "relaysEnabled": True})
+        first = _prov(inst).setup()["changes"]
+        assert "set globalAnnounceEnabled True -> False" in first
+        assert "set relaysEnabled True -> False" in first
+        options = inst.client.options()
+        assert (options["globalAnnounceEnabled"], options["relaysEnabled"]) == (False, False)
+        assert options["localAnnounceEnabled"] is False  # the harness's; never touched
+        assert _prov(inst).setup()["changes"] == []
+
+        on = inst.config(global_discovery=True, relays=True)
+        again = provision.Provisioner(on.layout, inst.client, on.syncthing)
+        assert sorted(again.setup()["changes"]) == [
+            "set globalAnnounceEnabled False -> True", "set relaysEnabled False -> True"]
+        options = inst.client.options()
+        assert (options["globalAnnounceEnabled"], options["relaysEnabled"]) == (True, True)
+        assert again.setup()["changes"] == []
+    with pytest.raises(ConfigError, match=r"^syncthing\.relays: "):
+        parse_config({"syncthing": {"relays": "no"}})

@@ -21,6 +21,10 @@ our own folder with, and nothing ever takes over a folder held from another devi
 claiming one recorder id are refused (`DuplicateIdError`); a peer reinstalled with new keys is
 first removed (``recorder mesh remove-peer``), then paired again.
 
+Public services: Syncthing's global discovery (announcing this device's id and addresses to
+the public discovery servers) and its relays are turned off (``syncthing.global_discovery`` and
+``syncthing.relays`` turn them back on): members find each other over yggdrasil and the LAN.
+
 Field settings: the watcher is on (``fsWatcherDelayS`` = ``syncthing.watcher_delay``; the
 publisher also asks for a scan right away, so the delay is only a fallback), the periodic rescan
 is ``syncthing.rescan_interval``, and ``reconnectionIntervalS`` is lowered from 60 to 5 (the
@@ -178,12 +182,13 @@ class Provisioner:
         _ensure_folder(client, own, self._folder_settings("sendonly", self.layout.device_id),
                        [my_id], exact_devices=False, changes=changes)
         options = client.options()
-        if options.get("reconnectionIntervalS") != self.reconnect_interval:
-            client.patch_options({"reconnectionIntervalS": self.reconnect_interval})
-            changes.append(
-                f"set reconnectionIntervalS {options.get('reconnectionIntervalS')} -> "
-                f"{self.reconnect_interval}"
-            )
+        wanted = {"reconnectionIntervalS": self.reconnect_interval,
+                  "globalAnnounceEnabled": self.settings.global_discovery,
+                  "relaysEnabled": self.settings.relays}
+        patch = {k: v for k, v in wanted.items() if options.get(k) != v}
+        if patch:
+            client.patch_options(patch)
+            changes += [f"set {k} {options.get(k)} -> {v}" for k, v in patch.items()]
         changes += self.accept_pending()
         return {"syncthing_id": my_id, "folder": own, "path": str(self.layout.device_folder),
                 "changes": changes}
