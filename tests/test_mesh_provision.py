@@ -410,32 +410,36 @@ def test_add_peer_never_re_points_a_folder(mesh):
     assert a.client.config() == before
 
 
-def test_public_discovery_and_relays_are_off_unless_asked_for(tmp_path):
+def test_public_discovery_and_relays_are_off_unless_asked_for(mesh):
     """Provisioning turns a real Syncthing's global discovery and relays off (the device id
     is never announced to the public servers), ``[syncthing] global_discovery`` and
     ``relays`` turn them back on, and a re-run changes nothing either way."""
     from recorder.config import parse_config
 
-    with SyncthingCluster(1, tmp_path / "one") as cluster:
-        inst = cluster[0]
-        # Syncthing's defaults, but announcing to a closed local port: the test reaches no
-        # public server whatever the code under test does.
-        inst.client.patch_options({"globalAnnounceServers": ["https://127.0.0.1:1/"],
-                                   "globalAnnounceEnabled": True, "relaysEnabled": True})
-        first = _prov(inst).setup()["changes"]
+    a = mesh[0]
+    servers = a.client.options()["globalAnnounceServers"]
+    # Syncthing's defaults, but announcing to a closed local port: the test reaches no public
+    # server whatever the code under test does.
+    a.client.patch_options({"globalAnnounceServers": ["https://127.0.0.1:1/"],
+                            "globalAnnounceEnabled": True, "relaysEnabled": True})
+    try:
+        first = _prov(a).setup()["changes"]
         assert "set globalAnnounceEnabled True -> False" in first
         assert "set relaysEnabled True -> False" in first
-        options = inst.client.options()
+        options = a.client.options()
         assert (options["globalAnnounceEnabled"], options["relaysEnabled"]) == (False, False)
         assert options["localAnnounceEnabled"] is False  # the harness's; never touched
-        assert _prov(inst).setup()["changes"] == []
+        assert _prov(a).setup()["changes"] == []
 
-        on = inst.config(global_discovery=True, relays=True)
-        again = provision.Provisioner(on.layout, inst.client, on.syncthing)
+        on = a.config(global_discovery=True, relays=True)
+        again = provision.Provisioner(on.layout, a.client, on.syncthing)
         assert sorted(again.setup()["changes"]) == [
             "set globalAnnounceEnabled False -> True", "set relaysEnabled False -> True"]
-        options = inst.client.options()
+        options = a.client.options()
         assert (options["globalAnnounceEnabled"], options["relaysEnabled"]) == (True, True)
         assert again.setup()["changes"] == []
+    finally:
+        _prov(a).setup()
+        a.client.patch_options({"globalAnnounceServers": servers})
     with pytest.raises(ConfigError, match=r"^syncthing\.relays: "):
         parse_config({"syncthing": {"relays": "no"}})
