@@ -38,13 +38,13 @@ if TYPE_CHECKING:
     from recorder.audioid.catalogue import Catalogue
     from recorder.audioid.hook import CatalogueHook
     from recorder.budget import Budget
+    from recorder.clockfix import ClockFixer
     from recorder.control import ControlServer
     from recorder.inbox import InboxWorker
-    from recorder.mesh.bridge import Bridge
-    from recorder.mesh.clockfix import ClockFixer
-    from recorder.mesh.handoff import ScanHandOff
-    from recorder.mesh.keeper import MeshKeeper
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.exchange.bridge import Bridge
+    from recorder.mesh.exchange.handoff import ScanHandOff
+    from recorder.mesh.membership.keeper import MeshKeeper
+    from recorder.mesh.net.syncthing import SyncthingClient
     from recorder.papad.client import PapadClient
     from recorder.papad.registration import Registration
     from recorder.radio.nowplaying import PlayLog
@@ -238,8 +238,8 @@ def assemble(cfg: Config, role: Role = Role.ONE_OFF, *,
         parts.registration = Registration(outbox, layout, worker)
     scan: ScanHandOff | None = None
     if cfg.syncthing.api_key_file is not None:
-        from recorder.mesh.handoff import ScanHandOff
-        from recorder.mesh.syncthing import SyncthingClient
+        from recorder.mesh.exchange.handoff import ScanHandOff
+        from recorder.mesh.net.syncthing import SyncthingClient
 
         parts.syncthing = SyncthingClient.from_config(cfg.syncthing)
         scan = ScanHandOff(parts.syncthing, layout)
@@ -256,9 +256,15 @@ def assemble(cfg: Config, role: Role = Role.ONE_OFF, *,
             # A recording papad now has may carry annotations to export: do it at once.
             parts.registration.worker.on_delivered = lambda *_: bridge_.export_soon()
     if workers and parts.syncthing is not None:
-        from recorder.mesh.keeper import MeshKeeper
+        from recorder.mesh.membership import firewall
+        from recorder.mesh.membership.keeper import MeshKeeper
+        from recorder.mesh.membership.pairing import Membership
 
-        parts.mesh = MeshKeeper(cfg, parts.syncthing, database)
+        membership = Membership(layout, parts.syncthing, cfg.syncthing, database,
+                                yggdrasil_admin=cfg.yggdrasil.admin_endpoint)
+        guard = (firewall.Firewall(firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio))
+                 if cfg.yggdrasil.firewall else None)
+        parts.mesh = MeshKeeper(membership, cfg.mesh, firewall=guard)
     if workers:
         parts.clock = _clock_fixer(parts)
     if cfg.web.enabled:
@@ -335,18 +341,18 @@ def _storage_budget(cfg: Config, parts: Assembly) -> Budget:
 def _web(cfg: Config, parts: Assembly, request: ServiceRequest) -> WebWorker:
     """The web page, reading the shared components and asking the service through
     `request`; a bad password file stops start-up here, clearly."""
-    from recorder.mesh.store import BridgeStore
+    from recorder.mesh.exchange.store import BridgeStore
     from recorder.web.server import Collaborators, WebWorker
 
     assert parts.waveforms is not None
     mesh_status: Callable[[], dict[str, Any]] | None = None
     if parts.syncthing is not None:
-        from recorder.mesh import provision
+        from recorder.mesh.membership.provision import Provisioner
 
-        client = parts.syncthing
+        provisioner = Provisioner(parts.layout, parts.syncthing, cfg.syncthing)
 
         def mesh_status() -> dict[str, Any]:
-            return provision.status(cfg, client)
+            return provisioner.status()
 
     reg = parts.registration
     return WebWorker(cfg.web, Collaborators(
@@ -363,7 +369,7 @@ def _web(cfg: Config, parts: Assembly, request: ServiceRequest) -> WebWorker:
 def _clock_fixer(parts: Assembly) -> ClockFixer:
     """Clock correction of this device's recordings, re-registered in the catalogue and handed
     to Syncthing at once."""
-    from recorder.mesh.clockfix import ClockFixer
+    from recorder.clockfix import ClockFixer
 
     catalogue, syncthing, layout = parts.catalogue, parts.syncthing, parts.layout
 
@@ -371,7 +377,7 @@ def _clock_fixer(parts: Assembly) -> ClockFixer:
         if catalogue is not None:
             catalogue.add(rec.to_doc())
         if syncthing is not None:
-            from recorder.mesh.provision import folder_id
+            from recorder.mesh.membership.provision import folder_id
 
             syncthing.scan_quietly(folder_id(layout.device_id),
                                    sub=str(path.parent.relative_to(layout.device_folder)))
@@ -382,9 +388,9 @@ def _clock_fixer(parts: Assembly) -> ClockFixer:
 def _bridge(cfg: Config, parts: Assembly) -> Bridge:
     """The sync bridge and its annotation exchange, sharing the service's outbox, papad and
     Syncthing clients, catalogue and database."""
-    from recorder.mesh.annotations import AnnotationExchange
-    from recorder.mesh.bridge import Bridge
-    from recorder.mesh.store import BridgeStore
+    from recorder.mesh.exchange.annotations import AnnotationExchange
+    from recorder.mesh.exchange.bridge import Bridge
+    from recorder.mesh.exchange.store import BridgeStore
 
     assert parts.catalogue is not None
     store = BridgeStore(parts.database)

@@ -44,7 +44,7 @@ from recorder.storage import MB, FreeBytes, free_bytes
 
 if TYPE_CHECKING:
     from recorder.config import StorageConfig
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class Freer:
     def _ignore(self, owner: str, patterns: Sequence[str]) -> None:
         if self.client is None:
             return
-        from recorder.mesh.provision import folder_id
+        from recorder.mesh.membership.provision import folder_id
 
         fid = folder_id(owner)
         current = self.client.request("GET", "/rest/db/ignores", params={"folder": fid})
@@ -413,7 +413,7 @@ class Budget:
                  hubs: Sequence[str] = (), free: FreeBytes = free_bytes,
                  today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
                  interval: float = PASS_SECONDS) -> None:
-        from recorder.mesh.provision import folder_id
+        from recorder.mesh.membership.provision import folder_id
 
         self.layout = layout
         self.policy = policy

@@ -130,6 +130,12 @@ class SyncthingConfig:
     api_key_file: Path | None = None
     rescan_interval: int = 3600
     watcher_delay: int = 2
+    # Syncthing's public services, off unless asked for: global discovery announces this
+    # device's id and addresses to the public discovery servers whenever it has internet;
+    # relays carry connections through third parties. The mesh needs neither: its members
+    # reach each other over yggdrasil (and the LAN), at the addresses the roster carries.
+    global_discovery: bool = False
+    relays: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,8 +159,8 @@ class YggdrasilConfig:
     multicast: str = "^(eth|en|wlan|wl|usb)"  # interfaces (regex) for LAN discovery; "" = off
     interface: str = "ygg0"  # the tun interface carrying the 200::/7 address
     # The appliance's nftables table on `interface`: only mesh members get in
-    # (recorder.mesh.firewall). Off here so a development machine's firewall is never touched;
-    # the shipped configs turn it on.
+    # (recorder.mesh.membership.firewall). Off here so a development machine's firewall is
+    # never touched; the shipped configs turn it on.
     firewall: bool = False
     # AllowedPublicKeys: the only keys that may peer directly with this node through its
     # `listen` (and LAN) listeners; empty: anyone may (yggdrasil's default).
@@ -510,6 +516,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "api_key_file": _optional_path,
         "rescan_interval": _number(0, 86400, integer=True),
         "watcher_delay": _number(1, 3600, integer=True),
+        "global_discovery": _boolean,
+        "relays": _boolean,
     },
     "mesh": {
         "rescan_interval": _number(1, 86400),

@@ -74,7 +74,7 @@ def _budget(cfg: Config) -> str:
 
     client = None
     if cfg.syncthing.api_key_file is not None:
-        from recorder.mesh.syncthing import SyncthingClient
+        from recorder.mesh.net.syncthing import SyncthingClient
 
         client = SyncthingClient.from_config(cfg.syncthing)
     budget = Budget(cfg.layout, Policy.of(cfg.storage), client, hubs=cfg.storage.hubs)
@@ -140,14 +140,16 @@ def extra_checks(cfg: Config) -> list[Check]:
 
 def _firewall(cfg: Config) -> str:
     from recorder.dbrepair import open_database
-    from recorder.mesh import firewall
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.membership import firewall
+    from recorder.mesh.net.syncthing import SyncthingClient
 
     try:
+        settings = firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio)
         if cfg.syncthing.api_key_file is None:
-            return firewall.check(cfg, None, None)
+            return firewall.check(settings, None, None)
         with open_database(cfg) as database:
-            return firewall.check(cfg, SyncthingClient.from_config(cfg.syncthing), database)
+            return firewall.check(settings, SyncthingClient.from_config(cfg.syncthing),
+                                  database)
     except firewall.FirewallError as exc:
         if not firewall.is_permission_error(exc):
             raise
@@ -175,16 +177,17 @@ def _firewall_from_service(cfg: Config, denied: Exception) -> str:
 
 
 def _mesh(cfg: Config) -> str:
-    from recorder.mesh import health, pairing
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.membership import health
+    from recorder.mesh.membership.pairing import Membership
+    from recorder.mesh.net.syncthing import SyncthingClient
 
     client = SyncthingClient.from_config(cfg.syncthing)
-    return health.doctor_check(client, cfg.device.id, cfg.mesh.degraded_after,
-                               pairing.conflicts(cfg, client))
+    conflicts = Membership(cfg.layout, client, cfg.syncthing).conflicts()
+    return health.doctor_check(client, cfg.device.id, cfg.mesh.degraded_after, conflicts)
 
 
 def _syncthing(cfg: Config) -> str:
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
 
     client = SyncthingClient.from_config(cfg.syncthing)
     return f"reachable at {cfg.syncthing.url}, device {client.device_id()}"

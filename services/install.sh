@@ -406,7 +406,7 @@ ensure_mesh_network() {
     fi
 }
 
-# --- firewall (recorder.mesh.firewall) ---------------------------------------------------------
+# --- firewall (recorder.mesh.membership.firewall) ----------------------------------------------
 # The service keeps the nftables table inet recorderpi in step with the roster: our drop-in
 # gives it CAP_NET_ADMIN. A flushed rule set (nftables.service restarted) is loaded again by the
 # service within seconds.

@@ -18,7 +18,7 @@ from recorder import app
 from recorder.audioid.catalogue import Catalogue
 from recorder.config import Config, SourceSpec, parse_config
 from recorder.db import Database
-from recorder.mesh.bridge import Bridge
+from recorder.mesh.exchange.bridge import Bridge
 from recorder.publish import Published
 from tests.fake_papad import FakeLegacyPapad, FakePapad
 from tests.papad_setup import TOKEN, write_secret

@@ -6,7 +6,7 @@ reporting off, and ``reconnectionIntervalS`` 5 (the lowest value Syncthing 1.19 
 2 to 5; the default 60 makes a second drop wait up to a minute). Use it as a context manager (or
 the `syncthing_cluster` fixture factory): every process is stopped on exit, even when a test fails.
 
-Each `Instance` exposes its Syncthing device id, a REST client (`recorder.mesh.syncthing`), a
+Each `Instance` exposes its Syncthing device id, a REST client (`recorder.mesh.net.syncthing`), a
 `recorder` config for it (`cfg`, with its own sync root, device id and API key file) and
 `kill()`, `restart()`, `pause()`, `resume()`.
 """
@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from recorder.config import Config, parse_config
-from recorder.mesh.syncthing import SyncthingClient
+from recorder.mesh.net.syncthing import SyncthingClient
 from tests.conftest import free_port, need, wait_until
 
 START_TIMEOUT = 30.0  # generous: other engineers load the same 2-core machine
@@ -241,15 +241,16 @@ class SyncthingCluster:
                 inst.stop()
 
     def pair_all(self) -> None:
-        """Pair every instance with every other the old way (`provision.add_peer`, as ``recorder
+        """Pair every instance with every other the old way (`Provisioner.add_peer`, as ``recorder
         mesh add-peer`` does), then wait until all are connected."""
-        from recorder.mesh import provision
+        from recorder.mesh.membership import provision
 
         for me in self.instances:
             for peer in self.instances:
                 if peer is not me:
-                    provision.add_peer(me.cfg, me.client, peer.device_id, peer.name,
-                                       peer.address, peer_recorder_id=peer.recorder_id)
+                    provision.Provisioner(me.cfg.layout, me.client, me.cfg.syncthing).add_peer(
+                        peer.device_id, peer.name, peer.address,
+                        peer_recorder_id=peer.recorder_id)
         self.wait_connected()
 
     def wait_connected(self, timeout: float = 30.0) -> None:

@@ -1,6 +1,6 @@
 """Recordings made before the clock was synchronised are corrected by their owner afterwards.
 
-The clocks come through `recorder.mesh.clockfix.Clocks` (a seam): no real clock is changed and
+The clocks come through `recorder.clockfix.Clocks` (a seam): no real clock is changed and
 no wall-clock threshold is involved. Sidecars are written here field by field
 (tests.papad_recordings), then marked as made with an unsynchronised clock.
 """
@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from recorder import app
-from recorder.mesh.clockfix import Clocks, correct_folder
+from recorder.clockfix import Clocks, correct_folder
 from recorder.sidecar import utc_iso, validate
 from tests.papad_recordings import make_recording
 

@@ -1,4 +1,4 @@
-"""The appliance's firewall (recorder.mesh.firewall) with real yggdrasil nodes in network
+"""The appliance's firewall (recorder.mesh.membership.firewall) with real yggdrasil nodes in network
 namespaces (tests/netns.py): nobody outside the mesh gets in.
 
 One lab per module. LAN "lan": the device ``dev`` (yggdrasil with LAN multicast and a static
@@ -31,7 +31,8 @@ import pytest
 from recorder.config import parse_config
 from recorder.control import send_command
 from recorder.errors import ConfigError, ServiceError
-from recorder.mesh import firewall, yggdrasil_conf
+from recorder.mesh.membership import firewall
+from recorder.mesh.net import yggdrasil_conf
 from tests.chrony import start_chronyd
 from tests.conftest import need, run_cli, terminate, toml_config, wait_until
 from tests.docroot import nginx_config
@@ -52,7 +53,9 @@ ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs/ARCHITECTURE.md"
 
 
 def _policy(members=("200:1::1",), joining=False, **sections):
-    return firewall.policy(parse_config(sections), members, joining)
+    cfg = parse_config(sections)
+    settings = firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio)
+    return firewall.policy(settings, members, joining)
 
 
 def test_policy_follows_the_config():

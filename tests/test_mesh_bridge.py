@@ -31,9 +31,9 @@ from recorder import app
 from recorder import sidecar as sc
 from recorder.audioid.catalogue import Catalogue
 from recorder.db import Database
-from recorder.mesh.annotations import EXPORT_PATH, SCHEMA_ID, AnnotationExchange
-from recorder.mesh.bridge import Bridge
-from recorder.mesh.store import db_status
+from recorder.mesh.exchange.annotations import EXPORT_PATH, SCHEMA_ID, AnnotationExchange
+from recorder.mesh.exchange.bridge import Bridge
+from recorder.mesh.exchange.store import db_status
 from recorder.papad.client import make_client
 from recorder.papad.outbox import Outbox
 from recorder.sidecar import ignored_name, is_sidecar_name

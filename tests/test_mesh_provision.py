@@ -1,8 +1,8 @@
 """Mesh provisioning against three real Syncthing 1.19 instances on 127.0.0.1.
 
 One module-scoped full mesh (a, b, c; recorder ids dev-a, dev-b, dev-c) is provisioned with
-`recorder.mesh.provision`: a and b pair with --peer-id, c pairs without it and accepts the
-folders its peers offer. Tests that stop an instance restart it before they end.
+`recorder.mesh.membership.provision`: a and b pair with --peer-id, c pairs without it and accepts
+the folders its peers offer. Tests that stop an instance restart it before they end.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 
 from recorder.cli import mesh as mesh_cli
 from recorder.errors import ConfigError, RecorderError, RemoteError
-from recorder.mesh import provision
-from recorder.mesh.syncthing import SyncthingClient
+from recorder.mesh.membership import provision
+from recorder.mesh.net.syncthing import SyncthingClient
 from tests.conftest import free_port, run_cli, wait_until
 from tests.syncthing_harness import Instance, SyncthingCluster
 
@@ -33,13 +33,12 @@ def mesh(tmp_path_factory):
         for me in (a, b):
             for peer in cluster:
                 if peer is not me:
-                    first[(me.name, peer.name)] = provision.add_peer(
-                        me.cfg, me.client, peer.device_id, peer.name, peer.address,
+                    first[(me.name, peer.name)] = _prov(me).add_peer(
+                        peer.device_id, peer.name, peer.address,
                         peer_recorder_id=peer.recorder_id)
         # c does not know the recorder ids: it reads them from the folders a and b offer.
         for peer in (a, b):
-            first[("c", peer.name)] = provision.add_peer(
-                c.cfg, c.client, peer.device_id, peer.name, peer.address)
+            first[("c", peer.name)] = _prov(c).add_peer(peer.device_id, peer.name, peer.address)
         cluster.wait_connected()
         wanted = {"recorderpi-dev-a", "recorderpi-dev-b"}
 
@@ -48,9 +47,14 @@ def mesh(tmp_path_factory):
             return wanted <= known
 
         wait_until(offered_or_accepted, 30, 0.1, "a's and b's offers reach c")
-        first["c-setup"] = provision.setup(c.cfg, c.client)
+        first["c-setup"] = _prov(c).setup()
         cluster.first = first  # type: ignore[attr-defined]
         yield cluster
+
+
+def _prov(inst: Instance) -> provision.Provisioner:
+    """The provisioner `recorder mesh setup` and ``add-peer`` use, for `inst`."""
+    return provision.Provisioner(inst.cfg.layout, inst.client, inst.cfg.syncthing)
 
 
 def _publish(inst: Instance, relpath: str, data: bytes) -> Path:
@@ -142,18 +146,18 @@ def test_file_added_in_receiveonly_copy_never_leaves(mesh):
     assert not (a.folder_path("dev-a") / "rogue.ogg").exists()
     assert not (c.folder_path("dev-a") / "rogue.ogg").exists()
     assert rogue.read_bytes() == b"not a's recording"  # nobody overwrote it either
-    changed = {f["id"]: f["locally_changed"] for f in provision.status(b.cfg, b.client)["folders"]}
+    changed = {f["id"]: f["locally_changed"] for f in _prov(b).status()["folders"]}
     assert changed["recorderpi-dev-a"] == 1
 
 
 def test_rerun_changes_nothing(mesh):
     before = [inst.client.config() for inst in mesh]
     for inst in mesh:
-        assert provision.setup(inst.cfg, inst.client)["changes"] == []
+        assert _prov(inst).setup()["changes"] == []
         for peer in mesh:
             if peer is not inst:
                 for peer_id in (peer.recorder_id, None):
-                    result = provision.add_peer(inst.cfg, inst.client, peer.device_id.lower(),
+                    result = _prov(inst).add_peer(peer.device_id.lower(),
                                                 peer.name, peer.address, peer_recorder_id=peer_id)
                     assert result["changes"] == []
                     assert result["peer_id"] == peer.recorder_id
@@ -209,7 +213,7 @@ def test_peer_cannot_take_over_another_peers_folder(mesh):
         wait_until(lambda: "recorderpi-dev-b" in a.client.pending_folders(c.device_id), 30, 0.1,
                    "c's offer of dev-b reaches a")
         before = a.client.config()
-        assert provision.setup(a.cfg, a.client)["changes"] == []
+        assert _prov(a).setup()["changes"] == []
         assert a.client.config() == before
         held = {d["deviceID"] for d in a.client.get_folder("recorderpi-dev-b")["devices"]}
         assert held == {a.device_id, b.device_id}
@@ -310,11 +314,11 @@ def test_bad_peer_arguments_change_nothing(mesh):
     a, b, _ = mesh
     before = a.client.config()
     with pytest.raises(RecorderError, match="not a Syncthing device id"):
-        provision.add_peer(a.cfg, a.client, "NOT-AN-ID", "x", "tcp://127.0.0.1:1")
+        _prov(a).add_peer("NOT-AN-ID", "x", "tcp://127.0.0.1:1")
     with pytest.raises(ConfigError, match="--peer-id"):
-        provision.add_peer(a.cfg, a.client, b.device_id, "b", b.address, peer_recorder_id="../x")
+        _prov(a).add_peer(b.device_id, "b", b.address, peer_recorder_id="../x")
     with pytest.raises(RecorderError, match="own Syncthing id"):
-        provision.add_peer(a.cfg, a.client, a.device_id, "me", a.address)
+        _prov(a).add_peer(a.device_id, "me", a.address)
     assert a.client.config() == before
 
 
@@ -330,7 +334,7 @@ def test_unsafe_offered_folder_ids_are_refused(tmp_path):
         y.client.add_folder({"id": hostile, "label": "x", "path": str(y.root / "evil"),
                              "type": "sendonly", "devices": [{"deviceID": x.device_id}]})
         try:  # pairs with y; the offer may already be there (refused) or come later
-            first = provision.add_peer(x.cfg, x.client, y.device_id, "y", y.address)
+            first = _prov(x).add_peer(y.device_id, "y", y.address)
         except RemoteError as exc:
             assert "unsafe id" in str(exc)
         else:
@@ -339,7 +343,7 @@ def test_unsafe_offered_folder_ids_are_refused(tmp_path):
                    "y's offer reaches x")
         before = x.client.config()
         with pytest.raises(RemoteError, match="unsafe id"):
-            provision.add_peer(x.cfg, x.client, y.device_id, "y", y.address)
+            _prov(x).add_peer(y.device_id, "y", y.address)
         assert x.client.config() == before
         assert hostile not in {f["id"] for f in x.client.folders()}
         assert not (x.sync_root.parent / "etc").exists()
@@ -401,6 +405,41 @@ def test_add_peer_never_re_points_a_folder(mesh):
     # c claims to own b's id: add-peer refuses, naming both devices, and changes nothing.
     before = a.client.config()
     with pytest.raises(provision.DuplicateIdError, match="duplicate device id 'dev-b'") as exc:
-        provision.add_peer(a.cfg, a.client, c.device_id, "c", c.address, peer_recorder_id="dev-b")
+        _prov(a).add_peer(c.device_id, "c", c.address, peer_recorder_id="dev-b")
     assert "--peer-id" not in str(exc.value) and "remove-peer dev-b" in str(exc.value)
     assert a.client.config() == before
+
+
+def test_public_discovery_and_relays_are_off_unless_asked_for(mesh):
+    """Provisioning turns a real Syncthing's global discovery and relays off (the device id
+    is never announced to the public servers), ``[syncthing] global_discovery`` and
+    ``relays`` turn them back on, and a re-run changes nothing either way."""
+    from recorder.config import parse_config
+
+    a = mesh[0]
+    servers = a.client.options()["globalAnnounceServers"]
+    # Syncthing's defaults, but announcing to a closed local port: the test reaches no public
+    # server whatever the code under test does.
+    a.client.patch_options({"globalAnnounceServers": ["https://127.0.0.1:1/"],
+                            "globalAnnounceEnabled": True, "relaysEnabled": True})
+    try:
+        first = _prov(a).setup()["changes"]
+        assert "set globalAnnounceEnabled True -> False" in first
+        assert "set relaysEnabled True -> False" in first
+        options = a.client.options()
+        assert (options["globalAnnounceEnabled"], options["relaysEnabled"]) == (False, False)
+        assert options["localAnnounceEnabled"] is False  # the harness's; never touched
+        assert _prov(a).setup()["changes"] == []
+
+        on = a.config(global_discovery=True, relays=True)
+        again = provision.Provisioner(on.layout, a.client, on.syncthing)
+        assert sorted(again.setup()["changes"]) == [
+            "set globalAnnounceEnabled False -> True", "set relaysEnabled False -> True"]
+        options = a.client.options()
+        assert (options["globalAnnounceEnabled"], options["relaysEnabled"]) == (True, True)
+        assert again.setup()["changes"] == []
+    finally:
+        _prov(a).setup()
+        a.client.patch_options({"globalAnnounceServers": servers})
+    with pytest.raises(ConfigError, match=r"^syncthing\.relays: "):
+        parse_config({"syncthing": {"relays": "no"}})

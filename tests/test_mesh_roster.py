@@ -11,8 +11,15 @@ import os
 import pytest
 
 from recorder.db import Database
-from recorder.mesh import invite
-from recorder.mesh.roster import MEMBER, REMOVED, Roster, RosterError, Statement, read_peer
+from recorder.mesh.membership import invite
+from recorder.mesh.membership.roster import (
+    MEMBER,
+    REMOVED,
+    Roster,
+    RosterError,
+    Statement,
+    read_peer,
+)
 
 A = "RQEU7DH-ZOQ2WHF-J7THEV5-2EKASDW-EL3XMYS-UKS6U2U-KRTSKXC-OJ6EEQC"
 B = "NCQF5LB-A6K4NGT-JQOGCSN-UXXOHYF-BZOGN3V-TH7KFAY-WKSXZIL-LT5FPQK"

@@ -12,7 +12,7 @@ import pytest
 
 from recorder.atomic import atomic_write_text
 from recorder.layout import Layout
-from recorder.mesh.annotations import (
+from recorder.mesh.exchange.annotations import (
     ENTRY_RETRY,
     EXPORT_PATH,
     PENDING_RETRY,
@@ -20,7 +20,7 @@ from recorder.mesh.annotations import (
     AnnotationExchange,
     EntryBackoff,
 )
-from recorder.mesh.store import BridgeStore
+from recorder.mesh.exchange.store import BridgeStore
 from recorder.papad.client import make_client
 from tests.papad_proxy import FaultProxy
 from tests.papad_recordings import make_recording
@@ -82,7 +82,7 @@ def texts(parts) -> dict[str, tuple[str, ...]]:
 
 
 def test_a_failing_entry_backs_off_alone_and_never_holds_up_the_others(local, caplog):
-    caplog.set_level(logging.WARNING, logger="recorder.mesh.annotations")
+    caplog.set_level(logging.WARNING, logger="recorder.mesh.exchange.annotations")
     parts = local
     export(parts, {"a1": ("t=0,1", "first note", ["x"]),
                    "a2": ("t=1,2", "second note", ["y"]),

@@ -18,7 +18,7 @@ from recorder.budget import Budget, Day, Inventory, Own, Policy, plan, scan
 from recorder.config import parse_config
 from recorder.errors import ConfigError, DiskReserveError
 from recorder.layout import Layout
-from recorder.mesh import provision
+from recorder.mesh.membership import provision
 from recorder.storage import MB, Reserve
 from tests.conftest import wait_until
 from tests.syncthing_harness import Instance, syncthing_cluster  # noqa: F401 - fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder.mesh.yggdrasil import is_yggdrasil_address
+from recorder.mesh.net.yggdrasil import is_yggdrasil_address
 from tests.chrony import one_clock, start_chronyd
 from tests.conftest import need, run_cli, toml_config, wait_until
 from tests.netns import NetLab, Node

@@ -34,8 +34,8 @@ from typing import Any
 import pytest
 import requests
 
-from recorder.mesh import provision
-from recorder.mesh.yggdrasil import AdminClient, YggdrasilError
+from recorder.mesh.membership import provision
+from recorder.mesh.net.yggdrasil import AdminClient, YggdrasilError
 from tests.clips import speech
 from tests.conftest import free_port, need, run_cli, terminate, toml_config, wait_until
 from tests.fake_papad import FakePapad

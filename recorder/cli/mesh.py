@@ -1,5 +1,5 @@
 """``recorder mesh setup|invite|join|remove-peer|add-peer|status``: pair devices and inspect
-the Syncthing mesh (`recorder.mesh.pairing`, `recorder.mesh.provision`)."""
+the Syncthing mesh (`recorder.mesh.membership.pairing.Membership`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from recorder.cli import mesh_net
 
 if TYPE_CHECKING:  # imported where used: requests costs ~100 ms a command does not need
     from recorder.config import Config
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.db import Database
+    from recorder.mesh.membership.pairing import Membership
+    from recorder.mesh.net.syncthing import SyncthingClient
 
 
 def register(subparsers: Any) -> None:
@@ -83,9 +85,17 @@ def register(subparsers: Any) -> None:
 
 
 def _client(cfg: Config) -> SyncthingClient:
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
 
     return SyncthingClient.from_config(cfg.syncthing)
+
+
+def _membership(cfg: Config, database: Database | None = None) -> Membership:
+    """This device's mesh membership, built once per command from its configuration."""
+    from recorder.mesh.membership.pairing import Membership
+
+    return Membership(cfg.layout, _client(cfg), cfg.syncthing, database,
+                      yggdrasil_admin=cfg.yggdrasil.admin_endpoint)
 
 
 def _print_changes(changes: list[str]) -> None:
@@ -94,9 +104,7 @@ def _print_changes(changes: list[str]) -> None:
 
 
 def _setup(args: argparse.Namespace, cfg: Config) -> int:
-    from recorder.mesh import provision
-
-    result = provision.setup(cfg, _client(cfg))
+    result = _membership(cfg).provision.setup()
     if args.json:
         print(json.dumps(result))
         return 0
@@ -126,13 +134,12 @@ def _tell_service(cfg: Config) -> bool:
 
 def _invite(args: argparse.Namespace, cfg: Config) -> int:
     from recorder.errors import ConfigError
-    from recorder.mesh import pairing
 
     if args.hours <= 0 or args.uses < 1:
         raise ConfigError("--hours must be above 0 and --uses at least 1")
     with _database(cfg) as database:
-        invite = pairing.make_invite(cfg, _client(cfg), database, ttl=args.hours * 3600,
-                                     uses=args.uses, addresses=tuple(args.address))
+        invite = _membership(cfg, database).make_invite(
+            ttl=args.hours * 3600, uses=args.uses, addresses=tuple(args.address))
     code = invite.encode()
     service = _tell_service(cfg)
     if args.json:
@@ -158,12 +165,11 @@ def _invite(args: argparse.Namespace, cfg: Config) -> int:
 
 def _join(args: argparse.Namespace, cfg: Config) -> int:
     from recorder.errors import RemoteError
-    from recorder.mesh import invite as invites
-    from recorder.mesh import pairing
+    from recorder.mesh.membership import invite as invites
 
     invite = invites.decode(args.code)
     with _database(cfg) as database:
-        result = pairing.join(cfg, _client(cfg), database, invite, wait=max(0.0, args.timeout))
+        result = _membership(cfg, database).join(invite, wait=max(0.0, args.timeout))
     _tell_service(cfg)
     if args.json:
         print(json.dumps(result))
@@ -182,10 +188,8 @@ def _join(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _remove_peer(args: argparse.Namespace, cfg: Config) -> int:
-    from recorder.mesh import pairing
-
     with _database(cfg) as database:
-        result = pairing.remove_peer(cfg, _client(cfg), database, args.peer)
+        result = _membership(cfg, database).remove_peer(args.peer)
     _tell_service(cfg)
     if args.json:
         print(json.dumps(result))
@@ -197,11 +201,10 @@ def _remove_peer(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _add_peer(args: argparse.Namespace, cfg: Config) -> int:
-    from recorder.mesh import provision
-    from recorder.mesh.roster import MEMBER, Roster
+    from recorder.mesh.membership.roster import MEMBER, Roster
 
-    result = provision.add_peer(cfg, _client(cfg), args.device_id, args.name, args.address,
-                                peer_recorder_id=args.peer_id)
+    result = _membership(cfg).provision.add_peer(args.device_id, args.name, args.address,
+                                                 peer_recorder_id=args.peer_id)
     if result["peer_id"]:  # an explicit pairing: a member from now on (after any removal)
         with _database(cfg) as database:
             roster = Roster(database)
@@ -229,13 +232,12 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
     import sys
 
     from recorder.errors import RemoteError
-    from recorder.mesh import pairing, provision
-    from recorder.mesh.store import db_status
+    from recorder.mesh.exchange.store import db_status
 
     try:
-        client = _client(cfg)
-        result = provision.status(cfg, client)
-        result["conflicts"] = pairing.conflicts(cfg, client)
+        membership = _membership(cfg)
+        result = membership.provision.status()
+        result["conflicts"] = membership.conflicts()
         result["syncthing_error"] = None
     except RemoteError as exc:
         result = {"device_id": cfg.device.id, "syncthing_id": None, "peers": [],
@@ -274,7 +276,7 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
 
 def _bridge(args: argparse.Namespace, cfg: Config) -> int:
     from recorder import app
-    from recorder.mesh.bridge import run_forever
+    from recorder.mesh.exchange.bridge import run_forever
 
     parts = app.assemble(cfg, app.Role.BRIDGE)
     bridge = parts.bridge

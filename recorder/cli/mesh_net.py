@@ -1,9 +1,9 @@
 """The network side of ``recorder mesh``: yggdrasil and mesh time.
 
 ``mesh yggdrasil-config`` keeps yggdrasil's config in step with ``[yggdrasil]``
-(`recorder.mesh.yggdrasil_conf`), ``mesh time-sources`` gives chrony the peers' yggdrasil
-addresses (`recorder.mesh.timesync`), and ``mesh status`` shows this device's yggdrasil address,
-its yggdrasil peers and each Syncthing peer's yggdrasil address (`recorder.mesh.yggdrasil`).
+(`recorder.mesh.net.yggdrasil_conf`), ``mesh time-sources`` gives chrony the peers' yggdrasil
+addresses (`recorder.mesh.net.timesync`), and ``mesh status`` shows this device's yggdrasil address,
+its yggdrasil peers and each Syncthing peer's yggdrasil address (`recorder.mesh.net.yggdrasil`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recorder.mesh import timesync, yggdrasil_conf
+from recorder.mesh.net import timesync, yggdrasil_conf
 
 if TYPE_CHECKING:  # requests: only the commands that talk to Syncthing import it
     from recorder.config import Config
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
 
 
 def register(sub: Any, client: Callable[[Config], SyncthingClient]) -> None:
@@ -50,8 +50,8 @@ def register(sub: Any, client: Callable[[Config], SyncthingClient]) -> None:
 
 def add_status(result: dict[str, Any], cfg: Config) -> None:
     """Add ``yggdrasil`` (this node, or None when not configured) and each peer's yggdrasil
-    addresses (those of its Syncthing addresses inside 200::/7) to a `provision.status`."""
-    from recorder.mesh import yggdrasil
+    addresses (those of its Syncthing addresses inside 200::/7) to a `Provisioner.status`."""
+    from recorder.mesh.net import yggdrasil
 
     endpoint = cfg.yggdrasil.admin_endpoint
     result["yggdrasil"] = yggdrasil.status(endpoint) if endpoint else None
@@ -92,18 +92,19 @@ def _firewall(args: argparse.Namespace, cfg: Config, client: SyncthingClient) ->
     import time
 
     from recorder.dbrepair import open_database
-    from recorder.mesh import firewall
+    from recorder.mesh.membership import firewall
 
+    settings = firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio)
     with open_database(cfg) as database:
         if args.check:
-            print(firewall.check(cfg, client, database))
+            print(firewall.check(settings, client, database))
             return 0
         if args.keep:
-            keeper = firewall.Firewall(cfg)
+            keeper = firewall.Firewall(settings)
             while True:  # stopped by SIGTERM/SIGINT, like any foreground service
                 keeper.sync(client, database)
                 time.sleep(firewall.CHECK_INTERVAL)
-        policy = firewall.wanted(cfg, client, database)
+        policy = firewall.wanted(settings, client, database)
     if args.apply:
         firewall.apply(policy)
         print(f"loaded: table {firewall.FAMILY} {firewall.TABLE} "

@@ -94,7 +94,7 @@ class PapadClient(Protocol):
         """Doctor lines: reachable, credentials accepted, group (or station) exists."""
         ...
 
-    # The annotation exchange of the mesh bridge (recorder.mesh.annotations) also needs:
+    # The annotation exchange of the mesh bridge (recorder.mesh.exchange.annotations) also needs:
 
     def list_annotations(self, remote_id: str, sidecar: Sidecar) -> list[RemoteAnnotation]:
         """Every annotation on this media, with its papad id."""

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from recorder.config import EncoderConfig
 from recorder.errors import RecorderError
 from recorder.layout import Layout
-from recorder.mesh.store import BridgeStore
+from recorder.mesh.exchange.store import BridgeStore
 from recorder.storage import MB
 
 if TYPE_CHECKING:
     from recorder.audioid.catalogue import Catalogue
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
     from recorder.papad.outbox import Outbox
     from recorder.waveform import Waveforms
     from recorder.web.listing import Listing
@@ -184,7 +184,7 @@ class Views:
             return out
 
     def _mesh_now(self) -> dict[str, Any]:
-        from recorder.mesh import timesync, yggdrasil
+        from recorder.mesh.net import timesync, yggdrasil
 
         out: dict[str, Any] = {"device_id": self.parts.layout.device_id, "syncthing": None,
                                "syncthing_error": None, "peers": [], "folders": []}

@@ -38,9 +38,9 @@ from typing import Any
 
 from recorder import app
 from recorder.config import SourceSpec, parse_config
-from recorder.mesh import provision
-from recorder.mesh.handoff import ScanHandOff
-from recorder.mesh.keeper import MeshKeeper
+from recorder.mesh.exchange.handoff import ScanHandOff
+from recorder.mesh.membership import provision
+from recorder.mesh.membership.keeper import MeshKeeper
 from tests.clips import speech
 from tests.mesh_devices import Device
 from tests.papad_recordings import make_recording, ogg_bytes
@@ -64,8 +64,9 @@ def latency(base: Path, runs: int, watcher_runs: int) -> None:
             for peer in cluster:
                 if peer is not me:
                     cfg = me.config(watcher_delay=WATCHER_DELAY)
-                    provision.add_peer(cfg, me.client, peer.device_id, peer.name, peer.address,
-                                       peer_recorder_id=peer.recorder_id)
+                    provision.Provisioner(cfg.layout, me.client, cfg.syncthing).add_peer(
+                        peer.device_id, peer.name, peer.address,
+                        peer_recorder_id=peer.recorder_id)
         cluster.wait_connected()
         da, db_ = Device(a, export_interval=300), Device(b, export_interval=300)
         try:
@@ -230,8 +231,8 @@ def cut_link(base: Path, runs: int, syncthing_cap: float) -> None:
     import os
 
     from recorder.config import parse_config
-    from recorder.db import Database
     from tests.netns import NetLab
+    from tests.test_mesh_pairing import make_keeper
 
     if os.geteuid() != 0:
         print("cut link: skipped (network namespaces need root)")
@@ -244,9 +245,10 @@ def cut_link(base: Path, runs: int, syncthing_cap: float) -> None:
             node.start_syncthing()
             node.exec("sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 2147483647")
         for me, other in ((a, b), (b, a)):
-            provision.add_peer(me.syncthing.cfg, me.syncthing.client, other.syncthing.device_id,
-                               other.short, other.sync_address,
-                               peer_recorder_id=other.syncthing.recorder_id)
+            st = me.syncthing
+            provision.Provisioner(st.cfg.layout, st.client, st.cfg.syncthing).add_peer(
+                other.syncthing.device_id, other.short, other.sync_address,
+                peer_recorder_id=other.syncthing.recorder_id)
 
         def connected() -> bool:
             return a.syncthing.connected_to(b.syncthing)
@@ -261,8 +263,8 @@ def cut_link(base: Path, runs: int, syncthing_cap: float) -> None:
                 cfg = parse_config({**_sections(inst), "mesh": {"probe_interval": probe,
                                                                 "degraded_after": 0}})
                 # The probe must leave from a's namespace: run it there.
-                keeper = MeshKeeper(cfg, inst.client, Database(cfg.db_path),
-                                    ping=lambda host, t: _ping_in(a, host, t))
+                keeper = make_keeper(cfg, inst.client,
+                                     ping=lambda host, t: _ping_in(a, host, t))
                 keeper.start()
                 time.sleep(1.0)
             b.cut()
@@ -299,7 +301,7 @@ def _sections(inst: Instance) -> dict:
 
 def _ping_in(node: Any, host: str, timeout: float) -> bool:
     """The service's ICMP probe, run inside `node`'s namespace (the bench runs outside it)."""
-    code = ("import sys; from recorder.mesh.health import icmp_ping; "
+    code = ("import sys; from recorder.mesh.membership.health import icmp_ping; "
             f"sys.exit(0 if icmp_ping({host!r}, {timeout!r}) else 1)")
     res = node.exec(sys.executable, "-c", code, timeout=timeout + 20, check=False)
     return res.returncode == 0

@@ -96,7 +96,7 @@ def main() -> None:
 
         # 2. the bridge's check of a peer recording
         from recorder.audioid.chroma import fingerprint_file
-        from recorder.mesh.bridge import _verify_audio
+        from recorder.mesh.exchange.bridge import _verify_audio
 
         data = ogg.read_bytes()
         info = sf.info(str(ogg))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from recorder.mesh import provision
+from recorder.mesh.membership import provision
 from tests.syncthing_harness import Instance, SyncthingCluster
 
 STATUS_KEYS = ("state", "needTotalItems", "receiveOnlyChangedFiles", "localFiles",

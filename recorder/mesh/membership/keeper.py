@@ -2,15 +2,15 @@
 
 One thread (``mesh``) long-polls Syncthing's events and, on the ones that matter, runs
 
-- `recorder.mesh.pairing.reconcile` (a device knocking with an invite: ``PendingDevicesChanged``,
+- the roster's reconcile (`pairing`: a device knocking with an invite: ``PendingDevicesChanged``,
   ``DeviceRejected``; a folder offered: ``PendingFoldersChanged``, ``FolderRejected``; a peer's
   roster file arrived: ``ItemFinished`` for ``mesh/members.json``; a peer connected), and every
   `RECONCILE_INTERVAL` seconds anyway;
-- `recorder.mesh.health.HealthTracker.check` (connections and folder summaries changed, and
-  every `HEALTH_INTERVAL` seconds), which also reverts local changes in receive-only copies;
+- `health.HealthTracker.check` (connections and folder summaries changed, and every
+  `HEALTH_INTERVAL` seconds), which also reverts local changes in receive-only copies;
 - the dead-connection probe every ``[mesh] probe_interval`` seconds;
-- with ``[yggdrasil] firewall``, `recorder.mesh.firewall.Firewall.sync` after every reconcile,
-  on every Syncthing config change (``ConfigSaved``: a device added or removed) and every
+- with ``[yggdrasil] firewall``, `firewall.Firewall.sync` after every reconcile, on every
+  Syncthing config change (``ConfigSaved``: a device added or removed) and every
   ``firewall.CHECK_INTERVAL`` seconds (a flushed rule set is loaded again).
 
 The service's main thread reads `degraded` (for the LED) and `status()` (``ctl status``); both
@@ -25,16 +25,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from recorder.config import Config
 from recorder.errors import RemoteError
-from recorder.mesh import firewall
-from recorder.mesh.health import HealthTracker
-from recorder.mesh.provision import owner_of
-from recorder.mesh.roster import ROSTER_PATH
+from recorder.mesh.membership.firewall import CHECK_INTERVAL as FIREWALL_CHECK
+from recorder.mesh.membership.health import HealthTracker
+from recorder.mesh.membership.provision import owner_of
+from recorder.mesh.membership.roster import ROSTER_PATH
 
 if TYPE_CHECKING:
-    from recorder.db import Database
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.config import MeshConfig
+    from recorder.mesh.membership.firewall import Firewall
+    from recorder.mesh.membership.pairing import Membership
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +60,23 @@ EVENT_TYPES = tuple(sorted(RECONCILE_EVENTS | HEALTH_EVENTS | FIREWALL_EVENTS
 class MeshKeeper:
     """Pairing reconcile, mesh health and dead-connection probes for the service (a Worker).
 
-    `cfg` gives the device, storage, ``[syncthing]`` and ``[mesh]`` settings the pairing
-    functions need; `client` and `database` are the service's. `ping` and `clock` are seams
-    for tests."""
+    `membership` is this device's (its Syncthing client and database are the service's);
+    `settings` is ``[mesh]``; `firewall`, when given (``[yggdrasil] firewall``), is kept in
+    step with the roster. `ping` and `clock` are seams for tests."""
 
     name = "mesh"
 
-    def __init__(self, cfg: Config, client: SyncthingClient, database: Database, *,
+    def __init__(self, membership: Membership, settings: MeshConfig, *,
+                 firewall: Firewall | None = None,
                  ping: Callable[[str, float], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.cfg = cfg
-        self.client = client
-        self.database = database
+        self.membership = membership
+        self.client = membership.client
+        self.database = membership.database
         self.ping = ping
         self.clock = clock
-        self.probe_interval = cfg.mesh.probe_interval
-        self.tracker = HealthTracker(cfg.device.id, cfg.mesh.degraded_after, clock=clock)
+        self.probe_interval = settings.probe_interval
+        self.tracker = HealthTracker(membership.device_id, settings.degraded_after, clock=clock)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,7 +87,7 @@ class MeshKeeper:
                                       "events": "off"}
         self._logged: set[str] = set()
         self._nudges: dict[str, float] = {}  # device -> when to nudge it (monotonic)
-        self.firewall = firewall.Firewall(cfg) if cfg.yggdrasil.firewall else None
+        self.firewall = firewall
 
     # -- worker --------------------------------------------------------------------------
 
@@ -147,7 +148,7 @@ class MeshKeeper:
             self._nudge()
             if self.firewall is not None and self.clock() >= next_firewall:
                 self.firewall.sync(self.client, self.database)
-                next_firewall = self.clock() + firewall.CHECK_INTERVAL
+                next_firewall = self.clock() + FIREWALL_CHECK
             if self.clock() >= next_health:
                 self._check()
                 next_health = self.clock() + HEALTH_INTERVAL
@@ -190,15 +191,13 @@ class MeshKeeper:
             if kind in FIREWALL_EVENTS:
                 kinds.add("firewall")
             if kind == "ItemFinished" and data.get("item") == ROSTER_PATH and \
-                    owner_of(str(data.get("folder", ""))) not in (None, self.cfg.device.id):
+                    owner_of(str(data.get("folder", ""))) not in (None, self.membership.device_id):
                 kinds.add("reconcile")
         return since, kinds
 
     def _reconcile(self) -> None:
-        from recorder.mesh import pairing
-
         try:
-            report = pairing.reconcile(self.cfg, self.client, self.database)
+            report = self.membership.reconcile()
         except RemoteError as exc:
             self._last["errors"] += 1
             self._note(f"mesh: reconcile postponed: {exc}", logging.INFO)

@@ -27,7 +27,7 @@ HEADER = ("# Written by `recorder mesh time-sources --write`: the mesh peers' yg
 
 def peer_yggdrasil_addresses(device_addresses: Iterable[Iterable[str]]) -> list[str]:
     """The sorted, distinct yggdrasil addresses among peers' Syncthing addresses."""
-    from recorder.mesh.yggdrasil import address_of  # here: `recorder --help` reads SOURCES_FILE
+    from recorder.mesh.net.yggdrasil import address_of  # here: `recorder --help` reads SOURCES_FILE
 
     found = {a for addresses in device_addresses for uri in addresses
              if (a := address_of(uri)) is not None}

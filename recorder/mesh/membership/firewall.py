@@ -48,9 +48,9 @@ from urllib.parse import urlsplit
 from recorder.errors import RecorderError
 
 if TYPE_CHECKING:
-    from recorder.config import Config
+    from recorder.config import RadioConfig, WebConfig, YggdrasilConfig
     from recorder.db import Database
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,25 @@ class FirewallError(RecorderError):
 
 
 @dataclass(frozen=True)
+class Settings:
+    """What the rule set depends on besides the members (from ``[yggdrasil]``, ``[web]`` and
+    ``[radio]``: `of`)."""
+
+    interface: str  # the yggdrasil interface the rules filter
+    web_port: int | None  # the web page's port; None when the page is off
+    web_mesh: bool  # members may open the page and the document root
+    web_lan: bool  # the LAN may open them
+    station_port: int | None  # Icecast's port, open to the whole overlay; None: not public
+
+    @classmethod
+    def of(cls, yggdrasil: YggdrasilConfig, web: WebConfig, radio: RadioConfig) -> Settings:
+        return cls(interface=yggdrasil.interface,
+                   web_port=web.port if web.enabled else None, web_mesh=web.mesh,
+                   web_lan=web.lan,
+                   station_port=station_port(radio.url) if radio.public else None)
+
+
+@dataclass(frozen=True)
 class Policy:
     """What the rule set lets in; `render` turns it into nftables' language."""
 
@@ -79,22 +98,22 @@ class Policy:
     lan_closed_tcp: tuple[int, ...]  # dropped from the LAN (not loopback, not the overlay)
 
 
-def policy(cfg: Config, members: Iterable[str], joining: bool = False) -> Policy:
-    """The policy `cfg` asks for, with `members`' yggdrasil addresses (others are ignored)
-    and Syncthing open to the overlay while `joining` (an invite is open)."""
-    from recorder.mesh.yggdrasil import is_yggdrasil_address
+def policy(settings: Settings, members: Iterable[str], joining: bool = False) -> Policy:
+    """The policy `settings` ask for, with `members`' yggdrasil addresses (others are
+    ignored) and Syncthing open to the overlay while `joining` (an invite is open)."""
+    from recorder.mesh.net.yggdrasil import is_yggdrasil_address
 
-    web = (cfg.web.port, DOCROOT_PORT) if cfg.web.enabled else (DOCROOT_PORT,)
-    member_tcp = {SYNCTHING_PORT, *(web if cfg.web.mesh else ())}
+    web = (DOCROOT_PORT,) if settings.web_port is None else (settings.web_port, DOCROOT_PORT)
+    member_tcp = {SYNCTHING_PORT, *(web if settings.web_mesh else ())}
     open_tcp = {SYNCTHING_PORT} if joining else set()
-    if cfg.radio.public:
-        open_tcp.add(station_port(cfg.radio.url))
+    if settings.station_port is not None:
+        open_tcp.add(settings.station_port)
     addresses = sorted({str(ipaddress.ip_address(a)) for a in members
                         if is_yggdrasil_address(a)})
-    return Policy(interface=cfg.yggdrasil.interface, members=tuple(addresses),
+    return Policy(interface=settings.interface, members=tuple(addresses),
                   member_tcp=tuple(sorted(member_tcp)),
                   member_udp=(NTP_PORT, SYNCTHING_PORT), open_tcp=tuple(sorted(open_tcp)),
-                  lan_closed_tcp=() if cfg.web.lan else tuple(sorted(set(web))))
+                  lan_closed_tcp=() if settings.web_lan else tuple(sorted(set(web))))
 
 
 def station_port(url: str) -> int:
@@ -200,8 +219,8 @@ def member_addresses(client: SyncthingClient, database: Database) -> list[str]:
     members' addresses and the configured Syncthing devices' ones, less removed devices'.
 
     Raises RemoteError when Syncthing cannot be asked."""
-    from recorder.mesh.roster import REMOVED, Roster
-    from recorder.mesh.yggdrasil import address_of
+    from recorder.mesh.membership.roster import REMOVED, Roster
+    from recorder.mesh.net.yggdrasil import address_of
 
     roster = Roster(database)
     removed = {s.syncthing_id for s in roster.all() if s.state == REMOVED}
@@ -212,19 +231,19 @@ def member_addresses(client: SyncthingClient, database: Database) -> list[str]:
     return sorted({x for u in uris if (x := address_of(str(u))) is not None})
 
 
-def wanted(cfg: Config, client: SyncthingClient, database: Database) -> Policy:
+def wanted(settings: Settings, client: SyncthingClient, database: Database) -> Policy:
     """The policy for the mesh as it is now (raises RemoteError without Syncthing)."""
-    from recorder.mesh.invite import InviteStore
+    from recorder.mesh.membership.invite import InviteStore
 
-    return policy(cfg, member_addresses(client, database),
+    return policy(settings, member_addresses(client, database),
                   joining=InviteStore(database).count_open() > 0)
 
 
 class Firewall:
-    """Keeps the loaded rule set equal to what the roster and `cfg` ask for."""
+    """Keeps the loaded rule set equal to what the roster and `settings` ask for."""
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.applied: str | None = None  # digest of the last rule set we loaded
         self.error: str | None = None
 
@@ -238,14 +257,14 @@ class Firewall:
 
         try:
             try:
-                p = wanted(self.cfg, client, database)
+                p = wanted(self.settings, client, database)
             except RemoteError:
                 if self.applied is not None and loaded_digest() is not None:
                     return False
-                from recorder.mesh.roster import Roster
-                from recorder.mesh.yggdrasil import address_of
+                from recorder.mesh.membership.roster import Roster
+                from recorder.mesh.net.yggdrasil import address_of
 
-                p = policy(self.cfg, [x for s in Roster(database).members()
+                p = policy(self.settings, [x for s in Roster(database).members()
                                       for a in s.addresses if (x := address_of(a))])
             want = digest(p)
             if loaded_digest() == want:
@@ -277,7 +296,8 @@ class Firewall:
         self.error = None
 
 
-def check(cfg: Config, client: SyncthingClient | None, database: Database | None) -> str:
+def check(settings: Settings, client: SyncthingClient | None,
+          database: Database | None) -> str:
     """``recorder doctor``'s check: the loaded table is the one the mesh asks for."""
     got = loaded_digest()
     if got is None:
@@ -285,7 +305,7 @@ def check(cfg: Config, client: SyncthingClient | None, database: Database | None
                             "(is the service running with CAP_NET_ADMIN?)")
     if client is None or database is None:
         return f"table {FAMILY} {TABLE} loaded"
-    p = wanted(cfg, client, database)
+    p = wanted(settings, client, database)
     if got != digest(p):
         raise FirewallError(f"table {FAMILY} {TABLE} is not the rule set the roster asks for "
                             "(the service reloads it within seconds)")

@@ -4,6 +4,13 @@ Every request has a timeout; every failure (Syncthing down, refused key, bad req
 raises :class:`recorder.errors.RemoteError` with a one-line message naming the method and path.
 Config changes made through the REST API apply without a restart.
 
+What the mesh reads comes back as typed values (`Device`, `Folder`, `Connections`,
+`Completion`, `FolderStatus`, the pending devices and folders): the shape the mesh relies on
+(ids as strings, lists and objects where it iterates) is checked here, at the client's edge, and
+an answer of another shape is a RemoteError like any other failure. The values are Syncthing's
+own JSON objects, keys as Syncthing spells them; keys the mesh does not read pass through, so a
+folder or device read here can be patched back unchanged.
+
 `scan_quietly()` is the publishing hand-off: it never raises, so a recording is published even
 when Syncthing is down (the watcher or the periodic rescan picks the file up later).
 """
@@ -19,7 +26,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict, cast
 
 from recorder.config import SyncthingConfig
 from recorder.errors import RemoteError
@@ -34,6 +41,138 @@ QUIET_SCAN_TIMEOUT = 3.0
 # speaking plain JSON, and importing requests (urllib3, idna, charset_normalizer) cost every
 # `recorder mesh` command about 100 ms of start-up, more than the rest of the command.
 _DROPPED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class FolderDevice(TypedDict, total=False):
+    """One device a folder is shared with (``devices`` of a folder's config)."""
+
+    deviceID: Required[str]
+    introducedBy: str
+    encryptionPassword: str
+
+
+class Folder(TypedDict, total=False):
+    """A folder's config (``/rest/config/folders``), the keys the mesh reads or sets."""
+
+    id: Required[str]
+    label: str
+    path: str
+    type: str  # sendreceive, sendonly, receiveonly, receiveencrypted
+    devices: list[FolderDevice]
+    paused: bool
+    fsWatcherEnabled: bool
+    fsWatcherDelayS: float
+    rescanIntervalS: int
+
+
+class Device(TypedDict, total=False):
+    """A device's config (``/rest/config/devices``), the keys the mesh reads or sets."""
+
+    deviceID: Required[str]
+    name: str
+    addresses: list[str]
+    paused: bool
+    autoAcceptFolders: bool
+    introducer: bool
+
+
+class Connection(TypedDict, total=False):
+    """One device's connection state (``/rest/system/connections``)."""
+
+    connected: bool
+    paused: bool
+    address: str
+    clientVersion: str
+    type: str
+    inBytesTotal: int
+    outBytesTotal: int
+
+
+class Connections(TypedDict, total=False):
+    """``/rest/system/connections``."""
+
+    connections: dict[str, Connection]
+    total: Connection
+
+
+class Completion(TypedDict, total=False):
+    """``/rest/db/completion``: how complete a device is for a folder."""
+
+    completion: float  # percent
+    needItems: int
+    needDeletes: int
+    needBytes: int
+    globalItems: int
+    globalBytes: int
+
+
+class FolderStatus(TypedDict, total=False):
+    """``/rest/db/status``, the keys the mesh reads."""
+
+    state: str
+    localFiles: int
+    needFiles: int
+    needDirectories: int
+    needSymlinks: int
+    needDeletes: int
+    needTotalItems: int
+    receiveOnlyChangedFiles: int
+    receiveOnlyChangedDeletes: int
+    errors: int
+    pullErrors: int
+
+
+class PendingDevice(TypedDict, total=False):
+    """A device that tried to connect and is not configured (its own name and address)."""
+
+    name: str
+    address: str
+    time: str
+
+
+class PendingFolder(TypedDict, total=False):
+    """A folder offered by peers: ``offeredBy`` maps each offering device to its offer."""
+
+    offeredBy: dict[str, dict[str, Any]]
+
+
+class DeviceStats(TypedDict, total=False):
+    """``/rest/stats/device`` for one device."""
+
+    lastSeen: str
+    lastConnectionDurationS: float
+
+
+def _object(body: Any, where: str) -> dict[str, Any]:
+    """`body` as a JSON object (None, an empty answer, as {}); RemoteError otherwise."""
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise RemoteError(f"{where}: unexpected answer (not an object)")
+    return body
+
+
+def _objects_by_id(body: Any, where: str) -> dict[str, dict[str, Any]]:
+    """`body` as an object whose every value is an object (keyed by device or folder id)."""
+    out = _object(body, where)
+    if not all(isinstance(v, dict) for v in out.values()):
+        raise RemoteError(f"{where}: unexpected answer (an entry is not an object)")
+    return out
+
+
+def _listed(body: Any, key: str, where: str) -> list[dict[str, Any]]:
+    """`body` as a list of objects each with the string `key`; RemoteError otherwise."""
+    if not isinstance(body, list) or not all(
+            isinstance(x, dict) and isinstance(x.get(key), str) for x in body):
+        raise RemoteError(f"{where}: unexpected answer (not a list of objects with {key!r})")
+    return body
+
+
+def _folders(body: Any, where: str) -> list[Folder]:
+    folders = _listed(body, "id", where)
+    for f in folders:
+        _listed(f.setdefault("devices", []), "deviceID", where)
+    return cast(list[Folder], folders)
 
 
 class SyncthingClient:
@@ -191,9 +330,12 @@ class SyncthingClient:
         """This instance's Syncthing device id (``myID``)."""
         return str(self.request("GET", "/rest/system/status")["myID"])
 
-    def connections(self) -> dict[str, Any]:
+    def connections(self) -> Connections:
         """``/rest/system/connections``: ``{"connections": {device_id: {...}}, "total": ...}``."""
-        return self._get("/rest/system/connections")
+        where = "syncthing GET /rest/system/connections"
+        body = _object(self._get("/rest/system/connections"), where)
+        _objects_by_id(body.get("connections"), where)
+        return cast(Connections, body)
 
     def pause(self, device_id: str | None = None) -> None:
         """Pause every device, or one (pause-all is saved in the config)."""
@@ -233,12 +375,14 @@ class SyncthingClient:
 
     def config(self) -> dict[str, Any]:
         """The whole configuration (``/rest/config``)."""
-        return self._get("/rest/config")
+        return _object(self._get("/rest/config"), "syncthing GET /rest/config")
 
-    def devices(self) -> list[dict[str, Any]]:
-        return self._get("/rest/config/devices")
+    def devices(self) -> list[Device]:
+        """Every configured device (this one too)."""
+        body = self._get("/rest/config/devices")
+        return cast(list[Device], _listed(body, "deviceID", "syncthing GET /rest/config/devices"))
 
-    def get_device(self, device_id: str) -> dict[str, Any] | None:
+    def get_device(self, device_id: str) -> Device | None:
         """The device's config, or None if it is not configured."""
         return next((d for d in self.devices() if d.get("deviceID") == device_id), None)
 
@@ -253,10 +397,11 @@ class SyncthingClient:
         """Remove a device from the config (its folders stop being shared with it)."""
         self.request("DELETE", f"/rest/config/devices/{device_id}")
 
-    def folders(self) -> list[dict[str, Any]]:
-        return self._get("/rest/config/folders")
+    def folders(self) -> list[Folder]:
+        """Every configured folder (``devices`` always present)."""
+        return _folders(self._get("/rest/config/folders"), "syncthing GET /rest/config/folders")
 
-    def get_folder(self, folder_id: str) -> dict[str, Any] | None:
+    def get_folder(self, folder_id: str) -> Folder | None:
         """The folder's config, or None if it is not configured."""
         return next((f for f in self.folders() if f.get("id") == folder_id), None)
 
@@ -272,27 +417,37 @@ class SyncthingClient:
         self.request("DELETE", f"/rest/config/folders/{folder_id}")
 
     def options(self) -> dict[str, Any]:
-        return self._get("/rest/config/options")
+        """The global options (``/rest/config/options``), as Syncthing spells them."""
+        return _object(self._get("/rest/config/options"), "syncthing GET /rest/config/options")
 
     def patch_options(self, changes: dict[str, Any]) -> None:
         self.request("PATCH", "/rest/config/options", json=changes)
 
-    def pending_folders(self, device_id: str | None = None) -> dict[str, Any]:
+    def pending_folders(self, device_id: str | None = None) -> dict[str, PendingFolder]:
         """Folders peers offer that are not configured here (``/rest/cluster/pending/folders``).
 
         ``{folder_id: {"offeredBy": {device_id: {"time", "label", ...}}}}``.
         """
-        return self._get("/rest/cluster/pending/folders", device=device_id)
+        where = "syncthing GET /rest/cluster/pending/folders"
+        body = _objects_by_id(self._get("/rest/cluster/pending/folders", device=device_id),
+                              where)
+        for info in body.values():
+            _objects_by_id(info.get("offeredBy"), where)
+        return cast(dict[str, PendingFolder], body)
 
-    def pending_devices(self) -> dict[str, Any]:
+    def pending_devices(self) -> dict[str, PendingDevice]:
         """Devices that tried to connect and are not configured here
         (``/rest/cluster/pending/devices``): ``{device_id: {"time", "name", "address"}}``; the
         name is the one the device gives itself."""
-        return self._get("/rest/cluster/pending/devices") or {}
+        body = self._get("/rest/cluster/pending/devices")
+        return cast(dict[str, PendingDevice],
+                    _objects_by_id(body, "syncthing GET /rest/cluster/pending/devices"))
 
-    def device_stats(self) -> dict[str, Any]:
+    def device_stats(self) -> dict[str, DeviceStats]:
         """``/rest/stats/device``: ``{device_id: {"lastSeen", "lastConnectionDurationS"}}``."""
-        return self._get("/rest/stats/device") or {}
+        body = self._get("/rest/stats/device")
+        return cast(dict[str, DeviceStats],
+                    _objects_by_id(body, "syncthing GET /rest/stats/device"))
 
     # --- database -----------------------------------------------------------------------------
 
@@ -322,15 +477,18 @@ class SyncthingClient:
     def file_info(self, folder: str, name: str) -> dict[str, Any]:
         """``/rest/db/file``: what the index holds of one file (``local``, ``global``...);
         RemoteError when the index has no such file."""
-        return self._get("/rest/db/file", folder=folder, file=name)
+        return _object(self._get("/rest/db/file", folder=folder, file=name),
+                       "syncthing GET /rest/db/file")
 
-    def db_status(self, folder: str) -> dict[str, Any]:
+    def db_status(self, folder: str) -> FolderStatus:
         """``/rest/db/status``: state, file counts, ``receiveOnlyChangedFiles``, errors..."""
-        return self._get("/rest/db/status", folder=folder)
+        return cast(FolderStatus, _object(self._get("/rest/db/status", folder=folder),
+                                          "syncthing GET /rest/db/status"))
 
-    def completion(self, folder: str, device: str | None = None) -> dict[str, Any]:
+    def completion(self, folder: str, device: str | None = None) -> Completion:
         """How complete `device` (default: this one) is for `folder` (``completion`` percent)."""
-        return self._get("/rest/db/completion", folder=folder, device=device)
+        body = self._get("/rest/db/completion", folder=folder, device=device)
+        return cast(Completion, _object(body, "syncthing GET /rest/db/completion"))
 
     def revert(self, folder: str) -> None:
         """Drop local changes in a receive-only folder (``/rest/db/revert``)."""

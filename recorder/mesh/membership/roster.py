@@ -3,7 +3,7 @@
 Every device keeps its view in the ``mesh_members`` table and publishes it in its own
 (send-only) folder as ``<sync_root>/<device-id>/mesh/members.json``, which Syncthing carries to
 every peer. A peer's file is read only from the folder held from that peer's own Syncthing
-device (`recorder.mesh.pairing`), so what it says is authenticated by Syncthing's TLS.
+device (`recorder.mesh.membership.pairing`), so what it says is authenticated by Syncthing's TLS.
 
 Why not Syncthing's introducer flag: an introducer shares the folders it has in common with the
 introduced device with every other device of those folders, so a new device would share its

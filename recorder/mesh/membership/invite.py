@@ -2,7 +2,7 @@
 
 ``recorder mesh invite`` on any member makes a code; ``recorder mesh join CODE`` on the new
 device pairs it with that member (the inviter), and the services of the mesh do the rest
-(`recorder.mesh.pairing`). A code carries, compactly:
+(`recorder.mesh.membership.pairing`). A code carries, compactly:
 
 - the inviter's Syncthing device id (32 bytes: Syncthing's own 56-character form is these bytes
   in base32 with Luhn check characters, rebuilt exactly by `syncthing_id_from_bytes`), its

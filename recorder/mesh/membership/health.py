@@ -45,10 +45,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from recorder.errors import RemoteError
-from recorder.mesh.provision import FOLDER_PREFIX, folder_id, owner_of
+from recorder.mesh.membership.provision import FOLDER_PREFIX, folder_id, owner_of
 
 if TYPE_CHECKING:
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import (
+        Connection,
+        DeviceStats,
+        Folder,
+        FolderStatus,
+        SyncthingClient,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ def _parse_time(value: Any) -> float | None:
     return when.timestamp() if when.year >= _EPOCH_YEAR else None
 
 
-def down_since(stats: dict[str, Any]) -> float | None:
+def down_since(stats: DeviceStats) -> float | None:
     """When (wall clock) a disconnected device's last connection ended; None if never seen."""
     seen = _parse_time(stats.get("lastSeen"))
     if seen is None:
@@ -77,9 +83,9 @@ def down_since(stats: dict[str, Any]) -> float | None:
     return seen + float(stats.get("lastConnectionDurationS") or 0.0)
 
 
-def _need(db: dict[str, Any]) -> int:
-    return int(sum(db.get(k) or 0 for k in ("needFiles", "needDirectories", "needDeletes",
-                                             "needSymlinks")))
+def _need(db: FolderStatus) -> int:
+    return int((db.get("needFiles") or 0) + (db.get("needDirectories") or 0)
+               + (db.get("needDeletes") or 0) + (db.get("needSymlinks") or 0))
 
 
 class HealthTracker:
@@ -206,7 +212,7 @@ class HealthTracker:
             out.append(item)
         return out
 
-    def _own_completion(self, client: SyncthingClient, fid: str, folder: dict[str, Any],
+    def _own_completion(self, client: SyncthingClient, fid: str, folder: Folder,
                         connected: dict[str, str], problems: list[str],
                         seen: set[str]) -> dict[str, int]:
         missing = {}
@@ -313,7 +319,7 @@ class HealthTracker:
                 with contextlib.suppress(RemoteError):
                     client.redial(did)
 
-    def _forget_dead(self, did: str, conn: dict[str, Any]) -> None:
+    def _forget_dead(self, did: str, conn: Connection) -> None:
         """A device dropped as dead that has a new connection is alive again."""
         dead_at = self._dead.get(did)
         started = _parse_time(conn.get("startedAt"))

@@ -59,7 +59,7 @@ import numpy as np
 
 from recorder.audioid.landmarks import Landmarks, PeakFinder, triplets
 from recorder.layout import Layout, device_folders, origin_label
-from recorder.mesh.store import (
+from recorder.mesh.exchange.store import (
     IMPORTED,
     PENDING,
     QUARANTINED,
@@ -74,8 +74,8 @@ from recorder.sidecar import SidecarError, candidates, is_sidecar_name, read_sid
 
 if TYPE_CHECKING:
     from recorder.audioid.catalogue import Catalogue
-    from recorder.mesh.annotations import AnnotationExchange
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.exchange.annotations import AnnotationExchange
+    from recorder.mesh.net.syncthing import SyncthingClient
     from recorder.papad.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ class Bridge:
                 self._stopping.wait(1.0)
 
     def _events_loop(self) -> None:
-        from recorder.mesh.provision import owner_of
+        from recorder.mesh.membership.provision import owner_of
 
         syncthing = self.syncthing
         assert syncthing is not None  # started only with a client

@@ -6,8 +6,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from recorder.layout import Layout
-from recorder.mesh.provision import folder_id
-from recorder.mesh.syncthing import SyncthingClient
+from recorder.mesh.membership.provision import folder_id
+from recorder.mesh.net.syncthing import SyncthingClient
 
 if TYPE_CHECKING:
     from recorder.publish import Published

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from recorder.atomic import atomic_write_text
 from recorder.layout import Layout
-from recorder.mesh.store import (
+from recorder.mesh.exchange.store import (
     ANNOTATIONS,
     IMPORTED,
     PENDING,
@@ -63,7 +63,7 @@ from recorder.papad.errors import PapadError
 from recorder.safefile import UnsafeFile, read_regular
 
 if TYPE_CHECKING:
-    from recorder.mesh.syncthing import SyncthingClient
+    from recorder.mesh.net.syncthing import SyncthingClient
     from recorder.papad.client import PapadClient
     from recorder.papad.outbox import Outbox
 
@@ -432,7 +432,7 @@ class AnnotationExchange:
         self._state["export_at"] = time.time()
         log.info("annotations: exported %d annotation(s)", len(items))
         if self.syncthing is not None:
-            from recorder.mesh.provision import folder_id
+            from recorder.mesh.membership.provision import folder_id
 
             self.syncthing.scan_quietly(folder_id(self.own_id), sub="papad")
         return True

@@ -1,0 +1,1 @@
+"""What members exchange: peers' recordings and annotations, the publishing scan hand-off."""

@@ -1,0 +1,1 @@
+"""Who is in the mesh: invites, roster, pairing, provisioning, health, firewall, keeper."""

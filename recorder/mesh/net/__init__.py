@@ -1,0 +1,1 @@
+"""Clients of the network daemons the mesh runs on: Syncthing, yggdrasil, chrony."""
