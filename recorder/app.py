@@ -11,9 +11,9 @@ whole `Config`.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +22,9 @@ from recorder.db import Database
 from recorder.dbrepair import open_database
 from recorder.layout import Layout
 from recorder.led import NullLed, StatusLed
-from recorder.publish import Enricher, Listener, Published, Publisher
+from recorder.publish import Enricher, Listener, Publisher
 from recorder.pump import Pump, PumpListener, PumpSettings
+from recorder.radio.settings import RadioSettings
 from recorder.recording import Recording
 from recorder.recover import RecoverySettings
 from recorder.session import RecordingContext, SessionSettings, SinkFactory
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from recorder.papad.client import PapadClient
     from recorder.papad.registration import Registration
     from recorder.radio.nowplaying import PlayLog
+    from recorder.radio.worker import RadioWorker
     from recorder.sinks.radio import RadioSink
     from recorder.triggers import Triggers
     from recorder.waveform import Waveforms
@@ -61,70 +63,27 @@ def radio_in_use(cfg: Config) -> bool:
     return cfg.radio.live or cfg.radio.station or cfg.gpio.live_pin is not None
 
 
-class RadioWorker:
-    """Cow Radio for the service: the live stream (an always-on sink fed by the pump while the
-    source delivers the configured format) and the station playlist, rebuilt whenever a
-    recording is published here or arrives from a peer."""
+def radio_settings(cfg: Config) -> RadioSettings:
+    """What the radio modules (playlist, station, play log, worker) need from `cfg`."""
+    return RadioSettings.of(cfg.radio, cfg.device.id, cfg.storage, cfg.source_path)
 
-    name = "radio"
 
-    def __init__(self, cfg: Config, catalogue: Catalogue | None) -> None:
-        self.cfg = cfg  # the playlist writer takes the whole config (device, storage, radio)
-        self.catalogue = catalogue
-        self.sink: RadioSink | None = None
-        if cfg.radio.password_file is not None:
-            from recorder.sinks.radio import RadioSink
+def radio_worker(cfg: Config, catalogue: Catalogue | None) -> RadioWorker:
+    """The service's radio: the playlist from the catalogue (with Audio ID on, else the
+    sidecars), and the live stream's sink unless this is a hub (nothing to stream)."""
+    from recorder.radio.worker import RadioWorker
 
-            # A radio that is on (live, the station, or a live switch wired) needs its secrets:
-            # a loose or missing one stops the service at start, as papad's and Syncthing's do.
-            # A radio that is off needs none until somebody goes live (`set_live` checks then):
-            # an install without Icecast must run with the example config's password_file
-            # naming a file that was never made. The stream reads the file again at each
-            # connection (a fixed file is picked up without a restart).
-            if radio_in_use(cfg):
-                self._check_secrets()
-            # Stream metadata while live: "Live: <device>" (the station's playlist carries each
-            # recording's own title and device).
-            self.sink = RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels,
-                                  title=f"Live: {cfg.device.id}", artist=cfg.device.id)
-        self._lock = threading.Lock()
+    def live_sink() -> RadioSink:
+        from recorder.sinks.radio import RadioSink
 
-    def update_playlist(self, _result: Published | None = None) -> None:
-        from recorder.radio.playlist import catalogue_records, write_playlist
+        # Stream metadata while live: "Live: <device>" (the station's playlist carries each
+        # recording's own title and device).
+        return RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels,
+                         title=f"Live: {cfg.device.id}", artist=cfg.device.id)
 
-        with self._lock:  # publisher and bridge threads may both ask
-            records = (catalogue_records(self.catalogue, self.cfg.storage.sync_root,
-                                         self.cfg.radio.playlist_length)
-                       if self.catalogue is not None and self.cfg.audioid.enabled else None)
-            write_playlist(self.cfg, records)
-
-    def set_live(self, on: bool) -> None:
-        if self.sink is None:
-            from recorder.errors import ConfigError
-
-            raise ConfigError("radio.password_file: set it to stream live to Icecast")
-        if on:
-            self._check_secrets()  # one clear line to whoever asked, never a silent retry loop
-        self.sink.set_live(on)
-
-    def _check_secrets(self) -> None:
-        from recorder.secrets import read_secret
-
-        read_secret(self.cfg.radio.password_file, "radio.password_file")
-        if self.cfg.radio.station and self.cfg.radio.harbor_password_file is not None:
-            read_secret(self.cfg.radio.harbor_password_file, "radio.harbor_password_file")
-
-    def start(self) -> None:
-        if self.sink is not None:
-            self.sink.start()
-        self.update_playlist()
-
-    def stop(self) -> None:
-        if self.sink is not None:
-            self.sink.close()
-
-    def status(self) -> dict[str, Any]:
-        return self.sink.status() if self.sink is not None else {"state": "not configured"}
+    return RadioWorker(radio_settings(cfg), catalogue if cfg.audioid.enabled else None,
+                       None if cfg.audio.source.none else live_sink,
+                       in_use=radio_in_use(cfg))
 
 
 @dataclass
@@ -214,15 +173,39 @@ def sink_factories(cfg: Config) -> list[SinkFactory]:
     return factories
 
 
-def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
-             bridge: bool | None = None, request: ServiceRequest | None = None) -> Assembly:
-    """Build every component `cfg` asks for, once.
+class Role(Enum):
+    """What an assembly is for: which of the workers a configuration asks for it builds.
 
-    `service`: also the service's workers (papad delivery, radio unless `radio` is false,
-    the bridge when Syncthing is configured or `bridge` is true, the web page when
-    ``web.enabled`` and the service passes its `request`); one-off commands only publish and
-    queue, durably, for the service to deliver.
-    """
+    ``ONE_OFF``: a command (`recorder record`, `import`, `radio playlist`): no workers; it
+    only publishes and queues, durably, for the service to deliver. ``SERVICE``: `recorder
+    run`: every worker (papad delivery, radio, the bridge when Syncthing is configured, the
+    web page when ``web.enabled`` and a `request` is given, mesh, clock, inbox, storage).
+    ``WORKERS``: the service's workers without the radio (tools and tests that run workers by
+    hand). ``BRIDGE``: ``WORKERS`` with the bridge even without Syncthing (`recorder mesh
+    bridge`: peers' folders arrive by other means too)."""
+
+    ONE_OFF = "one-off"
+    SERVICE = "service"
+    WORKERS = "workers"
+    BRIDGE = "bridge"
+
+    @property
+    def workers(self) -> bool:
+        return self is not Role.ONE_OFF
+
+    @property
+    def radio(self) -> bool:
+        return self is Role.SERVICE
+
+    def bridges(self, syncthing: bool) -> bool:
+        """Whether the bridge is built (`syncthing`: the Syncthing client is configured)."""
+        return self is Role.BRIDGE or (self.workers and syncthing)
+
+
+def assemble(cfg: Config, role: Role = Role.ONE_OFF, *,
+             request: ServiceRequest | None = None) -> Assembly:
+    """Build every component `cfg` asks for, once, as `role` says (see `Role`); `request`:
+    how the web page asks the running service (the web page is built only with it)."""
     layout = cfg.layout
     database = open_database(cfg)
     publisher = Publisher(layout)
@@ -233,7 +216,8 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
         recovery=recovery_settings(cfg, layout),
         sink_factories=sink_factories(cfg),
     )
-    bridged = service and (cfg.syncthing.api_key_file is not None if bridge is None else bridge)
+    workers = role.workers
+    bridged = role.bridges(cfg.syncthing.api_key_file is not None)
     if cfg.audioid.enabled or bridged:
         from recorder.audioid.catalogue import Catalogue
 
@@ -244,11 +228,11 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
 
         outbox = Outbox(database)
         worker = None
-        if service:
+        if workers:
             from recorder.papad.client import make_client
             from recorder.papad.outbox import OutboxWorker
 
-            parts.papad = make_client(cfg)  # a bad secret file stops start-up here, clearly
+            parts.papad = make_client(cfg.papad)  # a bad secret file stops start-up here
             if parts.papad is not None:
                 worker = OutboxWorker(outbox, parts.papad, cfg.papad.concurrency)
         parts.registration = Registration(outbox, layout, worker)
@@ -259,19 +243,19 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
 
         parts.syncthing = SyncthingClient.from_config(cfg.syncthing)
         scan = ScanHandOff(parts.syncthing, layout)
-    if service and radio:
-        parts.radio = RadioWorker(cfg, parts.catalogue)
+    if role.radio:
+        parts.radio = radio_worker(cfg, parts.catalogue)
         if cfg.radio.station:  # the station's play log, into playlist.json
             from recorder.radio.nowplaying import PlayLog
 
-            parts.play_log = PlayLog(cfg)
+            parts.play_log = PlayLog(radio_settings(cfg))
     if bridged and parts.catalogue is not None:
         parts.bridge = _bridge(cfg, parts)
         bridge_ = parts.bridge
         if parts.registration is not None and parts.registration.worker is not None:
             # A recording papad now has may carry annotations to export: do it at once.
             parts.registration.worker.on_delivered = lambda *_: bridge_.export_soon()
-    if service and parts.syncthing is not None:
+    if workers and parts.syncthing is not None:
         from recorder.mesh.membership import firewall
         from recorder.mesh.membership.keeper import MeshKeeper
         from recorder.mesh.membership.pairing import Membership
@@ -281,18 +265,18 @@ def assemble(cfg: Config, *, service: bool = False, radio: bool = True,
         guard = (firewall.Firewall(firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio))
                  if cfg.yggdrasil.firewall else None)
         parts.mesh = MeshKeeper(membership, cfg.mesh, firewall=guard)
-    if service:
+    if workers:
         parts.clock = _clock_fixer(parts)
     if cfg.web.enabled:
         from recorder.waveform import Waveforms
 
         parts.waveforms = Waveforms(database)  # peaks made while recording, stored at publish
         parts.sink_factories.append(parts.waveforms.sink)
-        if service and request is not None:
+        if workers and request is not None:
             parts.web = _web(cfg, parts, request)
-    if service and cfg.imports.inbox is not None:
+    if workers and cfg.imports.inbox is not None:
         parts.inbox = _inbox(cfg, parts)
-    if service:
+    if workers:
         parts.storage = _storage_budget(cfg, parts)
     hook: CatalogueHook | None = None
     if cfg.audioid.enabled and parts.catalogue is not None:
@@ -487,12 +471,45 @@ def open_gpio(gpio: GpioConfig, on_trigger: Callable[[str, float], None], *,
 
 
 def open_control(service_cfg: ServiceConfig,
-                 handler: Callable[[dict[str, Any]], dict[str, Any]]) -> ControlServer:
-    """The control socket (its thread starts listening at once), answering with `handler`."""
+                 handler: Callable[[dict[str, Any]], dict[str, Any]], *,
+                 pin_driver: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 ) -> ControlServer:
+    """The control socket (its thread starts listening at once), answering with `handler`;
+    with `pin_driver` (gpiozero's mock pins only: tests, demo) also the ``pin`` command, which
+    drives the mock pins (the presses then reach the service as from real buttons)."""
     from recorder.control import ControlServer
 
-    return ControlServer(service_cfg.control_socket, handler, group=service_cfg.socket_group)
+    answer = handler
+    if pin_driver is not None:
+        driver = pin_driver
+
+        def answer(request: dict[str, Any]) -> dict[str, Any]:
+            if request.get("command") == "pin":
+                return driver(request)
+            return handler(request)
+
+    return ControlServer(service_cfg.control_socket, answer, group=service_cfg.socket_group)
 
 
-__all__ = ["Assembly", "ServiceGpio", "ServiceRequest", "Worker", "assemble",
-           "build_pump", "build_service_pump", "open_control", "open_gpio"]
+@dataclass(frozen=True)
+class ServiceIO:
+    """The service's buttons, LED and control socket, all open and given their callbacks."""
+
+    triggers: Triggers | None
+    led: StatusLed | NullLed
+    control: ControlServer
+
+
+def open_service_io(cfg: Config, on_trigger: Callable[[str, float], None],
+                    handler: Callable[[dict[str, Any]], dict[str, Any]], *,
+                    pin_factory: Any = None, hub: bool = False) -> ServiceIO:
+    """Open the GPIO (never on a hub: it has none) and the control socket, each given
+    everything before its thread starts: presses go to `on_trigger`, commands to `handler`."""
+    gpio = ServiceGpio(None, NullLed()) if hub else open_gpio(cfg.gpio, on_trigger,
+                                                              pin_factory=pin_factory)
+    control = open_control(cfg.service, handler, pin_driver=gpio.pin_driver)
+    return ServiceIO(gpio.triggers, gpio.led, control)
+
+
+__all__ = ["Assembly", "Role", "ServiceGpio", "ServiceRequest", "Worker", "assemble",
+           "build_pump", "build_service_pump", "open_control", "open_gpio", "open_service_io"]

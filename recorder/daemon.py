@@ -32,16 +32,20 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any
 
 from recorder import app, clock
 from recorder.config import Config, SourceSpec
 from recorder.control import ControlServer
-from recorder.errors import DeviceError, DiskReserveError, RecorderError, ServiceError
+from recorder.errors import (
+    DeviceError,
+    DiskReserveError,
+    NoAudioError,
+    RecorderError,
+    ServiceError,
+)
 from recorder.led import NullLed, StatusLed
 from recorder.pump import (
     Bookmarked,
@@ -57,6 +61,19 @@ from recorder.pump import (
 )
 from recorder.recover import Outcome, recover, waiting_need
 from recorder.sdnotify import Notifier
+from recorder.servicestate import (
+    Armed,
+    HubStarted,
+    Lost,
+    Machine,
+    Opened,
+    OpenFailed,
+    Problem,
+    ProblemKind,
+    PumpDied,
+    ServiceState,
+    Stopping,
+)
 from recorder.sinks.levels import FULL_SCALE, LevelMeter, dbfs
 from recorder.storage import DiskFullError, ensure_dir, is_disk_full
 from recorder.triggers import LIVE_OFF, LIVE_ON, MARK, TOGGLE, Triggers
@@ -70,59 +87,56 @@ PUMP_RESTARTS = 3  # pump failures within PUMP_RESTART_WINDOW before the service
 PUMP_RESTART_WINDOW = 600.0
 
 
-class ServiceState(StrEnum):
-    """What `recorder ctl status` reports as ``state``."""
-
-    STARTING = "starting"
-    IDLE = "idle"  # armed: the ring is filling, a press records
-    RECORDING = "recording"
-    NO_DEVICE = "no_device"
-    FAILED = "failed"  # the pump died; it is being restarted
-    DISK_FULL = "disk_full"  # armed, but the disk is full: recording refused until space returns
-    STOPPING = "stopping"
-
-
-class ProblemKind(StrEnum):
-    """What kind of trouble `last_error` reports: what clears it depends on the kind, never on
-    the wording of its message."""
-
-    DISK = "disk"  # full or below the reserve: over once the disk check sees room
-    PUBLISH = "publish"  # a recording could not be published (left in staging)
-    DEVICE = "device"  # the audio device went away
-    PUMP = "pump"  # the audio pump failed
-    REFUSED = "refused"  # a button's action was refused
-
-
-@dataclass(frozen=True)
-class Problem:
-    kind: ProblemKind
-    message: str
-
-
 def _refused(exc: RecorderError) -> Problem:
     return Problem(ProblemKind.DISK if isinstance(exc, DiskReserveError) else ProblemKind.REFUSED,
                    str(exc))
-
-
-# The LED, from the service's condition, first match wins (see docs/ARCHITECTURE.md).
-LED_TABLE: tuple[tuple[str, str], ...] = (
-    ("error", "a device, storage or pump error, or an unresolved problem other than the disk"),
-    ("recording", "recording"),
-    ("disk_low", "disk full or below the reserve"),
-    ("mesh_degraded", "the mesh keeper reports a degraded mesh"),
-    ("idle", "armed, or anything else"),
-)
 
 
 class _PumpTicket:
     """Identifies one opened pump in the events it queues."""
 
 
-@dataclass
-class _Event:
-    kind: str  # command | trigger | pump | stop | toggle
-    data: dict[str, Any] = field(default_factory=dict)
-    reply: Future[dict[str, Any]] | None = None
+# What other threads queue for the main loop (typed: one class per kind).
+
+
+@dataclass(frozen=True)
+class _Command:
+    """A control command (socket, web page) and where its answer goes."""
+
+    request: dict[str, Any]
+    reply: Future[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Press:
+    """A button's trigger (TOGGLE, MARK, LIVE_ON, LIVE_OFF) at a monotonic time."""
+
+    name: str
+    at: float
+
+
+@dataclass(frozen=True)
+class _Toggle:
+    """SIGUSR1."""
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """SIGTERM, SIGINT or `request_stop`: wakes the loop, which sees `stopping`."""
+
+
+@dataclass(frozen=True)
+class _FromPump:
+    event: PumpEvent
+    ticket: _PumpTicket
+
+
+@dataclass(frozen=True)
+class _Recovered:
+    outcomes: list[Outcome]
+
+
+_Event = _Command | _Press | _Toggle | _Stop | _FromPump | _Recovered
 
 
 class Service:
@@ -132,11 +146,14 @@ class Service:
                  pin_factory: Any = None, notifier: Notifier | None = None) -> None:
         self.cfg = cfg
         self.source = source or cfg.audio.source
+        # A hub (no-audio mode): never opens an audio device or GPIO; the workers (bridge,
+        # papad registration, web page, station playlist, inbox) are its whole job.
+        self.hub = self.source.none
         self.realtime = realtime
         self.pin_factory = pin_factory
         self.notifier = notifier or Notifier()
         # The web page gets `request`, the one way another thread asks the service anything.
-        self.parts = app.assemble(cfg, service=True, request=self.request)
+        self.parts = app.assemble(cfg, app.Role.SERVICE, request=self.request)
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self.stopping = threading.Event()
         # -- owned by the main thread (the event loop) --
@@ -147,17 +164,10 @@ class Service:
         self.triggers: Triggers | None = None
         self.led: StatusLed | NullLed = NullLed()
         self.control: ControlServer | None = None
-        self.state = ServiceState.STARTING
-        self.device_error: str | None = None
-        self.storage_error: str | None = None
-        self.problem: Problem | None = None
+        # The state, the disk and the problem: one machine (recorder.servicestate).
+        self.machine = Machine()
         self.last_published: dict[str, Any] | None = None
         self.published_count = 0
-        self.disk_low = False
-        self.disk_full = False
-        self._free_mb = -1
-        self._free_bytes = -1
-        self._waiting_need: int | None = None  # free bytes the staged recordings wait for
         self._recovering: threading.Thread | None = None
         self._next_disk_check = 0.0
         self._next_open = 0.0
@@ -165,8 +175,6 @@ class Service:
         self._last_ping = 0.0
         self._last_ping_pos = 0
         self._pump_failures: list[float] = []
-        # Simulated presses (mock pins only: tests, demo): see `app.open_gpio`.
-        self._pin_driver: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.exit_code = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -182,9 +190,9 @@ class Service:
             self._recovered(recover(self.parts.recovery, self.parts.publisher,
                                     self.parts.sink_factories))
             self._check_disk()
-            gpio = app.open_gpio(self.cfg.gpio, self._on_trigger, pin_factory=self.pin_factory)
-            self.triggers, self.led, self._pin_driver = gpio.triggers, gpio.led, gpio.pin_driver
-            self.control = app.open_control(self.cfg.service, self._from_socket)
+            io = app.open_service_io(self.cfg, self._on_trigger, self._from_socket,
+                                     pin_factory=self.pin_factory, hub=self.hub)
+            self.triggers, self.led, self.control = io.triggers, io.led, io.control
             for worker in self.parts.workers:
                 try:
                     worker.start()
@@ -194,6 +202,8 @@ class Service:
                     log.error("%s: not started, the disk is full", worker.name)
             if self.triggers is not None and self.triggers.live:  # the switch was already on
                 self._set_live(True)
+            if self.hub:
+                self._hub_ready()
             self._loop()
         finally:
             self._shutdown()
@@ -202,7 +212,7 @@ class Service:
     def request_stop(self) -> None:
         """Ask the service to stop (any thread)."""
         self.stopping.set()
-        self._events.put(_Event("stop"))
+        self._events.put(_Stop())
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -210,12 +220,18 @@ class Service:
         # Handlers only queue: SimpleQueue.put is reentrant, safe inside a signal handler.
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
-        signal.signal(signal.SIGUSR1, lambda *_: self._events.put(_Event("toggle")))
+        signal.signal(signal.SIGUSR1, lambda *_: self._events.put(_Toggle()))
+
+    @property
+    def state(self) -> ServiceState:
+        """The service's state (main thread; other threads ask `request` for ``status``)."""
+        return self.machine.state
 
     @property
     def last_error(self) -> str | None:
         """The message of the current problem (status ``last_error``)."""
-        return self.problem.message if self.problem is not None else None
+        problem = self.machine.problem
+        return problem.message if problem is not None else None
 
     # -- the event loop (main thread) ------------------------------------------------------------
     def _loop(self) -> None:
@@ -223,7 +239,7 @@ class Service:
         ping_every = interval / 3 if interval else None
         while not self.stopping.is_set():
             now = time.monotonic()
-            if self.pump is None and now >= self._next_open:
+            if self.pump is None and not self.hub and now >= self._next_open:
                 self._open_pump()
             self._duties(time.monotonic(), ping_every)
             try:
@@ -238,13 +254,16 @@ class Service:
                 except queue.Empty:
                     event = None
             self._update_led()
-        self.state = ServiceState.STOPPING
+        self.machine.fire(Stopping())
 
     def _sleep(self, ping_every: float | None) -> float:
         """Seconds until the next timed duty."""
         now = time.monotonic()
         due = [self._next_disk_check]
-        if self.pump is None:
+        if self.hub:
+            if ping_every:
+                due.append(self._last_ping + ping_every)
+        elif self.pump is None:
             due.append(self._next_open)
         elif ping_every:
             due.append(self._last_ping + ping_every)
@@ -258,33 +277,35 @@ class Service:
                 self.notifier.watchdog()
                 self._last_ping_pos = pump.pos
             self._last_ping = now
+        elif self.hub and ping_every and now - self._last_ping >= ping_every:
+            self.notifier.watchdog()  # no audio to watch: the loop turning is the health
+            self._last_ping = now
         if now >= self._next_disk_check:
             self._next_disk_check = now + DISK_CHECK_SECONDS
             self._check_disk()
 
     def _handle(self, event: _Event) -> None:
-        if event.kind == "command":
-            assert event.reply is not None
+        if isinstance(event, _Command):
             try:
-                event.reply.set_result(self.handle_command(event.data))
+                event.reply.set_result(self.handle_command(event.request))
             except BaseException as exc:
                 event.reply.set_exception(exc)
-        elif event.kind == "trigger":
-            self._trigger(event.data["name"], event.data["at"])
-        elif event.kind == "toggle":
+        elif isinstance(event, _Press):
+            self._trigger(event.name, event.at)
+        elif isinstance(event, _Toggle):
             try:
                 self.toggle("signal")
             except RecorderError as exc:
                 log.error("signal toggle refused: %s", exc)
-        elif event.kind == "pump":
-            self._pump_event(event.data["event"], event.data["ticket"])
-        elif event.kind == "recovered":
+        elif isinstance(event, _FromPump):
+            self._pump_event(event.event, event.ticket)
+        elif isinstance(event, _Recovered):
             self._recovering = None
-            self._recovered(event.data["outcomes"])
+            self._recovered(event.outcomes)
 
     # -- the pump --------------------------------------------------------------------------------
     def _open_pump(self) -> None:
-        if self.device_error is not None and not self.source.is_file:
+        if self.machine.device_error is not None and not self.source.is_file:
             self._rescan()
         try:
             ticket = _PumpTicket()
@@ -298,21 +319,19 @@ class Service:
                 pump.close()
                 raise
         except (DeviceError, RecorderError) as exc:  # a file source: unreadable, empty
-            if self.device_error != str(exc):
+            if self.machine.device_error != str(exc):
                 log.error("no audio device: %s; retrying every %.0f s", exc,
                           DEVICE_RETRY_SECONDS)
                 self.notifier.status(f"no audio device: {exc}")
-            self.device_error = str(exc)
-            self.state = ServiceState.NO_DEVICE
+            self.machine.fire(OpenFailed(str(exc)))
             self._next_open = time.monotonic() + DEVICE_RETRY_SECONDS
             self._update_led()
             return
-        if self.device_error:
+        if self.machine.device_error:
             log.info("audio device %s is back", pump.source.name)
-        self.device_error = None
+        self.machine.fire(Opened())
         self.meter = meter
         self.pump, self._pump_ticket = pump, ticket
-        self.state = ServiceState.IDLE
         self._last_ping, self._last_ping_pos = time.monotonic(), pump.pos
         if not self._ready_sent:
             self.notifier.ready()
@@ -322,12 +341,22 @@ class Service:
                  self.cfg.audio.preroll)
         self._update_led()
 
+    def _hub_ready(self) -> None:
+        """A hub is ready once its workers run: there is no first audio block to wait for."""
+        self.machine.fire(HubStarted())
+        self._last_ping = time.monotonic()
+        self.notifier.ready()
+        self._ready_sent = True
+        self.notifier.status("hub: records nothing")
+        log.info('hub: audio.source = "none", records nothing (no audio device, no GPIO)')
+        self._update_led()
+
     def _pump_listener(self, ticket: _PumpTicket) -> PumpListener:
         """The pump's event callback (pump and publisher threads): queue the event, with the
         ticket that tells whether it comes from the current pump."""
 
         def listener(event: PumpEvent) -> None:
-            self._events.put(_Event("pump", {"event": event, "ticket": ticket}))
+            self._events.put(_FromPump(event, ticket))
 
         return listener
 
@@ -358,25 +387,19 @@ class Service:
         if isinstance(event, RecordingPublished):
             self.published_count += 1
             self.last_published = event.as_dict()
-            self.problem = None
+            self.machine.published()
         elif isinstance(event, PublishFailed):
-            self.problem = Problem(ProblemKind.DISK if event.disk_full else ProblemKind.PUBLISH,
-                                   f"publishing failed: {event.error}")
-            if self._waiting_need is None:
-                self._waiting_need = 0  # left in staging: recover at the next disk check
+            self.machine.publish_failed(event.error, disk_full=event.disk_full)
         elif isinstance(event, DiskLow):
-            self.disk_low = True
-            self.problem = Problem(ProblemKind.DISK, event.error)
+            self.machine.disk_low_seen(event.error)
             self._next_disk_check = 0.0  # say "disk full" now, not at the next timed check
         elif isinstance(event, Bookmarked):
             log.info("bookmark at %.2f s", event.at)
         elif isinstance(event, DeviceLost) and current:
-            self.problem = Problem(ProblemKind.DEVICE, f"audio device lost: {event.source}")
             assert self.pump is not None
             name = self.pump.source.name
             self._close_pump("device lost")
-            self.device_error = f"audio from {name!r} stopped"
-            self.state = ServiceState.NO_DEVICE
+            self.machine.fire(Lost(event.source, name))
             self.notifier.status(f"audio device lost: {name}")
             self._next_open = time.monotonic() + DEVICE_RETRY_SECONDS
         elif isinstance(event, PumpFailed) and current:
@@ -386,10 +409,9 @@ class Service:
         now = time.monotonic()
         self._pump_failures = [t for t in self._pump_failures if now - t < PUMP_RESTART_WINDOW]
         self._pump_failures.append(now)
-        self.problem = Problem(ProblemKind.PUMP, f"audio pump failed: {error}")
-        self.state = ServiceState.FAILED
+        self.machine.fire(PumpDied(error))
         self._update_led()
-        self.notifier.status(self.problem.message)
+        self.notifier.status(f"audio pump failed: {error}")
         self._close_pump("pump failed")
         if len(self._pump_failures) >= PUMP_RESTARTS:
             log.critical("the audio pump failed %d times in %.0f s: exiting for a restart",
@@ -448,14 +470,16 @@ class Service:
             self.start(trigger, seconds_ago)
 
     def _require_pump(self) -> Pump:
+        if self.hub:
+            raise NoAudioError()
         if self.pump is None:
-            raise DeviceError(self.device_error or self.last_error
+            raise DeviceError(self.machine.device_error or self.last_error
                               or "the audio source is not open yet")
         return self.pump
 
     def _on_trigger(self, name: str, at: float) -> None:
         """GPIO thread: hand the press to the main loop."""
-        self._events.put(_Event("trigger", {"name": name, "at": at}))
+        self._events.put(_Press(name, at))
 
     def _trigger(self, name: str, at: float) -> None:
         seconds_ago = max(0.0, time.monotonic() - at)
@@ -469,9 +493,11 @@ class Service:
                 self._set_live(name == LIVE_ON)
         except RecorderError as exc:
             log.error("button %s refused: %s", name, exc)
-            self.problem = _refused(exc)
+            self.machine.refused(_refused(exc))
 
     def _set_live(self, on: bool) -> dict[str, Any]:
+        if self.hub and on:
+            raise NoAudioError()
         if self.parts.radio is None:
             raise RecorderError("no radio stream configured ([radio] section)")
         self.parts.radio.set_live(on)
@@ -484,19 +510,13 @@ class Service:
         try:
             report = self.parts.reserve.report()
         except OSError as exc:
-            self.storage_error = f"sync root unavailable: {exc}"
+            self.machine.disk_unavailable(f"sync root unavailable: {exc}")
             return
-        self.storage_error = None
-        self._free_mb, self._free_bytes = report.free_mb, report.free_bytes
-        self.disk_low = report.low
-        if report.full != self.disk_full:
+        if self.machine.disk_checked(report.free_mb, report.free_bytes, low=report.low,
+                                     full=report.full):
             log.log(logging.ERROR if report.full else logging.INFO,
                     "disk full: recording refused" if report.full else "disk has room again")
-        if not report.low and self.problem is not None and \
-                self.problem.kind is ProblemKind.DISK:
-            self.problem = None  # the disk trouble it reported is over (the LED says so)
-        self.disk_full = report.full
-        need = self._waiting_need
+        need = self.machine.waiting_need
         retry_hooks = bool(self.parts.publisher.deferred) and not report.full
         if self._recovering is None and (retry_hooks or (
                 need is not None and report.free_bytes >= need and not report.full)):
@@ -514,31 +534,23 @@ class Service:
             self.parts.publisher.retry_deferred()
         except Exception:
             log.exception("recovering staged recordings failed")
-        self._events.put(_Event("recovered", {"outcomes": outcomes}))
+        self._events.put(_Recovered(outcomes))
 
     def _recovered(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             level = logging.INFO if outcome.action in ("published", "cleaned") else logging.WARNING
             log.log(level, "recover %s: %s: %s", outcome.recording_id, outcome.action,
                     outcome.detail)
-        self._waiting_need = waiting_need(outcomes)
+        self.machine.waiting_need = waiting_need(outcomes)
 
     def _update_led(self) -> None:
+        """Bring the armed state up to date with the pump and the disk, then show the LED the
+        machine derives (servicestate.LED_TABLE)."""
         pump = self.pump
-        if pump is not None and self.state in (ServiceState.IDLE, ServiceState.RECORDING,
-                                               ServiceState.DISK_FULL):
-            self.state = (ServiceState.RECORDING if pump.recording else
-                          ServiceState.DISK_FULL if self.disk_full else ServiceState.IDLE)
-        conditions = {
-            "error": bool(self.device_error or self.storage_error
-                          or self.state == ServiceState.FAILED
-                          or (self.problem is not None and not self.disk_low)),
-            "recording": self.state == ServiceState.RECORDING,
-            "disk_low": self.disk_low,
-            "mesh_degraded": self.parts.mesh is not None and self.parts.mesh.degraded,
-            "idle": True,
-        }
-        self.led.set_state(next(led for led, _ in LED_TABLE if conditions[led]))
+        if pump is not None and self.machine.armed:
+            self.machine.fire(Armed(pump.recording))
+        self.led.set_state(self.machine.led(
+            mesh_degraded=self.parts.mesh is not None and self.parts.mesh.degraded))
 
     def warnings(self) -> list[str]:
         out = []
@@ -549,16 +561,17 @@ class Service:
             recent = (self.meter.frames - self.meter.last_clip_frame) / self.meter.samplerate
             if self.meter.last_clip_frame >= 0 and recent < 10:
                 out.append("input clipping: lower the microphone gain")
-        if self.disk_full:
-            out.append(f"disk full ({max(0, self._free_bytes) // 1024} KiB free): recording "
+        m = self.machine
+        if m.disk_full:
+            out.append(f"disk full ({max(0, m.free_bytes) // 1024} KiB free): recording "
                        "refused until space is freed")
-        elif self.disk_low:
-            out.append(f"free space {self._free_mb} MB is below the reserve "
+        elif m.disk_low:
+            out.append(f"free space {m.free_mb} MB is below the reserve "
                        f"({self.parts.reserve.reserve_mb} MB)")
-        if self._waiting_need is not None:
+        if m.waiting_need is not None:
             out.append("recordings wait in staging for free space; they are published as soon "
                        "as there is room")
-        out.extend(e for e in (self.device_error, self.storage_error) if e)
+        out.extend(e for e in (m.device_error, m.storage_error) if e)
         if self.parts.mesh is not None:
             out.extend(f"mesh: {p}" for p in self.parts.mesh.problems())
         return out
@@ -569,6 +582,7 @@ class Service:
         ts = clock.now()
         return {
             "state": str(self.state),
+            "mode": "hub: records nothing" if self.hub else "recorder",
             "device_id": self.cfg.device.id,
             "led": self.led.state,
             "audio": pump.status() if pump is not None else None,
@@ -577,10 +591,10 @@ class Service:
             "last_error": self.last_error,
             "last_published": self.last_published,
             "published": self.published_count,
-            "free_mb": self._free_mb,
+            "free_mb": self.machine.free_mb,
             "reserve_mb": self.parts.reserve.reserve_mb,
-            "disk_full": self.disk_full,
-            "waiting_for_space": self._waiting_need is not None,
+            "disk_full": self.machine.disk_full,
+            "waiting_for_space": self.machine.waiting_need is not None,
             "clock_synced": ts.clock_synced,
             "workers": {w.name: w.status() for w in self.parts.workers},
         }
@@ -615,7 +629,7 @@ class Service:
         if self.stopping.is_set():
             raise ServiceError("the service is stopping")
         reply: Future[dict[str, Any]] = Future()
-        self._events.put(_Event("command", dict(command), reply))
+        self._events.put(_Command(dict(command), reply))
         try:
             return reply.result(timeout=timeout)
         except TimeoutError:
@@ -629,18 +643,18 @@ class Service:
                 event = self._events.get_nowait()
             except queue.Empty:
                 return
-            if event.reply is not None:
+            if isinstance(event, _Command):
                 event.reply.set_exception(ServiceError("the service is stopping"))
 
     def _from_socket(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control-socket thread: run the command on the main loop and wait for its answer."""
-        if request.get("command") == "pin" and self._pin_driver is not None:
-            return self._pin_driver(request)  # drives pins only; the presses queue events
         return self.request(request)
 
     def handle_command(self, request: dict[str, Any]) -> dict[str, Any]:
         """One control command (main thread)."""
         command = request.get("command")
+        if self.hub and command in ("start", "stop", "mark"):
+            raise NoAudioError()
         if command == "start":
             if self.pump is not None and self.pump.recording:
                 raise RecordingStateError("already recording")

@@ -32,6 +32,8 @@ def _config(cfg: Config) -> str:
 
 def _device(cfg: Config) -> str:
     spec = cfg.audio.source
+    if spec.none:
+        return 'none: a hub (audio.source = "none"), records nothing'
     if spec.file is not None:
         from recorder.sources.file import open_sound_file
 
@@ -137,7 +139,7 @@ def extra_checks(cfg: Config) -> list[Check]:
 
 
 def _firewall(cfg: Config) -> str:
-    from recorder.db import Database
+    from recorder.dbrepair import open_database
     from recorder.mesh.membership import firewall
     from recorder.mesh.net.syncthing import SyncthingClient
 
@@ -145,7 +147,7 @@ def _firewall(cfg: Config) -> str:
         settings = firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio)
         if cfg.syncthing.api_key_file is None:
             return firewall.check(settings, None, None)
-        with Database(cfg.db_path) as database:
+        with open_database(cfg) as database:
             return firewall.check(settings, SyncthingClient.from_config(cfg.syncthing),
                                   database)
     except firewall.FirewallError as exc:

@@ -64,6 +64,7 @@ from recorder.recording import (
 from recorder.session import RecordingContext, SinkFactory, StagedRecording, collect_facts
 from recorder.sinks import Sink
 from recorder.sinks.encoder import OggEncoderSink
+from recorder.sinks.feed import feed
 from recorder.sinks.levels import LevelMeter
 from recorder.sources.file import to_channels
 from recorder.storage import DiskFullError, Reserve, is_disk_full, write_error
@@ -577,24 +578,22 @@ class Importer:
         ctx = RecordingContext(rid, self.cfg.device.id, fmt, self.staging)
         sinks: list[Sink] = [encoder, LevelMeter(fmt.samplerate, self.cfg.service.silence_dbfs),
                              *(factory(ctx) for factory in self.sink_factories)]
-        frames = 0
-        try:
+
+        def checked() -> Iterator[np.ndarray]:
+            """The decoded blocks, refusing (so `feed` aborts the sinks) a file that turns
+            out too long, or too short once it ends."""
+            frames = 0
             for block in decoded.blocks():
                 frames += len(block)
                 if frames > max_frames:
                     raise ImportRejected(f"{label}: longer than storage.max_seconds "
                                          f"({self.cfg.storage.max_seconds:g} s)")
-                for sink in sinks:
-                    sink.write(block)
+                yield block
             if frames < fmt.frames(MIN_RECORDING_SECONDS) or frames == 0:
                 raise TooShortError(f"{label}: {fmt.seconds(frames):.3f} s of audio, under the "
                                     f"{MIN_RECORDING_SECONDS:g} s a recording needs")
-            audio, levels, extra = collect_facts([sink.finish() for sink in sinks])
-        except BaseException:
-            for sink in sinks:
-                with contextlib.suppress(Exception):
-                    sink.abort()
-            raise
+
+        audio, levels, extra = collect_facts(feed(sinks, checked()))
         assert audio is not None  # the encoder is the first sink
         return finished(start, audio, stop_reason=StopReason.END_OF_INPUT, levels=levels,
                         extra={**extra, **self._provenance(origin, label, digest)})

@@ -73,6 +73,7 @@ from recorder.session import (
 )
 from recorder.sinks import Sink
 from recorder.sinks.encoder import OggEncoderSink
+from recorder.sinks.feed import feed
 from recorder.sinks.levels import LevelMeter
 from recorder.storage import SPARE_BYTES, free_bytes, is_disk_full
 
@@ -269,17 +270,8 @@ def _recover_one(rs: RecoverySettings, publisher: Publisher, sinks: Sequence[Sin
     source = "journal" if journal_frames >= ogg_frames else "partial OGG"
     blocks = (_journal_blocks(paths["journal"], channels) if source == "journal"
               else _ogg_blocks(paths["ogg"], channels))
-    feed: list[Sink] = [encoder, *_analysis_sinks(rs, sinks, rid, start, fmt)]
-    try:
-        for block in blocks:
-            for sink in feed:
-                sink.write(block)
-        audio, levels, extra = collect_facts([sink.finish() for sink in feed])
-    except BaseException:
-        for sink in feed:
-            with contextlib.suppress(Exception):
-                sink.abort()
-        raise
+    every: list[Sink] = [encoder, *_analysis_sinks(rs, sinks, rid, start, fmt)]
+    audio, levels, extra = collect_facts(feed(every, blocks))
     assert audio is not None  # the encoder is the first sink
     rec = _recovered(start, audio, levels, extra)
     staged = StagedRecording(recording=rec, ogg=rebuilt,

@@ -78,7 +78,7 @@ class Device:
     def start(self) -> None:
         """Start what `recorder run` starts for the mesh, as it assembles it: the outbox
         worker, then the bridge (no radio)."""
-        self.assembly = app.assemble(self.cfg, service=True, radio=False)
+        self.assembly = app.assemble(self.cfg, app.Role.WORKERS)
         self.registration = self.assembly.registration
         self.bridge = self.assembly.bridge
         for worker in self.assembly.workers:

@@ -59,7 +59,7 @@ def legacy_config(cfg_factory: Any, url: str, **papad: Any) -> Config:
 @contextlib.contextmanager
 def client_and_outbox(cfg: Config) -> Iterator[tuple[Any, Outbox]]:
     """The papad client and outbox for `cfg`, closed afterwards."""
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     outbox = Outbox(Database(cfg.db_path))
     try:
         yield client, outbox

@@ -123,7 +123,7 @@ def local(cfg_factory, tmp_path):
 
     papad = FakePapad().start()
     cfg = current_config(cfg_factory, tmp_path, papad.url)
-    parts = app.assemble(cfg, service=True, radio=False, bridge=True)
+    parts = app.assemble(cfg, app.Role.BRIDGE)
     assert parts.bridge is not None
     yield cfg, parts
     parts.bridge.stop()

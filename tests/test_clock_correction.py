@@ -74,7 +74,7 @@ def test_current_boot_recordings_are_corrected_by_the_owner(tmp_path):
 
 def test_service_worker_corrects_when_the_clock_synchronises(tmp_path, cfg_factory):
     cfg = cfg_factory(device={"id": "dev-a"})
-    parts = app.assemble(cfg, service=True, radio=False)
+    parts = app.assemble(cfg, app.Role.WORKERS)
     try:
         assert parts.clock is not None and parts.catalogue is not None
         doc, sidecar = _unsynced(cfg.device_folder, 0, BOOT, 10.0)

@@ -67,7 +67,7 @@ def local(cfg_factory, tmp_path, papad):
 
     def make_bridge() -> Bridge:
         """The bridge as the service assembles it (each call: a restarted service)."""
-        parts = app.assemble(cfg, service=True, radio=False, bridge=True)
+        parts = app.assemble(cfg, app.Role.BRIDGE)
         assemblies.append(parts)
         assert parts.bridge is not None
         return parts.bridge
@@ -116,7 +116,7 @@ def test_imports_valid_peer_recording_once(local, papad):
     assert all(e.origin == "peer:dev-p" for e in entries.values())
     cat = Catalogue(Database(cfg.db_path))
     assert cat.get(docs[0]["recording_id"]).origin == "peer:dev-p"
-    drain(fast_worker(outbox, make_client(cfg)), outbox, 3)
+    drain(fast_worker(outbox, make_client(cfg.papad)), outbox, 3)
     assert len(papad.media) == 3 and len(papad.annotations) == 3
 
 
@@ -302,7 +302,7 @@ def test_restart_mid_import_finishes_without_duplicates(local, papad, monkeypatc
     assert report.imported == 12 - 4  # the 5th is re-checked and re-queued (a no-op)
     assert sorted(e.recording_id for e in outbox.entries()) == sorted(
         d["recording_id"] for d in docs)
-    drain(fast_worker(outbox, make_client(cfg)), outbox, 12)
+    drain(fast_worker(outbox, make_client(cfg.papad)), outbox, 12)
     rids = [m["description"].split("Recording id: ")[1].split("\n")[0] for m in papad.media]
     assert sorted(rids) == sorted(d["recording_id"] for d in docs)
     assert Catalogue(Database(cfg.db_path)).count() == 12

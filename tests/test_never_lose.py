@@ -767,7 +767,7 @@ def bridge_device(cfg_factory, tmp_path):
     papad = FakePapad().start()
     papad.add_user("recorder", token="tok-3f9c2e81d04b4a7fa2f1secret", groups=(1,))
     cfg = current_config(cfg_factory, tmp_path, papad.url)
-    parts = app.assemble(cfg, service=True, radio=False, bridge=True)
+    parts = app.assemble(cfg, app.Role.BRIDGE)
     yield cfg, parts, papad
     assert parts.bridge is not None
     parts.bridge.stop()

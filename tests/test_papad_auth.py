@@ -121,7 +121,7 @@ def test_papadam_throttling_is_honoured_and_never_burns_the_login_budget(papad_f
     assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) > 3000
     cfg = real_config(cfg_factory, tmp_path, papad)
     outbox = Outbox(Database(cfg.db_path))
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     doc, ogg = make_recording(cfg.device_folder)
     outbox.enqueue(doc, ogg)
     worker = fast_worker(outbox, client)
@@ -142,7 +142,7 @@ def test_papadam_throttling_is_honoured_and_never_burns_the_login_budget(papad_f
     # restarted service's login is throttled, and it does not try again until Retry-After.
     papad.spend_budget("anon", 100)
     assert requests.get(papad.url + "/healthcheck/", timeout=30).status_code == 429
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     worker = fast_worker(outbox, client)
     outbox.retry_all()
     worker.run_once()

@@ -145,7 +145,7 @@ def test_down_then_up_delivers_once_in_order_across_restart(papad_real, proxy, c
                                                             tmp_path):
     cfg = real_config(cfg_factory, tmp_path, papad_real, url=proxy.url)
     outbox = Outbox(Database(cfg.db_path))
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     recs = [make_recording(cfg.device_folder, index=i) for i in range(4)]
     for doc, ogg in recs:
         outbox.enqueue(doc, ogg)
@@ -157,7 +157,7 @@ def test_down_then_up_delivers_once_in_order_across_restart(papad_real, proxy, c
     client.close()
     # "restart": new objects on the same database
     outbox = Outbox(Database(cfg.db_path))
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     worker = fast_worker(outbox, client)
     time.sleep(0.3)
     assert worker.run_once() == 0
@@ -231,7 +231,7 @@ def test_forbidden_group_is_parked_with_reason_and_retry_after_fix_delivers(
         papad_real, proxy, cfg_factory, tmp_path):
     cfg = real_config(cfg_factory, tmp_path, papad_real, url=proxy.url, group=OTHER_GROUP)
     outbox = Outbox(Database(cfg.db_path))
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     doc, ogg = make_recording(cfg.device_folder)
     outbox.enqueue(doc, ogg)
     fast_worker(outbox, client).run_once()
@@ -243,7 +243,7 @@ def test_forbidden_group_is_parked_with_reason_and_retry_after_fix_delivers(
     assert len(proxy.seen) == before  # parked entries wait for a human
     # the operator fixes the group in the config and retries
     fixed = real_config(cfg_factory, tmp_path, papad_real, url=proxy.url)
-    client2 = make_client(fixed)
+    client2 = make_client(fixed.papad)
     assert outbox.retry(entry.id).state == "pending"
     deliver(outbox, client2, 1)
     assert papad_real.one_media(doc["recording_id"])["group"]["id"] == 1
@@ -285,7 +285,7 @@ def test_wrong_credentials_wait_instead_of_parking(papad_real, proxy, cfg_factor
     secret = cfg.papad.token_file or cfg.papad.password_file
     write_secret(secret, "not-the-secret")
     outbox = Outbox(Database(cfg.db_path))
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     doc, ogg = make_recording(cfg.device_folder)
     outbox.enqueue(doc, ogg)
     worker = fast_worker(outbox, client)
@@ -311,7 +311,7 @@ def test_wrong_credentials_wait_instead_of_parking(papad_real, proxy, cfg_factor
 def test_bookmarks_become_annotations_with_t_ranges(papad_real, proxy, cfg_factory, tmp_path):
     cfg = real_config(cfg_factory, tmp_path, papad_real, url=proxy.url, annotation_span=0.5)
     outbox = Outbox(Database(cfg.db_path))
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     doc, ogg = make_recording(
         cfg.device_folder, seconds=2.0,
         bookmarks=[{"at": 0.25, "label": "the well"}, {"at": 1.8}, {"at": 1.0, "tags": ["Rain"]}],
@@ -342,7 +342,7 @@ def test_jwt_expiry_refresh_and_relogin(papad_papadam, cfg_factory, tmp_path, ca
     with FaultProxy(papad.url) as proxy:
         cfg = real_config(cfg_factory, tmp_path, papad, url=proxy.url)
         outbox = Outbox(Database(cfg.db_path))
-        client = make_client(cfg)
+        client = make_client(cfg.papad)
         auth = client.transport.auth
         worker = fast_worker(outbox, client)
         docs = []
@@ -396,7 +396,7 @@ def test_background_worker_delivers_after_wake(setup):
 
 
 def test_client_is_none_when_disabled(cfg_factory):
-    assert make_client(cfg_factory(papad={"api": "none"})) is None
+    assert make_client(cfg_factory(papad={"api": "none"}).papad) is None
 
 
 def test_make_client_builds_current_client_without_showing_secrets(setup):

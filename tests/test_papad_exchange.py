@@ -52,7 +52,7 @@ def local(papad_real, cfg_factory, tmp_path):
             worker.stop()
             clock = Clock()
             exchange = AnnotationExchange(Layout.of(cfg.device.id, cfg.storage), outbox,
-                                          make_client(cfg), BridgeStore(outbox.database),
+                                          make_client(cfg.papad), BridgeStore(outbox.database),
                                           clock=clock)
             exchange.export_now()  # the next export is 5 min (of the test clock) away
 

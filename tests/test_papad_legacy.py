@@ -63,7 +63,7 @@ def test_registration_posts_url_and_learns_oid(setup, legacy):
 def test_existing_station_is_reused(legacy, cfg_factory):
     requests.post(legacy.url + "/channels/", json={"station_name": "girish-radio"}, timeout=5)
     cfg = legacy_config(cfg_factory, legacy.url, station="girish-radio")
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     outbox = Outbox(Database(cfg.db_path))
     for i in range(2):
         outbox.enqueue(*make_recording(cfg.device_folder, index=i))
@@ -96,7 +96,7 @@ def test_station_created_concurrently_elsewhere_counts_as_there(setup, legacy):
 def test_down_lost_response_and_restart_still_one_record(legacy, cfg_factory):
     cfg = legacy_config(cfg_factory, legacy.url)
     outbox = Outbox(Database(cfg.db_path))
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     recs = [make_recording(cfg.device_folder, index=i) for i in range(3)]
     for doc, ogg in recs:
         outbox.enqueue(doc, ogg)
@@ -106,7 +106,7 @@ def test_down_lost_response_and_restart_still_one_record(legacy, cfg_factory):
     outbox.database.close()
     client.close()
     outbox = Outbox(Database(cfg.db_path))  # restart
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     legacy.drop_after_commit(1)
     drain(fast_worker(outbox, client), outbox, delivered=3)
     urls = [r["audio_url"] for r in legacy.recordings]
@@ -118,13 +118,13 @@ def test_down_lost_response_and_restart_still_one_record(legacy, cfg_factory):
 def test_host_change_still_finds_record_by_machine_tag(legacy, cfg_factory):
     cfg = legacy_config(cfg_factory, legacy.url)
     outbox = Outbox(Database(cfg.db_path))
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     doc, ogg = make_recording(cfg.device_folder)
     outbox.enqueue(doc, ogg)
     legacy.drop_after_commit(1)
     fast_worker(outbox, client).run_once()
     assert len(legacy.recordings) == 1
-    other = make_client(legacy_config(cfg_factory, legacy.url, host="other.local"))
+    other = make_client(legacy_config(cfg_factory, legacy.url, host="other.local").papad)
     drain(fast_worker(outbox, other), outbox, delivered=1)
     assert len(legacy.recordings) == 1
     outbox.database.close()
@@ -135,7 +135,7 @@ def test_host_change_still_finds_record_by_machine_tag(legacy, cfg_factory):
 def test_bookmarks_become_fragments(legacy, cfg_factory):
     cfg = legacy_config(cfg_factory, legacy.url, annotation_span=10.0)
     outbox = Outbox(Database(cfg.db_path))
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     doc, ogg = make_recording(cfg.device_folder, seconds=30.0, data=b"OggS-not-needed",
                               bookmarks=[{"at": 3.1234, "label": "chorus"}, {"at": 25.5}])
     outbox.enqueue(doc, ogg)

@@ -50,12 +50,12 @@ def test_world_readable_token_file_refused_at_start(cfg_factory, tmp_path):
     cfg = current_config(cfg_factory, tmp_path, "http://127.0.0.1:9")
     cfg.papad.token_file.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
-        make_client(cfg)
+        make_client(cfg.papad)
     pw = write_secret(tmp_path / "pw", "secret-pw", 0o604)
     jwt = cfg_factory(papad={"api": "papad", "auth": "jwt", "username": "u",
                              "password_file": str(pw)})
     with pytest.raises(ConfigError, match=r"papad\.password_file"):
-        make_client(jwt)
+        make_client(jwt.papad)
 
 
 def run_cli(cfg, argv):
@@ -77,7 +77,7 @@ def test_cli_list_and_retry_show_state_never_secrets(papad, cfg_factory, tmp_pat
     server, proxy = papad
     cfg = real_config(cfg_factory, tmp_path, server, url=proxy.url)
     outbox = Outbox(Database(cfg.db_path))
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     docs = [make_recording(cfg.device_folder, index=i) for i in range(2)]
     for doc, ogg in docs:
         outbox.enqueue(doc, ogg)

@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from recorder import sidecar
+from recorder.app import radio_settings
 from recorder.audioid.chroma import StreamingFingerprinter
 from recorder.audioid.compare import compare
 from recorder.radio import playlist
@@ -415,7 +416,7 @@ def test_playlist_newest_first_skips_duplicates_and_is_valid(cfg_factory) -> Non
         sidecar.dumps({**liar, "device_id": "otherdev"})
     )
 
-    assert playlist.write_playlist(cfg) is True
+    assert playlist.write_playlist(radio_settings(cfg)) is True
     folder = root / own / "radio"
     m3u = (folder / "playlist.m3u").read_text()
     parsed = playlist.parse_m3u(m3u)
@@ -441,10 +442,10 @@ def test_playlist_newest_first_skips_duplicates_and_is_valid(cfg_factory) -> Non
 
     # Unchanged input: no rewrite. A new recording: it comes first.
     mtime = (folder / "playlist.m3u").stat().st_mtime_ns
-    assert playlist.write_playlist(cfg) is False
+    assert playlist.write_playlist(radio_settings(cfg)) is False
     assert (folder / "playlist.m3u").stat().st_mtime_ns == mtime
     c = add_recording(root, own, now - timedelta(minutes=1), "Just now")
-    assert playlist.write_playlist(cfg) is True
+    assert playlist.write_playlist(radio_settings(cfg)) is True
     parsed = playlist.parse_m3u((folder / "playlist.m3u").read_text())
     assert [t for _, t, _ in parsed] == ["Just now", "Harvest talk second line", "Morning news"]
     assert parsed[0][2] == f"../recordings/{c['path'].split('recordings/', 1)[1]}"
@@ -459,7 +460,7 @@ def test_playlist_length_and_urls() -> None:
         for i in range(5)
     ]
     chosen = playlist.select(records, length=2, max_age_days=30, now=now)
-    assert [r["recording_id"] for r in chosen] == ["r0", "r1"]
+    assert [r.recording_id for r in chosen] == ["r0", "r1"]
     items = playlist.entries(chosen, "dev1", base_url="http://radio.local/")
     assert items[0].location == "http://radio.local/dev1/recordings/2026/11/28/n0.ogg"
     local = playlist.entries(chosen, "dev2")

@@ -133,7 +133,7 @@ def test_playlist_skips_a_peer_copy_only_the_catalogue_knows_is_a_duplicate(
         catalogue = Catalogue.from_config(database, own_cfg.audioid)
         dup = catalogue.add(peer.sidecar, origin="peer:peer1")
         assert dup == own.sidecar["recording_id"]
-        app.RadioWorker(own_cfg, catalogue).update_playlist()
+        app.radio_worker(own_cfg, catalogue).update_playlist()
     listed = (own_cfg.device_folder / "radio" / "playlist.json").read_text()
     assert own.sidecar["recording_id"] in listed
     assert peer.sidecar["recording_id"] not in listed

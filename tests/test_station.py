@@ -29,6 +29,7 @@ import pytest
 import soundfile as sf
 
 from recorder import sidecar
+from recorder.app import radio_settings
 from recorder.config import load_config, parse_config
 from recorder.radio import nowplaying, playlist, station
 from tests.conftest import free_port, need, run_cli, toml_config, wait_until
@@ -120,7 +121,7 @@ class Station:
         assert res.returncode == 0, res.stderr
 
     def played(self) -> list[dict]:
-        return playlist.read_played(self.cfg)
+        return playlist.read_played(radio_settings(self.cfg))
 
     def close(self) -> None:
         self.liquidsoap.stop()
@@ -240,7 +241,7 @@ def test_new_peer_recording_is_played_on_its_turn(radio_station, corpus):
         bridge.stdout + bridge.stderr
     rebuilt = run_cli("--config", s.config, "radio", "playlist", "--json", timeout=120)
     assert rebuilt.returncode == 0, rebuilt.stderr
-    station_m3u = playlist.station_playlist_path(s.cfg).read_text()
+    station_m3u = playlist.station_playlist_path(radio_settings(s.cfg)).read_text()
     assert station_m3u.splitlines()[1].endswith(doc["path"])  # newest first
     listener = s.listen()
     try:
@@ -253,7 +254,8 @@ def test_new_peer_recording_is_played_on_its_turn(radio_station, corpus):
 def test_undecodable_recording_is_skipped_and_logged(radio_station):
     s = radio_station
     path = str(s.sync / OWN / s.broken["path"])
-    assert path in playlist.station_playlist_path(s.cfg).read_text()  # it is on the list
+    on_list = playlist.station_playlist_path(radio_settings(s.cfg)).read_text()
+    assert path in on_list  # it is on the list
     wait_until(lambda: any("skipped, cannot be played: " in line and path in line
                            for line in s.liquidsoap.output().splitlines()),
                DEADLINE, 0.5, "the skip in the log")
@@ -313,7 +315,7 @@ def test_empty_playlist_plays_the_jingle_and_keeps_the_mount(radio_station, corp
                   "harbor_url": f"http://127.0.0.1:{free_port()}", "jingle": str(jingle),
                   "idle_jingle_minutes": 0.02, "name": "Cow Radio ID"},
     })
-    script, _ = station.write_script(cfg, tmp_path / "empty.liq")
+    script, _ = station.write_script(radio_settings(cfg), tmp_path / "empty.liq")
     liquidsoap = Liquidsoap(script, tmp_path / "liquidsoap.log")
     liquidsoap.start()
     try:
@@ -363,8 +365,9 @@ def test_generated_script_passes_liquidsoaps_own_check(radio, tmp_path):
                         "storage": {"data_dir": str(tmp_path / "d"), "reserve_mb": 0},
                         "radio": {"station": True, "password_file": str(secret),
                                   "jingle": str(jingle), **radio}})
-    path, changed = station.write_script(cfg, tmp_path / "s.liq")
-    assert changed and station.write_script(cfg, path) == (path, False)  # unchanged: no write
+    path, changed = station.write_script(radio_settings(cfg), tmp_path / "s.liq")
+    # Unchanged: no write.
+    assert changed and station.write_script(radio_settings(cfg), path) == (path, False)
     first = ["settings.init.allow_root.set(true)"] if os.geteuid() == 0 else []
     res = _run([binary, "--check", *first, str(path)])
     assert res.returncode == 0 and "Error" not in res.stdout + res.stderr, res.stdout + res.stderr
@@ -402,28 +405,29 @@ def test_script_command_refuses_what_cannot_run(config_file, tmp_path):
 
 def test_play_log_is_bounded_newest_first_and_kept_across_rebuilds(cfg_factory):
     cfg = cfg_factory(radio={"play_log_length": 3})
-    assert playlist.add_plays(cfg, [{"at": "2026-01-01T00:00:00.000Z"}]) == 0  # no file yet
-    playlist.write_playlist(cfg, [])
+    rs = radio_settings(cfg)
+    assert playlist.add_plays(rs, [{"at": "2026-01-01T00:00:00.000Z"}]) == 0  # no file yet
+    playlist.write_playlist(rs, [])
     raw = [{"at": 1_790_000_000 + i, "source": "playlist", "title": f"t{i}",
             "device_id": "d", "recording_id": f"r{i}"} for i in range(5)]
     entries = [nowplaying.to_log_entry(p) for p in raw]
-    assert playlist.add_plays(cfg, entries[:2]) == 2
-    assert playlist.add_plays(cfg, entries[:2]) == 0  # the station reports the same plays again
-    assert playlist.add_plays(cfg, entries[2:]) == 3
-    played = playlist.read_played(cfg)
+    assert playlist.add_plays(rs, entries[:2]) == 2
+    assert playlist.add_plays(rs, entries[:2]) == 0  # the station reports the same plays again
+    assert playlist.add_plays(rs, entries[2:]) == 3
+    played = playlist.read_played(rs)
     assert [p["title"] for p in played] == ["t4", "t3", "t2"]
     assert played[0]["at"] == sidecar.utc_iso(1_790_000_004)
-    playlist.write_playlist(cfg, [])  # the playlist is rebuilt: the log stays
-    doc = json.loads((playlist.playlist_dir(cfg) / "playlist.json").read_text())
+    playlist.write_playlist(rs, [])  # the playlist is rebuilt: the log stays
+    doc = json.loads((playlist.playlist_dir(rs) / "playlist.json").read_text())
     assert [p["title"] for p in doc["played"]] == ["t4", "t3", "t2"]
-    assert not list(playlist.playlist_dir(cfg).glob(".*partial"))
+    assert not list(playlist.playlist_dir(rs).glob(".*partial"))
     assert nowplaying.to_log_entry({"at": "x", "source": "playlist"}) is None
     assert nowplaying.to_log_entry({"at": 1.0, "source": "other"}) is None
 
 
 def test_play_log_worker_reports_a_station_that_is_down(cfg_factory):
     cfg = cfg_factory(radio={"station": True, "harbor_url": f"http://127.0.0.1:{free_port()}"})
-    worker = nowplaying.PlayLog(cfg)
+    worker = nowplaying.PlayLog(radio_settings(cfg))
     assert worker.poll_once() == 0
     status = worker.status()
     assert not status["reachable"] and "station not answering at" in status["error"]

@@ -303,7 +303,7 @@ def test_service_wiring_runs_the_budget_and_the_reserve_asks_it(tmp_path: Path):
     cfg = parse_config({"device": {"id": "dev-a"},
                         "storage": {"data_dir": str(tmp_path / "data"), "peer_audio_mb": 5},
                         "web": {"enabled": False}})
-    parts = app.assemble(cfg, service=True, radio=False)
+    parts = app.assemble(cfg, app.Role.WORKERS)
     try:
         assert parts.storage is not None and parts.storage in parts.workers
         assert parts.reserve.reclaim == parts.storage.reclaim

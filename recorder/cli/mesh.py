@@ -115,9 +115,9 @@ def _setup(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _database(cfg: Config) -> Any:
-    from recorder.db import Database
+    from recorder.dbrepair import open_database
 
-    return Database(cfg.db_path)
+    return open_database(cfg)  # with the repair every command's database has
 
 
 def _tell_service(cfg: Config) -> bool:
@@ -278,7 +278,7 @@ def _bridge(args: argparse.Namespace, cfg: Config) -> int:
     from recorder import app
     from recorder.mesh.exchange.bridge import run_forever
 
-    parts = app.assemble(cfg, service=True, radio=False, bridge=True)
+    parts = app.assemble(cfg, app.Role.BRIDGE)
     bridge = parts.bridge
     assert bridge is not None
     worker = parts.registration.worker if parts.registration is not None else None

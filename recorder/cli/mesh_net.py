@@ -91,11 +91,11 @@ def _time_sources(args: argparse.Namespace, client: SyncthingClient) -> int:
 def _firewall(args: argparse.Namespace, cfg: Config, client: SyncthingClient) -> int:
     import time
 
-    from recorder.db import Database
+    from recorder.dbrepair import open_database
     from recorder.mesh.membership import firewall
 
     settings = firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio)
-    with Database(cfg.db_path) as database:
+    with open_database(cfg) as database:
         if args.check:
             print(firewall.check(settings, client, database))
             return 0

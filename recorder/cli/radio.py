@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the config module is imported once, by recorder.cli.main
     from recorder.config import Config
+    from recorder.radio.settings import RadioSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +45,7 @@ def cmd_script(args: argparse.Namespace, cfg: Config) -> int:
     """Write the script; exit 2 (naming the key) when the configuration cannot make one."""
     from recorder.radio.station import write_script
 
-    path, changed = write_script(cfg, args.output)
+    path, changed = write_script(_settings(cfg), args.output)
     if args.json:
         print(json.dumps({"path": str(path), "changed": changed}))
     else:
@@ -63,17 +64,19 @@ def cmd_playlist(args: argparse.Namespace, cfg: Config) -> int:
         write_playlist,
     )
 
+    settings = _settings(cfg)
     parts = app.assemble(cfg)
     try:
         records = (catalogue_records(parts.catalogue, cfg.storage.sync_root,
                                      cfg.radio.playlist_length)
                    if parts.catalogue is not None else None)
-        changed = write_playlist(cfg, records)
+        changed = write_playlist(settings, records)
     finally:
         parts.close()
-    doc = json.loads((playlist_dir(cfg) / JSON_NAME).read_text(encoding="utf-8"))
+    doc = json.loads((playlist_dir(settings) / JSON_NAME).read_text(encoding="utf-8"))
     result = {"changed": changed, "entries": len(doc["entries"]),
-              "playlist": str(playlist_dir(cfg)), "station": str(station_playlist_path(cfg))}
+              "playlist": str(playlist_dir(settings)),
+              "station": str(station_playlist_path(settings))}
     if args.json:
         print(json.dumps(result))
     else:
@@ -88,7 +91,7 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     from recorder.radio.station import on_air
 
     source = on_air(cfg.radio)
-    played = read_played(cfg)[:5]
+    played = read_played(_settings(cfg))[:5]
     if args.json:
         print(json.dumps({"on_air": True, "mount": cfg.radio.mount,
                           "title": source.get("title"), "listeners": source.get("listeners"),
@@ -100,3 +103,11 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         print(f"  {play.get('at')}  {play.get('source'):<8}  {play.get('title')}"
               f"  [{play.get('device_id')}]")
     return 0
+
+
+def _settings(cfg: Config) -> RadioSettings:
+    """What the radio modules need from `cfg` (without importing the pipeline: the station's
+    unit runs `radio script` before every start)."""
+    from recorder.radio.settings import RadioSettings
+
+    return RadioSettings.of(cfg.radio, cfg.device.id, cfg.storage, cfg.source_path)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from recorder.config import Config
+from recorder.config import PapadConfig
 from recorder.papad import mapping
 from recorder.papad.auth import JwtAuth, TokenAuth
 from recorder.papad.errors import PapadError, PermanentError, RetryableError
@@ -546,12 +546,12 @@ class LegacyPapadClient:
         self.transport.close()
 
 
-def make_client(cfg: Config) -> PapadClient | None:
-    """The client `cfg.papad.api` asks for, with its secrets read; None for ``api = "none"``.
+def make_client(p: PapadConfig) -> PapadClient | None:
+    """The client ``[papad] api`` (`p`) asks for, with its secrets read; None for
+    ``api = "none"``.
 
     Raises ConfigError when a secret file is missing or readable by group or others.
     """
-    p = cfg.papad
     if p.api == "none":
         return None
     transport = Transport(p.url, p.timeout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from recorder.config import Config
-from recorder.db import Database
+from recorder.dbrepair import open_database
 from recorder.errors import RecorderError
 from recorder.papad.client import check, make_client
 from recorder.papad.outbox import PARKED, PENDING, Outbox
@@ -28,7 +28,7 @@ def outbox_checks(cfg: Config) -> list[dict[str, Any]]:
     """Outbox depth (parked entries fail the check) and the age of the oldest entry."""
     if not cfg.db_path.exists():
         return [check("papad outbox depth", True, "empty (no database yet)")]
-    with Database(cfg.db_path) as database:
+    with open_database(cfg) as database:
         outbox = Outbox(database)
         counts, age = outbox.counts(), outbox.oldest_age()
         latest = outbox.entries(PARKED)[-1:] if counts[PARKED] else []
@@ -51,7 +51,7 @@ def papad_checks(cfg: Config) -> list[dict[str, Any]]:
     if cfg.papad.api == "none":
         return [check("papad", True, "registration disabled (papad.api = none)")]
     try:
-        client = make_client(cfg)
+        client = make_client(cfg.papad)
     except RecorderError as exc:
         return [check("papad credentials accepted", False, str(exc)), *outbox_checks(cfg)]
     assert client is not None

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from recorder import sidecar
-from recorder.config import Config
 from recorder.radio import playlist
+from recorder.radio.settings import RadioSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ class PlayLog:
 
     name = "station"
 
-    def __init__(self, cfg: Config, *, interval: float = POLL_SECONDS,
+    def __init__(self, settings: RadioSettings, *, interval: float = POLL_SECONDS,
                  fetch: Callable[[str], list[dict[str, Any]]] = fetch_plays) -> None:
-        self.cfg = cfg
+        self.settings = settings
         self.interval = interval
         self._fetch = fetch
         self._stop = threading.Event()
@@ -97,16 +97,16 @@ class PlayLog:
     def poll_once(self) -> int:
         """Fetch the station's plays and log the new ones; return how many were new."""
         try:
-            plays = self._fetch(self.cfg.radio.harbor_url)
+            plays = self._fetch(self.settings.radio.harbor_url)
         except (OSError, ValueError) as exc:
-            self._set_error(f"station not answering at {self.cfg.radio.harbor_url}: "
+            self._set_error(f"station not answering at {self.settings.radio.harbor_url}: "
                             f"{_reason(exc)}")
             return 0
         self._set_error(None)
         self._polled_at = sidecar.utc_iso(time.time())
         entries = [e for e in (to_log_entry(p) for p in plays) if e is not None]
         self._now = entries[0] if entries else None
-        added = playlist.add_plays(self.cfg, entries)
+        added = playlist.add_plays(self.settings, entries)
         self._logged += added
         return added
 
@@ -121,7 +121,7 @@ class PlayLog:
     def _set_error(self, error: str | None) -> None:
         if error != self._error:
             if error is None:
-                log.info("station answering at %s", self.cfg.radio.harbor_url)
+                log.info("station answering at %s", self.settings.radio.harbor_url)
             else:
                 log.info("%s", error)
         self._error = error

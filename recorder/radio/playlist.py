@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from recorder import sidecar
 from recorder.atomic import atomic_write_text
-from recorder.config import Config
 from recorder.layout import device_folders
+from recorder.radio.settings import PLAYLIST_DIR, RadioSettings
+from recorder.recording import Recording
 
 if TYPE_CHECKING:
     from recorder.audioid.catalogue import Catalogue
@@ -45,13 +46,56 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLAYLIST_SCHEMA = "recorderpi.playlist/1"
-PLAYLIST_DIR = "radio"
 M3U_NAME = "playlist.m3u"
 JSON_NAME = "playlist.json"
-STATION_NAME = "station.m3u"
 # The service writes these files from several threads (publisher, bridge, play log): one at a
 # time, so a play logged while the playlist is rebuilt is never lost.
 _files_lock = threading.RLock()
+
+
+@dataclass(frozen=True)
+class Playable:
+    """What the playlist needs of one recording, typed: from a `Recording` (a sidecar) or a
+    catalogue row (`Catalogue.newest_originals` reads only these fields: a big catalogue's
+    whole sidecars would cost the service tens of MB)."""
+
+    recording_id: str
+    device_id: str
+    path: str
+    started_at: str  # "" when unreadable: such a recording cannot be placed in time
+    title: str = ""
+    duration: float = 0.0
+    duplicate_of: str | None = None
+
+    @classmethod
+    def of(cls, rec: Recording) -> Playable:
+        dup = rec.extra.get("duplicate_of")
+        return cls(rec.recording_id, rec.device_id, rec.path, rec.started_at,
+                   title=rec.start.title, duration=rec.duration,
+                   duplicate_of=dup if isinstance(dup, str) and dup else None)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Playable:
+        """A catalogue row or a sidecar document (``recording_id``, ``device_id``, ``path``
+        required; ``started_at``, ``title``, ``duration``, ``duplicate_of`` optional)."""
+        started, dup = row.get("started_at"), row.get("duplicate_of")
+        return cls(str(row["recording_id"]), str(row["device_id"]), str(row["path"]),
+                   started if isinstance(started, str) else "",
+                   title=str(row.get("title") or ""),
+                   duration=float(row.get("duration") or 0.0),
+                   duplicate_of=str(dup) if dup else None)
+
+
+Record = Playable | Recording | Mapping[str, Any]
+"""What the playlist functions accept; each is made a `Playable` first."""
+
+
+def playable(record: Record) -> Playable:
+    if isinstance(record, Playable):
+        return record
+    if isinstance(record, Recording):
+        return Playable.of(record)
+    return Playable.from_row(record)
 
 
 @dataclass(frozen=True)
@@ -67,35 +111,34 @@ class Entry:
 
 
 def select(
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[Record],
     *,
     length: int,
     max_age_days: float,
     now: datetime | None = None,
-) -> list[Mapping[str, Any]]:
+) -> list[Playable]:
     """The records to play: newest first, no duplicates, within the age limit, at most `length`.
 
-    A record needs ``recording_id``, ``device_id``, ``path``, ``title``, ``duration`` and
-    ``started_at``; ``duplicate_of`` (optional) excludes it when set. Records with an unreadable
-    ``started_at`` are left out (they cannot be placed in time).
+    A record with ``duplicate_of`` set is left out, and so is one with an unreadable
+    ``started_at`` (it cannot be placed in time).
     """
     oldest = (now or datetime.now(UTC)) - timedelta(days=max_age_days)
     dated = []
     seen: set[str] = set()
-    for record in records:
-        if record.get("duplicate_of") or record["recording_id"] in seen:
+    for record in map(playable, records):
+        if record.duplicate_of or record.recording_id in seen:
             continue
-        started = _parse_time(record.get("started_at"))
+        started = _parse_time(record.started_at)
         if started is None or started < oldest:
             continue
-        seen.add(record["recording_id"])
-        dated.append((started, record["recording_id"], record))
+        seen.add(record.recording_id)
+        dated.append((started, record.recording_id, record))
     dated.sort(key=lambda item: (item[0], item[1]), reverse=True)
     return [record for _, _, record in dated[:length]]
 
 
 def entries(
-    records: Iterable[Mapping[str, Any]], playlist_device: str, base_url: str | None = None
+    records: Iterable[Record], playlist_device: str, base_url: str | None = None
 ) -> list[Entry]:
     """Playlist entries for `records` (already selected and ordered).
 
@@ -105,8 +148,8 @@ def entries(
     """
     here = posixpath.join(playlist_device, PLAYLIST_DIR)
     out = []
-    for record in records:
-        device, path = record["device_id"], record["path"]
+    for record in map(playable, records):
+        device, path = record.device_id, record.path
         if base_url:
             location = f"{base_url.rstrip('/')}/{urllib.parse.quote(f'{device}/{path}')}"
         else:
@@ -115,10 +158,10 @@ def entries(
             Entry(
                 location=location,
                 title=_title(record),
-                duration=float(record.get("duration") or 0.0),
-                recording_id=record["recording_id"],
+                duration=record.duration,
+                recording_id=record.recording_id,
                 device_id=device,
-                started_at=record["started_at"],
+                started_at=record.started_at,
             )
         )
     return out
@@ -154,7 +197,7 @@ def render_json(items: Iterable[Entry], played: Iterable[Mapping[str, Any]] = ()
     return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def render_station(records: Iterable[Mapping[str, Any]], sync_root: Path) -> str:
+def render_station(records: Iterable[Record], sync_root: Path) -> str:
     """The station's M3U: ``annotate:<metadata>:<absolute path>`` lines, in order.
 
     The metadata are the device (``artist``), ``recording_id``, ``recorderpi_source`` and the
@@ -162,11 +205,11 @@ def render_station(records: Iterable[Mapping[str, Any]], sync_root: Path) -> str
     lexer, which a ``#{`` in a title breaks; the station script decodes it into ``title``.
     """
     lines = ["#EXTM3U"]
-    for record in records:
-        meta = annotate({"recorderpi_title": _title(record), "artist": record["device_id"],
-                         "recording_id": record["recording_id"],
+    for record in map(playable, records):
+        meta = annotate({"recorderpi_title": _title(record), "artist": record.device_id,
+                         "recording_id": record.recording_id,
                          "recorderpi_source": "playlist"})
-        path = sync_root / record["device_id"] / record["path"]
+        path = sync_root / record.device_id / record.path
         lines.append(f"annotate:{meta}:{path}")
     return "\n".join(lines) + "\n"
 
@@ -202,7 +245,7 @@ def parse_m3u(text: str) -> list[tuple[int, str, str]]:
     return out
 
 
-def scan_sidecars(sync_root: Path) -> list[dict[str, Any]]:
+def scan_sidecars(sync_root: Path) -> list[Recording]:
     """Recording records from every valid sidecar under ``<sync_root>/*/recordings/`` (the
     shared rule of `recorder.sidecar.published_sidecars`), without the catalogue. Recordings
     whose audio file has not arrived yet (Syncthing may deliver the sidecar first) are left
@@ -210,16 +253,16 @@ def scan_sidecars(sync_root: Path) -> list[dict[str, Any]]:
     records = []
     for folder in device_folders(sync_root):
         for found in sidecar.published_sidecars(folder):
-            if found.doc is None:
+            if found.recording is None:
                 log.debug("playlist: skipping %s: %s", found.path, found.problem)
-            elif (folder / found.doc["path"]).is_file():
-                records.append(found.doc)
+            elif (folder / found.recording.path).is_file():
+                records.append(found.recording)
     return records
 
 
 def write_playlist(
-    cfg: Config,
-    records: Iterable[Mapping[str, Any]] | None = None,
+    settings: RadioSettings,
+    records: Iterable[Record] | None = None,
     *,
     base_url: str | None = None,
     now: datetime | None = None,
@@ -231,25 +274,25 @@ def write_playlist(
     differs from what is already there; the play log in ``playlist.json`` is kept.
     """
     if records is None:
-        records = scan_sidecars(cfg.storage.sync_root)
+        records = scan_sidecars(settings.sync_root)
     chosen = select(
         records,
-        length=cfg.radio.playlist_length,
-        max_age_days=cfg.radio.playlist_max_age_days,
+        length=settings.radio.playlist_length,
+        max_age_days=settings.radio.playlist_max_age_days,
         now=now,
     )
-    items = entries(chosen, cfg.device.id, base_url)
-    folder = playlist_dir(cfg)
+    items = entries(chosen, settings.device_id, base_url)
+    folder = settings.playlist_dir
     with _files_lock:
-        played = read_played(cfg)
+        played = read_played(settings)
         return _write_all([
             (folder / M3U_NAME, render_m3u(items)),
             (folder / JSON_NAME, render_json(items, played)),
-            (station_playlist_path(cfg), render_station(chosen, cfg.storage.sync_root)),
+            (settings.station_playlist, render_station(chosen, settings.sync_root)),
         ])
 
 
-def add_plays(cfg: Config, plays: Iterable[Mapping[str, Any]]) -> int:
+def add_plays(settings: RadioSettings, plays: Iterable[Mapping[str, Any]]) -> int:
     """Add station plays (``at``, ``source``, ``title``, ``device_id``, ``recording_id``) to
     the play log in ``playlist.json``; return how many were new.
 
@@ -257,7 +300,7 @@ def add_plays(cfg: Config, plays: Iterable[Mapping[str, Any]]) -> int:
     ``title``), and at most ``radio.play_log_length`` long. Nothing is written when nothing
     is new, or before the playlist itself exists.
     """
-    target = playlist_dir(cfg) / JSON_NAME
+    target = settings.playlist_dir / JSON_NAME
     with _files_lock:
         try:
             doc = json.loads(target.read_text(encoding="utf-8"))
@@ -274,40 +317,41 @@ def add_plays(cfg: Config, plays: Iterable[Mapping[str, Any]]) -> int:
         if not fresh:
             return 0
         merged = sorted(known + fresh, key=lambda p: str(p.get("at", "")), reverse=True)
-        doc["played"] = merged[: cfg.radio.play_log_length]
+        doc["played"] = merged[: settings.radio.play_log_length]
         atomic_write_text(target, json.dumps(doc, indent=2, sort_keys=True,
                                              ensure_ascii=False) + "\n")
         return len(fresh)
 
 
-def read_played(cfg: Config) -> list[dict[str, Any]]:
+def read_played(settings: RadioSettings) -> list[dict[str, Any]]:
     """The play log in this device's ``playlist.json``, newest first ([] when there is none)."""
     try:
-        doc = json.loads((playlist_dir(cfg) / JSON_NAME).read_text(encoding="utf-8"))
+        doc = json.loads((settings.playlist_dir / JSON_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     played = doc.get("played") if isinstance(doc, dict) else None
-    return [p for p in played or [] if isinstance(p, dict)][: cfg.radio.play_log_length]
+    return [p for p in played or [] if isinstance(p, dict)][: settings.radio.play_log_length]
 
 
 def catalogue_records(catalogue: Catalogue, sync_root: Path,
-                      limit: int | None = None) -> list[dict[str, Any]]:
+                      limit: int | None = None) -> list[Playable]:
     """The catalogue's newest recordings that are no duplicate and whose audio is in place,
     at most `limit` (the playlist's length). The catalogue is read, not every sidecar re-parsed
     per publish, and it knows duplicates across devices; only the rows the playlist can use are
     read (reading all 10,000 sidecars of a big catalogue cost the service 34 MB of RSS)."""
-    out: list[dict[str, Any]] = []
-    for record in catalogue.newest_originals():
+    out: list[Playable] = []
+    for row in catalogue.newest_originals():
         if limit is not None and len(out) >= limit:
             break
-        if (sync_root / record["device_id"] / record["path"]).is_file():
+        record = Playable.from_row(row)
+        if (sync_root / record.device_id / record.path).is_file():
             out.append(record)
     return out
 
 
-def station_playlist_path(cfg: Config) -> Path:
+def station_playlist_path(settings: RadioSettings) -> Path:
     """``<state_dir>/radio/station.m3u``: the station's playlist (absolute paths, metadata)."""
-    return cfg.storage.state_dir / PLAYLIST_DIR / STATION_NAME
+    return settings.station_playlist
 
 
 def _write_all(files: list[tuple[Path, str]]) -> bool:
@@ -327,15 +371,15 @@ def _play_key(play: Mapping[str, Any]) -> tuple[str, str, str]:
     return (str(play.get("at", "")), str(play.get("source", "")), str(play.get("title", "")))
 
 
-def playlist_dir(cfg: Config) -> Path:
+def playlist_dir(settings: RadioSettings) -> Path:
     """``<sync_root>/<device-id>/radio``: where this device's playlist files live."""
-    return cfg.device_folder / PLAYLIST_DIR
+    return settings.playlist_dir
 
 
-def _title(record: Mapping[str, Any]) -> str:
-    title = str(record.get("title") or "").strip()
+def _title(record: Playable) -> str:
+    title = record.title.strip()
     if not title:
-        title = f"{record['device_id']} {record['started_at']}"
+        title = f"{record.device_id} {record.started_at}"
     # One M3U line per field: a newline in a title would start a bogus entry.
     return " ".join(title.split())
 

@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from recorder.atomic import atomic_write_text
-from recorder.config import Config, RadioConfig
+from recorder.config import RadioConfig
 from recorder.errors import ConfigError, InputFileError, RemoteError
 from recorder.radio.nowplaying import PLAYS_PATH
-from recorder.radio.playlist import annotate, station_playlist_path
+from recorder.radio.playlist import annotate
+from recorder.radio.settings import PLAYLIST_DIR, RadioSettings
 from recorder.secrets import read_secret
 
 SCRIPT_NAME = "station.liq"
@@ -59,18 +60,18 @@ ICECAST_RETRY = 1.0  # seconds between reconnects to Icecast (a local server: re
 STATUS_TIMEOUT = 5.0
 
 
-def script_path(cfg: Config) -> Path:
+def script_path(settings: RadioSettings) -> Path:
     """``<state_dir>/radio/station.liq``: where the script goes unless told otherwise."""
-    return cfg.storage.state_dir / "radio" / SCRIPT_NAME
+    return settings.state_dir / PLAYLIST_DIR / SCRIPT_NAME
 
 
-def render_script(cfg: Config) -> str:
+def render_script(settings: RadioSettings) -> str:
     """The Liquidsoap script for this configuration (raises ConfigError when it cannot run).
 
     Checks what the station needs before Liquidsoap starts: ``radio.station`` on, the
     password files present and private, the jingle (if any) a decodable audio file.
     """
-    radio = cfg.radio
+    radio = settings.radio
     if not radio.station:
         raise ConfigError("radio.station: false; set it to true to put the station on the air")
     read_secret(radio.password_file, "radio.password_file")
@@ -85,19 +86,19 @@ def render_script(cfg: Config) -> str:
         raise ConfigError(f"radio.url: must be the Icecast server itself, without a path; "
                           f"got {radio.url!r}")
     values = {
-        "SOURCE": liq(str(cfg.source_path or "built-in defaults")),
-        "DEVICE": liq(cfg.device.id),
+        "SOURCE": liq(str(settings.config_path or "built-in defaults")),
+        "DEVICE": liq(settings.device_id),
         "BIND": liq(radio.harbor_bind),
         "RATE": str(STATION_RATE),
         "XF": _float(radio.crossfade),
-        "PLAYLIST": liq(str(station_playlist_path(cfg))),
+        "PLAYLIST": liq(str(settings.station_playlist)),
         "HARBOR_PORT": str(harbor.port or (443 if harbor.scheme == "https" else 80)),
         "HARBOR_PASSWORD": liq(str(harbor_secret)),
         "HARBOR_BUFFER": _float(HARBOR_BUFFER),
         "HARBOR_MAX": _float(HARBOR_MAX),
         "USER": liq(radio.username),
         "MOUNT": liq(radio.mount.lstrip("/")),
-        "LIVE_TITLE": liq(f"Live: {cfg.device.id}"),
+        "LIVE_TITLE": liq(f"Live: {settings.device_id}"),
         "PLAY_MEMORY": str(PLAY_MEMORY),
         "PLAYS_PATH": liq(PLAYS_PATH),
         "ENCODER": _encoder(radio),
@@ -110,15 +111,15 @@ def render_script(cfg: Config) -> str:
         "GENRE": liq(radio.genre),
         "RETRY": _float(ICECAST_RETRY),
     }
-    parts = [_HEAD, _RECORDINGS, _jingles(cfg), _schedule(radio), _LIVE, _mix(radio), _OUTPUT]
+    parts = [_HEAD, _RECORDINGS, _jingles(settings), _schedule(radio), _LIVE, _mix(radio), _OUTPUT]
     text = "\n".join(part for part in parts if part)
     return re.sub(r"@([A-Z_]+)@", lambda m: values[m[1]], text)
 
 
-def write_script(cfg: Config, path: Path | None = None) -> tuple[Path, bool]:
+def write_script(settings: RadioSettings, path: Path | None = None) -> tuple[Path, bool]:
     """Write the script atomically (only when it changed); return its path and whether it did."""
-    target = path or script_path(cfg)
-    text = render_script(cfg)
+    target = path or script_path(settings)
+    text = render_script(settings)
     try:
         if target.read_text(encoding="utf-8") == text:
             return target, False
@@ -330,13 +331,13 @@ output.icecast(id="icecast", @ENCODER@, host=@HOST@, port=@PORT@, protocol=@PROT
 """
 
 
-def _jingles(cfg: Config) -> str:
-    radio = cfg.radio
+def _jingles(settings: RadioSettings) -> str:
+    radio = settings.radio
     lines = ["# --- the station ID jingle -----------------------------------------------------"]
     if radio.jingle is None:
         lines += ["programme = recordings", "idle = source.fail(id=\"no_jingle\")"]
         return "\n".join(lines) + "\n"
-    meta = annotate({"recorderpi_title": radio.name, "artist": cfg.device.id,
+    meta = annotate({"recorderpi_title": radio.name, "artist": settings.device_id,
                      "recorderpi_source": "jingle"})
     uri = f"annotate:{meta}:{radio.jingle}"
     lines.append(f"jingle_uri = {liq(uri)}")

@@ -293,6 +293,7 @@ class RadioSink:
         source = self._source
         if source is not None:
             timer = threading.Timer(HANGUP_GRACE, source.interrupt)
+            timer.name = "radio-hangup"  # named for the thread table and py-spy dumps
             timer.daemon = True
             timer.start()
 

@@ -43,6 +43,7 @@ from recorder.audioid.catalogue import Catalogue
 from recorder.config import parse_config
 from recorder.db import Database
 from recorder.radio import playlist
+from recorder.app import radio_settings
 
 def hwm():
     status = Path("/proc/self/status").read_text()
@@ -60,7 +61,7 @@ if mode == "all-sidecars":  # what the service did before: every row's whole sid
 else:
     records = playlist.catalogue_records(catalogue, cfg.storage.sync_root,
                                          cfg.radio.playlist_length)
-playlist.write_playlist(cfg, records)
+playlist.write_playlist(radio_settings(cfg), records)
 print(json.dumps({"rss_added_mb": round(hwm() - before, 1), "peak_rss_mb": round(hwm(), 1)}))
 """
 

@@ -121,7 +121,7 @@ def idle_cpu(base: Path, count: int, window: float, rescan: float) -> None:
     for i in range(count):
         make_recording(peer, index=i, data=data)
     print(f"synthesised {count} peer recordings in {time.monotonic() - t0:.1f} s")
-    bridge = app.assemble(cfg, service=True, radio=False, bridge=True).bridge
+    bridge = app.assemble(cfg, app.Role.BRIDGE).bridge
     assert bridge is not None
     t0, c0 = time.monotonic(), time.process_time()
     report = bridge.run_once()

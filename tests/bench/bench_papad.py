@@ -121,7 +121,7 @@ def publish(folder: Path, data: bytes, index: int, seconds: float, bookmarks: in
 
 def bench_latency(root: Path, target: Any, data: bytes, seconds: float, n: int) -> list[float]:
     cfg = config(root, target, target.url, 2)
-    outbox, client = Outbox(Database(cfg.db_path)), make_client(cfg)
+    outbox, client = Outbox(Database(cfg.db_path)), make_client(cfg.papad)
     done = threading.Event()
     worker = OutboxWorker(outbox, client, cfg.papad.concurrency,
                           on_delivered=lambda rid, remote: done.set())
@@ -149,7 +149,7 @@ def bench_drain(root: Path, target: Any, data: bytes, seconds: float, n: int,
     before = target.media_count()
     target.stop()  # papad is down while the backlog builds
     cfg = config(root, target, target.url, concurrency)
-    outbox, client = Outbox(Database(cfg.db_path)), make_client(cfg)
+    outbox, client = Outbox(Database(cfg.db_path)), make_client(cfg.papad)
     t0 = time.perf_counter()
     for i in range(n):
         outbox.enqueue(*publish(cfg.device_folder, data, 100000 * (bookmarks + 1) + i, seconds,
@@ -187,7 +187,7 @@ def bench_lookup(root: Path, target: Any, runs: int, registered: dict[str, str])
     import requests
 
     cfg = config(root, target, target.url, 1)
-    client = make_client(cfg)
+    client = make_client(cfg.papad)
     try:
         rids = random.Random(1).sample(sorted(registered), min(runs, len(registered)))
         times = []

@@ -48,6 +48,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from recorder.app import radio_settings
 from recorder.sinks.radio import RadioSink
 from tests.corpus import RATE, Corpus
 from tests.icecast import IcecastServer, Listener
@@ -313,7 +314,7 @@ def station_run(cycles: int, cpu_seconds_each: float) -> dict:
         service = RecorderService(config, cfg.service.control_socket, base / "recorder.log")
         liquidsoap = None
         try:
-            script, _ = station_mod.write_script(cfg, base / "station.liq")
+            script, _ = station_mod.write_script(radio_settings(cfg), base / "station.liq")
             liquidsoap = Liquidsoap(script, base / "liquidsoap.log")
             liquidsoap.start()
             deadline = time.monotonic() + 60
