@@ -19,8 +19,9 @@ import urllib.request
 import pytest
 
 from tests import compose_harness as ch
+from tests.chromium import open_browser
 from tests.clips import speech, write_wav
-from tests.conftest import need, wait_until
+from tests.conftest import wait_until
 
 
 def http(url: str, token: str | None = None, timeout: float = 30) -> tuple[int, bytes]:
@@ -234,29 +235,8 @@ def test_a_recording_reaches_papad_once_with_its_bookmark(device, recorded):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Headless Chromium that can resolve no name but loopback: no internet at all."""
-    chromium = need("chromium")
-    driver_path = need("chromedriver", "chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--autoplay-policy=no-user-gesture-required", "--mute-audio",
-                 "--window-size=412,915",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"):
-        options.add_argument(flag)
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(service=DriverService(executable_path=driver_path),
-                              options=options)
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(60)
-    try:
+    with open_browser(tmp_path_factory.mktemp("chromium-profile"), offline=True) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_papad_pages_in_chromium_play_the_recording_and_take_a_tag(paired, recorded, browser,
