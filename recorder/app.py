@@ -84,9 +84,10 @@ class RadioWorker:
             if radio_in_use(cfg):
                 self._check_secrets()
             # Stream metadata while live: "Live: <device>" (the station's playlist carries each
-            # recording's own title and device).
-            self.sink = RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels,
-                                  title=f"Live: {cfg.device.id}", artist=cfg.device.id)
+            # recording's own title and device). A hub has no audio to stream: no live sink.
+            if not cfg.audio.source.none:
+                self.sink = RadioSink(cfg.radio, cfg.audio.samplerate, cfg.audio.channels,
+                                      title=f"Live: {cfg.device.id}", artist=cfg.device.id)
         self._lock = threading.Lock()
 
     def update_playlist(self, _result: Published | None = None) -> None:

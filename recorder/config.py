@@ -35,18 +35,22 @@ class DeviceConfig:
 @dataclass(frozen=True)
 class SourceSpec:
     """Where audio comes from: a PortAudio input (`device`: name substring, index or
-    ``default``) or a sound file (`file`), written ``file:PATH`` in the config."""
+    ``default``) or a sound file (`file`), written ``file:PATH`` in the config; or nowhere
+    (``none``: a hub, which bridges, registers and serves but records nothing)."""
 
     device: str = "default"
     file: Path | None = None
+    none: bool = False  # `none`: no audio at all, never a device or GPIO opened (a hub)
 
     @classmethod
     def parse(cls, text: str, key: str = "audio.source") -> SourceSpec:
-        """``file:PATH`` or a device; ConfigError for ``file:`` without a path."""
+        """``file:PATH``, ``none`` or a device; ConfigError for ``file:`` without a path."""
         if text.startswith("file:"):
             if len(text) == 5:
                 raise ConfigError(f"{key}: file: needs a path, e.g. file:/srv/clip.wav")
             return cls(device="", file=Path(text[5:]))
+        if text.strip().lower() == "none":
+            return cls(device="", none=True)
         return cls(device=text or "default")
 
     @property
@@ -54,6 +58,8 @@ class SourceSpec:
         return self.file is not None
 
     def __str__(self) -> str:
+        if self.none:
+            return "none"
         return f"file:{self.file}" if self.file is not None else self.device
 
 
@@ -705,6 +711,12 @@ def _cross_checks(built: dict[str, Any]) -> None:
             f"storage.staging_dir: must be outside the synced tree {sync_root}; got {staging}"
         )
     audio: AudioConfig = built["audio"]
+    if audio.source.none:  # a hub: no audio to stream live, no GPIO opened for a switch
+        for key, on in (("radio.live", built["radio"].live),
+                        ("gpio.live_pin", built["gpio"].live_pin is not None)):
+            if on:
+                raise ConfigError(f"{key}: a hub (audio.source = \"none\") has no audio to "
+                                  "stream live; turn it off")
     encoder: EncoderConfig = built["encoder"]
     problem = unsupported_rate(encoder.codec, audio.samplerate)
     if problem:

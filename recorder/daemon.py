@@ -41,7 +41,13 @@ from typing import Any
 from recorder import app, clock
 from recorder.config import Config, SourceSpec
 from recorder.control import ControlServer
-from recorder.errors import DeviceError, DiskReserveError, RecorderError, ServiceError
+from recorder.errors import (
+    DeviceError,
+    DiskReserveError,
+    NoAudioError,
+    RecorderError,
+    ServiceError,
+)
 from recorder.led import NullLed, StatusLed
 from recorder.pump import (
     Bookmarked,
@@ -80,6 +86,7 @@ class ServiceState(StrEnum):
     FAILED = "failed"  # the pump died; it is being restarted
     DISK_FULL = "disk_full"  # armed, but the disk is full: recording refused until space returns
     STOPPING = "stopping"
+    HUB = "hub"  # audio.source = "none": records nothing, no audio device or GPIO opened
 
 
 class ProblemKind(StrEnum):
@@ -106,6 +113,7 @@ def _refused(exc: RecorderError) -> Problem:
 
 # The LED, from the service's condition, first match wins (see docs/ARCHITECTURE.md).
 LED_TABLE: tuple[tuple[str, str], ...] = (
+    ("off", "a hub (audio.source = \"none\"): no audio, nothing to show"),
     ("error", "a device, storage or pump error, or an unresolved problem other than the disk"),
     ("recording", "recording"),
     ("disk_low", "disk full or below the reserve"),
@@ -132,6 +140,9 @@ class Service:
                  pin_factory: Any = None, notifier: Notifier | None = None) -> None:
         self.cfg = cfg
         self.source = source or cfg.audio.source
+        # A hub (no-audio mode): never opens an audio device or GPIO; the workers (bridge,
+        # papad registration, web page, station playlist, inbox) are its whole job.
+        self.hub = self.source.none
         self.realtime = realtime
         self.pin_factory = pin_factory
         self.notifier = notifier or Notifier()
@@ -182,8 +193,11 @@ class Service:
             self._recovered(recover(self.parts.recovery, self.parts.publisher,
                                     self.parts.sink_factories))
             self._check_disk()
-            gpio = app.open_gpio(self.cfg.gpio, self._on_trigger, pin_factory=self.pin_factory)
-            self.triggers, self.led, self._pin_driver = gpio.triggers, gpio.led, gpio.pin_driver
+            if not self.hub:
+                gpio = app.open_gpio(self.cfg.gpio, self._on_trigger,
+                                     pin_factory=self.pin_factory)
+                self.triggers, self.led = gpio.triggers, gpio.led
+                self._pin_driver = gpio.pin_driver
             self.control = app.open_control(self.cfg.service, self._from_socket)
             for worker in self.parts.workers:
                 try:
@@ -194,6 +208,8 @@ class Service:
                     log.error("%s: not started, the disk is full", worker.name)
             if self.triggers is not None and self.triggers.live:  # the switch was already on
                 self._set_live(True)
+            if self.hub:
+                self._hub_ready()
             self._loop()
         finally:
             self._shutdown()
@@ -223,7 +239,7 @@ class Service:
         ping_every = interval / 3 if interval else None
         while not self.stopping.is_set():
             now = time.monotonic()
-            if self.pump is None and now >= self._next_open:
+            if self.pump is None and not self.hub and now >= self._next_open:
                 self._open_pump()
             self._duties(time.monotonic(), ping_every)
             try:
@@ -244,7 +260,10 @@ class Service:
         """Seconds until the next timed duty."""
         now = time.monotonic()
         due = [self._next_disk_check]
-        if self.pump is None:
+        if self.hub:
+            if ping_every:
+                due.append(self._last_ping + ping_every)
+        elif self.pump is None:
             due.append(self._next_open)
         elif ping_every:
             due.append(self._last_ping + ping_every)
@@ -257,6 +276,9 @@ class Service:
                 # Audio really moved through the pump since the last ping.
                 self.notifier.watchdog()
                 self._last_ping_pos = pump.pos
+            self._last_ping = now
+        elif self.hub and ping_every and now - self._last_ping >= ping_every:
+            self.notifier.watchdog()  # no audio to watch: the loop turning is the health
             self._last_ping = now
         if now >= self._next_disk_check:
             self._next_disk_check = now + DISK_CHECK_SECONDS
@@ -320,6 +342,16 @@ class Service:
         self.notifier.status(f"armed on {pump.source.name}")
         log.info("armed: %s at %s, %.1f s pre-roll", pump.source.name, pump.format,
                  self.cfg.audio.preroll)
+        self._update_led()
+
+    def _hub_ready(self) -> None:
+        """A hub is ready once its workers run: there is no first audio block to wait for."""
+        self.state = ServiceState.HUB
+        self._last_ping = time.monotonic()
+        self.notifier.ready()
+        self._ready_sent = True
+        self.notifier.status("hub: records nothing")
+        log.info('hub: audio.source = "none", records nothing (no audio device, no GPIO)')
         self._update_led()
 
     def _pump_listener(self, ticket: _PumpTicket) -> PumpListener:
@@ -448,6 +480,8 @@ class Service:
             self.start(trigger, seconds_ago)
 
     def _require_pump(self) -> Pump:
+        if self.hub:
+            raise NoAudioError()
         if self.pump is None:
             raise DeviceError(self.device_error or self.last_error
                               or "the audio source is not open yet")
@@ -472,6 +506,8 @@ class Service:
             self.problem = _refused(exc)
 
     def _set_live(self, on: bool) -> dict[str, Any]:
+        if self.hub and on:
+            raise NoAudioError()
         if self.parts.radio is None:
             raise RecorderError("no radio stream configured ([radio] section)")
         self.parts.radio.set_live(on)
@@ -530,6 +566,7 @@ class Service:
             self.state = (ServiceState.RECORDING if pump.recording else
                           ServiceState.DISK_FULL if self.disk_full else ServiceState.IDLE)
         conditions = {
+            "off": self.hub,
             "error": bool(self.device_error or self.storage_error
                           or self.state == ServiceState.FAILED
                           or (self.problem is not None and not self.disk_low)),
@@ -569,6 +606,7 @@ class Service:
         ts = clock.now()
         return {
             "state": str(self.state),
+            "mode": "hub: records nothing" if self.hub else "recorder",
             "device_id": self.cfg.device.id,
             "led": self.led.state,
             "audio": pump.status() if pump is not None else None,
@@ -641,6 +679,8 @@ class Service:
     def handle_command(self, request: dict[str, Any]) -> dict[str, Any]:
         """One control command (main thread)."""
         command = request.get("command")
+        if self.hub and command in ("start", "stop", "mark"):
+            raise NoAudioError()
         if command == "start":
             if self.pump is not None and self.pump.recording:
                 raise RecordingStateError("already recording")

@@ -26,6 +26,14 @@ class DeviceError(RecorderError):
     exit_code = 3
 
 
+class NoAudioError(DeviceError):
+    """The device is a hub (``audio.source = "none"``): it has no audio and records nothing."""
+
+    def __init__(self, message: str = 'this device is a hub (audio.source = "none"): it '
+                 "records nothing") -> None:
+        super().__init__(message)
+
+
 class DiskReserveError(RecorderError):
     """Free space is below the configured reserve: recording refused."""
 

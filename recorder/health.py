@@ -32,6 +32,8 @@ def _config(cfg: Config) -> str:
 
 def _device(cfg: Config) -> str:
     spec = cfg.audio.source
+    if spec.none:
+        return 'none: a hub (audio.source = "none"), records nothing'
     if spec.file is not None:
         from recorder.sources.file import open_sound_file
 

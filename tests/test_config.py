@@ -225,3 +225,11 @@ def test_config_lookup_order(tmp_path):
                           private_etc=private)
     assert code == 2 and "config file not found" in err and err.strip().count("\n") == 0
     assert sorted(Path("/etc").iterdir()) == host_etc  # the machine's /etc never changed
+
+
+def test_hub_config_refuses_a_live_stream(cfg_factory):
+    assert str(cfg_factory(audio={"source": "none"}).audio.source) == "none"
+    for sections, key in (({"radio": {"live": True}}, "radio.live"),
+                          ({"gpio": {"live_pin": 22}}, "gpio.live_pin")):
+        with pytest.raises(ConfigError, match=f"^{key}: a hub"):
+            cfg_factory(audio={"source": "none"}, **sections)

@@ -12,9 +12,11 @@ import signal
 import socket
 import time
 
+import numpy as np
 import pytest
 
 from recorder.errors import ServiceError
+from tests.clips import tone, write_wav
 from tests.conftest import one_line_error, wait_until
 from tests.pulse import PIPE_SOURCE
 from tests.service_harness import RunningService
@@ -155,6 +157,45 @@ def test_watchdog_pings_only_while_audio_flows(pulse, config_file, tmp_path):
             svc.proc.kill()
             svc.proc.wait(10)
             svc.log_fh.close()
+        notify.close()
+
+
+def test_hub_records_nothing_and_keeps_its_other_jobs(file_service, tmp_path):
+    """``audio.source = "none"`` (a hub): READY and watchdog pings with no audio device, a
+    status that says so, the LED off, recording refused with exit 3 (one line), and the
+    inbox still imports: what a hub does besides recording keeps working."""
+    sock_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sock_path))
+    notify.settimeout(0.2)
+    messages: list[str] = []
+
+    def count(text: str) -> int:
+        with contextlib.suppress(TimeoutError):
+            messages.append(notify.recv(4096).decode())
+        return sum(text in m for m in messages)
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    try:
+        svc = file_service(env_extra={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "600000"},
+                           ready=lambda s: s.get("state") == "hub",
+                           audio={"source": "none"}, web={"enabled": False},
+                           **{"import": {"inbox": str(inbox), "settle_seconds": 0.5,
+                                         "poll_seconds": 0.2}})
+        wait_until(lambda: count("READY=1"), 30, 0, what="READY=1")
+        wait_until(lambda: count("WATCHDOG=1") >= 3, 30, 0, what="3 watchdog pings")
+        status = json.loads(svc.ctl("status", "--json").stdout)
+        assert status["state"] == "hub" and status["led"] == "off" and status["audio"] is None
+        assert "hub: records nothing" in svc.ctl("status").stdout
+        for action in ("start", "stop", "mark"):
+            assert "records nothing" in one_line_error(svc.ctl(action), 3)
+        write_wav(inbox / "talk.wav", np.concatenate([tone(2.5, 300), tone(2.5, 500)]))
+        (doc,) = svc.wait_published(1, timeout=120)
+        assert doc["source"] == "import" and doc["device_id"] == status["device_id"]
+        assert svc.status()["state"] == "hub"
+        assert "retrying every" not in svc.log.read_text()  # no device was ever looked for
+    finally:
         notify.close()
 
 

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from recorder.audioformat import AudioFormat
 from recorder.config import AudioConfig, SourceSpec
+from recorder.errors import NoAudioError
 from recorder.ring import RingBuffer
 
 
@@ -54,8 +55,10 @@ def open_source(spec: SourceSpec, audio: AudioConfig, *, realtime: bool = True,
     `realtime` and `loop` apply to files: pace like a live input, and replay forever.
 
     Raises InputFileError for an unreadable file and DeviceError for a missing device or one
-    that cannot record the configured format.
+    that cannot record the configured format (NoAudioError for ``none``, a hub).
     """
+    if spec.none:
+        raise NoAudioError()
     fmt = configured_format(audio)
     if spec.file is not None:
         from recorder.sources.file import FileSource

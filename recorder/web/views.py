@@ -45,6 +45,7 @@ STATE_WORDS = {
     "no_device": "No microphone: plug it in (the recorder keeps looking)",
     "failed": "The recorder hit an internal error and is restarting its audio",
     "stopping": "Shutting down",
+    "hub": "A hub: it records nothing, and bridges, registers and plays the others' recordings",
 }
 
 
