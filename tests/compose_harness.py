@@ -9,8 +9,9 @@
 - Compose v2 from Debian 13's packages (services/docker/install-compose-plugin.sh) in the
   cache's own DOCKER_CONFIG; the base image debian:bookworm-slim from debootstrap
   (services/docker/make-base.sh, its tarball cached).
-- A :class:`Stack` is one device: a compose project of its own with its data directory, its
-  ports on 127.0.0.1 and its device id.
+- A :class:`Stack` is one device (or, with ``hub=True``, the community hub: services/hub.yaml
+  over compose.yaml): a compose project of its own with its data directory, its ports on
+  127.0.0.1 and its device id. yggdrasil runs in the stack's network, not the host's.
 
 Cache: RECORDER_DOCKER_CACHE (default ~/.cache/recorderpi-test/docker). papad's source:
 RECORDER_PAPAD_SOURCE (default: the papad kit's upstream/, the commit compose.yaml pins).
