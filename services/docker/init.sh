@@ -43,8 +43,8 @@ make_secret() {  # name kind bytes
   fi
 }
 make_secret syncthing-api-key urlsafe 24
-# Icecast passwords in hex: they are written into icecast.xml, where a "--" (which a urlsafe
-# token can hold) inside its comment made Icecast refuse its config.
+# Icecast passwords in hex: easy to type into a source client. (radio-setup.sh's renderer
+# takes any value literally and XML-escapes it; tests/test_icecast_render.py.)
 make_secret icecast-source-password hex 18
 make_secret icecast-relay-password hex 18
 make_secret icecast-admin-password hex 18
