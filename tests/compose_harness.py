@@ -9,8 +9,9 @@
 - Compose v2 from Debian 13's packages (services/docker/install-compose-plugin.sh) in the
   cache's own DOCKER_CONFIG; the base image debian:bookworm-slim from debootstrap
   (services/docker/make-base.sh, its tarball cached).
-- A :class:`Stack` is one device: a compose project of its own with its data directory, its
-  ports on 127.0.0.1 and its device id.
+- A :class:`Stack` is one device (or, with ``hub=True``, the community hub: services/hub.yaml
+  over compose.yaml): a compose project of its own with its data directory, its ports on
+  127.0.0.1 and its device id. yggdrasil runs in the stack's network, not the host's.
 
 Cache: RECORDER_DOCKER_CACHE (default ~/.cache/recorderpi-test/docker). papad's source:
 RECORDER_PAPAD_SOURCE (default: the papad kit's upstream/, the commit compose.yaml pins).
@@ -40,10 +41,16 @@ SERVICES = REPO / "services"
 CACHE = Path(os.environ.get("RECORDER_DOCKER_CACHE")
              or Path.home() / ".cache" / "recorderpi-test" / "docker")
 BASE_IMAGE = "debian:bookworm-slim"
-# Everything but yggdrasil: it would make a tun interface in the host's network namespace.
-TEST_SERVICES = ("init", "syncthing", "recorder", "web", "papad", "icecast", "station")
+# Every service but the firewall (its nftables table would go into the host's namespace).
+# yggdrasil runs too, in the stack's network instead of the host's (TEST_OVERRIDE): its tun
+# interface is made inside its own container's network namespace, never on the host.
+TEST_SERVICES = ("init", "syncthing", "recorder", "web", "papad", "icecast", "station",
+                 "yggdrasil")
+# A hub (hub.yaml) runs no Cow Radio unless asked (COMPOSE_PROFILES=radio).
+HUB_SERVICES = tuple(s for s in TEST_SERVICES if s not in ("icecast", "station"))
 LONG_RUNNING = tuple(s for s in TEST_SERVICES if s != "init")
-
+HUB_LONG_RUNNING = tuple(s for s in HUB_SERVICES if s != "init")
+YGGDRASIL_PORT = 12345  # where each test device's yggdrasil listens for its peers
 
 def _fail_or_skip(msg: str) -> None:
     if IN_CI:
@@ -197,9 +204,17 @@ services:
       GPIOZERO_PIN_FACTORY: mock
     volumes:
       - {clips}:/clips:ro
+  # yggdrasil in the stack's own network, not the host's: its tun (and 200::/7 address) is made
+  # in the container's network namespace, so the host's networking is never touched.
+  yggdrasil:
+    network_mode: !reset null
+    networks: [recorderpi{ygg_lan}]
+    sysctls:
+      net.ipv6.conf.all.disable_ipv6: "0"
 """
 
-# Devices of one test mesh share a network (their "LAN"): Syncthing dials its peers there.
+# Devices of one test mesh share a network (their "LAN"): Syncthing dials its peers there, and
+# yggdrasil its static peer.
 LAN_OVERRIDE = """  syncthing:
     networks: [recorderpi, lan]
 networks:
@@ -219,6 +234,7 @@ class Stack:
     device_id: str
     index: int
     lan: str | None = None
+    hub: bool = False  # services/hub.yaml over compose.yaml: records nothing, no Cow Radio
     ports: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -233,7 +249,8 @@ class Stack:
 
     def write_config(self, template: str, clips: Path) -> None:
         (self.root / "recorder.toml").write_text(template)
-        text = OVERRIDE.format(template=self.root / "recorder.toml", clips=clips)
+        text = OVERRIDE.format(template=self.root / "recorder.toml", clips=clips,
+                               ygg_lan=", lan" if self.lan else "")
         if self.lan:
             text += LAN_OVERRIDE.format(lan=self.lan)
         (self.root / "override.yaml").write_text(text)
@@ -255,15 +272,28 @@ class Stack:
             "ICECAST_HOSTNAME": "127.0.0.1",
         }
 
+    @property
+    def services(self) -> tuple[str, ...]:
+        return HUB_SERVICES if self.hub else TEST_SERVICES
+
+    @property
+    def long_running(self) -> tuple[str, ...]:
+        return HUB_LONG_RUNNING if self.hub else LONG_RUNNING
+
+    @property
+    def compose_files(self) -> list[str]:
+        files = [SERVICES / "compose.yaml"] + ([SERVICES / "hub.yaml"] if self.hub else [])
+        return [arg for f in [*files, self.root / "override.yaml"] for arg in ("-f", str(f))]
+
     def compose(self, *args: str, check: bool = True, timeout: float = 600,
                 input: str | None = None) -> subprocess.CompletedProcess[str]:
         return self.engine.run(
             "compose", "-p", self.project, "--project-directory", str(SERVICES),
-            "-f", str(SERVICES / "compose.yaml"), "-f", str(self.root / "override.yaml"),
-            *args, check=check, timeout=timeout, cwd=SERVICES, env=self.env, input=input)
+            *self.compose_files, *args, check=check, timeout=timeout, cwd=SERVICES,
+            env=self.env, input=input)
 
     def up(self, *services: str) -> None:
-        res = self.compose("up", "-d", "--no-build", *(services or TEST_SERVICES),
+        res = self.compose("up", "-d", "--no-build", *(services or self.services),
                            timeout=900, check=False)
         if res.returncode != 0:
             pytest.fail(f"{self.project}: up exited {res.returncode}: "
@@ -280,10 +310,12 @@ class Stack:
             rows = [json.loads(line) for line in out.splitlines() if line.strip()]
         return {r["Service"]: (r.get("State", ""), r.get("Health", "")) for r in rows}
 
-    def wait_healthy(self, services: tuple[str, ...] = LONG_RUNNING,
+    def wait_healthy(self, services: tuple[str, ...] | None = None,
                      timeout: float = 600) -> float:
-        """Waits until every service is running and healthy; returns the seconds it took."""
+        """Waits until every service (default: every long-running one of this stack) is running
+        and healthy; returns the seconds it took."""
         start = time.monotonic()
+        services = services or self.long_running
 
         def healthy() -> bool:
             states = self.states()

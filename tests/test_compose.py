@@ -1,6 +1,9 @@
 """The compose stack on real containers: services/compose.yaml built from a debootstrap base
 and brought up on a private Docker Engine (tests/compose_harness.py), used only as a Pi owner
-would: `docker compose up`, `exec`, `down`, and HTTP on the published ports.
+would: `docker compose up`, `exec`, `down`, and HTTP on the published ports. The first stack
+is a device (audio from a file); the second is the community hub (services/hub.yaml: no audio,
+no Cow Radio), paired with it, hosting the papad pages the browser test uses. yggdrasil runs
+in each stack's own network (its tun inside its container's namespace, never the host's).
 
 Needs root, docker.io and debootstrap (setup.sh installs them); the first run builds every
 image (about 10 minutes on 2 cores), later runs reuse the cache under
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -19,8 +23,9 @@ import urllib.request
 import pytest
 
 from tests import compose_harness as ch
+from tests.chromium import open_browser
 from tests.clips import speech, write_wav
-from tests.conftest import need, wait_until
+from tests.conftest import wait_until
 
 
 def http(url: str, token: str | None = None, timeout: float = 30) -> tuple[int, bytes]:
@@ -34,10 +39,20 @@ def http(url: str, token: str | None = None, timeout: float = 30) -> tuple[int, 
         return err.code, err.read()
 
 
-def device_template(source: str) -> str:
-    """The shipped template, with audio from a file (no sound card here)."""
+# yggdrasil in the test: no LAN multicast (deterministic), the device listens on the test LAN
+# and the second stack dials it there (a static peer, as between two sites).
+YGG_LISTEN = f'peers = []\nlisten = ["tcp://0.0.0.0:{ch.YGGDRASIL_PORT}"]\nmulticast = ""'
+YGG_PEER = f'peers = ["tcp://rpa-yggdrasil-1:{ch.YGGDRASIL_PORT}"]\nmulticast = ""'
+
+
+def device_template(source: str | None, yggdrasil: str) -> str:
+    """The shipped template, with audio from a file (no sound card here; None: the template's
+    own source, which a hub's init replaces) and the test's yggdrasil peering."""
     text = (ch.SERVICES / "recorder.compose.toml").read_text()
-    text, n = re.subn(r'(?m)^source = "USB"$', f'source = "{source}"', text)
+    if source is not None:
+        text, n = re.subn(r'(?m)^source = "USB"$', f'source = "{source}"', text)
+        assert n == 1
+    text, n = re.subn(r"(?m)^peers = \[\]$", yggdrasil, text)
     assert n == 1
     # Annotations made in papad's pages are exported every 10 s, not every 5 minutes.
     return text + "\n[mesh]\nexport_interval = 10\n"
@@ -71,12 +86,15 @@ def clips(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def device(engine, clips, tmp_path_factory):
-    yield from _device(engine, clips, tmp_path_factory, "rpa", "compose-a", 1)
+    yield from _device(engine, clips, tmp_path_factory, "rpa", "compose-a", 1,
+                       device_template("file:/clips/speech.wav", YGG_LISTEN))
 
 
-def _device(engine, clips, tmp_path_factory, project: str, device_id: str, index: int):
-    stack = ch.Stack(engine, project, tmp_path_factory.mktemp(project), device_id, index, LAN)
-    stack.write_config(device_template("file:/clips/speech.wav"), clips)
+def _device(engine, clips, tmp_path_factory, project: str, device_id: str, index: int,
+            template: str, hub: bool = False):
+    stack = ch.Stack(engine, project, tmp_path_factory.mktemp(project), device_id, index, LAN,
+                     hub=hub)
+    stack.write_config(template, clips)
     try:
         stack.up()
         stack.wait_healthy(timeout=900)
@@ -87,8 +105,10 @@ def _device(engine, clips, tmp_path_factory, project: str, device_id: str, index
 
 @pytest.fixture(scope="module")
 def second(engine, clips, tmp_path_factory):
-    """A second device of the same mesh LAN, its own compose project."""
-    yield from _device(engine, clips, tmp_path_factory, "rpb", "compose-b", 2)
+    """The second member of the same mesh LAN, its own compose project: the community hub
+    (compose.yaml + hub.yaml: no audio, no Cow Radio, papad for the community)."""
+    yield from _device(engine, clips, tmp_path_factory, "rpb", "compose-hub", 2,
+                       device_template(None, YGG_PEER), hub=True)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +136,7 @@ def _stacks_healthy(request):
 def test_one_device_comes_up_healthy_with_every_secret_made(device):
     states = device.states()
     assert states["init"][0] == "exited"
-    for name in ch.LONG_RUNNING:
+    for name in device.long_running:
         assert states[name] == ("running", "healthy"), states
     # init made each secret once, readable by the services' uid only, and the device id.
     listing = device.exec("recorder", "stat", "-c", "%n %a %u", *(
@@ -234,50 +254,34 @@ def test_a_recording_reaches_papad_once_with_its_bookmark(device, recorded):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Headless Chromium that can resolve no name but loopback: no internet at all."""
-    chromium = need("chromium")
-    driver_path = need("chromedriver", "chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--autoplay-policy=no-user-gesture-required", "--mute-audio",
-                 "--window-size=412,915",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"):
-        options.add_argument(flag)
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(service=DriverService(executable_path=driver_path),
-                              options=options)
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(60)
-    try:
+    with open_browser(tmp_path_factory.mktemp("chromium-profile"), offline=True) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_papad_pages_in_chromium_play_the_recording_and_take_a_tag(paired, recorded, browser,
                                                                     tmp_path):
+    """In the second stack's papad pages (the hub's: the community's papad), the device's
+    recording with its bookmark plays, and a tag added there reaches the device's papad."""
     device, other = paired
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    base = device.papad_url
+    copy = wait_until(lambda: same_recording(other, recording_id(recorded)), 600, 3,
+                      "the recording in the other stack's papad",
+                      detail=lambda: other.logs("recorder", "syncthing"))[0]
+    base = other.papad_url
     browser.get(base + "/ui/login/")
     browser.find_element(By.ID, "username").send_keys("admin")
-    browser.find_element(By.ID, "password").send_keys(device.secret("papad-admin-password"))
+    browser.find_element(By.ID, "password").send_keys(other.secret("papad-admin-password"))
     browser.find_element(By.XPATH, "//button[normalize-space()='Login']").click()
     wait_until(lambda: browser.execute_script("return localStorage.getItem('authToken')"),
                60, 0.5, "logged in to papad")
-    browser.get(f"{base}/ui/collection/1/media/{recorded['uuid']}/")
+    browser.get(f"{base}/ui/collection/1/media/{copy['uuid']}/")
     body = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
-    wait_until(lambda: "bookmark" in body() and recorded["name"] in body(), 60, 0.5,
+    wait_until(lambda: "bookmark" in body() and copy["name"] in body(), 120, 0.5,
                "the recording and its bookmark shown", detail=body)
     assert re.search(r"t=[0-9.]+,[0-9.]+", body())
-    # Press play: video.js (served by the Pi) plays the upload (served by the Pi).
+    # Press play: video.js (served by this stack) plays the upload (served by this stack).
     wait_until(lambda: browser.execute_script(
         "return !!(window.videojs && videojs.getPlayer('my-video') && "
         "videojs.getPlayer('my-video').currentSrc())"), 60, 0.5, "player ready")
@@ -294,16 +298,12 @@ def test_papad_pages_in_chromium_play_the_recording_and_take_a_tag(paired, recor
         "from-browser", Keys.ENTER)
     browser.find_element(By.XPATH, "//button[normalize-space()='Annotate']").click()
     wait_until(lambda: any(t["name"] == "from-browser" for n in annotations(
-        device, recorded["uuid"]) for t in n["tags"]), 60, 1, "the tag in papad")
-    # ... and it reaches the other device's papad, on its copy of the recording.
-    def tag_on_other() -> bool:
-        copies = same_recording(other, recording_id(recorded))
-        return bool(copies) and any(t["name"] == "from-browser" for n in annotations(
-            other, copies[0]["uuid"]) for t in n["tags"])
-
-    wait_until(tag_on_other, 600, 3, "the tag in the other device's papad",
-               detail=lambda: other.logs("recorder"))
-    # Nothing the pages loaded came from anywhere but this Pi.
+        other, copy["uuid"]) for t in n["tags"]), 60, 1, "the tag in papad")
+    # ... and it reaches the device's papad, on the recording it made.
+    wait_until(lambda: any(t["name"] == "from-browser" for n in annotations(
+        device, recorded["uuid"]) for t in n["tags"]), 600, 3, "the tag in the device's papad",
+        detail=lambda: device.logs("recorder") + other.logs("recorder"))
+    # Nothing the pages loaded came from anywhere but this stack.
     loaded = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(u.startswith(base + "/") for u in loaded), loaded
@@ -366,3 +366,118 @@ def test_init_refuses_without_a_device_id(engine, tmp_path):
     assert res.returncode == 2, res.stderr
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("init: no device id") and "RECORDER_DEVICE_ID" in last
+
+
+def yggctl(stack: ch.Stack, *request: str) -> dict:
+    out = stack.exec("yggdrasil", "yggdrasilctl", "-json", "-endpoint",
+                     "unix:///run/yggdrasil/yggdrasil.sock", *request).stdout
+    return json.loads(out)
+
+
+def test_yggdrasil_nodes_peer_and_carry_tcp_over_the_overlay(device, second):
+    """The two stacks' yggdrasil nodes (each in its own container's network namespace, never
+    the host's) peer over the test LAN, and a TCP connection between their 200::/7 addresses
+    crosses the overlay. (Syncthing itself still dials over the LAN here: its container is
+    not in yggdrasil's namespace, as it is on a Pi where yggdrasil runs on the host network.)"""
+    a, b = yggctl(device, "getSelf"), yggctl(second, "getSelf")
+    assert a["address"].startswith("2") and b["address"].startswith("2"), (a, b)
+
+    def peered() -> bool:
+        return (any(p["key"] == b["key"] for p in yggctl(device, "getPeers")["peers"])
+                and any(p["key"] == a["key"] for p in yggctl(second, "getPeers")["peers"]))
+
+    wait_until(peered, 120, 1, "the two yggdrasil nodes peered",
+               detail=lambda: device.logs("yggdrasil") + second.logs("yggdrasil"))
+    # Each tun interface with its 200::/7 address is in its container, not on the host.
+    for stack, node in ((device, a), (second, b)):
+        addrs = stack.exec("yggdrasil", "ip", "-6", "-o", "addr", "show", "dev", "ygg0").stdout
+        assert node["address"] in addrs, addrs
+    host = subprocess.run(["ip", "-6", "-o", "addr"], capture_output=True, text=True).stdout
+    assert a["address"] not in host and b["address"] not in host
+    # TCP from the device to the hub's overlay address: an echo, reversed.
+    port = 7777
+    second.compose("exec", "-d", "-T", "yggdrasil", "python3", "-c", (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET6)\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(('{b['address']}', {port})); s.listen(); s.settimeout(300)\n"
+        "c, _ = s.accept(); c.sendall(c.recv(100)[::-1]); c.close()\n"))
+    res = device.exec("yggdrasil", "python3", "-c", (
+        "import socket, time\n"
+        "for _ in range(60):\n"
+        "    try:\n"
+        f"        c = socket.create_connection(('{b['address']}', {port}), timeout=10)\n"
+        "        break\n"
+        "    except OSError:\n"
+        "        time.sleep(1)\n"
+        "c.sendall(b'over yggdrasil'); print(c.recv(100).decode(), c.getsockname()[0])\n"),
+        timeout=180)
+    reply, source = res.stdout.strip().rsplit(" ", 1)
+    assert reply == "lisardggy revo", res.stdout
+    assert source == a["address"], res.stdout  # from the device's own overlay address
+
+
+def carry(engine: ch.Engine, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ch.SERVICES / "docker/carry.sh"), *args], env=engine.env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_carry_saves_images_with_a_sha256_loads_them_back_and_refuses_a_corrupt_copy(
+        engine, tmp_path):
+    # The base image (the smallest) under a name of its own: the stacks keep theirs.
+    engine.run("tag", ch.BASE_IMAGE, "carry-test:1")
+    image_id = engine.run("image", "inspect", "-f", "{{.Id}}", "carry-test:1").stdout.strip()
+    archive = tmp_path / "images.tar"
+    res = carry(engine, "save", str(archive), "carry-test:1")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.tar", "images.tar.sha256"]
+    check = subprocess.run(["sha256sum", "-c", "images.tar.sha256"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # A copy with one byte changed (and the true sha256 beside it) is refused, nothing loaded.
+    engine.run("rmi", "carry-test:1")
+    bad = tmp_path / "bad" / "images.tar"
+    bad.parent.mkdir()
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    bad.write_bytes(bytes(data))
+    (bad.parent / "images.tar.sha256").write_text((tmp_path / "images.tar.sha256").read_text())
+    res = carry(engine, "load", str(bad))
+    assert res.returncode == 1 and res.stdout == "", res.stdout
+    assert res.stderr.count("\n") == 1 and "sha256 differs" in res.stderr, res.stderr
+    assert engine.run("image", "inspect", "carry-test:1", check=False).returncode != 0
+    # No sha256 beside it: refused too.
+    (bad.parent / "images.tar.sha256").unlink()
+    res = carry(engine, "load", str(bad))
+    assert res.returncode == 1 and "images.tar.sha256 missing" in res.stderr, res.stderr
+    # The whole copy loads: the same image under the same name.
+    res = carry(engine, "load", str(archive))
+    assert res.returncode == 0 and "carry-test:1" in res.stdout, res.stderr
+    assert engine.run("image", "inspect", "-f", "{{.Id}}",
+                      "carry-test:1").stdout.strip() == image_id
+    engine.run("rmi", "carry-test:1")
+
+
+def test_the_hub_records_nothing_runs_no_radio_and_opens_no_device(second):
+    """The second stack is the community hub (compose.yaml + hub.yaml on a machine with no
+    sound card or GPIO): healthy, in the recorder's no-audio mode, without Cow Radio."""
+    hub = second
+    states = hub.states()
+    assert "icecast" not in states and "station" not in states, states
+    assert states["recorder"] == ("running", "healthy"), states
+    # init wrote the no-audio mode into the hub's config, the station off.
+    config = hub.exec("recorder", "cat", "/etc/recorder/recorder.toml").stdout
+    assert re.search(r'(?m)^source = "none"$', config), config
+    assert re.search(r"(?m)^station = false$", config), config
+    status = json.loads(hub.exec("recorder", "recorder", "ctl", "status", "--json").stdout)
+    assert status["state"] == "hub" and status["audio"] is None, status
+    assert "hub: records nothing" in hub.exec("recorder", "recorder", "ctl", "status").stdout
+    # Asked to record, it refuses (exit 3), and no recording appears.
+    res = hub.exec("recorder", "recorder", "ctl", "start", check=False)
+    assert res.returncode == 3, (res.stdout, res.stderr)
+    # No sound card, no GPIO chip in its container.
+    res = hub.exec("recorder", "sh", "-c", "ls /dev/snd /dev/gpiochip0", check=False)
+    assert res.returncode != 0, res.stdout
+    # Nothing of its own in its published folder (the device's recordings arrive in the
+    # device's folder beside it).
+    assert not list((hub.data / "sync" / hub.device_id).rglob("*.ogg"))

@@ -6,43 +6,18 @@ Each test writes a screenshot of its page under its own tmp dir.
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
 
-from tests.conftest import need, wait_until
-
-WINDOW = (412, 915)  # a common phone, CSS pixels
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync",
-                  "--autoplay-policy=no-user-gesture-required", "--mute-audio",
-                  f"--window-size={WINDOW[0]},{WINDOW[1]}")
+from tests.chromium import open_browser
+from tests.conftest import wait_until
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    chromium = need("chromium")
-    driver_path = need("chromedriver", "chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    profile = tmp_path_factory.mktemp("chromium-profile")  # new and empty
-    options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(service=DriverService(executable_path=driver_path),
-                              options=options)
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(60)
-    try:
+    with open_browser(tmp_path_factory.mktemp("chromium-profile")) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def text(driver, element_id: str) -> str:

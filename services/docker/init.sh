@@ -9,7 +9,8 @@
 #     volume, so it never changes afterwards. No id: one line saying how to set it, exit 2.
 #  3. config: /etc/recorder/recorder.toml (the config volume) written from the template
 #     (services/recorder.compose.toml, mounted) with the device id filled in (and, on a hub,
-#     the station off), at every start, so edits of the template take effect on the next `up`.
+#     no audio and the station off unless its radio profile runs), at every start, so edits
+#     of the template take effect on the next `up`.
 #  4. the data directory: owned by RECORDER_UID, with papad's place in it.
 set -euo pipefail
 secrets=/run/secrets
@@ -42,8 +43,8 @@ make_secret() {  # name kind bytes
   fi
 }
 make_secret syncthing-api-key urlsafe 24
-# Icecast passwords in hex: they are written into icecast.xml, where a "--" (which a urlsafe
-# token can hold) inside its comment made Icecast refuse its config.
+# Icecast passwords in hex: easy to type into a source client. (radio-setup.sh's renderer
+# takes any value literally and XML-escapes it; tests/test_icecast_render.py.)
 make_secret icecast-source-password hex 18
 make_secret icecast-relay-password hex 18
 make_secret icecast-admin-password hex 18
@@ -74,10 +75,19 @@ python3 -c 'import sys; from recorder.deviceid import validate_device_id; valida
 # --- config ------------------------------------------------------------------------------
 grep -q '^id = "set-me"$' "$template" \
   || die "$template: its [device] section must keep the line id = \"set-me\" (init fills in the id)"
-# A hub (hub.yaml: RECORDER_ROLE=hub) runs no Cow Radio station.
-hub_radio=()
-[ "${RECORDER_ROLE:-device}" != hub ] || hub_radio=(-e 's/^station = true$/station = false/')
-sed -e "s/^id = \"set-me\"\$/id = \"$id\"/" "${hub_radio[@]}" "$template" | put "$config" 0644
+# A hub (hub.yaml: RECORDER_ROLE=hub) records nothing: [audio] source = "none", the
+# recorder's no-audio mode; its station is on only with the radio profile (COMPOSE_PROFILES).
+hub=()
+if [ "${RECORDER_ROLE:-device}" = hub ]; then
+  grep -q '^source = ' "$template" \
+    || die "$template: its [audio] section must keep a line source = \"...\" (a hub sets it to \"none\")"
+  hub=(-e 's/^source = .*$/source = "none"/')
+  case ",${COMPOSE_PROFILES:-}," in
+    *,radio,*) ;;
+    *) hub+=(-e 's/^station = true$/station = false/') ;;
+  esac
+fi
+sed -e "s/^id = \"set-me\"\$/id = \"$id\"/" "${hub[@]}" "$template" | put "$config" 0644
 python3 -c 'import sys; from recorder.config import load_config; load_config(sys.argv[1])' "$config" \
   || die "$config: the config is refused (see above); fix $template"
 

@@ -2,6 +2,7 @@
 # Cow Radio on this device: Icecast's passwords, its config, and the station unit.
 #
 #   sudo /opt/recorderpi/radio-setup.sh
+#   radio-setup.sh render TEMPLATE SECRETS_DIR HOSTNAME > icecast.xml   # step 2 only
 #
 # Run by `services/install.sh --with-icecast` on a running system, and by hand on a card
 # flashed from the image (whose Icecast and Liquidsoap are installed but not set up, so that
@@ -28,6 +29,41 @@ die() {
     exit 1
 }
 
+# Writes TEMPLATE with every @ICECAST_...@ placeholder replaced (all occurrences, the value
+# XML-escaped and taken literally: a secret holding "--", "&", "|" or "\" stays itself) to
+# stdout; a missing or empty secret, or a placeholder it does not know, fails with one line.
+# compose.yaml's icecast service runs this too. perl-base is Essential in Debian.
+render_icecast_xml() {
+    ICECAST_SECRETS=$2 ICECAST_HOSTNAME=$3 perl -e '
+        use strict; use warnings;
+        my ($template) = @ARGV;
+        open(my $in, "<", $template) or die "radio-setup: $template: $!\n";
+        my $text = do { local $/; <$in> };
+        sub secret {
+            my $file = "$ENV{ICECAST_SECRETS}/icecast-$_[0]-password";
+            open(my $fh, "<", $file) or die "radio-setup: $file: $!\n";
+            my $value = do { local $/; <$fh> } // "";
+            $value =~ s/\s+\z//;
+            length $value or die "radio-setup: $file is empty\n";
+            return $value;
+        }
+        my %value = (SOURCE_PASSWORD => secret("source"), RELAY_PASSWORD => secret("relay"),
+                     ADMIN_PASSWORD => secret("admin"), HOSTNAME => $ENV{ICECAST_HOSTNAME});
+        my %xml = ("&" => "&amp;", "<" => "&lt;", ">" => "&gt;", "\"" => "&quot;", "\x27" => "&apos;");
+        $text =~ s{\@ICECAST_([A-Z_]+)\@}{
+            defined $value{$1} or die "radio-setup: $template: unknown placeholder \@ICECAST_$1\@\n";
+            (my $v = $value{$1}) =~ s/([&<>"\x27])/$xml{$1}/g; $v
+        }ge;
+        print $text;
+    ' "$1" || return 1
+}
+
+if [ "${1:-}" = render ]; then
+    [ "$#" -eq 4 ] || die "usage: radio-setup.sh render TEMPLATE SECRETS_DIR HOSTNAME"
+    render_icecast_xml "$2" "$3" "$4"
+    exit
+fi
+
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo)"
 [ -f "$TEMPLATE" ] || die "$TEMPLATE missing: run services/install.sh --with-icecast"
 id "$SERVICE_USER" >/dev/null 2>&1 || die "user $SERVICE_USER missing: run services/install.sh"
@@ -46,12 +82,7 @@ done
 
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
-cp "$TEMPLATE" "$tmp"
-for name in source relay admin; do
-    value=$(cat "$ETC/secrets/icecast-$name-password")
-    sed -i "s|@ICECAST_${name^^}_PASSWORD@|$value|" "$tmp"
-done
-sed -i "s|@ICECAST_HOSTNAME@|$(cat /etc/hostname 2>/dev/null || echo localhost)|" "$tmp"
+render_icecast_xml "$TEMPLATE" "$ETC/secrets" "$(cat /etc/hostname 2>/dev/null || echo localhost)" >"$tmp"
 group=icecast
 getent group "$group" >/dev/null || group=root
 if ! cmp -s "$tmp" "$ICECAST_XML" 2>/dev/null ||

@@ -1,6 +1,8 @@
 """The compose stack's costs: cold `up` to every service healthy (images built), the RAM of
 each container (`docker stats`), and the images' sizes. One device, as tests/test_compose.py
-runs it (a private Docker Engine, audio from a file, no yggdrasil).
+runs it (a private Docker Engine, audio from a file, yggdrasil in the stack's network), then
+the community hub alone (compose.yaml + hub.yaml: no audio, no Cow Radio); then carrying
+every image (services/docker/carry.sh save, and load into a second, empty Docker Engine).
 
     sudo RECORDER_PAPAD_KIT=../shared/papad .venv/bin/python -m tests.bench.bench_compose
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -40,27 +43,43 @@ def main() -> None:
         write_wav(clips / "tone.wav", tone(30.0))
         clips.chmod(0o755)
         (clips / "tone.wav").chmod(0o644)
-        stack = ch.Stack(eng, "rpbench", root / "stack", "bench-a", 7)
-        template = (ch.SERVICES / "recorder.compose.toml").read_text().replace(
-            'source = "USB"', 'source = "file:/clips/tone.wav"')
-        stack.write_config(template, clips)
+        template = (ch.SERVICES / "recorder.compose.toml").read_text()
+        for name, hub in (("device", False), ("hub", True)):
+            stack = ch.Stack(eng, f"rpbench{name}", root / name, f"bench-{name}", 7, hub=hub)
+            stack.write_config(template if hub else template.replace(
+                'source = "USB"', 'source = "file:/clips/tone.wav"'), clips)
+            try:
+                start = time.monotonic()
+                stack.up()
+                stack.wait_healthy(timeout=900)
+                out[f"{name}_up_to_healthy_s"] = round(time.monotonic() - start, 1)
+                time.sleep(60)  # settled: papad's workers and Liquidsoap past their start
+                stats = eng.run("stats", "--no-stream", "--format",
+                                "{{.Name}}\t{{.MemUsage}}").stdout
+                mem = {}
+                for line in stats.splitlines():
+                    cname, usage = line.split("\t")
+                    mem[cname.removeprefix(f"rpbench{name}-").removesuffix("-1")] = round(
+                        size(usage.split("/")[0]), 1)
+                out[f"{name}_ram_mib"] = mem
+                out[f"{name}_ram_total_mib"] = round(sum(mem.values()), 1)
+            finally:
+                stack.down(volumes=True)
+        carry = ch.SERVICES / "docker/carry.sh"
+        archive = root / "images.tar"
+        start = time.monotonic()
+        subprocess.run([str(carry), "save", str(archive)], env={
+            **eng.env, "PAPAD_SOURCE": str(ch.papad_source())}, check=True)
+        out["carry_save_s"] = round(time.monotonic() - start, 1)
+        out["carry_archive_mb"] = round(archive.stat().st_size / 1e6)
+        empty = ch.Engine(root / "empty-engine")
         try:
+            empty.start()
             start = time.monotonic()
-            stack.up()
-            stack.wait_healthy(timeout=900)
-            out["up_to_healthy_s"] = round(time.monotonic() - start, 1)
-            time.sleep(60)  # settled: papad's workers and Liquidsoap past their start
-            stats = eng.run("stats", "--no-stream", "--format",
-                            "{{.Name}}\t{{.MemUsage}}").stdout
-            mem = {}
-            for line in stats.splitlines():
-                name, usage = line.split("\t")
-                mem[name.removeprefix("rpbench-").removesuffix("-1")] = round(
-                    size(usage.split("/")[0]), 1)
-            out["ram_mib"] = mem
-            out["ram_total_mib"] = round(sum(mem.values()), 1)
+            subprocess.run([str(carry), "load", str(archive)], env=empty.env, check=True)
+            out["carry_load_into_empty_engine_s"] = round(time.monotonic() - start, 1)
         finally:
-            stack.down(volumes=True)
+            empty.stop()
         images = eng.run("image", "ls", "--format", "{{.Repository}}:{{.Tag}}\t{{.Size}}").stdout
         out["images_mb"] = {line.split("\t")[0]: line.split("\t")[1]
                             for line in images.splitlines() if not line.startswith("<none>")}
