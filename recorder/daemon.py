@@ -183,7 +183,7 @@ class Service:
         self._install_signals()
         try:
             try:
-                ensure_dir(self.cfg.device_folder, "storage.sync_root")
+                ensure_dir(self.parts.layout.device_folder, "storage.sync_root")
                 ensure_dir(self.cfg.storage.staging_dir, "storage.staging_dir")
             except DiskFullError as exc:
                 log.error("%s: starting anyway, recording refused until space returns", exc)

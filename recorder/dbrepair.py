@@ -35,7 +35,7 @@ def rebuild(database: Database, cfg: Config) -> None:
     if cfg.papad.api != "none":
         from recorder.papad.outbox import Outbox
 
-        queued = Outbox(database).reconcile(cfg.device_folder)
+        queued = Outbox(database).reconcile(cfg.layout.device_folder)
     log.warning("database rebuilt from the recordings on disk: %d catalogued, %d queued for "
                 "papad (each is looked up on papad before any upload); peers' recordings "
                 "are imported again by the bridge's next scan", catalogued, queued)

@@ -48,7 +48,7 @@ def _device(cfg: Config) -> str:
 
 
 def _writable(cfg: Config) -> str:
-    folder = cfg.device_folder
+    folder = cfg.layout.device_folder
     ensure_dir(folder, "storage.sync_root")
     ensure_dir(cfg.storage.staging_dir, "storage.staging_dir")
     with tempfile.NamedTemporaryFile(dir=cfg.storage.staging_dir):

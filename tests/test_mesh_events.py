@@ -52,7 +52,7 @@ def test_peer_annotation_is_exported_on_delivery_and_imported_on_event(tmp_path)
                         if x == "The river song" and "origin:dev-b" in tags]
 
             wait_until(on_a, DEADLINE, 0.1, "b's annotation in a's papad")
-            export = json.loads((b.cfg.device_folder / "papad/annotations.json").read_text())
+            export = json.loads((b.cfg.layout.device_folder / "papad/annotations.json").read_text())
             assert [e["text"] for e in export["annotations"]] == ["The river song"]
         finally:
             a.stop()

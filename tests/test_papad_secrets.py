@@ -78,7 +78,7 @@ def test_cli_list_and_retry_show_state_never_secrets(papad, cfg_factory, tmp_pat
     cfg = real_config(cfg_factory, tmp_path, server, url=proxy.url)
     outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg.papad)
-    docs = [make_recording(cfg.device_folder, index=i) for i in range(2)]
+    docs = [make_recording(cfg.layout.device_folder, index=i) for i in range(2)]
     for doc, ogg in docs:
         outbox.enqueue(doc, ogg)
     proxy.answer(400, {"detail": "Bad upload"}, method="POST", path="/api/v1/archive/")
@@ -150,7 +150,7 @@ def test_doctor_outbox_depth_and_age(cfg_factory, tmp_path):
 
     cfg = current_config(cfg_factory, tmp_path, "http://127.0.0.1:9")
     outbox = Outbox(Database(cfg.db_path), clock=lambda: 1_000_000.0)
-    outbox.enqueue(*make_recording(cfg.device_folder))
+    outbox.enqueue(*make_recording(cfg.layout.device_folder))
     outbox.database.close()
     by_name = {c["name"]: c for c in outbox_checks(cfg)}
     assert by_name["papad outbox depth"] == {
