@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from recorder.config import AudioConfig, Config, GpioConfig, ServiceConfig, SourceSpec
 from recorder.db import Database
-from recorder.dbrepair import open_database
+from recorder.dbrepair import DatabaseSpec, open_database
 from recorder.layout import Layout
 from recorder.led import NullLed, StatusLed
 from recorder.publish import Enricher, Listener, Publisher
@@ -207,7 +207,7 @@ def assemble(cfg: Config, role: Role = Role.ONE_OFF, *,
     """Build every component `cfg` asks for, once, as `role` says (see `Role`); `request`:
     how the web page asks the running service (the web page is built only with it)."""
     layout = cfg.layout
-    database = open_database(cfg)
+    database = open_database(DatabaseSpec(cfg.db_path, layout, cfg.audioid, cfg.papad))
     publisher = Publisher(layout)
     parts = Assembly(
         layout=layout, database=database,

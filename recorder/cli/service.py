@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, cfg: Config) -> int:
-    from recorder.health import doctor
+    from recorder.cli.doctor import doctor
 
     checks = doctor(cfg)
     healthy = all(c["ok"] or c.get("severity") == "warning" for c in checks)
