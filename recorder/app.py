@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from recorder.config import AudioConfig, Config, GpioConfig, ServiceConfig, SourceSpec
 from recorder.db import Database
-from recorder.dbrepair import open_database
+from recorder.dbrepair import DatabaseSpec, open_database
 from recorder.layout import Layout
 from recorder.led import NullLed, StatusLed
 from recorder.publish import Enricher, Listener, Publisher
@@ -207,7 +207,7 @@ def assemble(cfg: Config, role: Role = Role.ONE_OFF, *,
     """Build every component `cfg` asks for, once, as `role` says (see `Role`); `request`:
     how the web page asks the running service (the web page is built only with it)."""
     layout = cfg.layout
-    database = open_database(cfg)
+    database = open_database(DatabaseSpec(cfg.db_path, layout, cfg.audioid, cfg.papad))
     publisher = Publisher(layout)
     parts = Assembly(
         layout=layout, database=database,
@@ -500,16 +500,40 @@ class ServiceIO:
     control: ControlServer
 
 
-def open_service_io(cfg: Config, on_trigger: Callable[[str, float], None],
+def open_service_io(gpio_cfg: GpioConfig, service_cfg: ServiceConfig,
+                    on_trigger: Callable[[str, float], None],
                     handler: Callable[[dict[str, Any]], dict[str, Any]], *,
                     pin_factory: Any = None, hub: bool = False) -> ServiceIO:
     """Open the GPIO (never on a hub: it has none) and the control socket, each given
     everything before its thread starts: presses go to `on_trigger`, commands to `handler`."""
-    gpio = ServiceGpio(None, NullLed()) if hub else open_gpio(cfg.gpio, on_trigger,
+    gpio = ServiceGpio(None, NullLed()) if hub else open_gpio(gpio_cfg, on_trigger,
                                                               pin_factory=pin_factory)
-    control = open_control(cfg.service, handler, pin_driver=gpio.pin_driver)
+    control = open_control(service_cfg, handler, pin_driver=gpio.pin_driver)
     return ServiceIO(gpio.triggers, gpio.led, control)
 
 
-__all__ = ["Assembly", "Role", "ServiceGpio", "ServiceRequest", "Worker", "assemble",
-           "build_pump", "build_service_pump", "open_control", "open_gpio", "open_service_io"]
+@dataclass(frozen=True)
+class ServiceWiring:
+    """What `recorder.daemon.Service` is built from: the sections it reads, and the one call
+    that assembles its parts (`Role.SERVICE`), given the service's `request` (the web page's
+    way to ask it anything), which exists only once the service does."""
+
+    device_id: str
+    audio: AudioConfig
+    service: ServiceConfig
+    gpio: GpioConfig
+    assemble: Callable[[ServiceRequest], Assembly]
+
+
+def service_wiring(cfg: Config) -> ServiceWiring:
+    """The service's sections of `cfg` and how its parts are assembled from `cfg`."""
+
+    def parts(request: ServiceRequest) -> Assembly:
+        return assemble(cfg, Role.SERVICE, request=request)
+
+    return ServiceWiring(cfg.device.id, cfg.audio, cfg.service, cfg.gpio, parts)
+
+
+__all__ = ["Assembly", "Role", "ServiceGpio", "ServiceRequest", "ServiceWiring", "Worker",
+           "assemble", "build_pump", "build_service_pump", "open_control", "open_gpio",
+           "open_service_io", "service_wiring"]

@@ -267,11 +267,6 @@ class Config:
         return Layout.of(self.device.id, self.storage)
 
     @property
-    def device_folder(self) -> Path:
-        """This device's own folder in the Syncthing tree (`Layout.device_folder`)."""
-        return self.layout.device_folder
-
-    @property
     def db_path(self) -> Path:
         """The SQLite database holding the catalogue and the outbox."""
         return self.storage.state_dir / "recorder.db"

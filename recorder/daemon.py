@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recorder import app, clock
-from recorder.config import Config, SourceSpec
+from recorder.config import SourceSpec
 from recorder.control import ControlServer
 from recorder.errors import (
     DeviceError,
@@ -142,10 +142,13 @@ _Event = _Command | _Press | _Toggle | _Stop | _FromPump | _Recovered
 class Service:
     """The long-running appliance: source, triggers, LED, control socket, health, watchdog."""
 
-    def __init__(self, cfg: Config, *, source: SourceSpec | None = None, realtime: bool = True,
-                 pin_factory: Any = None, notifier: Notifier | None = None) -> None:
-        self.cfg = cfg
-        self.source = source or cfg.audio.source
+    def __init__(self, wiring: app.ServiceWiring, *, source: SourceSpec | None = None,
+                 realtime: bool = True, pin_factory: Any = None,
+                 notifier: Notifier | None = None) -> None:
+        # The sections it reads (`app.service_wiring` picks them from the configuration).
+        self.device_id, self.audio_cfg = wiring.device_id, wiring.audio
+        self.service_cfg, self.gpio_cfg = wiring.service, wiring.gpio
+        self.source = source or wiring.audio.source
         # A hub (no-audio mode): never opens an audio device or GPIO; the workers (bridge,
         # papad registration, web page, station playlist, inbox) are its whole job.
         self.hub = self.source.none
@@ -153,12 +156,12 @@ class Service:
         self.pin_factory = pin_factory
         self.notifier = notifier or Notifier()
         # The web page gets `request`, the one way another thread asks the service anything.
-        self.parts = app.assemble(cfg, app.Role.SERVICE, request=self.request)
+        self.parts = wiring.assemble(self.request)
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self.stopping = threading.Event()
         # -- owned by the main thread (the event loop) --
         # Silent until a pump opens (then the pump's own meter, at the source's format).
-        self.meter = LevelMeter(cfg.audio.samplerate, cfg.service.silence_dbfs)
+        self.meter = LevelMeter(wiring.audio.samplerate, wiring.service.silence_dbfs)
         self.pump: Pump | None = None
         self._pump_ticket: _PumpTicket | None = None  # the current pump's (see _pump_event)
         self.triggers: Triggers | None = None
@@ -183,15 +186,16 @@ class Service:
         self._install_signals()
         try:
             try:
-                ensure_dir(self.cfg.device_folder, "storage.sync_root")
-                ensure_dir(self.cfg.storage.staging_dir, "storage.staging_dir")
+                ensure_dir(self.parts.layout.device_folder, "storage.sync_root")
+                ensure_dir(self.parts.layout.staging_dir, "storage.staging_dir")
             except DiskFullError as exc:
                 log.error("%s: starting anyway, recording refused until space returns", exc)
             self._recovered(recover(self.parts.recovery, self.parts.publisher,
                                     self.parts.sink_factories))
             self._check_disk()
-            io = app.open_service_io(self.cfg, self._on_trigger, self._from_socket,
-                                     pin_factory=self.pin_factory, hub=self.hub)
+            io = app.open_service_io(self.gpio_cfg, self.service_cfg, self._on_trigger,
+                                     self._from_socket, pin_factory=self.pin_factory,
+                                     hub=self.hub)
             self.triggers, self.led, self.control = io.triggers, io.led, io.control
             for worker in self.parts.workers:
                 try:
@@ -310,11 +314,11 @@ class Service:
         try:
             ticket = _PumpTicket()
             pump, meter = app.build_service_pump(
-                self.parts, self.cfg.audio, self.cfg.service, source=self.source,
+                self.parts, self.audio_cfg, self.service_cfg, source=self.source,
                 realtime=self.realtime, on_event=self._pump_listener(ticket))
             pump.start()
             try:
-                pump.wait_first_block(self.cfg.audio.device_wait)
+                pump.wait_first_block(self.audio_cfg.device_wait)
             except DeviceError:
                 pump.close()
                 raise
@@ -338,7 +342,7 @@ class Service:
             self._ready_sent = True
         self.notifier.status(f"armed on {pump.source.name}")
         log.info("armed: %s at %s, %.1f s pre-roll", pump.source.name, pump.format,
-                 self.cfg.audio.preroll)
+                 self.audio_cfg.preroll)
         self._update_led()
 
     def _hub_ready(self) -> None:
@@ -556,7 +560,7 @@ class Service:
         out = []
         if self.pump is not None:
             silent = self.meter.seconds_since_loud()
-            if silent > self.cfg.service.silence_seconds:
+            if silent > self.service_cfg.silence_seconds:
                 out.append(f"input silent for {silent:.0f} s (microphone unplugged or muted?)")
             recent = (self.meter.frames - self.meter.last_clip_frame) / self.meter.samplerate
             if self.meter.last_clip_frame >= 0 and recent < 10:
@@ -583,7 +587,7 @@ class Service:
         return {
             "state": str(self.state),
             "mode": "hub: records nothing" if self.hub else "recorder",
-            "device_id": self.cfg.device.id,
+            "device_id": self.device_id,
             "led": self.led.state,
             "audio": pump.status() if pump is not None else None,
             "levels": self.meter.summary(),

@@ -11,34 +11,48 @@ database repairs it the same way (see `Database` for when it runs).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
-from recorder.config import Config
+from recorder.config import AudioIdConfig, PapadConfig
 from recorder.db import Database
+from recorder.layout import Layout
 
 log = logging.getLogger(__name__)
 
 
-def open_database(cfg: Config) -> Database:
-    """The database at ``cfg.db_path``, rebuilt from the files on disk if it was corrupt."""
-    return Database(cfg.db_path, rebuild=lambda database: rebuild(database, cfg))
+@dataclass(frozen=True)
+class DatabaseSpec:
+    """Where the service database is and what its rebuild reads (built at the CLI / wiring
+    edge from ``[storage]``, ``[audioid]``, ``[papad]`` and the device's `Layout`)."""
+
+    path: Path
+    layout: Layout
+    audioid: AudioIdConfig
+    papad: PapadConfig
 
 
-def rebuild(database: Database, cfg: Config) -> None:
+def open_database(spec: DatabaseSpec) -> Database:
+    """The database at ``spec.path``, rebuilt from the files on disk if it was corrupt."""
+    return Database(spec.path, rebuild=lambda database: rebuild(database, spec))
+
+
+def rebuild(database: Database, spec: DatabaseSpec) -> None:
     """Fill `database` (just replaced, empty) from the recordings on disk."""
     catalogued = queued = 0
-    if cfg.audioid.enabled:
+    if spec.audioid.enabled:
         from recorder.audioid.catalogue import Catalogue
 
-        report = Catalogue.from_config(database, cfg.audioid).rebuild(
-            cfg.storage.sync_root, own_device=cfg.device.id)
+        report = Catalogue.from_config(database, spec.audioid).rebuild(
+            spec.layout.sync_root, own_device=spec.layout.device_id)
         catalogued = report.added
-    if cfg.papad.api != "none":
+    if spec.papad.api != "none":
         from recorder.papad.outbox import Outbox
 
-        queued = Outbox(database).reconcile(cfg.device_folder)
+        queued = Outbox(database).reconcile(spec.layout.device_folder)
     log.warning("database rebuilt from the recordings on disk: %d catalogued, %d queued for "
                 "papad (each is looked up on papad before any upload); peers' recordings "
                 "are imported again by the bridge's next scan", catalogued, queued)
 
 
-__all__ = ["open_database", "rebuild"]
+__all__ = ["DatabaseSpec", "open_database", "rebuild"]

@@ -77,7 +77,7 @@ def test_service_worker_corrects_when_the_clock_synchronises(tmp_path, cfg_facto
     parts = app.assemble(cfg, app.Role.WORKERS)
     try:
         assert parts.clock is not None and parts.catalogue is not None
-        doc, sidecar = _unsynced(cfg.device_folder, 0, BOOT, 10.0)
+        doc, sidecar = _unsynced(cfg.layout.device_folder, 0, BOOT, 10.0)
         parts.catalogue.add(doc)
         readings = iter([Clocks(TRUE_NOW - 50.0, 20.0, BOOT, False),
                          Clocks(TRUE_NOW, 70.0, BOOT, True),

@@ -443,7 +443,7 @@ def test_recording_and_annotations_reach_every_peer(mesh, recording_one):
     time.sleep(2.5)
     assert {(t, x) for t, x, _ in a.annotations(rid)} == want and len(a.annotations(rid)) == 2
     for dev in (b, c):
-        export = json.loads((dev.cfg.device_folder / EXPORT_PATH).read_text())
+        export = json.loads((dev.cfg.layout.device_folder / EXPORT_PATH).read_text())
         assert [x for x in export["annotations"] if x["recording_id"] == rid] == [], export
     for dev in mesh:
         _no_duplicates(dev)

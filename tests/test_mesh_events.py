@@ -16,6 +16,7 @@ import threading
 
 from gpiozero.pins.mock import MockFactory
 
+from recorder.app import service_wiring
 from recorder.config import load_config
 from recorder.daemon import Service
 from tests.clips import tone, write_wav
@@ -52,7 +53,7 @@ def test_peer_annotation_is_exported_on_delivery_and_imported_on_event(tmp_path)
                         if x == "The river song" and "origin:dev-b" in tags]
 
             wait_until(on_a, DEADLINE, 0.1, "b's annotation in a's papad")
-            export = json.loads((b.cfg.device_folder / "papad/annotations.json").read_text())
+            export = json.loads((b.cfg.layout.device_folder / "papad/annotations.json").read_text())
             assert [e["text"] for e in export["annotations"]] == ["The river song"]
         finally:
             a.stop()
@@ -71,7 +72,7 @@ def test_record_hands_its_recording_to_the_running_service(tmp_path):
         f'[audio]\nsource = "file:{clip}"\npreroll = 0.0\n'
         f'[papad]\napi = "papad"\nurl = "{server.url}"\ntoken_file = "{token}"\n'
         'timeout = 5.0\n')
-    svc = Service(load_config(path), pin_factory=MockFactory())
+    svc = Service(service_wiring(load_config(path)), pin_factory=MockFactory())
     thread = threading.Thread(target=svc.run, daemon=True)
     thread.start()
     try:

@@ -546,6 +546,7 @@ def test_pump_failure_finishes_the_recording_and_the_pump_restarts(cfg_factory, 
 
     from gpiozero.pins.mock import MockFactory
 
+    from recorder.app import service_wiring
     from recorder.control import send_command
     from recorder.daemon import Service as InProcess
 
@@ -565,7 +566,7 @@ def test_pump_failure_finishes_the_recording_and_the_pump_restarts(cfg_factory, 
             pass
 
     cfg = cfg_factory(audio={"source": f"file:{speech_wav}", "preroll": 0.5})
-    svc = InProcess(cfg, pin_factory=MockFactory())
+    svc = InProcess(service_wiring(cfg), pin_factory=MockFactory())
     svc.parts.sink_factories.append(lambda ctx: Breaks())
     states: list[str] = []
     runner = threading.Thread(target=svc.run, daemon=True)

@@ -89,7 +89,7 @@ def test_wrong_scheme_is_named_in_one_line_by_doctor_and_the_log(papad_real, cfg
     caplog.set_level(logging.INFO)
     cfg = cfg_factory(papad=section)
     with client_and_outbox(cfg) as (client, outbox):
-        doc, ogg = make_recording(cfg.device_folder)
+        doc, ogg = make_recording(cfg.layout.device_folder)
         outbox.enqueue(doc, ogg)
         fast_worker(outbox, client).run_once()
         [entry] = outbox.entries()
@@ -103,7 +103,7 @@ def test_both_schemes_register(papad_real, cfg_factory, tmp_path):
     cfg = real_config(cfg_factory, tmp_path, papad_real)
     assert cfg.papad.auth == {"upstream": "token", "papadam": "jwt"}[papad_real.flavour]
     with client_and_outbox(cfg) as (client, outbox):
-        doc, ogg = make_recording(cfg.device_folder, bookmarks=[{"at": 0.1, "label": "x"}])
+        doc, ogg = make_recording(cfg.layout.device_folder, bookmarks=[{"at": 0.1, "label": "x"}])
         outbox.enqueue(doc, ogg)
         worker = fast_worker(outbox, client)
         drain(worker, outbox, delivered=1)
@@ -122,7 +122,7 @@ def test_papadam_throttling_is_honoured_and_never_burns_the_login_budget(papad_f
     cfg = real_config(cfg_factory, tmp_path, papad)
     outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg.papad)
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     outbox.enqueue(doc, ogg)
     worker = fast_worker(outbox, client)
     assert worker.run_once() == 0

@@ -55,7 +55,7 @@ def deliver(outbox, client, n, **kw):
 
 def test_registration_creates_one_media_with_fields_and_bytes(setup):
     cfg, client, outbox, papad, _ = setup
-    doc, ogg = make_recording(cfg.device_folder, title="  Village   meeting ",
+    doc, ogg = make_recording(cfg.layout.device_folder, title="  Village   meeting ",
                               tags=["Water", " water ", "", "Panchayat"])
     outbox.enqueue(doc, ogg)
     outbox.enqueue(doc, ogg)  # idempotent
@@ -79,7 +79,7 @@ def test_registration_creates_one_media_with_fields_and_bytes(setup):
 
 def test_default_name_when_untitled(setup):
     cfg, client, outbox, papad, _ = setup
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     outbox.enqueue(doc, ogg)
     deliver(outbox, client, 1)
     assert papad.one_media(doc["recording_id"])["name"] == (
@@ -91,7 +91,7 @@ def test_long_title_and_tags_are_cut_to_papads_limits_and_no_tag_is_empty(setup)
     # SQLite would store them whole, so a missing cut shows here).
     cfg, client, outbox, papad, _proxy = setup
     long_tag = "t" * 150
-    doc, ogg = make_recording(cfg.device_folder, title="word " * 100,
+    doc, ogg = make_recording(cfg.layout.device_folder, title="word " * 100,
                               tags=[long_tag, "a,,b,", " ", "ok"])
     outbox.enqueue(doc, ogg)
     deliver(outbox, client, 1)
@@ -103,7 +103,7 @@ def test_long_title_and_tags_are_cut_to_papads_limits_and_no_tag_is_empty(setup)
 
 def test_a_recording_without_tags_still_sends_a_tag(setup):
     cfg, client, outbox, papad, _proxy = setup
-    doc, ogg = make_recording(cfg.device_folder, tags=[" ", ""])
+    doc, ogg = make_recording(cfg.layout.device_folder, tags=[" ", ""])
     outbox.enqueue(doc, ogg)
     deliver(outbox, client, 1)
     assert tag_names(papad.one_media(doc["recording_id"])) == {"recorderpi"}
@@ -111,7 +111,7 @@ def test_a_recording_without_tags_still_sends_a_tag(setup):
 
 def test_lost_response_after_commit_still_one_media(setup):
     cfg, client, outbox, papad, proxy = setup
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     outbox.enqueue(doc, ogg)
     proxy.lose_response(1, "POST", "/api/v1/archive/")  # papad commits, we never hear
     worker = fast_worker(outbox, client)
@@ -132,7 +132,7 @@ def test_lost_response_after_commit_still_one_media(setup):
 
 def test_lost_responses_among_several_entries_each_registered_once(setup):
     cfg, client, outbox, papad, proxy = setup
-    recs = [make_recording(cfg.device_folder, index=i) for i in range(4)]
+    recs = [make_recording(cfg.layout.device_folder, index=i) for i in range(4)]
     for doc, ogg in recs:
         outbox.enqueue(doc, ogg)
     proxy.lose_response(2, "POST", "/api/v1/archive/")
@@ -146,7 +146,7 @@ def test_down_then_up_delivers_once_in_order_across_restart(papad_real, proxy, c
     cfg = real_config(cfg_factory, tmp_path, papad_real, url=proxy.url)
     outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg.papad)
-    recs = [make_recording(cfg.device_folder, index=i) for i in range(4)]
+    recs = [make_recording(cfg.layout.device_folder, index=i) for i in range(4)]
     for doc, ogg in recs:
         outbox.enqueue(doc, ogg)
     proxy.down()  # papad unreachable: connections refused
@@ -177,7 +177,7 @@ def test_down_then_up_delivers_once_in_order_across_restart(papad_real, proxy, c
 
 def test_gateway_503_outage_with_concurrency_two_delivers_exactly_once(setup):
     cfg, client, outbox, papad, proxy = setup
-    recs = [make_recording(cfg.device_folder, index=i) for i in range(6)]
+    recs = [make_recording(cfg.layout.device_folder, index=i) for i in range(6)]
     for doc, ogg in recs:
         outbox.enqueue(doc, ogg)
     proxy.answer(503, b"<h1>503 Service Unavailable</h1>", n=5)
@@ -190,14 +190,14 @@ def test_gateway_503_outage_with_concurrency_two_delivers_exactly_once(setup):
 
 def test_rebuilt_database_does_not_register_twice(setup):
     cfg, client, outbox, papad, _ = setup
-    recs = [make_recording(cfg.device_folder, index=i) for i in range(5)]
-    assert outbox.reconcile(cfg.device_folder) == 5
+    recs = [make_recording(cfg.layout.device_folder, index=i) for i in range(5)]
+    assert outbox.reconcile(cfg.layout.device_folder) == 5
     deliver(outbox, client, 5)
     outbox.database.close()
     cfg.db_path.unlink()  # SD card swapped, database gone
     fresh = Outbox(Database(cfg.db_path))
     try:
-        assert fresh.reconcile(cfg.device_folder) == 5
+        assert fresh.reconcile(cfg.layout.device_folder) == 5
         deliver(fresh, client, 5)
         assert all(e.attempts == 1 for e in fresh.entries())  # found by the lookup, not re-posted
     finally:
@@ -211,14 +211,14 @@ def test_lost_database_does_not_post_bookmarks_twice(setup):
     annotations must not be posted a second time either."""
     cfg, client, outbox, papad, _ = setup
     marks = [{"at": 1.0, "label": "start"}, {"at": 2.5, "label": "chorus"}]
-    recs = [make_recording(cfg.device_folder, index=i, bookmarks=marks) for i in range(2)]
-    assert outbox.reconcile(cfg.device_folder) == 2
+    recs = [make_recording(cfg.layout.device_folder, index=i, bookmarks=marks) for i in range(2)]
+    assert outbox.reconcile(cfg.layout.device_folder) == 2
     deliver(outbox, client, 2)
     outbox.database.close()
     cfg.db_path.unlink()  # SD card swapped, database gone
     fresh = Outbox(Database(cfg.db_path))
     try:
-        assert fresh.reconcile(cfg.device_folder) == 2
+        assert fresh.reconcile(cfg.layout.device_folder) == 2
         deliver(fresh, client, 2)
     finally:
         fresh.database.close()
@@ -232,7 +232,7 @@ def test_forbidden_group_is_parked_with_reason_and_retry_after_fix_delivers(
     cfg = real_config(cfg_factory, tmp_path, papad_real, url=proxy.url, group=OTHER_GROUP)
     outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg.papad)
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     outbox.enqueue(doc, ogg)
     fast_worker(outbox, client).run_once()
     [entry] = outbox.entries()
@@ -254,7 +254,7 @@ def test_forbidden_group_is_parked_with_reason_and_retry_after_fix_delivers(
 
 def test_400_is_parked_with_server_reason(setup):
     cfg, client, outbox, papad, proxy = setup
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     outbox.enqueue(doc, ogg)
     proxy.answer(400, {"upload": ["Upload a valid audio file.\nThe file is broken."]},
                  method="POST", path="/api/v1/archive/")
@@ -270,7 +270,7 @@ def test_400_is_parked_with_server_reason(setup):
 
 def test_missing_file_is_parked(setup):
     cfg, client, outbox, papad, proxy = setup
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     outbox.enqueue(doc, ogg)
     ogg.unlink()
     fast_worker(outbox, client).run_once()
@@ -286,7 +286,7 @@ def test_wrong_credentials_wait_instead_of_parking(papad_real, proxy, cfg_factor
     write_secret(secret, "not-the-secret")
     outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg.papad)
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     outbox.enqueue(doc, ogg)
     worker = fast_worker(outbox, client)
     worker.run_once()
@@ -313,7 +313,7 @@ def test_bookmarks_become_annotations_with_t_ranges(papad_real, proxy, cfg_facto
     outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg.papad)
     doc, ogg = make_recording(
-        cfg.device_folder, seconds=2.0,
+        cfg.layout.device_folder, seconds=2.0,
         bookmarks=[{"at": 0.25, "label": "the well"}, {"at": 1.8}, {"at": 1.0, "tags": ["Rain"]}],
     )
     outbox.enqueue(doc, ogg)
@@ -348,7 +348,7 @@ def test_jwt_expiry_refresh_and_relogin(papad_papadam, cfg_factory, tmp_path, ca
         docs = []
 
         def one(i):
-            doc, ogg = make_recording(cfg.device_folder, index=i)
+            doc, ogg = make_recording(cfg.layout.device_folder, index=i)
             docs.append(doc)
             outbox.enqueue(doc, ogg)
             drain(worker, outbox, delivered=i + 1)
@@ -384,7 +384,7 @@ def test_background_worker_delivers_after_wake(setup):
     worker.start()
     try:
         time.sleep(0.2)  # the worker is now asleep with nothing to do
-        doc, ogg = make_recording(cfg.device_folder)
+        doc, ogg = make_recording(cfg.layout.device_folder)
         outbox.enqueue(doc, ogg)
         worker.wake()
         deadline = time.monotonic() + 30

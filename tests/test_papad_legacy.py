@@ -48,7 +48,7 @@ def test_fake_enforces_papad_api_rules(legacy):
 def test_registration_posts_url_and_learns_oid(setup, legacy):
     cfg, client, outbox = setup
     assert isinstance(client, LegacyPapadClient)
-    doc, ogg = make_recording(cfg.device_folder, tags=["Songs", "songs", " "])
+    doc, ogg = make_recording(cfg.layout.device_folder, tags=["Songs", "songs", " "])
     outbox.enqueue(doc, ogg)
     assert fast_worker(outbox, client).run_once() == 1
     assert [c["station_name"] for c in legacy.channels] == ["testdev01"]
@@ -66,7 +66,7 @@ def test_existing_station_is_reused(legacy, cfg_factory):
     client = make_client(cfg.papad)
     outbox = Outbox(Database(cfg.db_path))
     for i in range(2):
-        outbox.enqueue(*make_recording(cfg.device_folder, index=i))
+        outbox.enqueue(*make_recording(cfg.layout.device_folder, index=i))
     assert fast_worker(outbox, client).run_once() == 2
     assert len(legacy.channels) == 1
     assert {r["station_name"] for r in legacy.recordings} == {"girish-radio"}
@@ -88,7 +88,7 @@ def test_station_created_concurrently_elsewhere_counts_as_there(setup, legacy):
         return orig(name)
 
     client._station_exists = racing
-    outbox.enqueue(*make_recording(cfg.device_folder))
+    outbox.enqueue(*make_recording(cfg.layout.device_folder))
     assert fast_worker(outbox, client).run_once() == 1
     assert len(legacy.channels) == 1 and len(legacy.recordings) == 1
 
@@ -97,7 +97,7 @@ def test_down_lost_response_and_restart_still_one_record(legacy, cfg_factory):
     cfg = legacy_config(cfg_factory, legacy.url)
     outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg.papad)
-    recs = [make_recording(cfg.device_folder, index=i) for i in range(3)]
+    recs = [make_recording(cfg.layout.device_folder, index=i) for i in range(3)]
     for doc, ogg in recs:
         outbox.enqueue(doc, ogg)
     legacy.fail_next(2, mode="503")
@@ -119,7 +119,7 @@ def test_host_change_still_finds_record_by_machine_tag(legacy, cfg_factory):
     cfg = legacy_config(cfg_factory, legacy.url)
     outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg.papad)
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     outbox.enqueue(doc, ogg)
     legacy.drop_after_commit(1)
     fast_worker(outbox, client).run_once()
@@ -136,7 +136,7 @@ def test_bookmarks_become_fragments(legacy, cfg_factory):
     cfg = legacy_config(cfg_factory, legacy.url, annotation_span=10.0)
     outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg.papad)
-    doc, ogg = make_recording(cfg.device_folder, seconds=30.0, data=b"OggS-not-needed",
+    doc, ogg = make_recording(cfg.layout.device_folder, seconds=30.0, data=b"OggS-not-needed",
                               bookmarks=[{"at": 3.1234, "label": "chorus"}, {"at": 25.5}])
     outbox.enqueue(doc, ogg)
     legacy.drop_after_commit(1, path="/fragments/")
@@ -156,7 +156,7 @@ def test_bookmarks_become_fragments(legacy, cfg_factory):
 
 def test_rejection_is_parked_with_message(setup, legacy):
     cfg, client, outbox = setup
-    outbox.enqueue(*make_recording(cfg.device_folder))
+    outbox.enqueue(*make_recording(cfg.layout.device_folder))
     legacy.force_error(400, {"message": "audio_url must be http"})
     fast_worker(outbox, client).run_once()
     [entry] = outbox.entries()

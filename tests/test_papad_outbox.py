@@ -45,7 +45,7 @@ def setup(papad_upstream, proxy, cfg_factory, tmp_path):
 
 def test_queue_is_wal_and_enqueue_is_idempotent(queue):
     cfg, outbox = queue
-    doc, ogg = make_recording(cfg.device_folder, bookmarks=[{"at": 0.1}])
+    doc, ogg = make_recording(cfg.layout.device_folder, bookmarks=[{"at": 0.1}])
     first = outbox.enqueue(doc, ogg)
     assert outbox.enqueue(doc, ogg, origin="peer") == first
     [entry] = outbox.entries()
@@ -59,7 +59,7 @@ def test_queue_is_wal_and_enqueue_is_idempotent(queue):
 
 def test_enqueue_refuses_an_invalid_sidecar(queue):
     cfg, outbox = queue
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     doc = {**doc, "sha256": "nope"}
     with pytest.raises(SidecarError):
         outbox.enqueue(doc, ogg)
@@ -67,7 +67,7 @@ def test_enqueue_refuses_an_invalid_sidecar(queue):
 
 def test_reconcile_queues_published_sidecars_once(queue):
     cfg, outbox = queue
-    folder = cfg.device_folder
+    folder = cfg.layout.device_folder
     docs = [make_recording(folder, index=i)[0] for i in range(3)]
     outbox.enqueue(docs[0], folder / docs[0]["path"])
     json_path = (folder / docs[1]["path"]).with_suffix(".json")
@@ -91,7 +91,7 @@ def test_retry_unknown_id_is_an_error(queue):
 
 def test_database_from_before_the_server_error_count_is_upgraded(cfg_factory, tmp_path):
     cfg = current_config(cfg_factory, tmp_path, "http://127.0.0.1:9")
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     cfg.db_path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(cfg.db_path)
     conn.executescript("""
@@ -121,7 +121,7 @@ def test_database_from_before_the_server_error_count_is_upgraded(cfg_factory, tm
 
 def test_one_failing_entry_does_not_block_the_rest(setup):
     cfg, client, outbox, papad, proxy = setup
-    recs = [make_recording(cfg.device_folder, index=i) for i in range(3)]
+    recs = [make_recording(cfg.layout.device_folder, index=i) for i in range(3)]
     for doc, ogg in recs:
         outbox.enqueue(doc, ogg)
     first = recs[0][0]["recording_id"].encode()
@@ -142,7 +142,7 @@ def test_one_failing_entry_does_not_block_the_rest(setup):
 def test_unavailable_holds_everyone_in_order(setup):
     cfg, client, outbox, _papad, proxy = setup
     for i in range(3):
-        outbox.enqueue(*make_recording(cfg.device_folder, index=i))
+        outbox.enqueue(*make_recording(cfg.layout.device_folder, index=i))
     proxy.answer(503, b"<h1>503 Service Unavailable</h1>", n=1000)
     worker = OutboxWorker(outbox, client, 1, base_delay=30.0)
     assert worker.run_once() == 0
@@ -159,7 +159,7 @@ def test_unavailable_holds_everyone_in_order(setup):
 def test_429_retry_after_is_honoured_for_the_whole_queue(setup):
     cfg, client, outbox, _papad, proxy = setup
     for i in range(2):
-        outbox.enqueue(*make_recording(cfg.device_folder, index=i))
+        outbox.enqueue(*make_recording(cfg.layout.device_folder, index=i))
     proxy.answer(429, {"detail": "Request was throttled. Expected available in 1800 seconds."},
                  n=1, headers={"Retry-After": "1800"})
     worker = fast_worker(outbox, client)  # its own backoff would be milliseconds
@@ -184,7 +184,7 @@ def test_backoff_grows_exponentially_with_jitter(queue):
 def test_concurrency_limit_holds(setup):
     cfg, client, outbox, _papad, proxy = setup
     for i in range(12):
-        outbox.enqueue(*make_recording(cfg.device_folder, index=i))
+        outbox.enqueue(*make_recording(cfg.layout.device_folder, index=i))
     proxy.delay = 0.05
     worker = fast_worker(outbox, client, concurrency=2)
     try:
@@ -199,7 +199,7 @@ def test_concurrency_limit_holds(setup):
 
 def test_repeated_500_is_parked_with_papads_answer_then_retry_delivers_once(setup, capsys):
     cfg, client, outbox, papad, proxy = setup
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     outbox.enqueue(doc, ogg)
     proxy.answer(500, {"detail": "An error occurred: value too long for type character varying"},
                  n=1000, method="POST", path="/api/v1/archive/")
@@ -233,7 +233,7 @@ def test_repeated_500_is_parked_with_papads_answer_then_retry_delivers_once(setu
 
 def test_500_that_passes_on_a_later_attempt_is_delivered(setup):
     cfg, client, outbox, papad, proxy = setup
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     outbox.enqueue(doc, ogg)
     # two whole attempts fail (3 tries each), the third passes: never parked with a bound of 3
     proxy.answer(500, {"detail": "boom"}, n=6, method="POST", path="/api/v1/archive/")
@@ -251,7 +251,7 @@ def test_papadams_flaky_upload_500s_are_all_delivered_exactly_once(papad_papadam
     errors_before = papad.access_count("POST", "/api/v1/archive/ HTTP/1.1\" 500")
     cfg = real_config(cfg_factory, tmp_path, papad)
     with client_and_outbox(cfg) as (client, outbox):
-        recs = [make_recording(cfg.device_folder, index=i) for i in range(8)]
+        recs = [make_recording(cfg.layout.device_folder, index=i) for i in range(8)]
         for doc, ogg in recs:
             outbox.enqueue(doc, ogg)
         worker = fast_worker(outbox, client, concurrency=2)
@@ -267,7 +267,7 @@ def test_parked_500_shows_in_outbox_list_and_doctor(setup):
     from tests.conftest import run_cli, toml_config
 
     cfg, client, outbox, _papad, proxy = setup
-    doc, ogg = make_recording(cfg.device_folder)
+    doc, ogg = make_recording(cfg.layout.device_folder)
     outbox.enqueue(doc, ogg)
     proxy.answer(500, {"detail": "An error occurred: 'tags'"}, n=1000, method="POST",
                  path="/api/v1/archive/")

@@ -9,6 +9,7 @@ import logging
 
 import pytest
 
+from recorder.cli import database_spec
 from recorder.cli import outbox as outbox_cli
 from recorder.db import Database
 from recorder.errors import ConfigError, RecorderError
@@ -78,7 +79,7 @@ def test_cli_list_and_retry_show_state_never_secrets(papad, cfg_factory, tmp_pat
     cfg = real_config(cfg_factory, tmp_path, server, url=proxy.url)
     outbox = Outbox(Database(cfg.db_path))
     client = make_client(cfg.papad)
-    docs = [make_recording(cfg.device_folder, index=i) for i in range(2)]
+    docs = [make_recording(cfg.layout.device_folder, index=i) for i in range(2)]
     for doc, ogg in docs:
         outbox.enqueue(doc, ogg)
     proxy.answer(400, {"detail": "Bad upload"}, method="POST", path="/api/v1/archive/")
@@ -115,7 +116,7 @@ def test_cli_list_and_retry_show_state_never_secrets(papad, cfg_factory, tmp_pat
 
 def test_doctor_all_good(papad_real, cfg_factory, tmp_path):
     cfg = real_config(cfg_factory, tmp_path, papad_real)
-    checks = papad_checks(cfg)
+    checks = papad_checks(cfg.papad, database_spec(cfg))
     assert [c["name"] for c in checks] == [
         "papad reachable", "papad credentials accepted", "papad group", "papad listing",
         "papad outbox depth"]  # no database yet: no oldest entry
@@ -126,21 +127,21 @@ def test_doctor_all_good(papad_real, cfg_factory, tmp_path):
 
 def test_doctor_reports_each_failure(papad_upstream, cfg_factory, tmp_path):
     cfg = real_config(cfg_factory, tmp_path, papad_upstream, group=5)
-    by_name = {c["name"]: c for c in papad_checks(cfg)}
+    by_name = {c["name"]: c for c in papad_checks(cfg.papad, database_spec(cfg))}
     assert by_name["papad credentials accepted"]["ok"]
     assert not by_name["papad group"]["ok"]
     assert "not a member of group 5" in by_name["papad group"]["detail"]
     write_secret(cfg.papad.token_file, "wrong-token")
-    by_name = {c["name"]: c for c in papad_checks(cfg)}
+    by_name = {c["name"]: c for c in papad_checks(cfg.papad, database_spec(cfg))}
     assert by_name["papad reachable"]["ok"]
     assert not by_name["papad credentials accepted"]["ok"]
     assert "HTTP 401" in by_name["papad credentials accepted"]["detail"]
     assert "wrong-token" not in json.dumps(list(by_name.values()))
     down = current_config(cfg_factory, tmp_path, "http://127.0.0.1:9")
-    by_name = {c["name"]: c for c in papad_checks(down)}
+    by_name = {c["name"]: c for c in papad_checks(down.papad, database_spec(down))}
     assert not by_name["papad reachable"]["ok"]
     cfg.papad.token_file.chmod(0o644)
-    by_name = {c["name"]: c for c in papad_checks(cfg)}
+    by_name = {c["name"]: c for c in papad_checks(cfg.papad, database_spec(cfg))}
     assert not by_name["papad credentials accepted"]["ok"]
     assert "chmod 600" in by_name["papad credentials accepted"]["detail"]
 
@@ -150,9 +151,9 @@ def test_doctor_outbox_depth_and_age(cfg_factory, tmp_path):
 
     cfg = current_config(cfg_factory, tmp_path, "http://127.0.0.1:9")
     outbox = Outbox(Database(cfg.db_path), clock=lambda: 1_000_000.0)
-    outbox.enqueue(*make_recording(cfg.device_folder))
+    outbox.enqueue(*make_recording(cfg.layout.device_folder))
     outbox.database.close()
-    by_name = {c["name"]: c for c in outbox_checks(cfg)}
+    by_name = {c["name"]: c for c in outbox_checks(database_spec(cfg))}
     assert by_name["papad outbox depth"] == {
         "name": "papad outbox depth", "ok": True, "detail": "1 pending, 0 parked"}
     assert not by_name["papad outbox oldest entry"]["ok"]  # queued long ago

@@ -80,7 +80,7 @@ def test_watcher_never_sees_partial_files(cfg_factory, speech_wav):
     """Poll the device folder during a real-time recording: a file is only ever seen whole,
     and a sidecar never before its OGG."""
     cfg = cfg_factory(audio={"preroll": 0.0})
-    folder = cfg.device_folder
+    folder = cfg.layout.device_folder
     seen: list[tuple[str, int]] = []
     passes: list[set[str]] = []  # the names one scan of the folder found
     stop = threading.Event()

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import soundfile as sf
 
+from recorder.app import service_wiring
 from recorder.config import SourceSpec
 from recorder.daemon import Service
 from tests.clips import RATE
@@ -33,7 +34,7 @@ def service_for(icecast, clip, **radio):
     cfg = icecast.recorder_config(**{"live": False, **radio})
     cfg = dataclasses.replace(cfg, audio=dataclasses.replace(
         cfg.audio, source=SourceSpec.parse(f"file:{clip}"), preroll=0.0))
-    svc = Service(cfg, pin_factory=MockFactory())
+    svc = Service(service_wiring(cfg), pin_factory=MockFactory())
     thread = threading.Thread(target=svc.run, daemon=True)
     thread.start()
     wait_until(lambda: svc.state == "idle", what="service armed")
@@ -59,7 +60,7 @@ def test_live_stream_and_recording_side_by_side(icecast, speech_wav):
     finally:
         svc.request_stop()
         thread.join(30)
-    recording = next(svc.cfg.device_folder.rglob("*.ogg"))
+    recording = next(svc.parts.layout.device_folder.rglob("*.ogg"))
     recorded, _ = sf.read(recording, dtype="int16")
     assert len(recorded) / RATE >= len(clip) / RATE  # complete: the clip and a bit more
     assert audio["ring_overruns"] == 0 and audio["input_overflows"] == 0
@@ -92,7 +93,7 @@ def test_icecast_restart_mid_stream_loses_nothing_in_the_recording(icecast, tmp_
     finally:
         svc.request_stop()
         thread.join(30)
-    doc = next(svc.cfg.device_folder.rglob("*.json")).read_text()
+    doc = next(svc.parts.layout.device_folder.rglob("*.json")).read_text()
     assert '"ring_frames": 0' in doc and '"input": 0' in doc
     assert audio["ring_overruns"] == 0
 
@@ -110,8 +111,8 @@ def test_wrong_password_is_reported_and_recording_unaffected(icecast, speech_wav
     finally:
         svc.request_stop()
         thread.join(30)
-    assert next(svc.cfg.device_folder.rglob("*.ogg")).stat().st_size > 0
-    playlist = svc.cfg.device_folder / "radio" / "playlist.m3u"
+    assert next(svc.parts.layout.device_folder.rglob("*.ogg")).stat().st_size > 0
+    playlist = svc.parts.layout.device_folder / "radio" / "playlist.m3u"
     assert playlist.is_file() and "recordings/" in playlist.read_text()
 
 
@@ -134,6 +135,6 @@ def test_playlist_skips_a_peer_copy_only_the_catalogue_knows_is_a_duplicate(
         dup = catalogue.add(peer.sidecar, origin="peer:peer1")
         assert dup == own.sidecar["recording_id"]
         app.radio_worker(own_cfg, catalogue).update_playlist()
-    listed = (own_cfg.device_folder / "radio" / "playlist.json").read_text()
+    listed = (own_cfg.layout.device_folder / "radio" / "playlist.json").read_text()
     assert own.sidecar["recording_id"] in listed
     assert peer.sidecar["recording_id"] not in listed

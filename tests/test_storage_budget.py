@@ -265,7 +265,7 @@ def test_simulation_30_devices_two_years_32gb_cards():
 
 
 def test_visible_in_doctor_status_and_metrics(tmp_path: Path):
-    from recorder.health import doctor
+    from recorder.cli.doctor import doctor
     from recorder.web.metrics import render
 
     cfg = parse_config({"device": {"id": "dev-a"},

@@ -325,9 +325,10 @@ def _service(cfg_factory, clip: Path, **web):
 def _run_service(cfg):
     from gpiozero.pins.mock import MockFactory
 
+    from recorder.app import service_wiring
     from recorder.daemon import Service
 
-    svc = Service(cfg, pin_factory=MockFactory())
+    svc = Service(service_wiring(cfg), pin_factory=MockFactory())
     thread = threading.Thread(target=svc.run, daemon=True)
     thread.start()
     wait_until(lambda: svc.state == "idle", what="service armed")
@@ -420,8 +421,9 @@ def test_web_config_errors_name_the_key(cfg_factory, web, key):
 
 
 def test_loose_password_file_stops_start_up(cfg_factory, tmp_path):
+    from recorder.app import service_wiring
     from recorder.daemon import Service
 
     loose = write_secret(tmp_path / "pw", "s3cret", mode=0o644)
     with pytest.raises(ConfigError, match=r"web\.password_file.*readable or writable by others"):
-        Service(cfg_factory(web={"password_file": str(loose)}))
+        Service(service_wiring(cfg_factory(web={"password_file": str(loose)})))

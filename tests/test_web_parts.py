@@ -66,25 +66,24 @@ def test_listing_follows_the_catalogue_pages_and_searches(tmp_path):
     listing = Listing(db)
     first = listing.page(1)
     assert (first.total, first.pages, len(first.items)) == (45, 3, 20)
-    assert [i["title"] for i in first.items[:2]] == ["take 44", "take 43"]
-    assert [i["title"] for i in listing.page(3).items] == [f"take {i}" for i in range(4, -1, -1)]
+    assert [i.title for i in first.items[:2]] == ["take 44", "take 43"]
+    assert [i.title for i in listing.page(3).items] == [f"take {i}" for i in range(4, -1, -1)]
     assert listing.page(99).page == 3  # past the end: the last page
     assert listing.page(1, tag="even").total == 23
-    assert [i["title"] for i in listing.page(1, query="TAKE 1").items][:2] == ["take 19",
-                                                                               "take 18"]
+    assert [i.title for i in listing.page(1, query="TAKE 1").items][:2] == ["take 19", "take 18"]
     assert listing.page(1, query="take_1").total == 0  # _ is not a wildcard
     # Writes through the catalogue (after the listing exists) show at once: triggers.
     catalogue.add(_sidecar(45, title="Lemon rice", tags=["cooking"]))
-    assert listing.page(1, query="lemon").items[0]["tags"] == ["cooking"]
+    assert listing.page(1, query="lemon").items[0].tags == ["cooking"]
     catalogue.add({**_sidecar(45), "title": "Lemon rice, retitled"})
     assert listing.page(1, query="retitled").total == 1
     assert listing.page(1, query="lemon").total == 1
     copy = _sidecar(46, sha256=_sidecar(45)["sha256"])  # same bytes: a duplicate
     assert catalogue.add(copy) == _sidecar(45)["recording_id"]
-    assert listing.get(_sidecar(45)["recording_id"])["duplicates"] == [copy["recording_id"]]
+    assert listing.get(_sidecar(45)["recording_id"]).duplicates == [copy["recording_id"]]
     catalogue.remove(copy["recording_id"])
     assert listing.get(copy["recording_id"]) is None
-    assert listing.get(_sidecar(45)["recording_id"])["duplicates"] == []
+    assert listing.get(_sidecar(45)["recording_id"]).duplicates == []
     assert listing.page(1).total == 46
     row = db.conn.execute("SELECT card FROM web_listing LIMIT 1").fetchone()
     assert json.loads(row[0])["clock_synced"] is True

@@ -20,9 +20,14 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from recorder import __version__
 from recorder.errors import RecorderError
+
+if TYPE_CHECKING:  # imported by main after parsing; the helpers below import at call time
+    from recorder.config import Config
+    from recorder.dbrepair import DatabaseSpec
 
 # numpy's OpenBLAS starts a thread per core at import, and they spin after every call: about
 # 50 ms of CPU at each start, and wake-ups while the service idles, for dot products of a few
@@ -100,6 +105,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for name in COMMAND_MODULES if argv is None else _modules_for(argv):
         importlib.import_module(name).register(sub)
     return parser
+
+
+def database_spec(cfg: Config) -> DatabaseSpec:
+    """The service database of `cfg` and what rebuilding it reads (`recorder.dbrepair`): every
+    command opens it through this, so every one repairs it the same way."""
+    from recorder.dbrepair import DatabaseSpec
+
+    return DatabaseSpec(cfg.db_path, cfg.layout, cfg.audioid, cfg.papad)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

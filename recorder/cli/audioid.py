@@ -102,9 +102,10 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
     from recorder.audioid.identify import identify_file
+    from recorder.cli import database_spec
     from recorder.dbrepair import open_database
 
-    with open_database(cfg) as database:
+    with open_database(database_spec(cfg)) as database:
         results = identify_file(_catalogue(database, cfg), args.file, limit=args.limit)
     matches = [
         {
@@ -136,9 +137,10 @@ def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_index_rebuild(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder.cli import database_spec
     from recorder.dbrepair import open_database
 
-    with open_database(cfg) as database:
+    with open_database(database_spec(cfg)) as database:
         catalogue = _catalogue(database, cfg)
         report = catalogue.rebuild(cfg.storage.sync_root, own_device=cfg.device.id)
         # Landmarks are not in sidecars: recordings without them get them from their files.

@@ -115,9 +115,10 @@ def _setup(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _database(cfg: Config) -> Any:
+    from recorder.cli import database_spec
     from recorder.dbrepair import open_database
 
-    return open_database(cfg)  # with the repair every command's database has
+    return open_database(database_spec(cfg))  # with the repair every command's database has
 
 
 def _tell_service(cfg: Config) -> bool:

@@ -91,11 +91,12 @@ def _time_sources(args: argparse.Namespace, client: SyncthingClient) -> int:
 def _firewall(args: argparse.Namespace, cfg: Config, client: SyncthingClient) -> int:
     import time
 
+    from recorder.cli import database_spec
     from recorder.dbrepair import open_database
     from recorder.mesh.membership import firewall
 
     settings = firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio)
-    with open_database(cfg) as database:
+    with open_database(database_spec(cfg)) as database:
         if args.check:
             print(firewall.check(settings, client, database))
             return 0

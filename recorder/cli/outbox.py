@@ -60,10 +60,11 @@ def _line(e: Entry) -> str:
 
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
     """Print the outbox."""
+    from recorder.cli import database_spec
     from recorder.dbrepair import open_database
     from recorder.papad.outbox import Outbox
 
-    with open_database(cfg) as database:
+    with open_database(database_spec(cfg)) as database:
         outbox = Outbox(database)
         entries, counts = outbox.entries(args.state), outbox.counts()
     if args.json:
@@ -83,10 +84,11 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_retry(args: argparse.Namespace, cfg: Config) -> int:
     """Make one or all undelivered entries due now."""
+    from recorder.cli import database_spec
     from recorder.dbrepair import open_database
     from recorder.papad.outbox import Outbox
 
-    with open_database(cfg) as database:
+    with open_database(database_spec(cfg)) as database:
         outbox = Outbox(database)
         if args.all:
             count = outbox.retry_all()

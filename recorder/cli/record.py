@@ -175,11 +175,12 @@ def _appliance_demo(cfg: Config, say: Any) -> Published:
     """Run the service on the bundled clip with gpiozero's mock pins and press its button."""
     from gpiozero.pins.mock import MockFactory
 
+    from recorder import app
     from recorder.daemon import Service
     from recorder.triggers import drive_mock_pin
 
     factory = MockFactory()
-    service = Service(cfg, pin_factory=factory)
+    service = Service(app.service_wiring(cfg), pin_factory=factory)
     published: list[Any] = []
     service.parts.publisher.listeners.append(published.append)
     runner = threading.Thread(target=service.run, name="service", daemon=True)

@@ -23,13 +23,14 @@ def register(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
+    from recorder import app
     from recorder.daemon import Service
 
-    return Service(cfg).run()
+    return Service(app.service_wiring(cfg)).run()
 
 
 def cmd_doctor(args: argparse.Namespace, cfg: Config) -> int:
-    from recorder.health import doctor
+    from recorder.cli.doctor import doctor
 
     checks = doctor(cfg)
     healthy = all(c["ok"] or c.get("severity") == "warning" for c in checks)

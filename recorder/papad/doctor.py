@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from recorder.config import Config
-from recorder.dbrepair import open_database
+from recorder.config import PapadConfig
+from recorder.dbrepair import DatabaseSpec, open_database
 from recorder.errors import RecorderError
 from recorder.papad.client import check, make_client
 from recorder.papad.outbox import PARKED, PENDING, Outbox
@@ -24,11 +24,11 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def outbox_checks(cfg: Config) -> list[dict[str, Any]]:
+def outbox_checks(spec: DatabaseSpec) -> list[dict[str, Any]]:
     """Outbox depth (parked entries fail the check) and the age of the oldest entry."""
-    if not cfg.db_path.exists():
+    if not spec.path.exists():
         return [check("papad outbox depth", True, "empty (no database yet)")]
-    with open_database(cfg) as database:
+    with open_database(spec) as database:
         outbox = Outbox(database)
         counts, age = outbox.counts(), outbox.oldest_age()
         latest = outbox.entries(PARKED)[-1:] if counts[PARKED] else []
@@ -46,17 +46,17 @@ def outbox_checks(cfg: Config) -> list[dict[str, Any]]:
     return out
 
 
-def papad_checks(cfg: Config) -> list[dict[str, Any]]:
+def papad_checks(papad: PapadConfig, spec: DatabaseSpec) -> list[dict[str, Any]]:
     """Doctor lines ``{"name", "ok", "detail"}``; never raises for a papad or config problem."""
-    if cfg.papad.api == "none":
+    if papad.api == "none":
         return [check("papad", True, "registration disabled (papad.api = none)")]
     try:
-        client = make_client(cfg.papad)
+        client = make_client(papad)
     except RecorderError as exc:
-        return [check("papad credentials accepted", False, str(exc)), *outbox_checks(cfg)]
+        return [check("papad credentials accepted", False, str(exc)), *outbox_checks(spec)]
     assert client is not None
     try:
         lines = client.checks()
     finally:
         client.close()
-    return lines + outbox_checks(cfg)
+    return lines + outbox_checks(spec)

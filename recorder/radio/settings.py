@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recorder.config import RadioConfig, StorageConfig
+from recorder.layout import Layout
 
 PLAYLIST_DIR = "radio"
 STATION_NAME = "station.m3u"
@@ -22,24 +23,27 @@ class RadioSettings:
     """The ``[radio]`` section and where this device's radio files live."""
 
     radio: RadioConfig
-    device_id: str
-    sync_root: Path
+    layout: Layout  # this device's id and folders (the one rule for where they are)
     state_dir: Path
     config_path: Path | None = None  # named in the station script's header
 
     @classmethod
     def of(cls, radio: RadioConfig, device_id: str, storage: StorageConfig,
            config_path: Path | None = None) -> RadioSettings:
-        return cls(radio, device_id, storage.sync_root, storage.state_dir, config_path)
+        return cls(radio, Layout.of(device_id, storage), storage.state_dir, config_path)
 
     @property
-    def device_folder(self) -> Path:
-        return self.sync_root / self.device_id
+    def device_id(self) -> str:
+        return self.layout.device_id
+
+    @property
+    def sync_root(self) -> Path:
+        return self.layout.sync_root
 
     @property
     def playlist_dir(self) -> Path:
         """``<sync_root>/<device-id>/radio``: where this device's playlist files live."""
-        return self.device_folder / PLAYLIST_DIR
+        return self.layout.device_folder / PLAYLIST_DIR
 
     @property
     def station_playlist(self) -> Path:

@@ -12,7 +12,7 @@ this table exists; `Listing.__init__` fills it once if it was created after the 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from recorder.db import Database, transaction
@@ -75,10 +75,43 @@ SCHEMA = (
 
 
 @dataclass(frozen=True)
+class ListedRecording:
+    """One recording as the page lists it: a ``web_listing`` row, read in `Listing._item`
+    only. The JSON API sends `as_dict` (these names, in this order)."""
+
+    recording_id: str
+    device_id: str
+    origin: str  # ``own`` or ``peer:<device-id>`` (`recorder.layout.origin_label`)
+    started_at: str
+    duration: float
+    title: str
+    tags: list[str]
+    duplicate_of: str | None
+    # From the sidecar (the card column): None where the sidecar has no such field.
+    path: str
+    bytes: int | None
+    codec: str | None
+    bookmarks: list[dict[str, Any]]
+    trigger: str | None
+    stop_reason: str | None
+    clock_synced: bool | None
+    levels: dict[str, Any]
+    source: str | None
+    original_name: str | None
+    caller: str | None
+    contains: list[Any]
+    duplicates: list[str]  # the recordings marked as copies of this one
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON the page reads (a fresh dict: the views add the papad state to it)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
 class Page:
     """One page of recordings, newest first."""
 
-    items: list[dict[str, Any]]
+    items: list[ListedRecording]
     page: int
     pages: int
     total: int
@@ -134,19 +167,15 @@ class Listing:
         rows = conn.execute(
             f"SELECT * FROM web_listing{clause} ORDER BY started_at DESC, recording_id DESC"
             " LIMIT ? OFFSET ?", [*args, size, (page - 1) * size]).fetchall()
-        items = [self._item(r) for r in rows]
-        self._add_duplicates(items)
-        return Page(items, page, pages, total)
+        return Page(self._with_duplicates([self._item(r) for r in rows]), page, pages, total)
 
-    def get(self, recording_id: str) -> dict[str, Any] | None:
+    def get(self, recording_id: str) -> ListedRecording | None:
         """One recording as the page lists it, or None."""
         row = self.db.conn.execute("SELECT * FROM web_listing WHERE recording_id = ?",
                                    (recording_id,)).fetchone()
         if row is None:
             return None
-        items = [self._item(row)]
-        self._add_duplicates(items)
-        return items[0]
+        return self._with_duplicates([self._item(row)])[0]
 
     def own_byte_rate(self, recent: int = 20) -> float | None:
         """Bytes per second of audio over this device's `recent` latest recordings (None
@@ -163,16 +192,24 @@ class Listing:
             "SELECT origin, COUNT(*) FROM web_listing GROUP BY origin")}
 
     @staticmethod
-    def _item(row: Any) -> dict[str, Any]:
-        return {"recording_id": row["recording_id"], "device_id": row["device_id"],
-                "origin": row["origin"], "started_at": row["started_at"],
-                "duration": row["duration"], "title": row["title"],
-                "tags": json.loads(row["tags"]), "duplicate_of": row["duplicate_of"],
-                **json.loads(row["card"])}
+    def _item(row: Any) -> ListedRecording:
+        """The one place a ``web_listing`` row becomes a value (its duplicates still empty)."""
+        card = json.loads(row["card"])
+        return ListedRecording(
+            recording_id=row["recording_id"], device_id=row["device_id"], origin=row["origin"],
+            started_at=row["started_at"], duration=row["duration"], title=row["title"],
+            tags=json.loads(row["tags"]), duplicate_of=row["duplicate_of"],
+            path=card["path"], bytes=card["bytes"], codec=card["codec"],
+            bookmarks=card["bookmarks"], trigger=card["trigger"],
+            stop_reason=card["stop_reason"], clock_synced=card["clock_synced"],
+            levels=card["levels"],
+            # Cards written by the triggers before issue 25 lack the import fields.
+            source=card.get("source"), original_name=card.get("original_name"),
+            caller=card.get("caller"), contains=card.get("contains") or [], duplicates=[])
 
-    def _add_duplicates(self, items: list[dict[str, Any]]) -> None:
-        """Each item's ``duplicates``: the recordings marked as copies of it."""
-        ids = [i["recording_id"] for i in items]
+    def _with_duplicates(self, items: list[ListedRecording]) -> list[ListedRecording]:
+        """`items`, each with its ``duplicates``: the recordings marked as copies of it."""
+        ids = [i.recording_id for i in items]
         found: dict[str, list[str]] = {i: [] for i in ids}
         if ids:
             marks = ",".join("?" * len(ids))
@@ -180,5 +217,4 @@ class Listing:
                     f"SELECT duplicate_of, recording_id FROM web_listing WHERE duplicate_of"
                     f" IN ({marks}) ORDER BY started_at", ids):
                 found[r[0]].append(r[1])
-        for item in items:
-            item["duplicates"] = found[item["recording_id"]]
+        return [replace(item, duplicates=found[item.recording_id]) for item in items]

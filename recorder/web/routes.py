@@ -26,7 +26,7 @@ from recorder.config import WebConfig
 from recorder.errors import DeviceError, DiskReserveError, RecorderError, ServiceError
 from recorder.pump import RecordingStateError
 from recorder.web.auth import Auth, LoginRefused, Session
-from recorder.web.listing import Listing
+from recorder.web.listing import ListedRecording, Listing
 from recorder.web.media import RECORDING_ID, NotServed, open_recording, recording_path_ok
 from recorder.web.metrics import CONTENT_TYPE as METRICS_TYPE
 from recorder.web.views import Collaborators, Views
@@ -306,16 +306,15 @@ class Site:
                 log.warning("web: waveform of %s: %s", rid, exc)
                 _fail(404, "the recording does not decode")
         bottle.response.set_header("Cache-Control", "max-age=86400")
-        return {**found.as_dict(), "duration": item["duration"],
-                "bookmarks": item.get("bookmarks") or []}
+        return {**found.as_dict(), "duration": item.duration, "bookmarks": item.bookmarks or []}
 
-    def _open(self, item: dict[str, Any]) -> Any:
-        if not recording_path_ok(str(item.get("path", ""))):
+    def _open(self, item: ListedRecording) -> Any:
+        if not recording_path_ok(str(item.path or "")):
             _fail(404, "no such recording file")
         try:
-            return open_recording(self.parts.layout, item["device_id"], item["path"])
+            return open_recording(self.parts.layout, item.device_id, item.path)
         except NotServed as exc:
-            log.warning("web: refused to serve %s: %s", item["recording_id"], exc)
+            log.warning("web: refused to serve %s: %s", item.recording_id, exc)
             _fail(404, "the recording file is missing or not a plain file")
 
     def mesh(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from recorder.mesh.net.syncthing import SyncthingClient
     from recorder.papad.outbox import Outbox
     from recorder.waveform import Waveforms
-    from recorder.web.listing import Listing
+    from recorder.web.listing import ListedRecording, Listing
     from recorder.worker import ServiceRequest
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,7 @@ class Views:
         """This device's newest recording, with its papad state (None before the first)."""
         if self.listing is None:
             return None
-        items = self.listing.page(1, origin="own", size=1).items
-        self._papad_states(items)
+        items = self._papad_states(self.listing.page(1, origin="own", size=1).items)
         return items[0] if items else None
 
     def byte_rate(self) -> float:
@@ -151,25 +150,25 @@ class Views:
             return {"items": [], "page": 1, "pages": 1, "total": 0,
                     "note": "no catalogue: enable [audioid] to list recordings"}
         found = self.listing.page(page, query=query, tag=tag, origin=origin)
-        self._papad_states(found.items)
-        return {"items": found.items, "page": found.page, "pages": found.pages,
+        return {"items": self._papad_states(found.items), "page": found.page, "pages": found.pages,
                 "total": found.total, "query": query, "tag": tag, "origin": origin}
 
     def recording(self, recording_id: str) -> dict[str, Any] | None:
         """One recording with its papad state, or None."""
         item = self.listing.get(recording_id) if self.listing is not None else None
-        if item is not None:
-            self._papad_states([item])
-        return item
+        return None if item is None else self._papad_states([item])[0]
 
-    def _papad_states(self, items: list[dict[str, Any]]) -> None:
+    def _papad_states(self, items: list[ListedRecording]) -> list[dict[str, Any]]:
+        """`items` as the JSON API sends them, each with its papad state."""
         outbox = self.parts.outbox
-        states = outbox.states([i["recording_id"] for i in items]) if outbox else {}
+        states = outbox.states([i.recording_id for i in items]) if outbox else {}
+        out = []
         for item in items:
-            entry = states.get(item["recording_id"])
-            item["papad"] = None if entry is None else {
+            entry = states.get(item.recording_id)
+            out.append({**item.as_dict(), "papad": None if entry is None else {
                 **entry, "state": PAPAD_WORDS.get(entry["state"], entry["state"]),
-                "reason": entry["last_error"] if entry["state"] == "parked" else None}
+                "reason": entry["last_error"] if entry["state"] == "parked" else None}})
+        return out
 
     # -- mesh ------------------------------------------------------------------------------------
     def mesh(self) -> dict[str, Any]:

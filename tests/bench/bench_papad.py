@@ -129,7 +129,7 @@ def bench_latency(root: Path, target: Any, data: bytes, seconds: float, n: int) 
     latencies = []
     try:
         for i in range(n):
-            doc, ogg = publish(cfg.device_folder, data, i, seconds, 0)
+            doc, ogg = publish(cfg.layout.device_folder, data, i, seconds, 0)
             done.clear()
             t0 = time.perf_counter()
             outbox.enqueue(doc, ogg)
@@ -151,9 +151,9 @@ def bench_drain(root: Path, target: Any, data: bytes, seconds: float, n: int,
     cfg = config(root, target, target.url, concurrency)
     outbox, client = Outbox(Database(cfg.db_path)), make_client(cfg.papad)
     t0 = time.perf_counter()
+    folder = cfg.layout.device_folder
     for i in range(n):
-        outbox.enqueue(*publish(cfg.device_folder, data, 100000 * (bookmarks + 1) + i, seconds,
-                                bookmarks))
+        outbox.enqueue(*publish(folder, data, 100000 * (bookmarks + 1) + i, seconds, bookmarks))
     enqueue_rate = n / (time.perf_counter() - t0)
     delivered: list[float] = []
     def done(rid: str, remote: str) -> None:

@@ -1,5 +1,9 @@
 """`recorder doctor`: checks that need no running service.
 
+This is the command's body, a CLI edge like the rest of `recorder.cli`: it reads every section
+and builds its own clients, so it takes the whole `Config` (`recorder.cli.service` registers the
+command).
+
 Each check is a dict ``{"name", "ok", "detail", "severity"}``; severity "warning" marks what
 degrades the appliance without stopping it (an unsynchronised clock, papad unreachable).
 """
@@ -48,7 +52,7 @@ def _device(cfg: Config) -> str:
 
 
 def _writable(cfg: Config) -> str:
-    folder = cfg.device_folder
+    folder = cfg.layout.device_folder
     ensure_dir(folder, "storage.sync_root")
     ensure_dir(cfg.storage.staging_dir, "storage.staging_dir")
     with tempfile.NamedTemporaryFile(dir=cfg.storage.staging_dir):
@@ -124,9 +128,11 @@ def extra_checks(cfg: Config) -> list[Check]:
     """Checks of the optional services this config uses (papad, Syncthing)."""
     checks: list[Check] = []
     if cfg.papad.api != "none":
+        from recorder.cli import database_spec
         from recorder.papad.doctor import papad_checks
 
-        checks.extend({"severity": "warning", **c} for c in papad_checks(cfg))
+        checks.extend({"severity": "warning", **c}
+                      for c in papad_checks(cfg.papad, database_spec(cfg)))
     if cfg.syncthing.api_key_file is not None:
         checks.append(_check("syncthing", lambda: _syncthing(cfg), severity="warning"))
         if checks[-1]["ok"]:
@@ -139,6 +145,7 @@ def extra_checks(cfg: Config) -> list[Check]:
 
 
 def _firewall(cfg: Config) -> str:
+    from recorder.cli import database_spec
     from recorder.dbrepair import open_database
     from recorder.mesh.membership import firewall
     from recorder.mesh.net.syncthing import SyncthingClient
@@ -147,7 +154,7 @@ def _firewall(cfg: Config) -> str:
         settings = firewall.Settings.of(cfg.yggdrasil, cfg.web, cfg.radio)
         if cfg.syncthing.api_key_file is None:
             return firewall.check(settings, None, None)
-        with open_database(cfg) as database:
+        with open_database(database_spec(cfg)) as database:
             return firewall.check(settings, SyncthingClient.from_config(cfg.syncthing),
                                   database)
     except firewall.FirewallError as exc:
