@@ -25,6 +25,7 @@ Everything generated is cached in ~/.cache/recorderpi-bench/airid (a few hundred
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -192,18 +193,28 @@ def pad(catalogue: Catalogue, total: int, pool: np.ndarray, seconds: float = 60.
     for p in range(parts):
         part = ordered[edges[p] : edges[p + 1]]
         n = round(count * per * part.size / ordered.size)
-        keys = rng.choice(part, n)
+        marks = lm.Landmarks(rng.choice(part, n), rng.integers(0, frames, n))
         nums = rng.integers(base + 1, base + count + 1, n)
-        ts = rng.integers(0, frames, n)
-        order = np.lexsort((ts, nums, keys))
-        rows = np.stack([keys[order], nums[order], ts[order]], axis=1)
+        # The index's own writer, one padded "recording" per part whose postings carry the
+        # drawn recording numbers (post() writes one num; the blobs are built here instead).
+        order = np.lexsort((marks.t, nums, marks.keys))
+        keys, ts, nums = marks.keys[order], marks.t[order], nums[order]
+        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        bounds = np.append(starts, keys.size).tolist()
+        postings = np.empty(keys.size, lx.POSTING)
+        postings["num"], postings["t"] = nums, ts
         with transaction(conn):
             conn.executemany(
-                "INSERT OR IGNORE INTO landmark_index (key, num, t) VALUES (?, ?, ?)",
-                rows.tolist())
-            uniq, counts = np.unique(rows[:, 0], return_counts=True)
-            lx.count_keys(conn, uniq, counts)
-        print(f"  padding to {total}: key range {p + 1}/{parts}", file=sys.stderr, flush=True)
+                "INSERT INTO landmark_postings (key, n, data) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET n = n + excluded.n, "
+                f"data = CASE WHEN n + excluded.n <= {lx.MAX_POSTINGS} "
+                "THEN CAST(data || excluded.data AS BLOB) ELSE x'' END",
+                ((int(keys[a]), b - a,
+                  postings[a:b].tobytes() if b - a <= lx.MAX_POSTINGS else b"")
+                 for a, b in itertools.pairwise(bounds)))
+        if (p + 1) % 16 == 0:
+            print(f"  padding to {total}: key range {p + 1}/{parts}", file=sys.stderr,
+                  flush=True)
 
 
 POOL_SECONDS = [0.0]
@@ -308,11 +319,12 @@ def main() -> None:
         docs = build_real(catalogue, real, work)
         report["build_real_s"] = round(time.monotonic() - t0, 1)
         conn = catalogue.conn
-        pool = np.array([r[0] for r in conn.execute("SELECT key FROM landmark_index")],
-                        dtype=np.int64)
+        pool = np.concatenate([
+            np.full(len(data) // lx.POSTING.itemsize, key, np.int64)
+            for key, data in conn.execute("SELECT key, data FROM landmark_postings")])
         POOL_SECONDS[0] = args.real * SECONDS
         size = sum(r[0] for r in conn.execute(
-            "SELECT SUM(pgsize) FROM dbstat WHERE name IN ('landmark_index', "
+            "SELECT SUM(pgsize) FROM dbstat WHERE name IN ('landmark_postings', "
             "'landmark_recordings', 'landmark_unindexed')"))
         hours = args.real * SECONDS / 3600
         report["landmarks_per_audio_second"] = round(len(pool) / (args.real * SECONDS), 1)
