@@ -39,7 +39,7 @@ from recorder.audioid.landmarks import Alignment, Landmarks, align
 ROW_BUDGET = 30000  # postings read per search, the rarest keys' first
 MAX_POSTINGS = 1000  # a key with more is a stop word: its postings are dropped, never read
 CANDIDATES = 8
-MIN_SCORE = 20  # agreeing query landmarks
+MIN_SCORE = 40  # agreeing query landmarks
 MIN_COVER = 5  # seconds of the query, each with landmarks.COVER_HITS agreeing ones
 LOOKUP_CHUNK = 900  # keys per SELECT (under SQLite's default limit of host parameters)
 WRITE_BLOCK = 8192  # postings turned into rows at once
