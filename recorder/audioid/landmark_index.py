@@ -192,31 +192,37 @@ def search(conn: sqlite3.Connection, query: Landmarks,
     accept = accept or is_match
     if query.keys.size == 0:
         return []
-    # One row per key: its count and packed postings (stop words' are empty, never read).
+    # How common each of the query's keys is (the rows' counts: the blobs, in SQLite's
+    # overflow pages when long, are not read for this), then the postings of the rarest, as
+    # many as ROW_BUDGET allows: a common key costs many postings and tells little (the work
+    # stays bounded however big the catalogue grows). Stop words have no postings to read.
     unique = np.unique(query.keys).tolist()
-    found_keys: list[int] = []
-    key_n: list[int] = []
-    blobs: list[bytes] = []
+    counted: list[tuple[int, int]] = []
     for start in range(0, len(unique), LOOKUP_CHUNK):
         chunk = unique[start : start + LOOKUP_CHUNK]
         marks = ",".join("?" * len(chunk))
-        for k, n, data in conn.execute(
-                f"SELECT key, n, data FROM landmark_postings WHERE key IN ({marks}) "
-                f"AND n <= {MAX_POSTINGS}", chunk):
-            found_keys.append(k)
-            key_n.append(n)
-            blobs.append(data)
-    if not found_keys:
+        counted += conn.execute(
+            f"SELECT key, n FROM landmark_postings WHERE key IN ({marks}) "
+            f"AND n BETWEEN 1 AND {MAX_POSTINGS}", chunk).fetchall()
+    if not counted:
         return []
-    # The rarest keys first, as many as ROW_BUDGET postings allow: a common key costs many
-    # postings and tells little (the work stays bounded however big the catalogue grows).
-    n_of = np.array([len(b) // POSTING.itemsize for b in blobs], np.int64)
-    use = np.argsort(np.array(key_n, np.int64), kind="stable")
-    use = use[np.cumsum(n_of[use]) <= ROW_BUDGET]
-    posts = np.frombuffer(b"".join(blobs[i] for i in use.tolist()), POSTING)
+    known = np.array(counted, dtype=np.int64)
+    known = known[np.argsort(known[:, 1], kind="stable")]
+    chosen = known[np.cumsum(known[:, 1]) <= ROW_BUDGET, 0].tolist()
+    keys_read: list[int] = []
+    blobs: list[bytes] = []
+    for start in range(0, len(chosen), LOOKUP_CHUNK):
+        chunk = chosen[start : start + LOOKUP_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for k, data in conn.execute(
+                f"SELECT key, data FROM landmark_postings WHERE key IN ({marks})", chunk):
+            keys_read.append(k)
+            blobs.append(data)
+    posts = np.frombuffer(b"".join(blobs), POSTING)
     if posts.size == 0:
         return []
-    rkey = np.repeat(np.array(found_keys, np.int64)[use], n_of[use])
+    n_of = np.array([len(b) // POSTING.itemsize for b in blobs], np.int64)
+    rkey = np.repeat(np.array(keys_read, np.int64), n_of)
     rnum = posts["num"].astype(np.int64)
     rt = posts["t"].astype(np.int64)
     # Join each posting with every query landmark holding its key.
