@@ -72,6 +72,8 @@ CACHE_KIB = 32768
 # windows of it all match one earlier recording by landmarks, on one line.
 AIR_WINDOWS = 3
 AIR_WINDOW_SECONDS = 20.0
+AIR_BUDGET = 30000  # postings read per window: a whole copy shares many rare keys; publishing
+# must stay fast (3 windows of 300,000 postings were 140 ms at 10,000 recordings)
 
 # recorder/web/listing.py keeps its `web_listing` in step through triggers on `recordings`
 # (reading recording_id, device_id, path, origin, started_at, duration, sidecar, duplicate_of):
@@ -427,7 +429,7 @@ class Catalogue:
         for start in starts:
             inside = (marks.t >= start) & (marks.t < start + width)
             window = Landmarks(marks.keys[inside], marks.t[inside] - start)
-            for match in lx.search(self.conn, window):
+            for match in lx.search(self.conn, window, budget=AIR_BUDGET):
                 if match.num != num:
                     a = match.alignment
                     lines.setdefault(match.num, []).append((start, a.offset_frames, a.speed))

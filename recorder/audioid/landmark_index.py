@@ -189,8 +189,10 @@ def next_pending(conn: sqlite3.Connection) -> tuple[int, Landmarks] | None:
 
 
 def search(conn: sqlite3.Connection, query: Landmarks,
-           accept: Callable[[Alignment], bool] | None = None) -> list[AirMatch]:
-    """Recordings the query matches (`accept`, by default `is_match`), best score first."""
+           accept: Callable[[Alignment], bool] | None = None,
+           budget: int = ROW_BUDGET) -> list[AirMatch]:
+    """Recordings the query matches (`accept`, by default `is_match`), best score first,
+    reading at most `budget` postings."""
     accept = accept or is_match
     if query.keys.size == 0:
         return []
@@ -210,7 +212,7 @@ def search(conn: sqlite3.Connection, query: Landmarks,
         return []
     known = np.array(counted, dtype=np.int64)
     known = known[np.argsort(known[:, 1], kind="stable")]
-    chosen = known[np.cumsum(known[:, 1]) <= ROW_BUDGET, 0].tolist()
+    chosen = known[np.cumsum(known[:, 1]) <= budget, 0].tolist()
     keys_read: list[int] = []
     blobs: list[bytes] = []
     for start in range(0, len(chosen), LOOKUP_CHUNK):
