@@ -193,7 +193,13 @@ def pad(catalogue: Catalogue, total: int, pool: np.ndarray, seconds: float = 60.
     for p in range(parts):
         part = ordered[edges[p] : edges[p + 1]]
         n = round(count * per * part.size / ordered.size)
-        marks = lm.Landmarks(rng.choice(part, n), rng.integers(0, frames, n))
+        keys = rng.choice(part, n)
+        if PAD_MODEL[0] == "recombined":
+            # Other audio, other peak combinations: the key's frequency part (first peak,
+            # second peak's difference) from one real key, the rest from another.
+            low = (1 << 13) - 1
+            keys = (keys & ~low) | (rng.choice(pool, n) & low)
+        marks = lm.Landmarks(keys, rng.integers(0, frames, n))
         nums = rng.integers(base + 1, base + count + 1, n)
         # The index's own writer, one padded "recording" per part whose postings carry the
         # drawn recording numbers (post() writes one num; the blobs are built here instead).
@@ -218,6 +224,7 @@ def pad(catalogue: Catalogue, total: int, pool: np.ndarray, seconds: float = 60.
 
 
 POOL_SECONDS = [0.0]
+PAD_MODEL = ["pool"]
 
 
 def _cpu() -> float:
@@ -292,12 +299,16 @@ def main() -> None:
     ap.add_argument("--pad", type=int, action="append", default=[])
     ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--cpu-only", action="store_true")
+    ap.add_argument("--pad-model", choices=("pool", "recombined"), default="pool",
+                    help="padded keys: drawn from the real recordings' keys (pool), or each "
+                         "made of two real keys' halves (recombined: spreads over more keys)")
     ap.add_argument("--skip-recall", action="store_true",
                     help="only the padded sizes' identify time (with --unrelated 0: no false "
                          "match runs either)")
     ap.add_argument("--raw", type=Path, default=CACHE / "raw",
                     help="where every alignment is written (for choosing thresholds)")
     args = ap.parse_args()
+    PAD_MODEL[0] = args.pad_model
     args.raw.mkdir(parents=True, exist_ok=True)
     for tool in ("espeak-ng", "sox", "opusenc", "opusdec", "oggenc"):
         if shutil.which(tool) is None:
