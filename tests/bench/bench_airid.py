@@ -302,6 +302,8 @@ def main() -> None:
     ap.add_argument("--pad-model", choices=("pool", "recombined"), default="pool",
                     help="padded keys: drawn from the real recordings' keys (pool), or each "
                          "made of two real keys' halves (recombined: spreads over more keys)")
+    ap.add_argument("--max-postings", type=int, default=lx.MAX_POSTINGS,
+                    help="the index's stop-word cap, to try others")
     ap.add_argument("--skip-recall", action="store_true",
                     help="only the padded sizes' identify time (with --unrelated 0: no false "
                          "match runs either)")
@@ -309,6 +311,7 @@ def main() -> None:
                     help="where every alignment is written (for choosing thresholds)")
     args = ap.parse_args()
     PAD_MODEL[0] = args.pad_model
+    lx.MAX_POSTINGS = args.max_postings
     args.raw.mkdir(parents=True, exist_ok=True)
     for tool in ("espeak-ng", "sox", "opusenc", "opusdec", "oggenc"):
         if shutil.which(tool) is None:
