@@ -443,13 +443,18 @@ class Importer:
     def _sidecar_of(self, rec: Existing) -> Path:
         return (self.cfg.storage.sync_root / rec.device_id / rec.path).with_suffix(".json")
 
-    def _same_audio(self, audio_id: dict[str, Any] | None) -> tuple[Existing | None, list[str]]:
-        """(a known recording holding the same audio, known recordings this audio holds).
-        Lengths are the prints' non-silent items, as the catalogue's duplicate test counts."""
+    def _same_audio(self, audio_id: dict[str, Any] | None,
+                    rid: str) -> tuple[Existing | None, list[str]]:
+        """(a known recording holding the same audio, known recordings this audio holds), by
+        `identify`'s answer: Chromaprint, else landmarks (a call that caught a recording from
+        the radio holds it). Lengths are the prints' non-silent items, as the catalogue's
+        duplicate test counts."""
         if self.catalogue is None or audio_id is None:
             return None, []
         from recorder.audioid import chroma
         from recorder.audioid.compare import non_silent
+        from recorder.audioid.identify import identify_prints
+        from recorder.audioid.landmarks import HANDOFF
 
         try:
             items, _ = chroma.decode(audio_id["fingerprint"])
@@ -458,12 +463,15 @@ class Importer:
         coverage = self.cfg.audioid.duplicate_coverage
         length = non_silent(items) * chroma.ITEM_SECONDS
         contains: list[str] = []
-        for match in self.catalogue.identify(items, limit=10):
+        for match in identify_prints(self.catalogue, items, HANDOFF.peek(rid), limit=10):
             entry = self.catalogue.get(match.recording_id)
             if entry is None or not entry.fingerprint:
                 continue
             found = Existing(entry.recording_id, entry.device_id, entry.path)
             if not self._sidecar_of(found).is_file():
+                continue
+            if match.overlap_seconds is None:  # landmarks: heard in this audio, never all of it
+                contains.append(entry.duplicate_of or entry.recording_id)
                 continue
             try:
                 known = non_silent(chroma.decode(entry.fingerprint)[0]) * chroma.ITEM_SECONDS
@@ -528,7 +536,7 @@ class Importer:
         ogg = self.staging / f"{rid}.ogg"
         try:
             rec = self._encode(fd, label, ogg, rid, origin, digest, title, tags)
-            same, contains = self._same_audio(dict(rec.audio_id) if rec.audio_id else None)
+            same, contains = self._same_audio(dict(rec.audio_id) if rec.audio_id else None, rid)
             if same is not None:
                 ogg.unlink(missing_ok=True)
                 return self._duplicate(path, same, keys, "the same audio")

@@ -154,7 +154,8 @@ def test_bridge_recomputes_a_peer_recordings_landmarks(local, corpus, tmp_path) 
     # Forgetting the recording forgets its landmarks.
     assert catalogue.remove(doc["recording_id"])
     assert identify_file(catalogue, tmp_path / "speed.wav") == []
-    assert catalogue.conn.execute("SELECT COUNT(*) FROM landmark_index").fetchone()[0] == 0
+    assert catalogue.conn.execute(
+        "SELECT COUNT(*) FROM landmark_postings WHERE n > 0").fetchone()[0] == 0
 
 
 def test_index_rebuild_computes_landmarks_from_the_files(cfg_factory, corpus,  # noqa: F811
@@ -180,3 +181,40 @@ def test_index_rebuild_computes_landmarks_from_the_files(cfg_factory, corpus,  #
     found = identify_file(catalogue, clip)
     assert [f.recording_id for f in found] == [doc["recording_id"]]
     assert abs(found[0].offset_seconds - START) <= 0.5
+
+
+def test_a_recording_heard_through_the_air_is_linked_to_its_original(config_file, corpus,  # noqa: F811
+                                                                      tmp_path) -> None:
+    """The catalogue's duplicate test (the sidecar's ``duplicate_of``: the web page's "Same
+    audio as", and what the bridge records for a peer's recording) and imports (``contains``)
+    use identify's answer: Chromaprint, else landmarks."""
+    need("sox")
+    need("opusenc")
+    cfg_path, _ = config_file()
+    src = corpus.speech(4, "en-gb-x-rp", 6)
+    other = corpus.speech(9, "en-us", 6)
+
+    def record(source: Path) -> dict:
+        done = run_cli("--config", cfg_path, "record", "--source", f"file:{source}", "--fast",
+                       "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(Path(json.loads(done.stdout)["sidecar"]).read_text())
+
+    original, unrelated = record(src), record(other)
+    assert "duplicate_of" not in unrelated or unrelated["duplicate_of"] is None
+    # The whole recording again, played 2 % fast in a hall: Chromaprint sees no copy.
+    air = tmp_path / "air.wav"
+    sox(src, air, "speed", "1.02", "reverb", "70", "50", "80", "100", "10", "gain", "-n", "-3")
+    assert record(air).get("duplicate_of") == original["recording_id"]
+    # A phone call: someone (never recorded) speaks, then holds the phone to the radio
+    # playing the recording.
+    heard = excerpt(src, tmp_path / "heard.wav", "phone", start=2.0)
+    call = tmp_path / "call.wav"
+    sox(corpus.speech(21, "en+f3", 6), "-r", "8000", tmp_path / "talk.wav", "trim", "0", "6")
+    sox(tmp_path / "talk.wav", heard, call)
+    done = run_cli("--config", cfg_path, "import", "--json", str(call), timeout=300)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.splitlines()[0])
+    assert answer["action"] == "imported", answer
+    doc = json.loads(Path(answer["path"]).with_suffix(".json").read_text())
+    assert doc.get("contains") == [original["recording_id"]], doc.get("contains")

@@ -16,11 +16,13 @@ Tables (in the shared database opened by `recorder.db.connect`):
   are visible; every search first indexes what is pending, so a crash in between only delays
   the postings.
 
-- ``landmark_recordings`` and ``landmark_index`` (`recorder.audioid.landmark_index`): the
+- ``landmark_recordings`` and ``landmark_postings`` (`recorder.audioid.landmark_index`): the
   second fingerprint, built for audio heard through the air, searched when Chromaprint finds
-  nothing (`identify_air`). A recording's landmarks come from its sink through
-  `landmarks.HANDOFF` when it is published, from the bridge's own decoding for a peer's
-  recording (never from the peer), or from its file at ``recorder index rebuild``; a recording
+  nothing (`identify_air`, and ``duplicate_of``: a recording that is an earlier one heard
+  through the air, a rebroadcast caught by a microphone, is marked its duplicate). A
+  recording's landmarks come from its sink through `landmarks.HANDOFF` when it is published,
+  from the bridge's own decoding for a peer's recording (never from the peer), or from its
+  file at ``recorder index rebuild``; a recording
   whose sha256 changes loses them.
 
 Identification looks up the query's keys, lets each hit vote for (recording, offset), and then
@@ -50,7 +52,7 @@ from recorder import sidecar as sidecar_mod
 from recorder.audioid import chroma
 from recorder.audioid import landmark_index as lx
 from recorder.audioid.compare import DEFAULT_THRESHOLD, as_items, compare_near, non_silent
-from recorder.audioid.landmarks import HANDOFF, Landmarks, PeakFinder, triplets
+from recorder.audioid.landmarks import FRAME_SECONDS, HANDOFF, Landmarks, PeakFinder, triplets
 from recorder.config import AudioIdConfig
 from recorder.db import Database, transaction
 from recorder.layout import device_folders, origin_label
@@ -66,6 +68,12 @@ CANDIDATES = 12  # recordings verified per query, best voted first
 VERIFY_RADIUS = 2  # items either side of the voted offset
 REBUILD_BATCH = 200
 CACHE_KIB = 32768
+# A recording Chromaprint finds no original for is a copy heard through the air when these
+# windows of it all match one earlier recording by landmarks, on one line.
+AIR_WINDOWS = 3
+AIR_WINDOW_SECONDS = 20.0
+AIR_BUDGET = 30000  # postings read per window: a whole copy shares many rare keys; publishing
+# must stay fast (3 windows of 300,000 postings were 140 ms at 10,000 recordings)
 
 # recorder/web/listing.py keeps its `web_listing` in step through triggers on `recordings`
 # (reading recording_id, device_id, path, origin, started_at, duration, sidecar, duplicate_of):
@@ -264,7 +272,8 @@ class Catalogue:
             landmarks = HANDOFF.take(sidecar["recording_id"])
         self.index_pending()  # the duplicate search below must see every recording
         with transaction(self.conn):
-            duplicate_of = self._add(sidecar, origin, decoded, defer_index=defer_index)
+            duplicate_of = self._add(sidecar, origin, decoded, defer_index=defer_index,
+                                     landmarks=landmarks)
             if landmarks is not None:
                 num = self._num(sidecar["recording_id"])
                 lx.put(self.conn, num, sidecar["sha256"], landmarks, defer=defer_index)
@@ -324,6 +333,7 @@ class Catalogue:
         decoded: tuple[np.ndarray, str] | None,
         *,
         defer_index: bool = False,
+        landmarks: Landmarks | None = None,
     ) -> str | None:
         rid = doc["recording_id"]
         old = self.conn.execute(
@@ -340,6 +350,8 @@ class Catalogue:
         if lx.sha256_of(self.conn, num) not in (None, doc["sha256"]):
             lx.remove(self.conn, num)  # landmarks of audio this recording no longer has
         duplicate_of = self._find_original(doc, items)
+        if duplicate_of is None and landmarks is not None:
+            duplicate_of = self._find_original_by_air(doc, num, landmarks)
         self.conn.execute(
             """INSERT INTO recordings (recording_id, num, device_id, path, sha256, duration,
                    started_at, origin, fingerprint, items, sidecar, duplicate_of)
@@ -398,6 +410,45 @@ class Catalogue:
             if key >= (when, rid):
                 continue
             if best is None or key < best[0]:
+                best = (key, row["duplicate_of"] or row["recording_id"])
+        return best[1] if best is not None else None
+
+    def _find_original_by_air(self, doc: dict[str, Any], num: int,
+                              marks: Landmarks) -> str | None:
+        """The earliest recording this one is a copy of heard through the air (Chromaprint
+        found none), as `identify` would answer for it: its AIR_WINDOWS windows of
+        AIR_WINDOW_SECONDS, spread over its length, each matched by landmarks to the same
+        earlier recording on one line (offsets a speed apart). The windows bound the work
+        whatever the length (publishing stays fast)."""
+        if marks.t.size == 0:
+            return None
+        frames = int(marks.t[-1]) + 1
+        width = int(AIR_WINDOW_SECONDS / FRAME_SECONDS)
+        starts = sorted({int(s) for s in np.linspace(0, max(0, frames - width), AIR_WINDOWS)})
+        lines: dict[int, list[tuple[float, float, float]]] = {}
+        for start in starts:
+            inside = (marks.t >= start) & (marks.t < start + width)
+            window = Landmarks(marks.keys[inside], marks.t[inside] - start)
+            for match in lx.search(self.conn, window, budget=AIR_BUDGET):
+                if match.num != num:
+                    a = match.alignment
+                    lines.setdefault(match.num, []).append((start, a.offset_frames, a.speed))
+        rid, when = doc["recording_id"], doc["started_at"]
+        best: tuple[tuple[str, str], str] | None = None
+        for other, found in lines.items():
+            if len(found) < len(starts):
+                continue
+            speed = float(np.median([f[2] for f in found]))
+            at = [o - speed * s for s, o, _ in found]  # where the recording starts in `other`
+            if max(at) - min(at) > 1.0 / FRAME_SECONDS:
+                continue
+            row = self.conn.execute(
+                "SELECT recording_id, started_at, duplicate_of FROM recordings WHERE num = ?",
+                (other,)).fetchone()
+            if row is None:
+                continue
+            key = (row["started_at"], row["recording_id"])
+            if key < (when, rid) and (best is None or key < best[0]):
                 best = (key, row["duplicate_of"] or row["recording_id"])
         return best[1] if best is not None else None
 

@@ -13,13 +13,16 @@ score with the threshold it passed:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from recorder.audioid import landmark_index
 from recorder.audioid.catalogue import Catalogue
 from recorder.audioid.chroma import fingerprint_file
-from recorder.audioid.landmarks import QUERY_FAN, PeakFinder, triplets
+from recorder.audioid.landmarks import QUERY_FAN, Landmarks, PeakFinder, triplets
 
 
 @dataclass(frozen=True)
@@ -46,16 +49,28 @@ def identify_file(catalogue: Catalogue, path: Path, limit: int = 5) -> list[Answ
     TooShortError as `chroma.fingerprint_file` does."""
     finder = PeakFinder()
     fp = fingerprint_file(path, tap=finder.feed)
+    return identify_prints(catalogue, fp.items, lambda: triplets(finder.finish(),
+                                                                 fan=QUERY_FAN), limit)
+
+
+def identify_prints(catalogue: Catalogue, items: np.ndarray | list[int],
+                    landmarks: Callable[[], Landmarks | None] | Landmarks | None,
+                    limit: int = 5) -> list[Answer]:
+    """`identify_file`'s answer for prints already computed: Chromaprint `items`, and the
+    landmarks (or a function making them, called only when Chromaprint finds nothing; None:
+    Chromaprint alone). The one answer imports, the catalogue and the CLI give."""
     similar = 1.0 - 2.0 * catalogue.threshold
     found = [
         Answer("chromaprint", r.recording_id, r.device_id, r.path, r.offset_seconds, 1.0,
                r.similarity, similar, r.duplicate_of, similarity=r.similarity, ber=r.ber,
                overlap_seconds=r.overlap_seconds)
-        for r in catalogue.identify(fp.items, limit=limit)
+        for r in catalogue.identify(items, limit=limit)
     ]
     if found:
         return found
-    query = triplets(finder.finish(), fan=QUERY_FAN)
+    query = landmarks() if callable(landmarks) else landmarks
+    if query is None:
+        return []
     return [
         Answer("landmarks", r.recording_id, r.device_id, r.path, r.offset_seconds, r.speed,
                r.score, landmark_index.MIN_SCORE, r.duplicate_of,

@@ -7,27 +7,28 @@ Tables (owned by this module; ``num`` is the catalogue's recording number):
 - ``landmark_recordings``: one row per recording with landmarks: the sha256 of the audio they
   were computed from (a recording whose audio changes loses them), the landmarks themselves
   (8 bytes each: to remove the postings, or index them later) and whether they are indexed;
-- ``landmark_index``: the postings, (key, num, anchor frame), in key order;
-- ``landmark_keys``: how many postings each key has.
+- ``landmark_postings``: one row per key: how many postings (recording num, anchor frame) it
+  has and the postings themselves, packed in one blob (8 bytes each), while there are at most
+  MAX_POSTINGS: a key more common than that is a stop word (as in audfprint's capped hash
+  buckets), too frequent to tell recordings apart; its postings are dropped.
 
-Search: look up how common each of the query's keys is (``landmark_keys``), read the postings
-of the rarest, at most ROW_BUDGET in all (common keys, sounds too frequent to tell recordings
-apart, are left out first: the work stays bounded as the catalogue grows), count per
-recording how many distinct query landmarks hit it, and align the CANDIDATES best
-(`landmarks.align`). A recording matches when its alignment has at least MIN_SCORE agreeing
-landmarks spread over at least MIN_COVER seconds of the query, each of those seconds with
-COVER_HITS of them.
+Search: read the counts of the query's distinct keys (one B-tree lookup each), then the
+postings of the rarest, at most ROW_BUDGET in all (the work stays bounded as the catalogue
+grows); pick the CANDIDATES recordings with the most votes for one (recording, offset) by
+counting (numpy's bincount, no sort over the hits), and align each (`landmarks.align`). A
+recording matches when its alignment has at least MIN_SCORE agreeing landmarks spread over at
+least MIN_COVER seconds of the query, each of those seconds with COVER_HITS of them.
 
-The two thresholds come from tests/bench/bench_airid.py (README, "Benchmarks"): on a catalogue
-of 1,000 real synthetic recordings (espeak-ng speech, melodies, noise) padded to 10,000 with
-recordings drawn from the same key distribution, unrelated queries (other texts and voices,
-melodies, noise, degraded as the air degrades them) never reached them, while degraded excerpts
-of catalogued recordings did (recall per degradation in the README).
+The thresholds come from tests/bench/bench_airid.py and bench_airid_ota.py (README,
+"Benchmarks"): against 800 generated recordings (espeak-ng speech, melodies, noise), the best
+alignments of 2,640 unrelated 10 s queries (other texts and voices, melodies, noise, degraded
+as the air degrades them) reached a score of 39 with 4 s of cover and 27 with 5 s; degraded
+excerpts of catalogued recordings that Chromaprint missed scored 48 or more, excerpts played
+through Icecast and PulseAudio into a hall and a phone call 38 or more.
 """
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,12 +37,17 @@ import numpy as np
 
 from recorder.audioid.landmarks import Alignment, Landmarks, align
 
-ROW_BUDGET = 30000  # postings read per search, the rarest keys' first
+ROW_BUDGET = 300000  # postings read per search, the rarest keys' first
+MAX_POSTINGS = 1000  # a key with more is a stop word: its postings are dropped, never read
 CANDIDATES = 8
-MIN_SCORE = 20  # agreeing query landmarks
+VOTE_BIN = 128  # frames (3 s) per offset bin of the candidates' vote
+VOTE_WRAP = 256  # offset bins per recording (12.7 minutes, then they wrap around)
+MIN_SCORE = 32  # agreeing query landmarks
 MIN_COVER = 5  # seconds of the query, each with landmarks.COVER_HITS agreeing ones
-LOOKUP_CHUNK = 500
-COUNT_BLOCK = 16384  # postings whose key counts are worked out at once
+LOOKUP_CHUNK = 900  # keys per SELECT (under SQLite's default limit of host parameters)
+WRITE_BLOCK = 8192  # postings turned into rows at once
+
+POSTING = np.dtype([("num", "<u4"), ("t", "<u4")])
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS landmark_recordings (
@@ -52,17 +58,21 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS landmark_unindexed ON landmark_recordings (indexed) "
     "WHERE indexed = 0",
-    # Postings per key: a search reads the rarest of its keys first, within ROW_BUDGET rows.
-    """CREATE TABLE IF NOT EXISTS landmark_keys (
+    # One row per key: how many postings it has (n) and, while n <= MAX_POSTINGS, the postings
+    # themselves packed in one blob (POSTING records): a search reads one row per key it uses,
+    # not one per posting.
+    """CREATE TABLE IF NOT EXISTS landmark_postings (
         key INTEGER PRIMARY KEY,
-        n INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS landmark_index (
-        key INTEGER NOT NULL,
-        num INTEGER NOT NULL,
-        t INTEGER NOT NULL,
-        PRIMARY KEY (key, num, t)
+        n INTEGER NOT NULL,
+        data BLOB NOT NULL
     ) WITHOUT ROWID""",
+    # The first layout (one row per posting) is replaced: its recordings are indexed again
+    # from their stored landmarks by the next `index_pending` (idempotent: with no postings
+    # at all, every recording is re-indexed, which only costs time).
+    "DROP TABLE IF EXISTS landmark_index",
+    "DROP TABLE IF EXISTS landmark_keys",
+    "UPDATE landmark_recordings SET indexed = 0 WHERE indexed = 1 "
+    "AND NOT EXISTS (SELECT 1 FROM landmark_postings)",
 )
 
 
@@ -96,68 +106,69 @@ def put(conn: sqlite3.Connection, num: int, sha256: str, marks: Landmarks,
         post(conn, num, marks)
 
 
-def post(conn: sqlite3.Connection, num: int, marks: Landmarks) -> None:
-    """Write recording `num`'s postings (its landmarks are stored already)."""
-    order = np.lexsort((marks.t, marks.keys))
-    conn.executemany(
-        "INSERT OR IGNORE INTO landmark_index (key, num, t) VALUES (?, ?, ?)",
-        ((k, num, t) for k, t in _rows(marks.keys[order], marks.t[order])))
-    _count(conn, marks, +1)
-    conn.execute("UPDATE landmark_recordings SET indexed = 1 WHERE num = ?", (num,))
-
-
-def _count(conn: sqlite3.Connection, marks: Landmarks, sign: int) -> None:
-    """Add `sign` x the number of distinct (key, t) postings of `marks` to each key's count,
-    a block of keys at a time (whole-array temporaries of an hour's landmarks would add
-    about 15 MB to the recorder's peak memory at publish)."""
+def _grouped(marks: Landmarks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`marks`' distinct (key, t) in key order: keys, times, and where each key starts
+    (with the end appended)."""
     order = np.lexsort((marks.t, marks.keys))
     keys, ts = marks.keys[order], marks.t[order]
     del order
-    first, n = 0, keys.size
-    while first < n:
-        last = min(n, first + COUNT_BLOCK)
-        if last < n:  # one key's postings are never split between two blocks
-            last = int(np.searchsorted(keys, keys[last], side="left"))
-            if last <= first:
-                last = int(np.searchsorted(keys, keys[first], side="right"))
-        k, t = keys[first:last], ts[first:last]
-        distinct = np.ones(k.size, bool)
-        distinct[1:] = (k[1:] != k[:-1]) | (t[1:] != t[:-1])
-        k = k[distinct]
-        starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
-        counts = np.diff(np.concatenate((starts, [k.size])))
-        count_keys(conn, k[starts], sign * counts)
-        first = last
+    distinct = np.ones(keys.size, bool)
+    distinct[1:] = (keys[1:] != keys[:-1]) | (ts[1:] != ts[:-1])
+    keys, ts = keys[distinct], ts[distinct]
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    return keys, ts, np.append(starts, keys.size)
 
 
-def count_keys(conn: sqlite3.Connection, keys: np.ndarray, counts: np.ndarray) -> None:
-    """Add `counts` to the postings count of `keys` (distinct)."""
+def post(conn: sqlite3.Connection, num: int, marks: Landmarks) -> None:
+    """Write recording `num`'s postings (its landmarks are stored already). A key that goes
+    over MAX_POSTINGS loses its postings for good (a stop word: too common to tell recordings
+    apart, and the blob every later recording would rewrite)."""
+    keys, ts, bounds = _grouped(marks)
+    postings = np.empty(ts.size, POSTING)
+    postings["num"] = num
+    postings["t"] = ts
+    del ts
+
+    def rows() -> Iterator[tuple[int, int, bytes]]:
+        # A block of keys at a time: an hour's landmarks as Python objects at once would add
+        # tens of MB to the recorder's peak memory at publish.
+        for first in range(0, bounds.size - 1, WRITE_BLOCK):
+            b = bounds[first : first + WRITE_BLOCK + 1].tolist()
+            ks = keys[b[:-1]].tolist()
+            for i, k in enumerate(ks):
+                n = b[i + 1] - b[i]
+                yield k, n, postings[b[i] : b[i + 1]].tobytes() if n <= MAX_POSTINGS else b""
+
     conn.executemany(
-        "INSERT INTO landmark_keys (key, n) VALUES (?, ?) "
-        "ON CONFLICT (key) DO UPDATE SET n = n + excluded.n",
-        _rows(keys, counts))
-
-
-def _rows(a: np.ndarray, b: np.ndarray, block: int = 8192) -> Iterator[tuple[int, int]]:
-    """Pairs of `a` and `b` as Python ints, a block at a time: an hour's landmarks turned into
-    Python lists at once would add about 20 MB to the recorder's peak memory at publish."""
-    for first in range(0, a.size, block):
-        yield from zip(a[first : first + block].tolist(), b[first : first + block].tolist(),
-                       strict=True)
+        "INSERT INTO landmark_postings (key, n, data) VALUES (?, ?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET n = n + excluded.n, "
+        # (|| makes text of blobs: CAST gives the bytes back, unchanged)
+        f"data = CASE WHEN n + excluded.n <= {MAX_POSTINGS} "
+        "THEN CAST(data || excluded.data AS BLOB) ELSE x'' END", rows())
+    conn.execute("UPDATE landmark_recordings SET indexed = 1 WHERE num = ?", (num,))
 
 
 def remove(conn: sqlite3.Connection, num: int) -> None:
-    """Forget recording `num`'s landmarks and postings."""
+    """Forget recording `num`'s landmarks and postings. (A stop word stays one until the
+    index is rebuilt: its dropped postings are not recovered when its count falls again.)"""
     row = conn.execute("SELECT data, indexed FROM landmark_recordings WHERE num = ?",
                        (num,)).fetchone()
     if row is None:
         return
     if row[1]:
-        marks = Landmarks.from_bytes(row[0])
-        keys = np.unique(marks.keys)
-        conn.executemany("DELETE FROM landmark_index WHERE key = ? AND num = ?",
-                         ((k, num) for k in keys.tolist()))
-        _count(conn, marks, -1)
+        keys, _, bounds = _grouped(Landmarks.from_bytes(row[0]))
+        counts = np.diff(bounds)
+        for k, c in zip(keys[bounds[:-1]].tolist(), counts.tolist(), strict=True):
+            got = conn.execute("SELECT n, data FROM landmark_postings WHERE key = ?",
+                               (k,)).fetchone()
+            if got is None:
+                continue
+            if got[0] - c <= 0:
+                conn.execute("DELETE FROM landmark_postings WHERE key = ?", (k,))
+                continue
+            postings = np.frombuffer(got[1], POSTING)
+            conn.execute("UPDATE landmark_postings SET n = ?, data = ? WHERE key = ?",
+                         (got[0] - c, postings[postings["num"] != num].tobytes(), k))
     conn.execute("DELETE FROM landmark_recordings WHERE num = ?", (num,))
 
 
@@ -179,57 +190,78 @@ def next_pending(conn: sqlite3.Connection) -> tuple[int, Landmarks] | None:
 
 
 def search(conn: sqlite3.Connection, query: Landmarks,
-           accept: Callable[[Alignment], bool] | None = None) -> list[AirMatch]:
-    """Recordings the query matches (`accept`, by default `is_match`), best score first."""
+           accept: Callable[[Alignment], bool] | None = None,
+           budget: int = ROW_BUDGET) -> list[AirMatch]:
+    """Recordings the query matches (`accept`, by default `is_match`), best score first,
+    reading at most `budget` postings."""
     accept = accept or is_match
     if query.keys.size == 0:
         return []
-    counted: list[tuple[int, int]] = []
+    # How common each of the query's keys is (the rows' counts: the blobs, in SQLite's
+    # overflow pages when long, are not read for this), then the postings of the rarest, as
+    # many as ROW_BUDGET allows: a common key costs many postings and tells little (the work
+    # stays bounded however big the catalogue grows). Stop words have no postings to read.
     unique = np.unique(query.keys).tolist()
+    counted: list[tuple[int, int]] = []
     for start in range(0, len(unique), LOOKUP_CHUNK):
         chunk = unique[start : start + LOOKUP_CHUNK]
         marks = ",".join("?" * len(chunk))
         counted += conn.execute(
-            f"SELECT key, n FROM landmark_keys WHERE key IN ({marks}) AND n > 0", chunk
-        ).fetchall()
+            f"SELECT key, n FROM landmark_postings WHERE key IN ({marks}) "
+            f"AND n BETWEEN 1 AND {MAX_POSTINGS}", chunk).fetchall()
     if not counted:
         return []
-    # The rarest keys first, as many as ROW_BUDGET postings allow: a common key costs many
-    # rows and tells little (the work stays bounded however big the catalogue grows).
     known = np.array(counted, dtype=np.int64)
     known = known[np.argsort(known[:, 1], kind="stable")]
-    known = known[np.cumsum(known[:, 1]) <= ROW_BUDGET]
-    chosen = known[:, 0].tolist()
-    parts = []
+    chosen = known[np.cumsum(known[:, 1]) <= budget, 0].tolist()
+    keys_read: list[int] = []
+    blobs: list[bytes] = []
     for start in range(0, len(chosen), LOOKUP_CHUNK):
         chunk = chosen[start : start + LOOKUP_CHUNK]
         marks = ",".join("?" * len(chunk))
-        rows = conn.execute(
-            f"SELECT key, num, t FROM landmark_index WHERE key IN ({marks})", chunk
-        ).fetchall()
-        # fromiter over the flattened rows: several times faster than np.array of tuples.
-        parts.append(np.fromiter(itertools.chain.from_iterable(rows), np.int64, 3 * len(rows)))
-    hits = np.concatenate(parts).reshape(-1, 3) if parts else np.zeros((0, 3), np.int64)
-    if hits.size == 0:
+        for k, data in conn.execute(
+                f"SELECT key, data FROM landmark_postings WHERE key IN ({marks})", chunk):
+            keys_read.append(k)
+            blobs.append(data)
+    posts = np.frombuffer(b"".join(blobs), POSTING)
+    if posts.size == 0:
         return []
-    rkey, rnum, rt = hits[:, 0], hits[:, 1], hits[:, 2]
-    # Join each posting with every query landmark holding its key.
+    n_of = np.array([len(b) // POSTING.itemsize for b in blobs], np.int64)
+    rnum = posts["num"].astype(np.int64)
+    rt = posts["t"].astype(np.int64)
+    # Join each posting with every query landmark holding its key (looked up once per key,
+    # then spread over the key's postings).
     order = np.argsort(query.keys, kind="stable")
     sk = query.keys[order]
-    left = np.searchsorted(sk, rkey, "left")
-    reps = np.searchsorted(sk, rkey, "right") - left
+    kr = np.array(keys_read, np.int64)
+    key_left = np.searchsorted(sk, kr, "left")
+    left = np.repeat(key_left, n_of)
+    reps = np.repeat(np.searchsorted(sk, kr, "right") - key_left, n_of)
     if reps.sum() == 0:
         return []
-    hit = np.repeat(np.arange(rkey.size), reps)
+    hit = np.repeat(np.arange(rnum.size), reps)
     within = np.arange(hit.size) - np.repeat(np.cumsum(reps) - reps, reps)
     qi = order[np.repeat(left, reps) + within]
     hnum, htr = rnum[hit], rt[hit]
-    # Candidates: the recordings most distinct query landmarks hit.
-    pairs = np.unique(hnum * (1 << 32) + qi)
-    nums, counts = np.unique(pairs >> 32, return_counts=True)
-    good = counts >= MIN_SCORE
-    nums, counts = nums[good], counts[good]
-    top = nums[np.argsort(-counts, kind="stable")[:CANDIDATES]]
+    # Candidates, by counting only (no sort: a search joins hundreds of thousands of hits at
+    # 100,000 recordings): recordings with MIN_SCORE hits at all, then their hits' votes for
+    # (recording, offset at speed 1 in VOTE_BIN frames, wrapped at VOTE_WRAP bins); a pair of
+    # neighbouring bins holds a clip's line at any speed searched. Chance hits scatter over
+    # the bins, a clip's own hits pile up in one.
+    per_num = np.bincount(hnum)
+    strong = np.flatnonzero(per_num >= MIN_SCORE)
+    if strong.size == 0:
+        return []
+    dense = np.full(per_num.size, -1, np.int64)
+    dense[strong] = np.arange(strong.size)
+    mine = dense[hnum]
+    keep = mine >= 0
+    bins = ((htr[keep] - query.t[qi[keep]]) // VOTE_BIN) % VOTE_WRAP
+    votes = np.bincount(mine[keep] * VOTE_WRAP + bins,
+                        minlength=strong.size * VOTE_WRAP).reshape(strong.size, VOTE_WRAP)
+    best = (votes + np.roll(votes, -1, axis=1)).max(axis=1)
+    order = np.argsort(-best, kind="stable")[:CANDIDATES]
+    top = strong[order[best[order] >= MIN_SCORE]]
     found = []
     for num in top.tolist():
         mine = hnum == num

@@ -346,6 +346,11 @@ class Handoff:
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
+    def peek(self, recording_id: str) -> Landmarks | None:
+        """The landmarks left for `recording_id`, left there (for the publisher), or None."""
+        with self._lock:
+            return self._items.get(recording_id)
+
     def take(self, recording_id: str) -> Landmarks | None:
         """The landmarks left for `recording_id` (once), or None."""
         with self._lock:
