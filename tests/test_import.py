@@ -22,10 +22,11 @@ import pytest
 import soundfile as sf
 
 from recorder.recording import new_recording_id, parse_utc
+from tests.chromium import WINDOW
 from tests.clips import RATE, speech, tone, write_wav
 from tests.conftest import free_port, need, one_line_error, run_cli, toml_config, wait_until
 from tests.test_never_lose import Filler, small_disk  # noqa: F401 - a fixture
-from tests.test_web_browser import WINDOW, browser, open_page, shot  # noqa: F401 - a fixture
+from tests.test_web_browser import browser, open_page, shot  # noqa: F401 - a fixture
 
 CALLER_KEY = "76518406F6A9F2217E8DC487CC783C25CC16A15EB36FF32E335A235342C48A39" + "1F0E4A"
 TEXTS = [
