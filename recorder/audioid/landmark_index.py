@@ -115,7 +115,8 @@ def _grouped(marks: Landmarks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     distinct = np.ones(keys.size, bool)
     distinct[1:] = (keys[1:] != keys[:-1]) | (ts[1:] != ts[:-1])
     keys, ts = keys[distinct], ts[distinct]
-    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    # (no landmarks at all, e.g. silence: no keys, so no starts; [True] alone would make one)
+    starts = np.flatnonzero(np.concatenate(([keys.size > 0], keys[1:] != keys[:-1])))
     return keys, ts, np.append(starts, keys.size)
 
 
