@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recorder.audioformat import AudioFormat
 from recorder.config import AudioConfig, Config, GpioConfig, ServiceConfig, SourceSpec
 from recorder.db import Database
 from recorder.dbrepair import DatabaseSpec, open_database
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from recorder.budget import Budget
     from recorder.clockfix import ClockFixer
     from recorder.control import ControlServer
+    from recorder.importer import ImportSettings
     from recorder.inbox import InboxWorker
     from recorder.mesh.exchange.bridge import Bridge
     from recorder.mesh.exchange.handoff import ScanHandOff
@@ -319,9 +321,20 @@ def _inbox(cfg: Config, parts: Assembly) -> InboxWorker:
     from recorder.importer import Importer
     from recorder.inbox import InboxWorker
 
-    importer = Importer(cfg, parts.database, parts.publisher, parts.reserve,
-                        parts.sink_factories, parts.catalogue)
+    importer = Importer(import_settings(cfg, parts.layout), parts.database, parts.publisher,
+                        parts.reserve, parts.sink_factories, parts.catalogue)
     return InboxWorker(cfg.imports, importer)
+
+
+def import_settings(cfg: Config, layout: Layout) -> ImportSettings:
+    """The importer's part of the configuration (the inbox and `recorder import` share it)."""
+    from recorder.importer import ImportSettings
+
+    return ImportSettings(
+        layout=layout, format=AudioFormat(cfg.audio.samplerate, cfg.audio.channels),
+        max_seconds=cfg.storage.max_seconds, encoder=cfg.encoder,
+        silence_dbfs=cfg.service.silence_dbfs, duplicate_coverage=cfg.audioid.duplicate_coverage,
+        imports=cfg.imports)
 
 
 # --- the storage budget (issue 23): peers' audio within [storage] ----------------------

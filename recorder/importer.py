@@ -46,9 +46,10 @@ import soundfile as sf
 from recorder import __version__
 from recorder.atomic import atomic_write_text
 from recorder.audioformat import AudioFormat
-from recorder.config import Config
+from recorder.config import EncoderConfig, ImportConfig
 from recorder.db import Database, transaction
 from recorder.errors import InputFileError, TooShortError
+from recorder.layout import Layout
 from recorder.publish import Published, Publisher
 from recorder.recording import (
     MIN_RECORDING_SECONDS,
@@ -349,20 +350,34 @@ class _Decoded:
 # --- the importer ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ImportSettings:
+    """What the importer reads of the configuration (made once, in `recorder.app`)."""
+
+    layout: Layout  # this device's id and folders
+    format: AudioFormat  # what imported audio is resampled to: the button's format
+    max_seconds: float  # ``[storage] max_seconds``: longer files are refused
+    encoder: EncoderConfig
+    silence_dbfs: float  # ``[service] silence_dbfs``, for the recording's levels
+    duplicate_coverage: float  # ``[audioid] duplicate_coverage``
+    imports: ImportConfig
+
+
 class Importer:
     """Imports files into this device's recordings through `publisher` (see the module)."""
 
-    def __init__(self, cfg: Config, database: Database, publisher: Publisher, reserve: Reserve,
-                 sink_factories: Sequence[SinkFactory] = (), catalogue: Any = None) -> None:
-        self.cfg = cfg
+    def __init__(self, settings: ImportSettings, database: Database, publisher: Publisher,
+                 reserve: Reserve, sink_factories: Sequence[SinkFactory] = (),
+                 catalogue: Any = None) -> None:
+        self.settings = settings
         self.database = database
         self.publisher = publisher
         self.reserve = reserve
         self.sink_factories = list(sink_factories)
         self.catalogue = catalogue  # recorder.audioid.catalogue.Catalogue or None
-        self.format = AudioFormat(cfg.audio.samplerate, cfg.audio.channels)
-        self.staging = cfg.storage.staging_dir / "import"
-        self.device_folder = cfg.storage.sync_root / cfg.device.id
+        self.format = settings.format
+        self.staging = settings.layout.staging_dir / "import"
+        self.device_folder = settings.layout.device_folder
         database.ensure_schema(SCHEMA)
 
     # --- locking and crash recovery ---
@@ -441,7 +456,7 @@ class Importer:
                 [(k, rec.recording_id, rec.device_id, rec.path) for k in keys])
 
     def _sidecar_of(self, rec: Existing) -> Path:
-        return (self.cfg.storage.sync_root / rec.device_id / rec.path).with_suffix(".json")
+        return (self.settings.layout.folder_of(rec.device_id) / rec.path).with_suffix(".json")
 
     def _same_audio(self, audio_id: dict[str, Any] | None,
                     rid: str) -> tuple[Existing | None, list[str]]:
@@ -460,7 +475,7 @@ class Importer:
             items, _ = chroma.decode(audio_id["fingerprint"])
         except (KeyError, ValueError):
             return None, []
-        coverage = self.cfg.audioid.duplicate_coverage
+        coverage = self.settings.duplicate_coverage
         length = non_silent(items) * chroma.ITEM_SECONDS
         contains: list[str] = []
         for match in identify_prints(self.catalogue, items, HANDOFF.peek(rid), limit=10):
@@ -563,7 +578,7 @@ class Importer:
     def _duplicate(self, path: Path, existing: Existing, keys: Sequence[str],
                    why: str) -> Outcome:
         self.remember(keys, existing)
-        ogg = self.cfg.storage.sync_root / existing.device_id / existing.path
+        ogg = self.settings.layout.folder_of(existing.device_id) / existing.path
         return Outcome(str(path), "duplicate", existing.recording_id, str(ogg),
                        f"{why} as recording {existing.recording_id}")
 
@@ -571,20 +586,21 @@ class Importer:
                 title: str, tags: Sequence[str]) -> Recording:
         fmt = self.format
         decoded = _Decoded(fd, fmt, label)
-        max_frames = fmt.frames(self.cfg.storage.max_seconds)
+        max_frames = fmt.frames(self.settings.max_seconds)
         if decoded.frames_hint is not None and decoded.frames_hint > max_frames:
             raise ImportRejected(f"{label}: longer than storage.max_seconds "
-                                 f"({self.cfg.storage.max_seconds:g} s)")
+                                 f"({self.settings.max_seconds:g} s)")
         start = new_start(
-            recording_id=rid, device_id=self.cfg.device.id, codec=self.cfg.encoder.codec,
+            recording_id=rid, device_id=self.settings.layout.device_id,
+            codec=self.settings.encoder.codec,
             samplerate=fmt.samplerate, channels=fmt.channels, started_utc=origin.started_utc,
             monotonic_start=0.0, clock_synced=True, boot_id="", trigger="import", preroll=0.0,
             title=title or origin.title, tags=tags, software=f"recorderpi {__version__}")
-        encoder = OggEncoderSink(ogg, fmt, self.cfg.encoder, flush_seconds=3600.0, comments={
+        encoder = OggEncoderSink(ogg, fmt, self.settings.encoder, flush_seconds=3600.0, comments={
             "title": start.title or start.name, "date": start.started_at,
             "comment": f"recording_id={rid}", "software": start.software or ""})
-        ctx = RecordingContext(rid, self.cfg.device.id, fmt, self.staging)
-        sinks: list[Sink] = [encoder, LevelMeter(fmt.samplerate, self.cfg.service.silence_dbfs),
+        ctx = RecordingContext(rid, self.settings.layout.device_id, fmt, self.staging)
+        sinks: list[Sink] = [encoder, LevelMeter(fmt.samplerate, self.settings.silence_dbfs),
                              *(factory(ctx) for factory in self.sink_factories)]
 
         def checked() -> Iterator[np.ndarray]:
@@ -595,7 +611,7 @@ class Importer:
                 frames += len(block)
                 if frames > max_frames:
                     raise ImportRejected(f"{label}: longer than storage.max_seconds "
-                                         f"({self.cfg.storage.max_seconds:g} s)")
+                                         f"({self.settings.max_seconds:g} s)")
                 yield block
             if frames < fmt.frames(MIN_RECORDING_SECONDS) or frames == 0:
                 raise TooShortError(f"{label}: {fmt.seconds(frames):.3f} s of audio, under the "
@@ -616,9 +632,9 @@ class Importer:
         if origin.source == SOURCE_PHONE:
             fields["call_id"] = origin.call_id
             caller: dict[str, Any] = {}
-            if origin.caller_name and self.cfg.imports.publish_caller_name:
+            if origin.caller_name and self.settings.imports.publish_caller_name:
                 caller["name"] = origin.caller_name
-            if origin.caller_key and self.cfg.imports.publish_caller_key:
+            if origin.caller_key and self.settings.imports.publish_caller_key:
                 caller["public_key"] = origin.caller_key
             if origin.call_status:
                 caller["status"] = origin.call_status

@@ -35,8 +35,8 @@ def cmd_import(args: argparse.Namespace, cfg: Config) -> int:
     parts = app.assemble(cfg)
     code = 0
     try:
-        importer = Importer(cfg, parts.database, parts.publisher, parts.reserve,
-                            parts.sink_factories, parts.catalogue)
+        importer = Importer(app.import_settings(cfg, parts.layout), parts.database,
+                            parts.publisher, parts.reserve, parts.sink_factories, parts.catalogue)
         with importer.locked():
             importer.finish_interrupted()
             for path in args.files:
