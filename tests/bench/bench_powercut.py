@@ -64,7 +64,9 @@ def _arm(guest: Guest) -> None:
 
 def _cut(guest: Guest, kind: str, rng: random.Random) -> dict[str, Any]:
     """Do `kind`, cut the power at a random moment in it; what the guest saw before the cut."""
-    seen: dict[str, Any] = {"kind": kind}
+    # Counted before anything is recorded: a publish may complete before its cut.
+    seen: dict[str, Any] = {"kind": kind, "sidecars_before": int(
+        guest.run(f"{SIDECARS} | wc -l", check=True).out.split()[-1])}
     if kind == "idle":
         guest.run(f"sleep {rng.uniform(0, 5):.2f}", check=True)
     else:
@@ -97,7 +99,7 @@ def _check(guest: Guest, seen: dict[str, Any], known: dict[str, dict[str, Any]])
     guest.start()
     _arm(guest)
     row = dict(seen, rearmed_s=round(time.monotonic() - t0, 1))
-    expect = seen["sidecars_before_cut"] + (seen["kind"] != "idle")
+    expect = seen["sidecars_before"] + (seen["kind"] != "idle")
     # Recovery publishes the interrupted recording (ExecStartPre, then the service again).
     guest.wait_for(f"test $({SIDECARS} | wc -l) -ge {expect}", 900, "recordings published")
     fsck = guest.run("journalctl -b -o cat -u 'systemd-fsck*' --no-pager; "
