@@ -70,8 +70,10 @@ def _cut(guest: Guest, kind: str, rng: random.Random) -> dict[str, Any]:
     if kind == "idle":
         guest.run(f"sleep {rng.uniform(0, 5):.2f}", check=True)
     else:
-        guest.run(f"{RECORDER} ctl start", check=True)
+        # Read before the start (the CLI takes a while under emulation): the loss reported is
+        # then an upper bound, the cut's latency aside.
         t_start = _clock(guest)
+        guest.run(f"{RECORDER} ctl start", check=True)
         if kind == "recording":
             seconds = rng.uniform(1, 15)
             guest.wait_for(_recorded_at_least(seconds), 600, f"{seconds:.1f} s recorded")
