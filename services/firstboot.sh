@@ -122,10 +122,13 @@ ensure_device_id() {
 }
 
 ensure_syncthing_keys() {
-    if [ -f "$ST_HOME/cert.pem" ] && [ -f "$ST_HOME/config.xml" ]; then
+    if [ -s "$ST_HOME/cert.pem" ] && [ -s "$ST_HOME/key.pem" ] && [ -s "$ST_HOME/config.xml" ]; then
         log "syncthing keys present in $ST_HOME"
         return
     fi
+    # A power cut during an earlier first boot can leave them empty (written, never flushed):
+    # the identity was never announced (no marker yet), so it is made anew.
+    rm -f "$ST_HOME/cert.pem" "$ST_HOME/key.pem" "$ST_HOME/config.xml"
     install -d -m 0700 -o "$SERVICE_USER" -g "$SERVICE_USER" "$ST_HOME"
     as_user syncthing generate --home="$ST_HOME" --no-default-folder --skip-port-probing >/dev/null
     log "syncthing keys generated in $ST_HOME"
@@ -336,7 +339,13 @@ main() {
     ensure_hostname
     ensure_stignore
     mesh_setup
-    date -u +%Y-%m-%dT%H:%M:%SZ >"$MARKER"
+    # Everything made above reaches the card before the marker says so (a power cut right after
+    # must not leave a marker in front of empty keys); the marker itself appears whole or not.
+    sync
+    date -u +%Y-%m-%dT%H:%M:%SZ >"$MARKER.tmp"
+    sync "$MARKER.tmp"
+    mv "$MARKER.tmp" "$MARKER"
+    sync "$STATE_DIR"
     log "done: recorder-$DEVICE_ID provisioned"
 }
 

@@ -80,13 +80,15 @@ def _packages(variant: str) -> list[list[str]]:
     return layers
 
 
-def _configure(root: Path, variant: str) -> None:
-    """The container's changes to the installed config (see the module docstring)."""
+def _configure(root: Path, variant: str, pin_id: bool = True) -> None:
+    """The container's changes to the installed config (see the module docstring). Without
+    `pin_id` the device id stays empty, so first boot fails (the container has no MAC)."""
     cfg = root / "etc/recorder/recorder.toml"
     clip = next((root / "opt/recorderpi/venv/lib").glob("python3*/site-packages/recorder/data/"
                                                        "demo-speech.ogg"))
     text = cfg.read_text()
-    text = text.replace('\nid = ""\n', f'\nid = "{DEVICE}"\n', 1)
+    if pin_id:
+        text = _pin_id(text)
     text = text.replace('\nsource = "USB"\n', f'\nsource = "file:/{clip.relative_to(root)}"\n', 1)
     if variant == "with-icecast":
         # Cow Radio on: Liquidsoap's station runs, and its secrets become required.
@@ -94,8 +96,12 @@ def _configure(root: Path, variant: str) -> None:
     if variant == "papad-beside":
         text = text.replace('\napi = "none"\n', '\napi = "papad"\n', 1)
         assert '\nurl = "http://127.0.0.1:8000"\n' in text and '\nauth = "token"\n' in text
-    assert f'id = "{DEVICE}"' in text and "demo-speech.ogg" in text
+    assert (f'id = "{DEVICE}"' in text or not pin_id) and "demo-speech.ogg" in text
     cfg.write_text(text)
+
+
+def _pin_id(text: str) -> str:
+    return text.replace('\nid = ""\n', f'\nid = "{DEVICE}"\n', 1)
 
 
 def _write_secret(root: Path, name: str, value: str) -> None:
@@ -114,17 +120,24 @@ def _write_secret(root: Path, name: str, value: str) -> None:
 @contextlib.contextmanager
 def _papad_relay(c: nspawn.Container, url: str, tmp_path: Path) -> Iterator[None]:
     """127.0.0.1:8000 inside the container's network namespace, relayed to `url` on the host's
-    loopback through a Unix socket (a path reaches across network namespaces)."""
+    loopback."""
+    with _relay(c, 8000, urlsplit(url).port or 80, tmp_path / "papad.sock"):
+        yield
+
+
+@contextlib.contextmanager
+def _relay(c: nspawn.Container, inner_port: int, host_port: int, sock: Path) -> Iterator[None]:
+    """127.0.0.1:`inner_port` inside the container's network namespace, relayed to
+    127.0.0.1:`host_port` on the host through a Unix socket (a path reaches across network
+    namespaces)."""
     socat = need("socat")
-    sock = tmp_path / "papad.sock"
-    port = urlsplit(url).port
     host = subprocess.Popen([socat, f"UNIX-LISTEN:{sock},fork,mode=600",
-                             f"TCP:127.0.0.1:{port}"], stderr=subprocess.DEVNULL)
+                             f"TCP:127.0.0.1:{host_port}"], stderr=subprocess.DEVNULL)
     inner = None
     try:
         wait_until(sock.exists, 30, 0.1, what="the relay's socket")
         inner = subprocess.Popen(["nsenter", f"--target={c.leader}", "--net", "--", socat,
-                                  "TCP-LISTEN:8000,bind=127.0.0.1,fork,reuseaddr",
+                                  f"TCP-LISTEN:{inner_port},bind=127.0.0.1,fork,reuseaddr",
                                   f"UNIX-CONNECT:{sock}"], stderr=subprocess.DEVNULL)
         yield
     finally:
@@ -293,6 +306,9 @@ def test_native_install_boots_and_runs(tmp_path, variant, record_property, reque
                           "--no-apt", *options], capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stdout + res.stderr[-4000:]
     _configure(root, variant)
+    if variant == "plain":  # a code that is no code, left on the boot partition
+        (root / "boot/firmware").mkdir(parents=True, exist_ok=True)
+        (root / "boot/firmware/recorderpi-join.txt").write_text("RPI1-NOT-A-CODE\n")
     if papad is not None:
         _write_secret(root, "papad-token", papad.token or "")
     t_install = time.monotonic()
@@ -329,6 +345,13 @@ def _boot_checks(c: nspawn.Container, root: Path, tmp_path: Path, variant: str,
         "-u", "recorder-firstboot.service")
     assert (root / "var/lib/recorderpi/firstboot.done").is_file()
     assert (root / "var/lib/recorderpi/syncthing/cert.pem").is_file()
+    if variant == "plain":  # the bad join code: said in one line, kept aside, first boot done
+        fb_log = c.journal("-u", "recorder-firstboot.service", "-o", "cat")
+        errors = [ln for ln in fb_log.splitlines() if ln.startswith("recorder: error:")]
+        assert len(errors) == 1 and "code" in errors[0], fb_log
+        assert "warning: recorder mesh join failed" in fb_log, fb_log
+        assert not (root / "boot/firmware/recorderpi-join.txt").exists()
+        assert (root / "boot/firmware/recorderpi-join.txt.failed").is_file()
     for secret in ("syncthing-api-key", "web-password"):
         assert (root / "etc/recorder/secrets" / secret).stat().st_mode & 0o077 == 0
     assert c.run("hostname").stdout.strip() == f"recorder-{DEVICE}"
@@ -389,3 +412,141 @@ def _boot_checks(c: nspawn.Container, root: Path, tmp_path: Path, variant: str,
         assert bad not in journal, [ln for ln in journal.splitlines() if bad in ln][:5]
     assert c.run("systemctl", "is-system-running").stdout.strip() == "running", \
         _unit_report(c, units)
+
+
+# The appliance's own services, held by a failed first boot (each has the marker as condition).
+HELD = ("recorder.service", "syncthing@recorder.service", "yggdrasil.service",
+        "recorder-mesh-time.service")
+
+
+@pytest.fixture
+def inviter(tmp_path: Path) -> Iterator[Any]:
+    """A mesh member on the host: a real Syncthing with the service's mesh keeper (what
+    `recorder run` starts) in-process, and `invite()` (`recorder mesh invite` through the CLI,
+    the code naming the given sync address)."""
+    from recorder.db import Database
+    from recorder.mesh.keeper import MeshKeeper
+    from tests.conftest import run_cli
+    from tests.syncthing_harness import Instance
+
+    inst = Instance(need("syncthing"), tmp_path / "inviter", "inviter", "inviter1")
+    sections = {
+        "device": {"id": inst.recorder_id},
+        "storage": {"data_dir": str(inst.root / "data"), "sync_root": str(inst.sync_root),
+                    "reserve_mb": 0},
+        "syncthing": {"url": inst.url, "api_key_file": str(inst.key_file),
+                      "watcher_delay": 60, "rescan_interval": 3600},
+        "mesh": {"probe_interval": 0, "degraded_after": 0},
+        "yggdrasil": {"admin_endpoint": ""},
+    }
+    cfg_path = inst.root / "recorder.toml"
+    cfg_path.write_text("".join(
+        f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+        for name, values in sections.items()))
+    inst.start()
+    keeper = None
+    try:
+        from recorder.config import load_config
+        cfg = load_config(cfg_path)
+        setup = run_cli("--config", str(cfg_path), "mesh", "setup", timeout=150)
+        assert setup.returncode == 0, setup.stderr
+        keeper = MeshKeeper(cfg, inst.client, Database(cfg.db_path))
+        keeper.start()
+
+        def invite(address: str) -> str:
+            res = run_cli("--config", str(cfg_path), "mesh", "invite", "--json",
+                          "--address", address, timeout=150)
+            assert res.returncode == 0, res.stderr
+            return str(json.loads(res.stdout)["code"])
+
+        inst.invite = invite  # type: ignore[attr-defined]
+        yield inst
+    finally:
+        if keeper is not None:
+            keeper.stop()
+        inst.stop()
+
+
+def test_a_failed_first_boot_holds_the_services_then_joins_with_the_boot_code(tmp_path, inviter):
+    """First boot fails (here: no network interface with a MAC address to derive the device id
+    from, the container's only interface being loopback): the appliance's services are skipped
+    with the unmet condition named in one line, none of them restarts in a loop, and the join
+    code left on the boot partition is kept. Once the cause is fixed, first boot run again
+    joins the mesh with that code (a real inviter: Syncthing and the mesh keeper on the host,
+    its sync port relayed into the container) and deletes it, the target started brings
+    everything up, and the inviter and the booted device pair."""
+    if os.geteuid() != 0:
+        pytest.fail("the boot test needs root (debootstrap, chroot, systemd-nspawn)")
+    need("debootstrap")
+    need("systemd-nspawn", "systemd-container")
+    need("nsenter", "util-linux")
+    root = nspawn.copy_root(nspawn.debian_root(_packages("plain")), tmp_path / "root")
+    res = subprocess.run(["bash", str(REPO / "services/install.sh"), "--root", str(root),
+                          "--no-apt"], capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout + res.stderr[-4000:]
+    _configure(root, "plain", pin_id=False)
+    # The code as a volunteer leaves it on the card's FAT partition (a CRLF line, say).
+    port = inviter.sync_port
+    join_file = root / "boot/firmware/recorderpi-join.txt"
+    join_file.parent.mkdir(parents=True, exist_ok=True)
+    join_file.write_text(inviter.invite(f"tcp://127.0.0.1:{port}") + "\r\n")
+    c = nspawn.Container(root, tmp_path / "console.log", name="rp-firstboot-fails",
+                         extra_args=[f"--bind={_tun_node(tmp_path)}:/dev/net/tun"])
+    c.start()
+    try:
+        assert c.wait_booted(600) == "degraded", _unit_report(c, HELD)
+        fb = c.systemctl_show("recorder-firstboot.service", "ActiveState", "Result")
+        assert fb == {"ActiveState": "failed", "Result": "exit-code"}, fb
+        fb_log = c.journal("-u", "recorder-firstboot.service", "-o", "cat")
+        assert "error: no network interface with a MAC address" in fb_log, fb_log
+        assert not (root / "var/lib/recorderpi/firstboot.done").exists()
+        for unit in HELD:
+            s = c.systemctl_show(unit, "ActiveState", "SubState", "ConditionResult", "NRestarts")
+            assert s == {"ActiveState": "inactive", "SubState": "dead", "ConditionResult": "no",
+                         "NRestarts": "0"}, (unit, s, c.journal("-u", unit, "-o", "cat"))
+        # One line says why, in the journal and in `systemctl status`; no restart is scheduled.
+        journal = c.journal("-u", "recorder.service", "-o", "cat")
+        why = [ln for ln in journal.splitlines() if "firstboot.done" in ln]
+        assert len(why) == 1 and "condition" in why[0], journal
+        assert "Scheduled restart" not in journal and "recorder: error" not in journal, journal
+        status = c.run("systemctl", "status", "--no-pager", "recorder.service").stdout
+        assert "ConditionPathExists=/var/lib/recorderpi/firstboot.done was not met" in status, \
+            status
+        assert c.run("systemctl", "list-jobs", "--no-legend").stdout.strip() == ""
+        assert join_file.is_file()  # not used by a first boot that failed before joining
+
+        # Fixed (the device id given by hand), first boot again, then the services.
+        cfg = root / "etc/recorder/recorder.toml"
+        cfg.write_text(_pin_id(cfg.read_text()))
+        with _relay(c, port, port, tmp_path / "sync.sock"):
+            again = c.run("systemctl", "start", "recorder-firstboot.service", timeout=300)
+            fb_log = c.journal("-u", "recorder-firstboot.service", "-o", "cat")
+            assert again.returncode == 0, fb_log
+            assert "joined the mesh with the code from /boot/firmware/recorderpi-join.txt" \
+                in fb_log, fb_log
+            assert not join_file.exists() and not join_file.with_name(
+                join_file.name + ".failed").exists()
+            c.run("systemctl", "start", "multi-user.target", check=True, timeout=300)
+            wait_until(lambda: all(c.systemctl_show(u, "ActiveState")["ActiveState"] == "active"
+                                   for u in HELD[:3]),
+                       300, 1.0, what="the services up after first boot succeeded",
+                       detail=lambda: _unit_report(c, HELD))
+            assert _ctl(c, "status").returncode == 0
+            # Paired: the inviter holds the booted device's folder and is connected to it.
+            wait_until(lambda: _paired(inviter), 300, 1.0,
+                       what="the inviter paired with the booted device",
+                       detail=lambda: c.run("/opt/recorderpi/venv/bin/recorder", "mesh",
+                                            "status", user="recorder").stdout
+                       + c.journal("-u", "recorder.service", "-n", "20", "-o", "cat"))
+    finally:
+        rc = c.stop()
+    assert rc == 0, (tmp_path / "console.log").read_text(errors="replace")[-3000:]
+
+
+def _paired(inviter: Any) -> bool:
+    folders = {f["id"] for f in inviter.client.folders()}
+    if f"recorderpi-{DEVICE}" not in folders:
+        return False
+    conns = inviter.client.connections()["connections"]
+    return any(v.get("connected") for k, v in conns.items()
+               if k != inviter.device_id)
