@@ -424,10 +424,9 @@ def inviter(tmp_path: Path) -> Iterator[Any]:
     """A mesh member on the host: a real Syncthing with the service's mesh keeper (what
     `recorder run` starts) in-process, and `invite()` (`recorder mesh invite` through the CLI,
     the code naming the given sync address)."""
-    from recorder.db import Database
-    from recorder.mesh.keeper import MeshKeeper
     from tests.conftest import run_cli
     from tests.syncthing_harness import Instance
+    from tests.test_mesh_pairing import make_keeper
 
     inst = Instance(need("syncthing"), tmp_path / "inviter", "inviter", "inviter1")
     sections = {
@@ -450,7 +449,7 @@ def inviter(tmp_path: Path) -> Iterator[Any]:
         cfg = load_config(cfg_path)
         setup = run_cli("--config", str(cfg_path), "mesh", "setup", timeout=150)
         assert setup.returncode == 0, setup.stderr
-        keeper = MeshKeeper(cfg, inst.client, Database(cfg.db_path))
+        keeper = make_keeper(cfg, inst.client)
         keeper.start()
 
         def invite(address: str) -> str:
