@@ -35,14 +35,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recorder.audioid.landmarks import Alignment, Landmarks, align
+from recorder.audioid.landmarks import KEY_VERSION, Alignment, Landmarks, align
 
 ROW_BUDGET = 300000  # postings read per search, the rarest keys' first
 MAX_POSTINGS = 1000  # a key with more is a stop word: its postings are dropped, never read
 CANDIDATES = 8
 VOTE_BIN = 128  # frames (3 s) per offset bin of the candidates' vote
 VOTE_WRAP = 256  # offset bins per recording (12.7 minutes, then they wrap around)
-MIN_SCORE = 32  # agreeing query landmarks
+MIN_SCORE = 24  # agreeing query landmarks
 MIN_COVER = 5  # seconds of the query, each with landmarks.COVER_HITS agreeing ones
 LOOKUP_CHUNK = 900  # keys per SELECT (under SQLite's default limit of host parameters)
 WRITE_BLOCK = 8192  # postings turned into rows at once
@@ -73,6 +73,21 @@ SCHEMA = (
     "DROP TABLE IF EXISTS landmark_keys",
     "UPDATE landmark_recordings SET indexed = 0 WHERE indexed = 1 "
     "AND NOT EXISTS (SELECT 1 FROM landmark_postings)",
+    # Landmarks stored under another key definition (`landmarks.KEY_VERSION`; none recorded:
+    # the first, 23-bit one) cannot be searched with this one's keys, nor turned into them
+    # (the peaks are not stored): they are forgotten, postings and all, and computed again
+    # from the recordings' audio by `Catalogue.fill_landmarks` (`recorder index rebuild`), as
+    # for recordings catalogued before landmarks existed. A constant condition: with the
+    # version current, nothing is scanned.
+    """CREATE TABLE IF NOT EXISTS landmark_meta (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    )""",
+    f"DELETE FROM landmark_postings WHERE NOT EXISTS (SELECT 1 FROM landmark_meta "
+    f"WHERE name = 'key_version' AND value = {KEY_VERSION})",
+    f"DELETE FROM landmark_recordings WHERE NOT EXISTS (SELECT 1 FROM landmark_meta "
+    f"WHERE name = 'key_version' AND value = {KEY_VERSION})",
+    f"INSERT OR REPLACE INTO landmark_meta (name, value) VALUES ('key_version', {KEY_VERSION})",
 )
 
 
