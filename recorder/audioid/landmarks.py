@@ -13,7 +13,7 @@ numbers a small change of playback speed leaves alone:
 - times enter as the *ratio* of the first-to-second to the first-to-third gap, which a speed
   change does not touch either, plus the first-to-third gap itself on a coarse logarithmic scale.
 
-Each triplet becomes a 27-bit key, stored with the time of its first peak (`Landmarks`); a
+Each triplet becomes a 25-bit key, stored with the time of its first peak (`Landmarks`); a
 query's keys are looked up in the catalogue's landmark index (`recorder.audioid.landmark_index`)
 and the hits are scored by `align`: genuine hits lie on one line ``t_ref = offset + speed *
 t_query``, chance hits scatter.
@@ -61,9 +61,9 @@ F1_STEP = 8  # units per coarse step of the first peak's frequency (1/6 octave)
 DF_STEP = 3  # units per step of a frequency difference
 RATIO_LEVELS = 10
 DT_PER_OCTAVE = 2.5  # log steps of the first-to-third gap
-KEY_BITS = 27
-KEY_REST_BITS = 16  # the key's bits under its frequency part (first peak, second's difference)
-KEY_VERSION = 2  # changes with the key's definition: stored landmarks of another are recomputed
+KEY_BITS = 25
+KEY_REST_BITS = 14  # the key's bits under its frequency part (first peak, second's difference)
+KEY_VERSION = 3  # changes with the key's definition: stored landmarks of another are recomputed
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def _running_max(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
 def triplets(peaks: Peaks, fan: int = FAN) -> Landmarks:
     """The triplet keys of `peaks`: each peak with each pair of its next `fan` peaks in the
     target zone (later by 1..MAX_DT frames, within MAX_DF units)."""
-    t, lf, pw = peaks.t.astype(np.int64), peaks.lf, peaks.power
+    t, lf = peaks.t.astype(np.int64), peaks.lf
     n = t.size
     empty = Landmarks(np.zeros(0, np.int64), np.zeros(0, np.int32))
     if n < 3:
@@ -246,8 +246,7 @@ def triplets(peaks: Peaks, fan: int = FAN) -> Landmarks:
                 d13 = t[k] - t[a]
                 good = d13 >= MIN_DT
                 a, j, k, d13 = a[good], j[good], k[good], d13[good]
-                keys.append(_key(lf[a], lf[j], lf[k], t[j] - t[a], d13,
-                                 pw[a], pw[j], pw[k]))
+                keys.append(_key(lf[a], lf[j], lf[k], t[j] - t[a], d13))
                 anchors.append(peaks.t[a])
     # One array at a time, each list or unsorted copy dropped as soon as it is used (the peak
     # memory of publishing an hour's recording).
@@ -261,19 +260,16 @@ def triplets(peaks: Peaks, fan: int = FAN) -> Landmarks:
 
 
 def _key(lf1: np.ndarray, lf2: np.ndarray, lf3: np.ndarray, d12: np.ndarray,
-         d13: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray) -> np.ndarray:
+         d13: np.ndarray) -> np.ndarray:
     """The KEY_BITS-bit key of triplets (see the module docstring); the layout, high to low:
     first peak's band (5 bits), second and third peak's difference to it (6 + 6), gap ratio
-    (4), first-to-third gap (4), which of the three is loudest (2)."""
+    (4), first-to-third gap (4)."""
     f1 = np.clip(np.floor(lf1 / F1_STEP), 0, 31).astype(np.int64)
     q2 = np.clip(np.rint((lf2 - lf1) / DF_STEP) + 32, 0, 63).astype(np.int64)
     q3 = np.clip(np.rint((lf3 - lf1) / DF_STEP) + 32, 0, 63).astype(np.int64)
     ratio = np.clip(np.floor(d12 / d13 * RATIO_LEVELS), 0, RATIO_LEVELS - 1).astype(np.int64)
     dtq = np.clip(np.floor(np.log2(d13 / MIN_DT) * DT_PER_OCTAVE), 0, 15).astype(np.int64)
-    # The loudest of the three: a level ratio, which neither speed nor a flat band-limit
-    # changes; reverb and noise sometimes do (about one triplet in ten, on the benchmark).
-    loud = np.where(p1 >= np.maximum(p2, p3), 0, np.where(p2 >= p3, 1, 2)).astype(np.int64)
-    return (f1 << 22) | (q2 << 16) | (q3 << 10) | (ratio << 6) | (dtq << 2) | loud
+    return (f1 << 20) | (q2 << 14) | (q3 << 8) | (ratio << 4) | dtq
 
 
 # --- alignment ------------------------------------------------------------------------------
