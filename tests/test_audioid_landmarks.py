@@ -181,6 +181,23 @@ def test_index_rebuild_computes_landmarks_from_the_files(cfg_factory, corpus,  #
     found = identify_file(catalogue, clip)
     assert [f.recording_id for f in found] == [doc["recording_id"]]
     assert abs(found[0].offset_seconds - START) <= 0.5
+    # A catalogue from before the key's present definition (no version recorded: the first
+    # keys) migrates: opening it forgets the landmarks it cannot search, the next rebuild
+    # computes them again from the file, and the clip is found by landmarks again.
+    fast = excerpt(src, tmp_path / "fast.wav", "speed")
+    catalogue.conn.execute("DROP TABLE landmark_meta")
+    catalogue.db.close()
+    catalogue = Catalogue(Database(cfg.db_path))
+    assert catalogue.conn.execute("SELECT COUNT(*) FROM landmark_recordings").fetchone()[0] == 0
+    assert catalogue.conn.execute("SELECT COUNT(*) FROM landmark_postings").fetchone()[0] == 0
+    assert identify_file(catalogue, fast) == []
+    catalogue.db.close()
+    assert run(["index", "rebuild", "--json"], cfg) == 0
+    catalogue = Catalogue(Database(cfg.db_path))
+    found = identify_file(catalogue, fast)
+    assert [(f.recording_id, f.method) for f in found] == [(doc["recording_id"], "landmarks")]
+    assert abs(found[0].offset_seconds - START) <= 0.5
+    catalogue.db.close()
 
 
 def test_a_recording_heard_through_the_air_is_linked_to_its_original(config_file, corpus,  # noqa: F811

@@ -13,7 +13,7 @@ numbers a small change of playback speed leaves alone:
 - times enter as the *ratio* of the first-to-second to the first-to-third gap, which a speed
   change does not touch either, plus the first-to-third gap itself on a coarse logarithmic scale.
 
-Each triplet becomes a 23-bit key, stored with the time of its first peak (`Landmarks`); a
+Each triplet becomes a 25-bit key, stored with the time of its first peak (`Landmarks`); a
 query's keys are looked up in the catalogue's landmark index (`recorder.audioid.landmark_index`)
 and the hits are scored by `align`: genuine hits lie on one line ``t_ref = offset + speed *
 t_query``, chance hits scatter.
@@ -57,10 +57,13 @@ MAX_DF = 48
 FAN = 3  # a recording: 3 triplets per peak, about 30 landmarks a second
 ANCHOR_BLOCK = 1024  # anchors whose triplets are made at once (bounds the work arrays)
 QUERY_FAN = 5  # a query: 10 per peak, so more of the recording's triplets are among them
-F1_STEP = 16  # units per coarse step of the first peak's frequency
+F1_STEP = 8  # units per coarse step of the first peak's frequency (1/6 octave)
 DF_STEP = 3  # units per step of a frequency difference
-RATIO_LEVELS = 6
+RATIO_LEVELS = 10
 DT_PER_OCTAVE = 2.5  # log steps of the first-to-third gap
+KEY_BITS = 25
+KEY_REST_BITS = 14  # the key's bits under its frequency part (first peak, second's difference)
+KEY_VERSION = 3  # changes with the key's definition: stored landmarks of another are recomputed
 
 
 @dataclass(frozen=True)
@@ -258,12 +261,15 @@ def triplets(peaks: Peaks, fan: int = FAN) -> Landmarks:
 
 def _key(lf1: np.ndarray, lf2: np.ndarray, lf3: np.ndarray, d12: np.ndarray,
          d13: np.ndarray) -> np.ndarray:
-    f1 = np.clip(np.floor(lf1 / F1_STEP), 0, 15).astype(np.int64)
+    """The KEY_BITS-bit key of triplets (see the module docstring); the layout, high to low:
+    first peak's band (5 bits), second and third peak's difference to it (6 + 6), gap ratio
+    (4), first-to-third gap (4)."""
+    f1 = np.clip(np.floor(lf1 / F1_STEP), 0, 31).astype(np.int64)
     q2 = np.clip(np.rint((lf2 - lf1) / DF_STEP) + 32, 0, 63).astype(np.int64)
     q3 = np.clip(np.rint((lf3 - lf1) / DF_STEP) + 32, 0, 63).astype(np.int64)
     ratio = np.clip(np.floor(d12 / d13 * RATIO_LEVELS), 0, RATIO_LEVELS - 1).astype(np.int64)
     dtq = np.clip(np.floor(np.log2(d13 / MIN_DT) * DT_PER_OCTAVE), 0, 15).astype(np.int64)
-    return (f1 << 19) | (q2 << 13) | (q3 << 7) | (ratio << 4) | dtq
+    return (f1 << 20) | (q2 << 14) | (q3 << 8) | (ratio << 4) | dtq
 
 
 # --- alignment ------------------------------------------------------------------------------

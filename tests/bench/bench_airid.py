@@ -197,7 +197,7 @@ def pad(catalogue: Catalogue, total: int, pool: np.ndarray, seconds: float = 60.
         if PAD_MODEL[0] == "recombined":
             # Other audio, other peak combinations: the key's frequency part (first peak,
             # second peak's difference) from one real key, the rest from another.
-            low = (1 << 13) - 1
+            low = (1 << lm.KEY_REST_BITS) - 1
             keys = (keys & ~low) | (rng.choice(pool, n) & low)
         marks = lm.Landmarks(keys, rng.integers(0, frames, n))
         nums = rng.integers(base + 1, base + count + 1, n)
