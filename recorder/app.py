@@ -36,6 +36,7 @@ from recorder.storage import Reserve
 from recorder.worker import ServiceRequest, Worker
 
 if TYPE_CHECKING:
+    from recorder.audioid.backfill import LandmarkBackfill
     from recorder.audioid.catalogue import Catalogue
     from recorder.audioid.hook import CatalogueHook
     from recorder.budget import Budget
@@ -116,13 +117,14 @@ class Assembly:
     clock: ClockFixer | None = None
     inbox: InboxWorker | None = None  # [import] inbox: see `_inbox`
     storage: Budget | None = None
+    landmarks: LandmarkBackfill | None = None  # see `recorder.audioid.backfill`
 
     @property
     def workers(self) -> list[Worker]:
         """The service's background workers, in start order."""
         return [w for w in (self.registration, self.radio, self.play_log, self.bridge, self.mesh,
                             self.clock, self.web, self.inbox,
-                            self.storage)
+                            self.storage, self.landmarks)
                 if w is not None]
 
     @property
@@ -280,6 +282,10 @@ def assemble(cfg: Config, role: Role = Role.ONE_OFF, *,
         parts.inbox = _inbox(cfg, parts)
     if workers:
         parts.storage = _storage_budget(cfg, parts)
+    if workers and cfg.audioid.enabled and parts.catalogue is not None:
+        from recorder.audioid.backfill import LandmarkBackfill
+
+        parts.landmarks = LandmarkBackfill(parts.catalogue, cfg.storage.sync_root)
     hook: CatalogueHook | None = None
     if cfg.audioid.enabled and parts.catalogue is not None:
         from recorder.audioid.hook import CatalogueHook

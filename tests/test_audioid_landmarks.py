@@ -23,11 +23,13 @@ from recorder import app
 from recorder.audioid import landmarks as lm
 from recorder.audioid.catalogue import Catalogue
 from recorder.audioid.identify import identify_file
+from recorder.config import load_config
 from recorder.db import Database
 from tests.conftest import need, run_cli
 from tests.corpus import corpus  # noqa: F401 - a fixture
 from tests.papad_recordings import make_recording
 from tests.papad_setup import current_config
+from tests.service_harness import file_service, loop_wav  # noqa: F401 - fixtures
 
 START = 7.3  # where the excerpts start in the recording
 
@@ -235,3 +237,37 @@ def test_a_recording_heard_through_the_air_is_linked_to_its_original(config_file
     assert answer["action"] == "imported", answer
     doc = json.loads(Path(answer["path"]).with_suffix(".json").read_text())
     assert doc.get("contains") == [original["recording_id"]], doc.get("contains")
+
+
+def test_the_service_computes_landmarks_an_upgrade_forgot(file_service, config_file, corpus,  # noqa: F811
+                                                          tmp_path) -> None:
+    """A device upgraded in the field (landmarks under an older key definition, forgotten when
+    the catalogue is opened) is searchable by landmarks again once its service has run: the
+    service computes what is missing from the audio by itself, nobody types `index rebuild`."""
+    need("sox")
+    cfg_path, _ = config_file()
+    src = corpus.speech(6, "en-us", 10)
+    done = run_cli("--config", cfg_path, "record", "--source", f"file:{src}", "--fast", "--json")
+    assert done.returncode == 0, done.stderr
+    rid = json.loads(Path(json.loads(done.stdout)["sidecar"]).read_text())["recording_id"]
+    fast = excerpt(src, tmp_path / "fast.wav", "speed")
+
+    def identify() -> list[dict]:
+        res = run_cli("--config", cfg_path, "identify", "--json", str(fast))
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)["matches"]
+
+    assert [m["method"] for m in identify()] == ["landmarks"]
+    # The catalogue as the previous key definition left it: no version recorded.
+    db = Database(load_config(cfg_path).db_path)
+    db.conn.execute("DROP TABLE landmark_meta")
+    db.close()
+    assert identify() == []  # opened (by identify): the old landmarks are forgotten
+    svc = file_service(ready=lambda s: s.get("state") == "hub", audio={"source": "none"},
+                       web={"enabled": False})
+    svc.wait(lambda: svc.status().get("workers", {}).get("landmarks", {}).get("finished"), 300,
+             "the service's landmark backfill")
+    assert svc.status()["workers"]["landmarks"]["computed"] == 1
+    found = identify()
+    assert [(m["recording_id"], m["method"]) for m in found] == [(rid, "landmarks")]
+    assert abs(found[0]["offset_seconds"] - START) <= 0.5

@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -554,10 +554,15 @@ class Catalogue:
                 cover_seconds=a.span_seconds, duplicate_of=row["duplicate_of"]))
         return results
 
-    def fill_landmarks(self, sync_root: Path) -> tuple[int, list[tuple[str, str]]]:
+    def fill_landmarks(
+        self, sync_root: Path, *, should_stop: Callable[[], bool] = lambda: False,
+        progress: Callable[[bool], None] = lambda computed: None,
+    ) -> tuple[int, list[tuple[str, str]]]:
         """Compute, from its file, the landmarks of every recording that has none or has them
         for other audio (catalogued before landmarks existed, or by a rebuild): how many, and
-        (path, reason) of each file that could not be read."""
+        (path, reason) of each file that could not be read. `should_stop` is asked before each
+        recording (the service's worker stops between two); `progress` is told of each (True:
+        computed, False: unreadable)."""
         from recorder.audioid.chroma import fingerprint_file
         from recorder.errors import RecorderError
 
@@ -567,16 +572,20 @@ class Catalogue:
             "WHERE l.num IS NULL OR l.sha256 != r.sha256").fetchall()
         done, failed = 0, []
         for row in rows:
+            if should_stop():
+                break
             path = Path(sync_root) / row["device_id"] / row["path"]
             finder = PeakFinder()
             try:
                 fingerprint_file(path, tap=finder.feed)
             except (RecorderError, OSError) as exc:
                 failed.append((str(path), str(exc)))
+                progress(False)
                 continue
             with transaction(self.conn):
                 lx.put(self.conn, row["num"], row["sha256"], triplets(finder.finish()))
             done += 1
+            progress(True)
         return done, failed
 
     def _matches(
