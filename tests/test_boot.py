@@ -363,7 +363,18 @@ def _boot_checks(c: nspawn.Container, root: Path, tmp_path: Path, variant: str,
 
     status = _ctl(c, "status")
     assert status.returncode == 0 and status.stdout.strip(), status.stderr
-    # The mesh-time refresh its timer starts after 2 minutes, started now: it runs clean.
+    # The mesh-time refresh its timer starts after 2 minutes, started now: it runs clean. It
+    # asks Syncthing's REST API, which Syncthing (Type=simple: "started" before it listens)
+    # opens a moment after the boot is "running"; two minutes after boot it always has.
+    def syncthing_answers() -> bool:
+        probe = c.run("/opt/recorderpi/venv/bin/python", "-c", PROBE_8384, timeout=60)
+        return probe.returncode == 0
+
+    wait_until(syncthing_answers, 120, 0.5, what="Syncthing's REST API in the booted root",
+               detail=lambda: c.run("systemctl", "status", "--no-pager",
+                                    "syncthing@recorder.service").stdout
+               + c.journal("-u", "syncthing@recorder.service")[-3000:]
+               + c.run("/opt/recorderpi/venv/bin/python", "-c", PROBE_8384).stderr[-1500:])
     mt = c.run("systemctl", "start", "recorder-mesh-time.service", timeout=120)
     assert mt.returncode == 0, mt.stderr + c.journal("-u", "recorder-mesh-time.service")
 
@@ -413,6 +424,9 @@ def _boot_checks(c: nspawn.Container, root: Path, tmp_path: Path, variant: str,
     assert c.run("systemctl", "is-system-running").stdout.strip() == "running", \
         _unit_report(c, units)
 
+
+# Whether Syncthing's GUI/REST address accepts a connection (what `recorder` needs of it first).
+PROBE_8384 = "import socket; socket.create_connection(('127.0.0.1', 8384), 5).close()"
 
 # The appliance's own services, held by a failed first boot (each has the marker as condition).
 HELD = ("recorder.service", "syncthing@recorder.service", "yggdrasil.service",
