@@ -17,7 +17,6 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recorder.audioformat import AudioFormat
 from recorder.config import AudioConfig, Config, GpioConfig, ServiceConfig, SourceSpec
 from recorder.db import Database
 from recorder.dbrepair import DatabaseSpec, open_database
@@ -31,7 +30,7 @@ from recorder.recover import RecoverySettings
 from recorder.session import RecordingContext, SessionSettings, SinkFactory
 from recorder.sinks import AlwaysOnSink, Sink
 from recorder.sinks.levels import LevelMeter
-from recorder.sources import AudioSource, open_source
+from recorder.sources import AudioSource, configured_format, open_source
 from recorder.storage import Reserve
 from recorder.worker import ServiceRequest, Worker
 
@@ -337,7 +336,7 @@ def import_settings(cfg: Config, layout: Layout) -> ImportSettings:
     from recorder.importer import ImportSettings
 
     return ImportSettings(
-        layout=layout, format=AudioFormat(cfg.audio.samplerate, cfg.audio.channels),
+        layout=layout, format=configured_format(cfg.audio),
         max_seconds=cfg.storage.max_seconds, encoder=cfg.encoder,
         silence_dbfs=cfg.service.silence_dbfs, duplicate_coverage=cfg.audioid.duplicate_coverage,
         imports=cfg.imports)

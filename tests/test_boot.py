@@ -438,37 +438,20 @@ def inviter(tmp_path: Path) -> Iterator[Any]:
     """A mesh member on the host: a real Syncthing with the service's mesh keeper (what
     `recorder run` starts) in-process, and `invite()` (`recorder mesh invite` through the CLI,
     the code naming the given sync address)."""
-    from tests.conftest import run_cli
     from tests.syncthing_harness import Instance
-    from tests.test_mesh_pairing import make_keeper
+    from tests.test_mesh_pairing import _cfg, _cli, make_keeper
 
     inst = Instance(need("syncthing"), tmp_path / "inviter", "inviter", "inviter1")
-    sections = {
-        "device": {"id": inst.recorder_id},
-        "storage": {"data_dir": str(inst.root / "data"), "sync_root": str(inst.sync_root),
-                    "reserve_mb": 0},
-        "syncthing": {"url": inst.url, "api_key_file": str(inst.key_file),
-                      "watcher_delay": 60, "rescan_interval": 3600},
-        "mesh": {"probe_interval": 0, "degraded_after": 0},
-        "yggdrasil": {"admin_endpoint": ""},
-    }
-    cfg_path = inst.root / "recorder.toml"
-    cfg_path.write_text("".join(
-        f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
-        for name, values in sections.items()))
     inst.start()
     keeper = None
     try:
-        from recorder.config import load_config
-        cfg = load_config(cfg_path)
-        setup = run_cli("--config", str(cfg_path), "mesh", "setup", timeout=150)
+        setup = _cli(inst, "mesh", "setup")
         assert setup.returncode == 0, setup.stderr
-        keeper = make_keeper(cfg, inst.client)
+        keeper = make_keeper(_cfg(inst), inst.client)
         keeper.start()
 
         def invite(address: str) -> str:
-            res = run_cli("--config", str(cfg_path), "mesh", "invite", "--json",
-                          "--address", address, timeout=150)
+            res = _cli(inst, "mesh", "invite", "--json", "--address", address)
             assert res.returncode == 0, res.stderr
             return str(json.loads(res.stdout)["code"])
 
